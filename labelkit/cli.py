@@ -1,0 +1,130 @@
+"""The Typer app: options -> config -> stages.*.run -> rich rendering. No math here.
+
+Exit codes: 0 ok; 1 error (bad input, missing artifact, config); 2 usage (Click);
+3 a CI threshold was breached (``detect-noise --fail-above``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labelkit import __version__
+from labelkit._richprogress import RichProgress
+from labelkit.config import DatasetConfig, build_config, load_config_file
+from labelkit.dataset import parse_classes_option
+from labelkit.errors import LabelkitError
+from labelkit.workspace import Workspace
+
+app = typer.Typer(
+    name="labelkit",
+    help="Pseudo-labeling and label cleaning: embed, prototype, pseudolabel, detect-noise, distill.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+out_console = Console()
+
+DataArg = Annotated[Path, typer.Argument(help="dataset folder (manifest labels.csv/.parquet, or class image folders)", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="workspace folder for artifacts [default: DATA/.labelkit]")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with one [section] per stage; options given here override it")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="class names 'a,b,c' or a file with one per line (needed for zero-shot; adds classes with no labeled sample)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="rerun even when the stage is up to date")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout and nothing else there")]
+
+
+def handles_errors(fn: Callable) -> Callable:
+    """Turn LabelkitError into one line on stderr and its exit code (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LabelkitError as e:
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+class Context:
+    """What every stage command resolves first: the workspace, the config file, the dataset options."""
+
+    def __init__(self, data: Path, out: Path | None, config: Path | None, classes: str | None, json_out: bool):
+        self.ws = Workspace.open(data, out)
+        self.file_config = load_config_file(config)
+        self.dcfg = build_config("dataset", self.file_config, {"classes": parse_classes_option(classes)})
+        self.json = json_out
+        self.progress = RichProgress(err_console, enabled=not json_out)
+
+    def config(self, stage: str, **overrides: Any):
+        return build_config(stage, self.file_config, overrides, where=str("config"))
+
+
+def emit(ctx: Context, result) -> None:
+    """Render a StageResult: JSON on stdout, or a rich summary on stderr."""
+    from labelkit import render
+
+    if ctx.json:
+        sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
+    else:
+        render.result(err_console, result)
+
+
+@app.command()
+@handles_errors
+def embed(
+    data: DataArg,
+    model: Annotated[Optional[str], typer.Option("--model", help="backend: auto, efficientnet-lite0, pixels[:SIZE], minilm, sbert:PATH, clip:ARCH/PRETRAINED, precomputed")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="local weights file for the backend (e.g. an open_clip checkpoint)")] = None,
+    allow_download: Annotated[Optional[bool], typer.Option("--allow-download/--no-download", help="let the backend download named weights from a hub (needs network)")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or float16 storage")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="inputs per forward pass [default: per backend]")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="DataLoader decoding workers [default: automatic]")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Embed every sample into L2-normalised vectors (embeddings.parquet)."""
+    from labelkit.stages import embed as stage
+
+    ctx = Context(data, out, config, classes, json_out)
+    cfg = ctx.config("embed", model=model, weights=weights, allow_download=allow_download, dtype=dtype, batch_size=batch_size, num_workers=num_workers, device=device)
+    emit(ctx, stage.run(ctx.ws, ctx.dcfg, cfg, force=force, progress=ctx.progress))
+
+
+@app.command()
+@handles_errors
+def status(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, json_out: JsonOpt = False) -> None:
+    """Show each stage: done, stale (and why), or missing."""
+    from labelkit import render
+    from labelkit.stages import pipeline
+
+    ctx = Context(data, out, config, classes, json_out)
+    rows = pipeline.status(ctx.ws, ctx.dcfg)
+    if json_out:
+        sys.stdout.write(json.dumps({"stages": [r.__dict__ for r in rows]}) + "\n")
+    else:
+        render.status(out_console, rows)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"labelkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False) -> None:
+    """Pseudo-labeling and label cleaning: embed, prototype, pseudolabel, detect-noise, distill."""
+
+
+def main() -> None:
+    app()

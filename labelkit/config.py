@@ -1,0 +1,94 @@
+"""One frozen pydantic model per stage: every option, validated, with its default in one place.
+
+``--config FILE.toml`` holds one table per stage (``[embed]``, ``[pseudolabel]``, …); options given
+on the command line override it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from labelkit.errors import ConfigError
+
+
+class StageConfig(BaseModel):
+    """Base: forbids unknown keys; ``fingerprint`` hashes every field that changes results."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields that change how fast a stage runs, never what it writes.
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def fingerprint(self) -> str:
+        payload = self.model_dump_json(exclude=set(self.runtime_fields))
+        return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+    def result_params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class DatasetConfig(StageConfig):
+    """How DATA is read (shared by every stage)."""
+
+    classes: tuple[str, ...] | None = Field(None, description="class names, also those with no labeled sample")
+
+
+class EmbedConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "device", "allow_download"})
+
+    model: str = Field("auto", description="backend spec; auto = efficientnet-lite0 for images, minilm for text, precomputed for vectors")
+    weights: str | None = Field(None, description="local weights file for the backend")
+    allow_download: bool = Field(False, description="let the backend fetch named weights from a hub")
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int | None = Field(None, gt=0)
+    num_workers: int | None = Field(None, ge=0)
+    device: str = "auto"
+    row_group_size: int = Field(8192, gt=0)
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "dataset": DatasetConfig,
+    "embed": EmbedConfig,
+}
+
+
+def _explain(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "?"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{key}'"
+    return f"{where}: '{key}' {first['msg'].lower()}. Got {first.get('input')!r} instead."
+
+
+def load_config_file(path: Path | str | None) -> dict[str, dict[str, Any]]:
+    """Read a TOML config; an unknown section is a ConfigError naming it."""
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    for section, body in data.items():
+        if section not in STAGE_CONFIGS:
+            raise ConfigError(f"{p}: unknown section [{section}]; known: {', '.join(sorted(STAGE_CONFIGS))}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{p}: [{section}] must be a table")
+    return data
+
+
+def build_config(stage: str, file_config: dict[str, dict[str, Any]], overrides: dict[str, Any], *, where: str = "config") -> StageConfig:
+    """The stage's config: file section, then command-line ``overrides`` (None = not given)."""
+    cls = STAGE_CONFIGS[stage]
+    values = dict(file_config.get(stage, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, f"{where} [{stage}]" if stage in file_config else "option")) from None

@@ -1,0 +1,51 @@
+"""Rich rendering of stage results for people (the CLI's only output besides --json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+STATE_STYLE = {"done": "green", "stale": "yellow", "missing": "red"}
+
+
+def result(console: Console, res) -> None:
+    for up in res.upstream:
+        result(console, up)
+    if res.skipped:
+        console.print(f"[bold]{res.stage}[/]: {res.reason}, skipping (use --force to rerun)")
+        return
+    renderer = RENDERERS.get(res.stage, _generic)
+    renderer(console, res)
+
+
+def _generic(console: Console, res) -> None:
+    console.print(f"[bold]{res.stage}[/]: done ({res.reason}); wrote {', '.join(res.outputs)}")
+    for k, v in res.summary.items():
+        if not isinstance(v, (dict, list)):
+            console.print(f"  {k}: {v}")
+
+
+def _embed(console: Console, res) -> None:
+    s: dict[str, Any] = res.summary
+    console.print(
+        f"[bold]embed[/]: {s['n_embedded']} embedded, {s['n_reused']} reused, {s['n_skipped']} skipped "
+        f"with {s['model']} ({s['dim']}-d) in {s.get('wall_time_s', 0)} s; wrote {', '.join(res.outputs)}"
+    )
+    for sid in s.get("skipped", []):
+        console.print(f"  skipped {sid}: {s.get('skip_errors', {}).get(sid, 'unreadable')}", highlight=False)
+    if s.get("n_skipped", 0) > len(s.get("skipped", [])):
+        console.print(f"  … and {s['n_skipped'] - len(s['skipped'])} more (see embeddings.parquet metadata)")
+
+
+def status(console: Console, rows) -> None:
+    t = Table(title="labelkit status")
+    for col in ("stage", "state", "why", "wall time", "finished"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.stage, f"[{STATE_STYLE[r.state]}]{r.state}[/]", r.reason, "" if r.wall_time_s is None else f"{r.wall_time_s:.1f} s", r.finished_at)
+    console.print(t)
+
+
+RENDERERS = {"embed": _embed}

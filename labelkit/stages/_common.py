@@ -1,0 +1,81 @@
+"""What every stage shares: the result type, sample preparation, and the skip check."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labelkit import artifacts
+from labelkit.config import DatasetConfig, StageConfig
+from labelkit.dataset import Samples, discover
+from labelkit.workspace import Workspace
+
+
+@dataclass
+class StageResult:
+    """What a stage did, for the CLI to render (``summary`` is also the ``--json`` payload)."""
+
+    stage: str
+    skipped: bool = False
+    reason: str = ""  # why it ran (or why it was skipped)
+    summary: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    upstream: list["StageResult"] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"stage": self.stage, "skipped": self.skipped, "reason": self.reason, "outputs": self.outputs, **self.summary}
+        if self.upstream:
+            out["upstream"] = [u.to_json() for u in self.upstream]
+        return out
+
+
+def samples_fingerprint(samples: Samples, data_root) -> str:
+    """Content fingerprint of the dataset: ids, sources, labels, and each source file's size and mtime."""
+    h = hashlib.blake2b(digest_size=16)
+    t = samples.table
+    for col in ("id", "source", "label", "split"):
+        h.update("\x1f".join("" if v is None else str(v) for v in t[col]).encode())
+        h.update(b"\x1e")
+    h.update("\x1f".join("" if v is None else "|".join(v) for v in t["labels"]).encode())
+    h.update(("\x1f".join(samples.classes)).encode())
+    if samples.kind == "image":
+        for src in t["source"]:
+            try:
+                st = os.stat(os.path.join(data_root, src))
+                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(b"missing;")
+    if samples.vectors is not None:
+        h.update(np.ascontiguousarray(samples.vectors).tobytes())
+    return h.hexdigest()
+
+
+def prepare_samples(ws: Workspace, dcfg: DatasetConfig, *, require_inputs: bool = True) -> tuple[Samples, str]:
+    """Discover DATA; (re)write samples.parquet only when its content changed."""
+    samples = discover(ws.data, classes=dcfg.classes, require_inputs=require_inputs)
+    fp = samples_fingerprint(samples, ws.data)
+    path = ws.path(artifacts.SAMPLES)
+    current = artifacts.read_metadata(path).get("content_fingerprint") if path.exists() else None
+    if current != fp:
+        artifacts.write_samples(
+            path,
+            samples.table,
+            {"content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "origin": samples.origin},
+        )
+    return samples, fp
+
+
+def stale_reason(ws: Workspace, stage: str, cfg: StageConfig, inputs: dict[str, str], *, force: bool, params_fp: str | None = None) -> str | None:
+    """None when the stage can be skipped; otherwise why it must run."""
+    if force:
+        return "--force"
+    return ws.staleness(stage, params_fp or cfg.fingerprint(), inputs)
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,45 @@
+"""Shared fixtures: the CLI runner, a private copy of examples/digits, small manifests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> Path:
+    """A private copy of examples/digits (tests never write into the repo)."""
+    dst = tmp_path / "digits"
+    shutil.copytree(DIGITS, dst, ignore=shutil.ignore_patterns(".labelkit"))
+    return dst
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present (a user's clone has none)")
+    return SHARED_DATA
+
+
+def write_csv(folder: Path, text: str, name: str = "labels.csv") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder

@@ -1,0 +1,129 @@
+"""Dataset discovery: the three input kinds and every bad input, each a one-line BadInputError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from labelkit.dataset import discover, parse_classes_option
+from labelkit.errors import BadInputError
+from tests.conftest import write_csv
+
+
+def _png(path, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4), value, np.uint8)).save(path)
+
+
+def test_image_folder_labels_from_folder_names(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / "dog" / "sub" / "b.png")
+    _png(tmp_path / "unlabeled" / "c.png")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    s = discover(tmp_path)
+    assert s.kind == "image"
+    assert s.classes == ["cat", "dog"]
+    assert s.table["id"].tolist() == ["cat/a.png", "dog/sub/b.png", "unlabeled/c.png"]
+    assert s.table["label"].tolist() == ["cat", "dog", None]
+    assert s.label_codes().tolist() == [0, 1, -1]
+
+
+def test_workspace_folder_is_not_a_class(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / ".labelkit" / "x.png")
+    assert discover(tmp_path).classes == ["cat"]
+
+
+def test_manifest_with_text_labels_split_and_ids(tmp_path):
+    write_csv(tmp_path, "id,text,label,split\n007,good film,pos,train\n008,bad film,,test\n009,fine,neg,\n")
+    s = discover(tmp_path)
+    assert s.kind == "text" and s.origin == "labels.csv"
+    assert s.table["id"].tolist() == ["007", "008", "009"]
+    assert s.table["label"].tolist() == ["pos", None, "neg"]
+    assert s.table["split"].tolist() == ["train", "test", ""]
+    assert s.classes == ["neg", "pos"]
+
+
+def test_manifest_multilabel_pipe_separated(tmp_path):
+    write_csv(tmp_path, "text,labels\na,x|y\nb,y\nc,\n")
+    s = discover(tmp_path)
+    assert s.table["labels"].tolist() == [["x", "y"], ["y"], None]
+    assert s.table["label"].tolist() == [None, "y", None]
+
+
+def test_manifest_vectors_parquet(tmp_path):
+    pd.DataFrame({"id": ["a", "b"], "embedding": [[1.0, 0.0], [0.0, 2.0]], "label": ["u", None]}).to_parquet(tmp_path / "labels.parquet")
+    s = discover(tmp_path)
+    assert s.kind == "vectors"
+    np.testing.assert_array_equal(s.vectors, [[1, 0], [0, 2]])
+
+
+def test_classes_option_adds_classes_without_samples(tmp_path):
+    write_csv(tmp_path, "text,label\na,x\nb,\n")
+    assert discover(tmp_path, classes=("x", "z")).classes == ["x", "z"]
+
+
+def test_no_labels_and_no_classes_is_bad_input_for_learning_stages(tmp_path):
+    write_csv(tmp_path, "text,label\na,\nb,\n")
+    s = discover(tmp_path)
+    with pytest.raises(BadInputError, match="prototype needs labels: no sample is labeled"):
+        s.require_labels("prototype")
+
+
+@pytest.mark.parametrize(
+    "csv, message",
+    [
+        ("path,lable\na.png,x\n", "labels.csv: unknown column 'lable'"),
+        ("label,split\nx,train\n", "labels.csv: needs a 'path', 'text' or 'embedding' column"),
+        ("path,label\n../secret.png,x\n", "labels.csv: row 2 path '../secret.png' escapes the dataset folder"),
+        ("path,label\n/etc/passwd,x\n", "labels.csv: row 2 path '/etc/passwd' escapes the dataset folder"),
+        ("id,text,label\na,t1,x\na,t2,y\n", "labels.csv: duplicate id 'a' (rows 2 and 3)"),
+        ('text,embedding\na,"[1, 2]"\nb,"[1, 2, 3]"\n', "labels.csv: row 3 'embedding' has 3 values, row 2 has 2"),
+        ('text,embedding\na,"[1, NaN]"\n', "labels.csv: row 2 'embedding' contains NaN"),
+        ('text,embedding\na,"[1, nope]"\n', "labels.csv: row 2 'embedding' is not a list of numbers"),
+        ("text,label\n", "labels.csv: the manifest has no rows"),
+        ("text,label\n,x\n", "labels.csv: row 2 has an empty 'text'"),
+    ],
+)
+def test_bad_manifests(tmp_path, csv, message):
+    write_csv(tmp_path, csv)
+    with pytest.raises(BadInputError) as e:
+        discover(tmp_path)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_empty_data(tmp_path):
+    with pytest.raises(BadInputError, match="no such dataset folder"):
+        discover(tmp_path / "nope")
+    with pytest.raises(BadInputError, match="the dataset folder is empty"):
+        discover(tmp_path)
+
+
+def test_folder_without_images_or_manifest(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(BadInputError, match="no labels.csv / labels.parquet manifest and no images"):
+        discover(tmp_path)
+
+
+def test_labels_only_manifest_allowed_when_inputs_not_required(tmp_path):
+    write_csv(tmp_path, "id,label\na,x\nb,y\n")
+    s = discover(tmp_path, require_inputs=False)
+    assert s.kind == "labels-only" and s.classes == ["x", "y"]
+
+
+def test_label_outside_given_classes(tmp_path):
+    write_csv(tmp_path, "text,label\na,x\n")
+    with pytest.raises(BadInputError, match=r"labels \['x'\] are not among --classes"):
+        discover(tmp_path, classes=("y",))
+
+
+def test_parse_classes_option(tmp_path):
+    assert parse_classes_option("a, b,c") == ("a", "b", "c")
+    f = tmp_path / "classes.txt"
+    f.write_text("cat\ndog\n\n")
+    assert parse_classes_option(str(f)) == ("cat", "dog")
+    with pytest.raises(BadInputError, match="class names repeat"):
+        parse_classes_option("a,a")

@@ -1,0 +1,91 @@
+"""Workspace: atomic writes survive a crash, fingerprints, staleness, and the manifest."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from labelkit.config import EmbedConfig, build_config, load_config_file
+from labelkit.errors import BadInputError, ConfigError
+from labelkit.workspace import Workspace, atomic_write, file_fingerprint
+
+
+def test_atomic_write_replaces_on_success(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("old")
+    with atomic_write(p, "w") as f:
+        f.write("new")
+    assert p.read_text() == "new"
+    assert [q.name for q in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_crash_mid_write_leaves_old_file(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(p, "w") as f:
+            f.write("half of the new con")
+            raise RuntimeError("killed")
+    assert p.read_text() == "old"
+    assert [q.name for q in tmp_path.iterdir()] == ["a.txt"]  # no temp file left behind
+
+
+def test_fingerprint_is_content_based(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"same")
+    b.write_bytes(b"same")
+    assert file_fingerprint(a) == file_fingerprint(b)
+    b.write_bytes(b"diff")
+    assert file_fingerprint(a) != file_fingerprint(b)
+
+
+def test_staleness_reasons(tmp_path):
+    ws = Workspace.open(tmp_path)
+    out = ws.path("x.parquet")
+    out.parent.mkdir()
+    out.write_bytes(b"data")
+    assert ws.staleness("s", "p1", {"in": "f1"}) == "never run"
+    ws.commit("s", params={"k": 1}, params_fp="p1", inputs={"in": "f1"}, outputs=["x.parquet"], started=time.perf_counter())
+    assert ws.staleness("s", "p1", {"in": "f1"}) is None
+    assert ws.staleness("s", "p2", {"in": "f1"}) == "parameters changed"
+    assert ws.staleness("s", "p1", {"in": "f2"}) == "input in changed"
+    out.write_bytes(b"edited")
+    assert ws.staleness("s", "p1", {"in": "f1"}) == "x.parquet was changed outside labelkit"
+    out.unlink()
+    assert ws.staleness("s", "p1", {"in": "f1"}) == "x.parquet is missing"
+    rec = ws.record("s")
+    assert rec.params == {"k": 1} and "numpy" in rec.versions and rec.wall_time_s >= 0
+
+
+def test_workspace_rejects_missing_data(tmp_path):
+    with pytest.raises(BadInputError, match="no such dataset folder"):
+        Workspace.open(tmp_path / "missing")
+
+
+def test_config_fingerprint_ignores_runtime_fields():
+    a = EmbedConfig(model="pixels", batch_size=8)
+    b = EmbedConfig(model="pixels", batch_size=64, device="cpu")
+    c = EmbedConfig(model="pixels:16")
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_config_file_sections_and_overrides(tmp_path):
+    f = tmp_path / "lk.toml"
+    f.write_text('[embed]\nmodel = "pixels"\nbatch_size = 32\n')
+    fc = load_config_file(f)
+    cfg = build_config("embed", fc, {"batch_size": 8, "device": None})
+    assert cfg.model == "pixels" and cfg.batch_size == 8 and cfg.device == "auto"
+
+
+def test_config_unknown_key_and_section_are_named(tmp_path):
+    f = tmp_path / "lk.toml"
+    f.write_text('[embed]\nmodle = "pixels"\n')
+    with pytest.raises(ConfigError, match=r"\[embed\]: unknown key 'modle'"):
+        build_config("embed", load_config_file(f), {})
+    f.write_text("[embedd]\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[embedd\]"):
+        load_config_file(f)
+    f.write_text("[embed]\nbatch_size = -1\n")
+    with pytest.raises(ConfigError, match="'batch_size' input should be greater than 0"):
+        build_config("embed", load_config_file(f), {})
