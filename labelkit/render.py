@@ -33,10 +33,10 @@ def _embed(console: Console, res) -> None:
         f"[bold]embed[/]: {s['n_embedded']} embedded, {s['n_reused']} reused, {s['n_skipped']} skipped "
         f"with {s['model']} ({s['dim']}-d) in {s.get('wall_time_s', 0)} s; wrote {', '.join(res.outputs)}"
     )
-    for sid in s.get("skipped", []):
+    for sid in s.get("skipped_ids", []):
         console.print(f"  skipped {sid}: {s.get('skip_errors', {}).get(sid, 'unreadable')}", highlight=False)
-    if s.get("n_skipped", 0) > len(s.get("skipped", [])):
-        console.print(f"  … and {s['n_skipped'] - len(s['skipped'])} more (see embeddings.parquet metadata)")
+    if s.get("n_skipped", 0) > len(s.get("skipped_ids", [])):
+        console.print(f"  … and {s['n_skipped'] - len(s['skipped_ids'])} more (see embeddings.parquet metadata)")
 
 
 def status(console: Console, rows) -> None:

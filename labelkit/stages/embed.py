@@ -80,7 +80,7 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
     for s in range(0, len(ids), cfg.row_group_size):
         w.write(ids[s:s + cfg.row_group_size], vectors[s:s + cfg.row_group_size])
     w.close()
-    return {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped": [], "n_skipped": 0}
+    return {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0}
 
 
 # -- model path -----------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
     n_class = _write_class_embeddings(ws, embedder, samples.classes, model)
     return {
         "model": model, "device": device, "dim": embedder.dim, "n_embedded": len(todo_ids) - len([i for i in todo_ids if i in errors]),
-        "n_reused": n_reused, "n_skipped": len(skipped_now), "skipped": skipped_now[:20],
+        "n_reused": n_reused, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
         "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
         "class_embeddings": n_class,
     }
