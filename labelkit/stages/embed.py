@@ -27,12 +27,34 @@ from labelkit.workspace import Workspace, file_fingerprint
 STAGE = "embed"
 PARTS = "embeddings.parts"
 AUTO_MODELS = {"image": "efficientnet-lite0", "text": "minilm", "vectors": "precomputed"}
+# Images this small are not natural photos: an ImageNet backbone sees an upsampled blur. On
+# examples/digits (8x8) leave-one-out 1-NN accuracy is 0.99 with raw pixels against 0.76-0.90
+# with EfficientNet-Lite0 at 32-112 px, and pixels are ~1000x faster.
+TINY_IMAGE_SIDE = 32
 
 
-def resolve_model(cfg: EmbedConfig, samples: Samples) -> str:
+def _largest_side(root: Path, samples: Samples, n: int = 32) -> int | None:
+    """The largest width or height among the first ``n`` readable images (None if none is)."""
+    from PIL import Image
+
+    sides = []
+    for src in samples.table["source"][:n]:
+        try:
+            with Image.open(root / src) as img:
+                sides.append(max(img.size))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return max(sides) if sides else None
+
+
+def resolve_model(cfg: EmbedConfig, samples: Samples, ws_root: Path) -> str:
     if samples.kind == "labels-only":
         raise BadInputError("embed needs inputs: the manifest has no 'path', 'text' or 'embedding' column")
     if cfg.model == "auto":
+        if samples.kind == "image":
+            side = _largest_side(ws_root, samples)
+            if side is not None and side <= TINY_IMAGE_SIDE:
+                return f"pixels:{side}"
         return AUTO_MODELS[samples.kind]
     if samples.kind == "vectors" and cfg.model != "precomputed":
         raise BadInputError(f"the manifest carries its own vectors ('embedding' column); use --model precomputed, not '{cfg.model}'")
@@ -44,7 +66,7 @@ def resolve_model(cfg: EmbedConfig, samples: Samples) -> str:
 def run(ws: Workspace, dcfg: DatasetConfig, cfg: EmbedConfig, *, force: bool = False, progress: Progress = NULL) -> StageResult:
     started = now()
     samples, samples_fp = prepare_samples(ws, dcfg)
-    model = resolve_model(cfg, samples)
+    model = resolve_model(cfg, samples, ws.data)
     params = {**cfg.result_params(), "model": model}
     if cfg.weights:
         if not Path(cfg.weights).is_file():

@@ -146,3 +146,9 @@ def test_missing_data_folder(runner, tmp_path):
     r = runner.invoke(app, ["embed", str(tmp_path / "nope")])
     assert r.exit_code == 1
     assert "no such dataset folder" in r.stderr
+
+
+def test_auto_model_picks_pixels_for_tiny_images(runner, digits):
+    r = runner.invoke(app, ["embed", str(digits), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == "pixels:8"
