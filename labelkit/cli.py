@@ -66,7 +66,12 @@ class Context:
         self.progress = RichProgress(err_console, enabled=not json_out)
 
     def config(self, stage: str, **overrides: Any):
-        return build_config(stage, self.file_config, overrides, where=str("config"))
+        return build_config(stage, self.file_config, overrides)
+
+    def run_context(self):
+        from labelkit.stages._common import RunContext
+
+        return RunContext(self.ws, self.dcfg, self.file_config, self.progress)
 
 
 def emit(ctx: Context, result) -> None:
@@ -77,6 +82,9 @@ def emit(ctx: Context, result) -> None:
         sys.stdout.write(json.dumps(result.to_json(), default=str) + "\n")
     else:
         render.result(err_console, result)
+    if result.exit_code:
+        err_console.print(f"[bold red]fail:[/] {result.message}", highlight=False)
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -97,7 +105,32 @@ def embed(
 
     ctx = Context(data, out, config, classes, json_out)
     cfg = ctx.config("embed", model=model, weights=weights, allow_download=allow_download, dtype=dtype, batch_size=batch_size, num_workers=num_workers, device=device)
-    emit(ctx, stage.run(ctx.ws, ctx.dcfg, cfg, force=force, progress=ctx.progress))
+    emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
+
+
+@app.command("detect-noise")
+@handles_errors
+def detect_noise(
+    data: DataArg,
+    probs: Annotated[Optional[str], typer.Option("--probs", help="out-of-sample probabilities: auto, crossval (K-fold softmax head), knn (leave-one-out vote)")] = None,
+    pred_probs: Annotated[Optional[str], typer.Option("--pred-probs", help="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + a column per class); needs no embeddings")] = None,
+    filter_by: Annotated[Optional[str], typer.Option("--filter-by", help="prune_by_noise_rate, prune_by_class, both, confident_learning, predicted_neq_given")] = None,
+    rank_by: Annotated[Optional[str], typer.Option("--rank-by", help="self_confidence, normalized_margin, confidence_weighted_entropy")] = None,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="cross-validation folds [default: 5]")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="neighbours in the kNN graph [default: 10]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="seed for the fold assignment")] = None,
+    fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="exit with code 3 when the label-issue rate is above this fraction (for CI)")] = None,
+    export_review: Annotated[Optional[str], typer.Option("--export-review", help="write a CSV review queue for annotators, most useful first")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Find and rank likely label errors (label_issues.parquet); --fail-above gates CI."""
+    from labelkit.stages import detect_noise as stage
+
+    ctx = Context(data, out, config, classes, json_out)
+    cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
+                     fail_above=fail_above, export_review=export_review, device=device)
+    emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 
 @app.command()
@@ -108,7 +141,7 @@ def status(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes:
     from labelkit.stages import pipeline
 
     ctx = Context(data, out, config, classes, json_out)
-    rows = pipeline.status(ctx.ws, ctx.dcfg)
+    rows = pipeline.status(ctx.run_context())
     if json_out:
         sys.stdout.write(json.dumps({"stages": [r.__dict__ for r in rows]}) + "\n")
     else:

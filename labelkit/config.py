@@ -50,9 +50,30 @@ class EmbedConfig(StageConfig):
     row_group_size: int = Field(8192, gt=0)
 
 
+class DetectNoiseConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top"})
+
+    probs: Literal["auto", "crossval", "knn"] = Field(
+        "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote); auto = crossval"
+    )
+    pred_probs: str | None = Field(None, description="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + one column per class)")
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = "prune_by_noise_rate"
+    rank_by: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = "self_confidence"
+    folds: int = Field(5, ge=2, description="cross-validation folds")
+    k: int = Field(10, ge=1, description="neighbours in the kNN graph")
+    duplicate_threshold: float = Field(0.98, gt=0, le=1, description="cosine similarity above which two samples are near-duplicates")
+    outlier_cut: float = Field(3.5, gt=0, description="robust z-score (median/MAD) of kNN distance above which a sample is an outlier")
+    seed: int = 0
+    device: str = "auto"
+    fail_above: float | None = Field(None, ge=0, le=1, description="exit 3 when the estimated label-issue rate is above this")
+    export_review: str | None = Field(None, description="write a CSV review queue here, most useful first")
+    top: int = Field(10, ge=0, description="issues listed in the printed summary")
+
+
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "dataset": DatasetConfig,
     "embed": EmbedConfig,
+    "detect-noise": DetectNoiseConfig,
 }
 
 

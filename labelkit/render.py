@@ -15,7 +15,11 @@ def result(console: Console, res) -> None:
         result(console, up)
     if res.skipped:
         console.print(f"[bold]{res.stage}[/]: {res.reason}, skipping (use --force to rerun)")
+        if res.summary and res.stage in RENDERERS:
+            RENDERERS[res.stage](console, res)
         return
+    if "missing" in res.reason:
+        console.print(f"[bold]{res.stage}[/]: {res.reason}")
     renderer = RENDERERS.get(res.stage, _generic)
     renderer(console, res)
 
@@ -39,6 +43,30 @@ def _embed(console: Console, res) -> None:
         console.print(f"  … and {s['n_skipped'] - len(s['skipped_ids'])} more (see embeddings.parquet metadata)")
 
 
+def _detect_noise(console: Console, res) -> None:
+    s: dict[str, Any] = res.summary
+    console.print(
+        f"[bold]detect-noise[/]: {s['n_issues']} of {s['n_analysed']} labeled samples flagged ({s['issue_rate']:.1%}); "
+        f"estimated noise rate {s['estimated_noise_rate']:.1%} (probabilities: {s['probs']}, filter: {s['filter_by']})"
+    )
+    if s["issues_by_type"]:
+        console.print("  by type: " + ", ".join(f"{k} {v}" for k, v in s["issues_by_type"].items()))
+    if s["issues_by_class"]:
+        console.print("  by given label: " + ", ".join(f"{k} {v}" for k, v in list(s["issues_by_class"].items())[:10]))
+    if s["confused_pairs"]:
+        console.print("  most confused (given -> true): " + ", ".join(f"{p['given']}->{p['true']} ({p['joint']:.1%})" for p in s["confused_pairs"]))
+    if s["top_issues"]:
+        t = Table(title="top label issues", title_justify="left")
+        for col in ("rank", "id", "given", "suggested", "quality", "type"):
+            t.add_column(col)
+        for r in s["top_issues"]:
+            t.add_row(str(r["rank"]), r["id"], r["given"], r["suggested"], f"{r['quality']:.3f}", str(r["type"]))
+        console.print(t)
+    if "review_file" in s:
+        console.print(f"  review queue: {s['review_rows']} rows in {s['review_file']}")
+    console.print(f"  wrote {', '.join(res.outputs)}")
+
+
 def status(console: Console, rows) -> None:
     t = Table(title="labelkit status")
     for col in ("stage", "state", "why", "wall time", "finished"):
@@ -48,4 +76,4 @@ def status(console: Console, rows) -> None:
     console.print(t)
 
 
-RENDERERS = {"embed": _embed}
+RENDERERS = {"embed": _embed, "detect-noise": _detect_noise}

@@ -17,6 +17,27 @@ from labelkit.workspace import Workspace
 
 
 @dataclass
+class RunContext:
+    """What every stage run gets: the workspace, dataset options, the config file, progress."""
+
+    ws: Workspace
+    dcfg: DatasetConfig
+    file_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: Any = None
+
+    def __post_init__(self):
+        if self.progress is None:
+            from labelkit._progress import NULL
+
+            self.progress = NULL
+
+    def config(self, stage: str, **overrides: Any) -> StageConfig:
+        from labelkit.config import build_config
+
+        return build_config(stage, self.file_config, overrides)
+
+
+@dataclass
 class StageResult:
     """What a stage did, for the CLI to render (``summary`` is also the ``--json`` payload)."""
 
@@ -26,9 +47,13 @@ class StageResult:
     summary: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     upstream: list["StageResult"] = field(default_factory=list)
+    exit_code: int = 0  # non-zero when a CI gate was breached (the summary is still printed)
+    message: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out = {"stage": self.stage, "skipped": self.skipped, "reason": self.reason, "outputs": self.outputs, **self.summary}
+        if self.exit_code:
+            out["exit_code"], out["message"] = self.exit_code, self.message
         if self.upstream:
             out["upstream"] = [u.to_json() for u in self.upstream]
         return out

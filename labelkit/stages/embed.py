@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from labelkit import artifacts
-from labelkit._progress import NULL, Progress
 from labelkit._validation import l2_normalize
-from labelkit.config import DatasetConfig, EmbedConfig
+from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.stages._common import StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
 from labelkit.workspace import Workspace, file_fingerprint
 
 STAGE = "embed"
@@ -63,9 +62,10 @@ def resolve_model(cfg: EmbedConfig, samples: Samples, ws_root: Path) -> str:
     return cfg.model
 
 
-def run(ws: Workspace, dcfg: DatasetConfig, cfg: EmbedConfig, *, force: bool = False, progress: Progress = NULL) -> StageResult:
+def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResult:
     started = now()
-    samples, samples_fp = prepare_samples(ws, dcfg)
+    ws, progress = ctx.ws, ctx.progress
+    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
     model = resolve_model(cfg, samples, ws.data)
     params = {**cfg.result_params(), "model": model}
     if cfg.weights:

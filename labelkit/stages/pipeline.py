@@ -1,26 +1,53 @@
-"""The stage DAG: which artifacts each stage reads and writes, and ``status`` over all of them."""
+"""The stage DAG: what each stage reads and writes, running missing upstream stages, and status."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from labelkit import artifacts
-from labelkit.config import DatasetConfig
 from labelkit.errors import LabelkitError
-from labelkit.stages._common import prepare_samples
-from labelkit.workspace import Workspace
+from labelkit.stages._common import RunContext, StageResult, prepare_samples
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    inputs: tuple[str, ...]  # artifact names (samples.parquet is every stage's input)
+    module: str  # labelkit.stages.<module>.run(ctx, cfg, force=...)
+    needs: tuple[str, ...]  # upstream stages whose outputs this one reads
     outputs: tuple[str, ...]
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("embed", (artifacts.SAMPLES,), (artifacts.EMBEDDINGS,)),
+    StageSpec("embed", "embed", (), (artifacts.EMBEDDINGS,)),
+    StageSpec("detect-noise", "detect_noise", ("embed",), (artifacts.LABEL_ISSUES,)),
 )
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> StageResult:
+    """Run one stage (its config from ``--config`` and defaults unless given)."""
+    spec = BY_NAME[name]
+    module = importlib.import_module(f"labelkit.stages.{spec.module}")
+    return module.run(ctx, cfg if cfg is not None else ctx.config(name), force=force)
+
+
+def ensure(ctx: RunContext, name: str) -> list[StageResult]:
+    """Run ``name`` (and, first, its own upstream) when an output of it is missing.
+
+    Returns the results of what ran, each with ``reason`` saying why.
+    """
+    spec = BY_NAME[name]
+    missing = [o for o in spec.outputs if not ctx.ws.path(o).exists()]
+    if not missing:
+        return []
+    ran: list[StageResult] = []
+    for up in spec.needs:
+        ran.extend(ensure(ctx, up))
+    res = run_stage(ctx, name)
+    res.reason = f"{missing[0]} was missing, so {name} ran first with its defaults"
+    ran.append(res)
+    return ran
 
 
 @dataclass
@@ -32,10 +59,11 @@ class StageStatus:
     finished_at: str = ""
 
 
-def status(ws: Workspace, dcfg: DatasetConfig) -> list[StageStatus]:
+def status(ctx: RunContext) -> list[StageStatus]:
     """Each stage: done, stale (and why), or missing; compares recorded fingerprints with disk."""
+    ws = ctx.ws
     try:
-        _, samples_fp = prepare_samples(ws, dcfg, require_inputs=False)
+        _, samples_fp = prepare_samples(ws, ctx.dcfg, require_inputs=False)
     except LabelkitError:
         samples_fp = None
     out = []
@@ -44,14 +72,12 @@ def status(ws: Workspace, dcfg: DatasetConfig) -> list[StageStatus]:
         if rec is None:
             out.append(StageStatus(spec.name, "missing", "never run"))
             continue
-        current = {}
-        for name in spec.inputs:
-            current[name] = samples_fp if name == artifacts.SAMPLES else ws.fingerprint(name)
+        current = {name: (samples_fp if name == artifacts.SAMPLES else ws.fingerprint(name)) for name in rec.inputs}
+        gone = [k for k, v in current.items() if v is None]
         reason = ws.staleness(spec.name, None, {k: v for k, v in current.items() if v is not None})
-        missing_inputs = [k for k, v in current.items() if v is None]
-        if reason is None and missing_inputs:
-            reason = f"input {missing_inputs[0]} is missing"
-        if reason and "is missing" in reason and reason.startswith(spec.outputs[0]):
+        if reason is None and gone:
+            reason = f"input {gone[0]} is missing"
+        if reason and any(reason == f"{o} is missing" for o in spec.outputs):
             out.append(StageStatus(spec.name, "missing", reason))
         elif reason:
             out.append(StageStatus(spec.name, "stale", reason, rec.wall_time_s, rec.finished_at))

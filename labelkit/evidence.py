@@ -1,0 +1,356 @@
+"""Evidence of label issues from embeddings alone: kNN vote, conflicting near-duplicates,
+outliers, and the combination into one label quality.
+
+Numpy in, numpy out. Every function reads a kNN graph as ``sims`` and ``idx`` of shape
+(n_samples, k), self excluded, -1 = missing. :func:`knn_vote_probs` gives out-of-sample
+probabilities that :mod:`labelkit.noise` (confident learning) can take as ``probs``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+
+from labelkit._validation import check_labels, check_probs
+from labelkit.errors import BadInputError
+from labelkit.noise import _enum
+
+__all__ = [
+    "Weighting", "KnnLabelIssues", "DuplicateConflicts", "Outliers", "LabelQuality",
+    "knn_vote_probs", "knn_label_issues", "find_conflicting_duplicates", "find_outliers",
+    "combine_evidence",
+]
+
+
+class Weighting(str, Enum):
+    """How each neighbour's vote is weighted in :func:`knn_vote_probs`."""
+
+    UNIFORM = "uniform"
+    SIMILARITY = "similarity"  # max(cosine similarity, 0)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class DuplicateConflicts(NamedTuple):
+    """``is_issue`` (N,) bool; ``partner`` (N,) int64, the most similar conflicting duplicate
+    (-1 if none); ``similarity`` (N,) float32 to it (NaN if none)."""
+
+    is_issue: np.ndarray
+    partner: np.ndarray
+    similarity: np.ndarray
+
+
+class Outliers(NamedTuple):
+    """``distance`` (N,) mean cosine distance to the neighbours (NaN if none); ``score`` (N,) in
+    [0, 1], 0.5 at the cut; ``is_issue`` (N,) bool."""
+
+    distance: np.ndarray
+    score: np.ndarray
+    is_issue: np.ndarray
+
+
+class KnnLabelIssues(NamedTuple):
+    """``knn_probs`` (N, K) leave-one-out vote; ``agreement`` (N,) its mass on the given label
+    (NaN if unlabeled); ``suggested_label`` (N,) its argmax; ``is_issue`` (N,) bool."""
+
+    knn_probs: np.ndarray
+    agreement: np.ndarray
+    suggested_label: np.ndarray
+    is_issue: np.ndarray
+
+
+def _check_graph(sims, idx, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated kNN graph and the mask of usable edges (present, not a self-loop)."""
+    sims = np.asarray(sims, dtype=np.float32)
+    idx = np.asarray(idx)
+    if sims.ndim != 2 or sims.shape != idx.shape or (n is not None and len(idx) != n):
+        raise BadInputError(f"'sims' and 'idx' must both have shape ({n if n is not None else 'n_samples'}, k). Got {sims.shape} and {idx.shape} instead.")
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise BadInputError(f"'idx' must be integers. Got dtype {idx.dtype} instead.")
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size and (idx.max() >= len(idx) or idx.min() < -1):
+        raise BadInputError(f"'idx' must be in [-1, {len(idx) - 1}]. Got range [{idx.min()}, {idx.max()}] instead.")
+    if not np.isfinite(sims[idx >= 0]).all():
+        raise BadInputError("'sims' contains NaN or infinite values.")
+    valid = (idx >= 0) & (idx != np.arange(len(idx))[:, None])
+    return sims, idx, valid
+
+
+def knn_vote_probs(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_classes: int, *,
+                   weighting: Weighting | str = Weighting.SIMILARITY, smoothing: float = 1.0) -> np.ndarray:
+    """Leave-one-out class probabilities from the labels of each sample's neighbours.
+
+    probs[i, c] = (sum of w_ij over labeled neighbours j with label c + smoothing / K)
+    / (sum of w_ij + smoothing); w_ij = 1 (``uniform``) or max(s_ij, 0) (``similarity``).
+    The sample itself never votes, so these are out-of-sample probabilities that confident
+    learning can use. A row with no weight and ``smoothing=0`` is uniform.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled (does not vote).
+    sims, idx : ndarray of shape (n_samples, k)
+        Cosine similarities and row indices of the neighbours (-1 = missing), self excluded.
+    n_classes : int
+    weighting : Weighting or str, default="similarity"
+    smoothing : float, default=1.0
+        Additive (Laplace) smoothing mass, spread uniformly over the classes.
+
+    Returns
+    -------
+    probs : ndarray of shape (n_samples, n_classes), float32
+
+    References
+    ----------
+    Zhu, Dong & Liu, "Detecting Corrupted Labels Without Training a Model to Predict",
+    ICML 2022 (SimiFeat's local vote).
+
+    Examples
+    --------
+    >>> knn_vote_probs(np.array([0, 0, 1]), np.ones((3, 1)), np.array([[1], [0], [0]]), 2, smoothing=0)
+    array([[1., 0.],
+           [1., 0.],
+           [1., 0.]], dtype=float32)
+    """
+    if int(n_classes) != n_classes or n_classes < 1:
+        raise BadInputError(f"'n_classes' must be an integer >= 1. Got {n_classes!r} instead.")
+    labels = check_labels(labels, n_classes=int(n_classes))
+    weighting = _enum(Weighting, weighting, "weighting")
+    if not smoothing >= 0:
+        raise BadInputError(f"'smoothing' must be >= 0. Got {smoothing!r} instead.")
+    sims, idx, valid = _check_graph(sims, idx, len(labels))
+    return _knn_vote_impl(labels, sims, idx, valid, int(n_classes), weighting, float(smoothing))
+
+
+def _knn_vote_impl(labels, sims, idx, valid, k, weighting, smoothing) -> np.ndarray:
+    nb = labels[np.where(valid, idx, 0)]
+    valid = valid & (nb >= 0)
+    w = np.ones_like(sims) if weighting is Weighting.UNIFORM else np.maximum(sims, 0)
+    out = np.empty((len(labels), k), dtype=np.float32)
+    step = max(1, (1 << 22) // k)
+    for s in range(0, len(labels), step):  # bincount per block of rows keeps memory at O(block * K)
+        v = valid[s:s + step]
+        rows = np.broadcast_to(np.arange(v.shape[0])[:, None], v.shape)[v]
+        votes = np.bincount(rows * k + nb[s:s + step][v], weights=w[s:s + step][v], minlength=v.shape[0] * k)
+        votes = votes.reshape(-1, k) + smoothing / k
+        total = votes.sum(axis=1, keepdims=True)
+        out[s:s + step] = np.where(total > 0, votes / np.where(total > 0, total, 1), 1.0 / k)
+    return out
+
+
+def knn_label_issues(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_classes: int, *,
+                     weighting: Weighting | str = Weighting.SIMILARITY, smoothing: float = 1.0,
+                     min_agreement: float = 0.5) -> KnnLabelIssues:
+    """Flag labeled samples whose neighbours confidently vote for another class.
+
+    A sample is an issue when the argmax c of its leave-one-out vote (:func:`knn_vote_probs`)
+    differs from its label, receives strictly more mass than the label, and holds at least
+    ``min_agreement`` of the mass.
+
+    Parameters
+    ----------
+    labels, sims, idx, n_classes, weighting, smoothing
+        As in :func:`knn_vote_probs`.
+    min_agreement : float, default=0.5
+        Vote share the neighbours' majority needs to overrule the label.
+
+    Returns
+    -------
+    KnnLabelIssues
+
+    References
+    ----------
+    Zhu, Dong & Liu, "Detecting Corrupted Labels Without Training a Model to Predict",
+    ICML 2022.
+    """
+    if not 0 <= min_agreement <= 1:
+        raise BadInputError(f"'min_agreement' must be in [0, 1]. Got {min_agreement!r} instead.")
+    probs = knn_vote_probs(labels, sims, idx, n_classes, weighting=weighting, smoothing=smoothing)
+    labels = np.asarray(labels, dtype=np.int64)
+    lab = labels >= 0
+    agree = np.full(len(labels), np.nan, dtype=np.float32)
+    agree[lab] = probs[np.flatnonzero(lab), labels[lab]]
+    best = probs.argmax(axis=1)
+    top = probs[np.arange(len(labels)), best]
+    issue = lab & (best != labels) & (top > np.nan_to_num(agree)) & (top >= min_agreement)
+    return KnnLabelIssues(probs, agree, best.astype(np.int64), issue)
+
+
+def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, *,
+                                threshold: float = 0.98) -> DuplicateConflicts:
+    """Near-duplicate pairs (cosine similarity >= ``threshold``) whose given labels differ.
+
+    Both members of a pair are flagged, whichever of the two lists the other as a neighbour.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled (never in conflict).
+    sims, idx : ndarray of shape (n_samples, k)
+        The kNN graph, self excluded.
+    threshold : float, default=0.98
+
+    Returns
+    -------
+    DuplicateConflicts
+
+    References
+    ----------
+    Northcutt, Athalye & Mueller, "Pervasive Label Errors in Test Sets Destabilize Machine
+    Learning Benchmarks", NeurIPS Datasets and Benchmarks 2021 (near-duplicates in test sets).
+
+    Examples
+    --------
+    >>> find_conflicting_duplicates(np.array([0, 1, 1]), np.array([[.99], [.99], [.5]]), np.array([[1], [0], [0]])).is_issue.tolist()
+    [True, True, False]
+    """
+    labels = check_labels(labels)
+    if not -1 <= threshold <= 1:
+        raise BadInputError(f"'threshold' must be in [-1, 1]. Got {threshold!r} instead.")
+    sims, idx, valid = _check_graph(sims, idx, len(labels))
+    other = labels[np.where(valid, idx, 0)]
+    hit = valid & (sims >= threshold) & (labels[:, None] >= 0) & (other >= 0) & (other != labels[:, None])
+    a = np.broadcast_to(np.arange(len(labels))[:, None], hit.shape)[hit]
+    b, s = idx[hit], sims[hit]
+    src, dst, sim = np.r_[a, b], np.r_[b, a], np.r_[s, s]  # symmetric: both ends are flagged
+    order = np.lexsort((-sim, src))
+    first = order[np.r_[True, src[order][1:] != src[order][:-1]]] if order.size else order
+    partner = np.full(len(labels), -1, dtype=np.int64)
+    similarity = np.full(len(labels), np.nan, dtype=np.float32)
+    partner[src[first]], similarity[src[first]] = dst[first], sim[first]
+    return DuplicateConflicts(partner >= 0, partner, similarity)
+
+
+def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = 3.5) -> Outliers:
+    """Outliers by mean cosine distance to the k neighbours, with a robust (median/MAD) cut.
+
+    z = 0.6745 (d - median d) / MAD (the modified z-score; MAD falls back to 1.2533 x the mean
+    absolute deviation when it is 0); flagged when z > ``cut``; score = z+ / (z+ + cut), so 0 up
+    to the median, 0.5 at the cut and towards 1 beyond. Rows without neighbours get NaN and are
+    not flagged.
+
+    Parameters
+    ----------
+    sims, idx : ndarray of shape (n_samples, k)
+        The kNN graph, self excluded.
+    cut : float, default=3.5
+
+    Returns
+    -------
+    Outliers
+
+    References
+    ----------
+    Iglewicz & Hoaglin, "How to Detect and Handle Outliers", ASQC 1993 (modified z-score);
+    kNN distance as outlier score: Ramaswamy, Rastogi & Shim, SIGMOD 2000.
+    """
+    if not cut > 0:
+        raise BadInputError(f"'cut' must be > 0. Got {cut!r} instead.")
+    sims, idx, valid = _check_graph(sims, idx)
+    n_valid = valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = (np.where(valid, 1.0 - sims.astype(np.float64), 0).sum(axis=1) / n_valid).astype(np.float32)
+        ok = n_valid > 0
+        med = np.median(dist[ok]) if ok.any() else 0.0
+        dev = np.abs(dist[ok] - med)
+        scale = np.median(dev) / 0.6745 if dev.size else 0.0
+        if scale == 0 and dev.size:
+            scale = 1.2533 * dev.mean()
+        z = (dist - med) / scale if scale > 0 else np.zeros_like(dist)
+    zp = np.where(ok, np.maximum(z, 0), np.nan)
+    score = (zp / (zp + cut)).astype(np.float32)
+    return Outliers(dist, score, ok & (z > cut))
+
+
+# ----------------------------------------------------------------------------- combination
+
+
+class LabelQuality(NamedTuple):
+    """Per-sample summary (the ``label_issues`` artifact): ``label_quality`` (N,) in [0, 1]
+    (NaN if unlabeled), ``suggested_label`` (N,) int64, ``is_issue`` (N,) bool, ``issue_type``
+    (N,) object ('label', 'duplicate', 'outlier' or None), ``rank`` (N,) int64 (1 = most likely
+    wrong, -1 if unlabeled)."""
+
+    label_quality: np.ndarray
+    suggested_label: np.ndarray
+    is_issue: np.ndarray
+    issue_type: np.ndarray
+    rank: np.ndarray
+
+
+def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
+                     label_issues: np.ndarray | None = None,
+                     duplicates: DuplicateConflicts | None = None,
+                     outliers: Outliers | None = None) -> LabelQuality:
+    """Combine the evidence into one label-quality score, a suggestion, a type and a rank.
+
+    Rule, per labeled sample (unlabeled rows: NaN, -1, not issues):
+
+    - q_label = probs[i, y_i] (the self-confidence; 1 without ``probs``);
+      q_dup = 1 - s for a flagged conflicting duplicate at similarity s, else 1;
+      q_out = 1 - outlier score.
+    - ``label_quality`` = min(q_label, q_dup, q_out): the strongest single piece of evidence.
+    - ``is_issue`` = label issue or conflicting duplicate or outlier; ``issue_type`` is the
+      first that applies in that order ('label', 'duplicate', 'outlier'), None otherwise.
+    - ``suggested_label`` = argmax of ``probs`` (the given label without ``probs``).
+    - ``rank``: issues first, then the rest, each by ascending quality (ties by row), from 1.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+    probs : ndarray of shape (n_samples, n_classes), default=None
+        Out-of-sample probabilities (a model's, or :func:`knn_vote_probs`).
+    label_issues : ndarray of shape (n_samples,) bool, default=None
+        E.g. :func:`labelkit.noise.find_label_issues` or ``knn_label_issues(...).is_issue``.
+    duplicates : DuplicateConflicts, default=None
+    outliers : Outliers, default=None
+
+    Returns
+    -------
+    LabelQuality
+
+    References
+    ----------
+    Northcutt, Jiang & Chuang, JAIR 2021 (self-confidence); Zhu, Dong & Liu, ICML 2022.
+
+    Examples
+    --------
+    >>> r = combine_evidence(np.array([0, 1, -1]), probs=np.array([[.9, .1], [.8, .2], [.5, .5]]), label_issues=np.array([False, True, False]))
+    >>> r.issue_type.tolist(), r.rank.tolist()
+    ([None, 'label', None], [2, 1, -1])
+    """
+    labels = check_labels(labels)
+    n = len(labels)
+    lab = labels >= 0
+    quality = np.ones(n)
+    suggested = labels.copy()
+    if probs is not None:
+        probs = check_probs(probs)
+        if len(probs) != n or labels.max(initial=-1) >= probs.shape[1]:
+            raise BadInputError(f"'probs' must have shape ({n}, n_classes > max label). Got {probs.shape} instead.")
+        quality[lab] = probs[np.flatnonzero(lab), labels[lab]]
+        suggested = probs.argmax(axis=1).astype(np.int64)
+    flags = []
+    for name, ev in (("label", label_issues), ("duplicate", duplicates), ("outlier", outliers)):
+        mask = np.zeros(n, dtype=bool) if ev is None else np.asarray(ev if name == "label" else ev.is_issue, dtype=bool)
+        if mask.shape != (n,):
+            raise BadInputError(f"'{name}' evidence must have {n} rows. Got shape {mask.shape} instead.")
+        flags.append(mask & lab)
+    if duplicates is not None:
+        quality = np.minimum(quality, np.where(flags[1], 1.0 - np.nan_to_num(duplicates.similarity), 1.0))
+    if outliers is not None:
+        quality = np.minimum(quality, 1.0 - np.nan_to_num(outliers.score))
+    quality = np.clip(quality, 0.0, 1.0)
+    quality[~lab] = np.nan
+    issue_type = np.full(n, None, dtype=object)
+    for name, mask in zip(("outlier", "duplicate", "label"), flags[::-1]):
+        issue_type[mask] = name  # later assignments win: label > duplicate > outlier
+    is_issue = flags[0] | flags[1] | flags[2]
+    rows = np.flatnonzero(lab)
+    order = rows[np.lexsort((rows, quality[rows], ~is_issue[rows]))]
+    rank = np.full(n, -1, dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    return LabelQuality(quality.astype(np.float32), suggested, is_issue, issue_type, rank)
