@@ -108,6 +108,48 @@ def embed(
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 
+@app.command()
+@handles_errors
+def prototype(
+    data: DataArg,
+    n_per_class: Annotated[Optional[int], typer.Option("--n-per-class", help="prototypes per class (k-means inside the class when > 1) [default: 1]")] = None,
+    clean: Annotated[Optional[bool], typer.Option("--clean/--no-clean", help="drop labeled samples whose neighbours disagree before averaging [default: clean]")] = None,
+    text_weight: Annotated[Optional[float], typer.Option("--text-weight", help="weight of class-name embeddings fused in (text-tower models) [default: 0.25]")] = None,
+    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="refine with confident unlabeled samples (soft k-means) [default: refine]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="random seed (k-means)")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Compute class prototypes (prototypes.parquet), refined with unlabeled data."""
+    from labelkit.stages import prototype as stage
+
+    ctx = Context(data, out, config, classes, json_out)
+    cfg = ctx.config("prototype", n_per_class=n_per_class, clean=clean, text_weight=text_weight, refine=refine, seed=seed)
+    emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
+
+
+@app.command()
+@handles_errors
+def pseudolabel(
+    data: DataArg,
+    method: Annotated[Optional[str], typer.Option("--method", help="ensemble (default), propagation, prototype, knn")] = None,
+    threshold_rule: Annotated[Optional[str], typer.Option("--threshold-rule", help="fixed (default), flexmatch, top_per_class, margin")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="tau for fixed/flexmatch, N for top_per_class, minimum margin for margin [default: 0.95]")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="neighbours in the kNN graph [default: 10]")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="classes kept in the soft label [default: 3]")] = None,
+    sharpen: Annotated[Optional[float], typer.Option("--sharpen", help="soft-label temperature, < 1 sharpens [default: 1]")] = None,
+    prior_correction: Annotated[Optional[bool], typer.Option("--prior-correction/--no-prior-correction", help="EM re-estimation of unlabeled class priors (label shift)")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the calibration folds")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Label the unlabeled samples (pseudolabels.parquet), with calibrated confidence and soft labels."""
+    from labelkit.stages import pseudolabel as stage
+
+    ctx = Context(data, out, config, classes, json_out)
+    cfg = ctx.config("pseudolabel", method=method, threshold_rule=threshold_rule, threshold=threshold, k=k, top_k=top_k, sharpen=sharpen,
+                     prior_correction=prior_correction, seed=seed)
+    emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
+
+
 @app.command("detect-noise")
 @handles_errors
 def detect_noise(
@@ -131,6 +173,49 @@ def detect_noise(
     cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
                      fail_above=fail_above, export_review=export_review, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
+
+
+@app.command()
+@handles_errors
+def distill(
+    data: DataArg,
+    student: Annotated[Optional[str], typer.Option("--student", help="mlp or linear head on the embeddings; cnn: a small image network trained end to end (use a GPU)")] = None,
+    keep_issues: Annotated[Optional[bool], typer.Option("--keep-issues/--drop-issues", help="keep labeled samples that detect-noise flagged [default: drop]")] = None,
+    soft: Annotated[Optional[bool], typer.Option("--soft/--hard", help="distil soft pseudo-labels (KL at --temperature) or their hard labels [default: soft]")] = None,
+    confidence_weighting: Annotated[Optional[bool], typer.Option("--confidence-weighting/--no-confidence-weighting", help="weight pseudo-labeled samples by confidence [default: on]")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="maximum epochs [default: 100]")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="distillation temperature T [default: 2]")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="self-training rounds (the student becomes the teacher) [default: 1]")] = None,
+    onnx: Annotated[Optional[bool], typer.Option("--onnx/--no-onnx", help="also export student/model.onnx")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Train a student on the cleaned labels plus accepted pseudo-labels (student/)."""
+    from labelkit.stages import distill as stage
+
+    ctx = Context(data, out, config, classes, json_out)
+    cfg = ctx.config("distill", student=student, keep_issues=keep_issues, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
+                     temperature=temperature, rounds=rounds, onnx=onnx, seed=seed, device=device)
+    emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
+
+
+@app.command()
+@handles_errors
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="a student folder written by distill (e.g. DATA/.labelkit/student)", show_default=False)],
+    data: DataArg,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="classes kept in top_labels/top_probs [default: 3]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="rows per forward pass")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Apply a student to new data: embed it as the student expects, write predictions.parquet."""
+    from labelkit.stages import predict as stage
+
+    ctx = Context(data, out, config, None, json_out)
+    cfg = ctx.config("predict", top_k=top_k, batch_size=batch_size, device=device)
+    emit(ctx, stage.run(model_dir, ctx.run_context(), cfg))
 
 
 @app.command()

@@ -50,6 +50,38 @@ class EmbedConfig(StageConfig):
     row_group_size: int = Field(8192, gt=0)
 
 
+class PrototypeConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+    n_per_class: int = Field(1, ge=1, description="prototypes per class (k-means inside the class when > 1)")
+    clean: bool = Field(True, description="drop labeled samples whose neighbours disagree with their label, or far from their class, before averaging")
+    min_agreement: float = Field(0.5, ge=0, le=1, description="share of a sample's labeled neighbours that must agree with its label to keep it")
+    k: int = Field(10, ge=1, description="neighbours used by the clean-sample check")
+    text_weight: float = Field(0.25, ge=0, le=1, description="weight of the class-name (text) embedding fused into each prototype, when the model has a text tower")
+    refine: bool = Field(True, description="refine prototypes transductively with confident unlabeled samples (soft k-means)")
+    refine_temperature: float = Field(0.05, gt=0)
+    min_confidence: float = Field(0.8, ge=0, le=1, description="unlabeled samples at least this confident take part in refinement")
+    max_iter: int = Field(10, ge=0)
+    seed: int = 0
+
+
+class PseudolabelConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+    method: Literal["ensemble", "propagation", "prototype", "knn"] = Field(
+        "ensemble", description="scores: label propagation + prototypes (ensemble), label spreading alone, prototype softmax, or kNN vote"
+    )
+    k: int = Field(10, ge=1, description="neighbours in the kNN graph")
+    alpha: float = Field(0.9, ge=0, lt=1, description="label spreading: weight of neighbours against the seeds")
+    threshold_rule: Literal["fixed", "flexmatch", "top_per_class", "margin"] = Field("fixed", description="which rule accepts a pseudo-label")
+    threshold: float = Field(0.95, ge=0, description="tau for fixed/flexmatch, N for top_per_class, minimum margin for margin")
+    top_k: int = Field(3, ge=1, description="classes kept in the soft label")
+    sharpen: float = Field(1.0, gt=0, description="soft-label temperature (< 1 sharpens)")
+    calibration_folds: int = Field(5, ge=0, description="folds of labeled samples for held-out temperature calibration (0 = off)")
+    prior_correction: bool = Field(False, description="re-estimate the unlabeled class priors by EM (Saerens et al. 2002)")
+    seed: int = 0
+
+
 class DetectNoiseConfig(StageConfig):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top"})
 
@@ -70,9 +102,45 @@ class DetectNoiseConfig(StageConfig):
     top: int = Field(10, ge=0, description="issues listed in the printed summary")
 
 
+class DistillConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device"})
+
+    student: Literal["mlp", "linear", "cnn"] = Field("mlp", description="mlp or linear head on the embeddings; cnn = a small image network trained end to end on the pixels (use a GPU)")
+    keep_issues: bool = Field(False, description="keep labeled samples that detect-noise flagged")
+    use_pseudolabels: bool = Field(True, description="train on the accepted pseudo-labels too")
+    soft: bool = Field(True, description="distil the pseudo-labels' soft labels (KL at --temperature) rather than their hard labels")
+    confidence_weighting: bool = Field(True, description="weight pseudo-labeled samples by their confidence")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    hidden: int = Field(512, ge=1, description="hidden width of the mlp student")
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T (Hinton et al. 2015)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (KL) term where a sample has both targets")
+    soften_below: float = Field(0.5, ge=0, le=1, description="targets less confident than this are softened toward the hard label (FerKD)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the trusted labels for early stopping and metrics")
+    patience: int = Field(10, ge=1, description="epochs without improvement before early stopping")
+    rounds: int = Field(1, ge=1, description="self-training rounds: after each, the student becomes the teacher")
+    onnx: bool = Field(False, description="also export student/model.onnx")
+    seed: int = 0
+    device: str = "auto"
+
+
+class PredictConfig(StageConfig):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
+
+    top_k: int = Field(3, ge=1, description="classes kept in top_labels/top_probs")
+    batch_size: int = Field(1024, ge=1)
+    device: str = "auto"
+
+
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "distill": DistillConfig,
+    "predict": PredictConfig,
     "dataset": DatasetConfig,
     "embed": EmbedConfig,
+    "prototype": PrototypeConfig,
+    "pseudolabel": PseudolabelConfig,
     "detect-noise": DetectNoiseConfig,
 }
 

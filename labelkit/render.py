@@ -67,6 +67,40 @@ def _detect_noise(console: Console, res) -> None:
     console.print(f"  wrote {', '.join(res.outputs)}")
 
 
+def _prototype(console: Console, res) -> None:
+    s: dict[str, Any] = res.summary
+    kinds = ", ".join(f"{v} {k}" for k, v in s["kinds"].items())
+    console.print(
+        f"[bold]prototype[/]: {s['n_prototypes']} prototypes ({kinds}) for {s['n_classes']} classes; "
+        f"{s['n_dropped_unclean']} labeled samples dropped as unclean; {s['refine_iterations']} refinement iterations"
+    )
+    t = Table(title="per class", title_justify="left")
+    for col in ("class", "prototypes", "support", "spread"):
+        t.add_column(col)
+    for r in s["per_class"][:30]:
+        t.add_row(r["class"], str(r["prototypes"]), str(r["support"]), "" if r["spread"] is None else f"{r['spread']:.3f}")
+    console.print(t)
+    if s["confusable_pairs"]:
+        console.print("  most confusable: " + ", ".join(f"{p['a']}~{p['b']} ({p['cosine']:.3f})" for p in s["confusable_pairs"]))
+
+
+def _pseudolabel(console: Console, res) -> None:
+    s: dict[str, Any] = res.summary
+    cov = "n/a" if s["coverage"] is None else f"{s['coverage']:.1%}"
+    console.print(
+        f"[bold]pseudolabel[/]: {s['n_accepted']} of {s['n_unlabeled']} unlabeled samples accepted (coverage {cov}) "
+        f"by {s['method']}, {s['threshold_rule']} threshold {s['threshold']}"
+    )
+    if s["ece"] is not None:
+        console.print(f"  calibration: temperature {s['temperature']}, held-out ECE {s['ece']:.3f} (before {s['ece_uncalibrated']:.3f}, {s['n_calibration']} labeled samples)")
+    console.print("  accepted per class: " + ", ".join(f"{c} {n}" for c, n in list(s["accepted_per_class"].items())[:30]))
+    hist = s["confidence_histogram"]
+    peak = max(hist) or 1
+    console.print("  confidence histogram:")
+    for i, n in enumerate(hist):
+        console.print(f"    {i / 10:.1f}-{(i + 1) / 10:.1f} {'█' * round(30 * n / peak):<30} {n}")
+
+
 def status(console: Console, rows) -> None:
     t = Table(title="labelkit status")
     for col in ("stage", "state", "why", "wall time", "finished"):
@@ -76,4 +110,4 @@ def status(console: Console, rows) -> None:
     console.print(t)
 
 
-RENDERERS = {"embed": _embed, "detect-noise": _detect_noise}
+RENDERERS = {"embed": _embed, "prototype": _prototype, "pseudolabel": _pseudolabel, "detect-noise": _detect_noise}

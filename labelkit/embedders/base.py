@@ -29,7 +29,8 @@ class EmbedderOptions:
 class Embedder(ABC):
     """One backend: turns raw inputs (image paths or texts) into vectors."""
 
-    modality: ClassVar[str]  # "image" or "text"
+    modality: ClassVar[str]  # "image", "text", or "vector" (precomputed)
+    cheap_decode: ClassVar[bool] = False  # True when load() is too cheap to be worth DataLoader workers
     spec: str  # the canonical spec, recorded in artifact metadata
     dim: int
 
@@ -54,6 +55,17 @@ class Embedder(ABC):
         """Embed texts with the text tower; only where ``has_text_tower``."""
         raise BadInputError(f"model '{self.spec}' has no text tower")
 
+    def embed_class_names(self, classes: list[str]) -> np.ndarray:
+        """Class names as float32 (K, dim) vectors in the input space (for zero-shot / text prototypes).
+
+        The default embeds the bare names; CLIP overrides it with a prompt-template ensemble.
+        """
+        return self.embed_texts(list(classes))
+
+    def embed(self, sources: list[Any]) -> np.ndarray:
+        """``forward`` of ``load`` of each source, in one batch: float32 (n, dim), not normalised."""
+        return self.forward([self.load(s) for s in sources])
+
     def default_batch_size(self) -> int:
         return 64
 
@@ -69,6 +81,38 @@ def register(name: str) -> Callable:
         return factory
 
     return deco
+
+
+def open_image(path: str, mode: str, *, draft: int | None = None) -> Any:
+    """Decode an image file fully into a PIL image of ``mode`` ("RGB" or "L").
+
+    EXIF orientation is applied and transparency is composited onto white. ``draft`` lets JPEG
+    decode at a reduced scale whose sides stay >= ``draft`` (much faster for large photos).
+    16-bit grayscale is rescaled to 8 bits. Unreadable, empty and truncated files raise OSError
+    (a few malformed headers, ValueError); files past Pillow's decompression-bomb error limit
+    (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 megapixels) raise ValueError.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            if draft is not None and img.format == "JPEG":
+                img.draft(img.mode, (draft, draft))
+            img.load()  # decode now: truncated files raise here, not later in the model
+            img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16"):  # 16-bit grayscale: convert() would clip at 255, so rescale
+                img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8), "L")
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            out = img.convert(mode)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: image too large ({e})") from e
+    except SyntaxError as e:  # Pillow raises SyntaxError for some malformed headers
+        raise ValueError(f"{path}: malformed image ({e})") from e
+    if out.width == 0 or out.height == 0:
+        raise ValueError(f"{path}: image has zero size")
+    return out
 
 
 def available() -> list[str]:

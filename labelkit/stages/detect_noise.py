@@ -120,7 +120,7 @@ def _normalise_rows(p: np.ndarray, name: str) -> np.ndarray:
 def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, k_classes: int) -> tuple[np.ndarray, str]:
     method = "crossval" if cfg.probs == "auto" else cfg.probs
     if method == "crossval":
-        from labelkit.distill import cross_val_probs
+        from labelkit.probe import cross_val_probs
 
         n_lab = len(labels)
         folds = max(2, min(cfg.folds, n_lab))

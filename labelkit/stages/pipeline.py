@@ -20,7 +20,10 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("embed", "embed", (), (artifacts.EMBEDDINGS,)),
+    StageSpec("prototype", "prototype", ("embed",), (artifacts.PROTOTYPES,)),
+    StageSpec("pseudolabel", "pseudolabel", ("prototype",), (artifacts.PSEUDOLABELS,)),
     StageSpec("detect-noise", "detect_noise", ("embed",), (artifacts.LABEL_ISSUES,)),
+    StageSpec("distill", "distill", ("pseudolabel", "detect-noise"), ("student",)),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -1,0 +1,784 @@
+"""Nearest-neighbour search on unit-norm embeddings: the one kNN layer every stage uses.
+
+Similarities are cosines (inner products of L2-normalised rows). Three methods:
+
+* ``"exact"`` -- brute force, computed as a blocked matrix product plus top-k. On CPU the product
+  runs through numpy's BLAS and the top-k through ``torch.topk``: on the reference machine (2-core
+  AMD EPYC, AVX2) numpy's OpenBLAS reaches ~150 GFLOP/s while the OpenBLAS bundled in the
+  faiss-cpu wheel falls back to a generic kernel (~45 GFLOP/s), so ``faiss.IndexFlatIP`` would be
+  about 3x slower for the same exact answer. (Computing each symmetric tile of ``X X^T`` once
+  was tried and dropped: the column-wise top-k it needs costs about what it saves.) Scratch
+  memory is bounded by ``batch_size * EXACT_BASE_BLOCK * 4`` bytes.
+* ``"hnsw"`` -- ``faiss.IndexHNSWFlat`` (Malkov & Yashunin 2018), the default approximate index
+  on CPU. ``efSearch`` is tuned on a sample of queries until recall@k against exact search reaches
+  ``target_recall`` (default 0.95).
+* ``"ivf"`` -- ``faiss.IndexIVFFlat`` (an inverted file over k-means cells, Jegou et al. 2011);
+  ``nprobe`` is tuned the same way. This is the approximate index used on GPU.
+
+``"auto"`` picks exact search when the work is small (``n_queries * n_base <= EXACT_MAX_PAIRS``,
+i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index.
+
+Device: ``"cpu"``; ``"auto"`` (faiss's GPU indexes when the faiss GPU build sees a GPU, else CPU);
+``"cuda"`` / ``"cuda:N"`` (faiss GPU indexes when present; otherwise exact search runs as a torch
+matrix product on that device and the approximate indexes run on CPU). HNSW always runs on CPU:
+faiss has no GPU HNSW.
+
+Missing neighbours (``k`` larger than what exists) are padded with index ``-1`` and similarity
+``-inf``; the output shape is always ``(n, k)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+
+from labelkit._progress import NULL, Progress
+from labelkit._validation import check_embeddings, l2_normalize
+from labelkit.errors import BadInputError, LabelkitWarning
+
+Method = Literal["auto", "exact", "hnsw", "ivf"]
+METHODS = ("auto", "exact", "hnsw", "ivf")
+
+# Measured with benchmarks/knn.py (k=10, D=512, clustered data, 2 shared cores): exact search takes
+# ~15 s at 50k rows and ~70 s at 100k, HNSW build+search ~5 s and ~15 s. Exact stays below ~20 s up
+# to 50k rows, and there its answer is exact whatever the data; past it the approximate index wins.
+EXACT_MAX_ROWS = 50_000
+EXACT_MAX_PAIRS = EXACT_MAX_ROWS**2
+# Not measured (no GPU here): a GPU brute-force product is ~100x faster than 2 CPU cores.
+EXACT_MAX_ROWS_GPU = 200_000
+EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
+DEFAULT_BATCH_SIZE = 4_096  # query rows per block
+_UNIT_ATOL = 1e-3  # rows whose norm is within this of 1 are taken as already normalised
+_RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    """Parameters of the approximate indexes. ``None`` means "choose automatically".
+
+    Attributes
+    ----------
+    hnsw_m : int, default=32
+        Graph degree M of HNSW (level 0 keeps up to 2M neighbours).
+    ef_construction : int, default=64
+        Candidate list size while building HNSW. Below 2M it starves level 0: on 100k x 512
+        clustered vectors (benchmarks/knn.py data), M=32 reached recall@10 0.83 / 0.93 / 0.96 at
+        efSearch 16 / 64 / 128 with efConstruction=40, but 0.94 / 0.98 / 1.00 at efSearch
+        16 / 32 / 64 with efConstruction=64, for 10% more build time. M=24 and M=48 cost about
+        the same for the same recall; M=16 needs twice the efSearch.
+    ef_search : int or None, default=None
+        Candidate list size while searching; None tunes it on a sample to ``target_recall``.
+    nlist : int or None, default=None
+        IVF cells; None uses ``4 * sqrt(n_base)``.
+    nprobe : int or None, default=None
+        IVF cells visited per query; None tunes it on a sample to ``target_recall``.
+    target_recall : float, default=0.95
+        Recall@k against exact search that tuning aims for.
+    n_tune_queries : int, default=256
+        Queries sampled for tuning (their exact neighbours cost ``n_tune_queries * n_base`` dot
+        products).
+    """
+
+    hnsw_m: int = 32
+    ef_construction: int = 64
+    ef_search: int | None = None
+    nlist: int | None = None
+    nprobe: int | None = None
+    target_recall: float = 0.95
+    n_tune_queries: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "n_tune_queries"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise BadInputError(f"'{name}' must be a positive integer. Got {value!r} instead.")
+        if not 0 < self.target_recall <= 1:
+            raise BadInputError(f"'target_recall' must be in (0, 1]. Got {self.target_recall!r} instead.")
+
+
+# ----------------------------------------------------------------------------------------------
+# device
+
+
+def faiss_gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    return (
+        hasattr(faiss, "get_num_gpus")
+        and hasattr(faiss, "StandardGpuResources")
+        and hasattr(faiss, "index_cpu_to_gpu")
+        and faiss.get_num_gpus() > 0
+    )
+
+
+@dataclass(frozen=True)
+class _Device:
+    """Where each part runs: faiss GPU id (or None), and the torch device for exact search."""
+
+    faiss_gpu: int | None
+    torch_device: str
+
+
+def _resolve_device(device: str) -> _Device:
+    """Map the ``device`` option to a faiss GPU id and a torch device."""
+    if not isinstance(device, str):
+        raise BadInputError(f"'device' must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
+    if device == "cpu":
+        return _Device(None, "cpu")
+    if device == "auto":
+        return _Device(0, "cpu") if faiss_gpu_available() else _Device(None, "cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        gpu_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        if faiss_gpu_available():
+            return _Device(gpu_id, "cpu")
+        if not torch.cuda.is_available():
+            raise BadInputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        return _Device(None, device)
+    raise BadInputError(f"'device' must be 'auto', 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
+
+
+_GPU_RESOURCES: dict[int, object] = {}
+
+
+def _to_gpu(index, gpu_id: int):
+    """Copy a CPU faiss index to GPU ``gpu_id`` (one StandardGpuResources per GPU, reused)."""
+    res = _GPU_RESOURCES.get(gpu_id)
+    if res is None:
+        res = _GPU_RESOURCES[gpu_id] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, gpu_id, index)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise BadInputError(f"'k' must be a positive integer. Got {k!r} instead.")
+    return int(k)
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BadInputError(f"'batch_size' must be a positive integer. Got {batch_size!r} instead.")
+    return int(batch_size)
+
+
+def _check_method(method) -> str:
+    if method not in METHODS:
+        raise BadInputError(f"'method' must be one of {', '.join(METHODS)}. Got {method!r} instead.")
+    return method
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` itself when its rows are already unit-norm (or zero), else a normalised copy."""
+    if x.size == 0:
+        return x
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if np.all((np.abs(norms - 1) <= _UNIT_ATOL) | (norms == 0)):
+        return x
+    return np.ascontiguousarray(l2_normalize(x))
+
+
+def _prepare(x, name: str) -> np.ndarray:
+    return _unit_rows(check_embeddings(x, name=name))
+
+
+# ----------------------------------------------------------------------------------------------
+# exact search
+
+
+def _gpu_flat(base: np.ndarray, gpu_id: int):
+    """faiss's brute-force inner-product index of ``base`` on GPU ``gpu_id``."""
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    return _to_gpu(index, gpu_id)
+
+
+def _topk_merge(best_s, best_i, s, offset: int, k: int):
+    """Merge a tile's similarities ``s`` (columns start at ``offset``) into the running top-k."""
+    kt = min(k, s.shape[1])
+    v, i = torch.topk(s, kt, dim=1, sorted=True)
+    i = i.to(torch.int64) + offset
+    if best_s is None:
+        return v, i
+    v = torch.cat([best_s, v], dim=1)
+    i = torch.cat([best_i, i], dim=1)
+    kk = min(k, v.shape[1])
+    v, pos = torch.topk(v, kk, dim=1, sorted=True)
+    return v, torch.gather(i, 1, pos)
+
+
+def _exact_search_impl(base, queries, k, *, batch_size, device, task, flat=None):
+    """Blocked brute-force top-k by inner product; returns (sims, idx) of shape (nq, min(k, nb)).
+
+    ``flat`` is an already-built faiss GPU flat index of ``base`` (reused across calls)."""
+    nq, nb = len(queries), len(base)
+    kk = min(k, nb)
+    sims = np.empty((nq, kk), np.float32)
+    idx = np.empty((nq, kk), np.int64)
+    if kk == 0 or nq == 0:
+        task.advance(nq)
+        return sims, idx
+    if device.faiss_gpu is not None:
+        index = flat if flat is not None else _gpu_flat(base, device.faiss_gpu)
+        for qs in range(0, nq, batch_size):
+            q = queries[qs : qs + batch_size]
+            sims[qs : qs + len(q)], idx[qs : qs + len(q)] = index.search(q, kk)
+            task.advance(len(q))
+        return sims, idx
+    if device.torch_device != "cpu":
+        base_t = torch.from_numpy(base).to(device.torch_device)
+        for qs in range(0, nq, batch_size):
+            q = torch.from_numpy(queries[qs : qs + batch_size]).to(device.torch_device)
+            best_s = best_i = None
+            for bs in range(0, nb, EXACT_BASE_BLOCK):
+                best_s, best_i = _topk_merge(best_s, best_i, q @ base_t[bs : bs + EXACT_BASE_BLOCK].T, bs, kk)
+            sims[qs : qs + len(q)] = best_s.cpu().numpy()
+            idx[qs : qs + len(q)] = best_i.cpu().numpy()
+            task.advance(len(q))
+        return sims, idx
+    # CPU: numpy's BLAS for the product (see the module docstring), torch.topk for the selection
+    # (np.argpartition is ~20x slower on these shapes). One scratch buffer bounds the memory.
+    block = min(EXACT_BASE_BLOCK, nb)
+    scratch = np.empty(min(batch_size, nq) * block, np.float32)
+    for qs in range(0, nq, batch_size):
+        q = queries[qs : qs + batch_size]
+        best_s = best_i = None
+        for bs in range(0, nb, block):
+            b = base[bs : bs + block]
+            s = scratch[: len(q) * len(b)].reshape(len(q), len(b))
+            np.matmul(q, b.T, out=s)
+            best_s, best_i = _topk_merge(best_s, best_i, torch.from_numpy(s), bs, kk)
+        sims[qs : qs + len(q)] = best_s.numpy()
+        idx[qs : qs + len(q)] = best_i.numpy()
+        task.advance(len(q))
+    return sims, idx
+
+
+# ----------------------------------------------------------------------------------------------
+# the index
+
+
+class KnnIndex:
+    """A searchable set of unit-norm vectors: exact, HNSW or IVF, on CPU or GPU.
+
+    Build with :meth:`build`, then call :meth:`search` (queries) or :meth:`graph` (the indexed
+    rows themselves) as often as needed. ``method`` and ``device`` are resolved at build time:
+    ``method_`` and ``on_gpu_`` say what was chosen, and ``tuned_`` maps each number of
+    neighbours searched (``k``, or ``k + 1`` for a graph, which drops self afterwards) to the
+    efSearch (HNSW) or nprobe (IVF) that tuning picked.
+
+    Parameters
+    ----------
+    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+        ``"auto"``: exact when ``n_base <= EXACT_MAX_ROWS`` (``EXACT_MAX_ROWS_GPU`` on GPU), else
+        IVF on a faiss GPU and HNSW on CPU.
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (see the module docstring).
+    ann : AnnParams or None, default=None
+        Approximate-index parameters; None uses ``AnnParams()``.
+    seed : int, default=0
+        Seeds the tuning sample and the IVF training sample.
+
+    References
+    ----------
+    Malkov, Yashunin, "Efficient and robust approximate nearest neighbor search using
+    Hierarchical Navigable Small World graphs", IEEE TPAMI 2018.
+    Jegou, Douze, Schmid, "Product quantization for nearest neighbor search", IEEE TPAMI 2011
+    (the IVF index). Johnson, Douze, Jegou, "Billion-scale similarity search with GPUs",
+    IEEE TBD 2019 (faiss).
+    """
+
+    def __init__(self, method: Method = "auto", *, device: str = "auto", ann: AnnParams | None = None, seed: int = 0):
+        self.method = _check_method(method)
+        self.device = _resolve_device(device)
+        if ann is not None and not isinstance(ann, AnnParams):
+            raise BadInputError(f"'ann' must be an AnnParams or None. Got {type(ann).__name__} instead.")
+        self.ann = ann if ann is not None else AnnParams()
+        self.seed = int(seed)
+        self.method_: str | None = None
+        self.on_gpu_ = False
+        self._base: np.ndarray | None = None
+        self._index = None
+        self.tuned_: dict[int, int] = {}  # k -> efSearch / nprobe reaching target recall
+
+    # -- build ------------------------------------------------------------------------------
+    def build(self, embeddings, *, progress: Progress = NULL) -> "KnnIndex":
+        """Index ``embeddings`` of shape (n_base, dim); rows are L2-normalised if they are not."""
+        base = _prepare(embeddings, "embeddings")
+        return self._build_impl(base, progress=progress)
+
+    def _build_impl(self, base: np.ndarray, *, progress: Progress, method: str | None = None) -> "KnnIndex":
+        self._base = base
+        self.tuned_ = {}
+        method = method or self.method
+        if method == "auto":  # a self-search (n_queries == n_base) is assumed
+            method = _auto_method(len(base), len(base), self.device)
+        if len(base) == 0:
+            method = "exact"
+        self.method_ = method
+        self.on_gpu_ = self.device.faiss_gpu is not None and method in ("exact", "ivf")
+        if method == "hnsw":
+            self._index = self._build_hnsw(base, progress)
+        elif method == "ivf":
+            self._index = self._build_ivf(base, progress)
+        else:
+            self.on_gpu_ = self.device.faiss_gpu is not None or self.device.torch_device != "cpu"
+            # on a faiss GPU the base is copied once; otherwise exact search reads self._base
+            on_faiss_gpu = self.device.faiss_gpu is not None and len(base) > 0
+            self._index = _gpu_flat(base, self.device.faiss_gpu) if on_faiss_gpu else None
+        return self
+
+    def _build_hnsw(self, base, progress):
+        index = faiss.IndexHNSWFlat(base.shape[1], self.ann.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ann.ef_construction
+        chunk = 16_384
+        with progress.task("knn: build HNSW index", total=len(base)) as task:
+            for s in range(0, len(base), chunk):
+                index.add(base[s : s + chunk])
+                task.advance(min(chunk, len(base) - s))
+        return index
+
+    def _build_ivf(self, base, progress):
+        n, d = base.shape
+        nlist = self.ann.nlist or int(np.clip(round(4 * math.sqrt(n)), 1, 65_536))
+        nlist = min(nlist, n)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # no stderr warning for small training sets
+        index.cp.seed = self.seed
+        n_train = min(n, 64 * nlist)
+        rng = np.random.default_rng(self.seed)
+        train = base if n_train == n else base[np.sort(rng.choice(n, n_train, replace=False))]
+        with progress.task("knn: build IVF index", total=n) as task:
+            if self.device.faiss_gpu is not None:
+                index = _to_gpu(index, self.device.faiss_gpu)  # train on the GPU too
+            index.train(train)
+            chunk = 65_536
+            for s in range(0, n, chunk):
+                index.add(base[s : s + chunk])
+                task.advance(min(chunk, n - s))
+        self._quantizer = quantizer  # keep the quantizer alive as long as the CPU index
+        return index
+
+    # -- search -----------------------------------------------------------------------------
+    def graph(
+        self, k: int, *, exclude_self: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The kNN graph of the indexed rows themselves: :func:`knn_graph` on a built index."""
+        if self._base is None:
+            raise BadInputError("the index is empty; call build(embeddings) before graph()")
+        return self._search_impl(
+            self._base,
+            _check_k(k),
+            batch_size=_check_batch_size(batch_size),
+            progress=progress,
+            drop_self_offset=0 if exclude_self else None,
+        )
+
+    def search(self, queries, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL):
+        """Top-``k`` neighbours of each query among the indexed rows.
+
+        Parameters
+        ----------
+        queries : ndarray of shape (n_queries, dim)
+        k : int
+        batch_size : int, default=4096
+            Queries per block; bounds memory.
+        progress : Progress, default=NULL
+
+        Returns
+        -------
+        sims : ndarray of shape (n_queries, k), float32
+            Cosine similarities, descending; ``-inf`` where missing.
+        idx : ndarray of shape (n_queries, k), int64
+            Row indices into the indexed embeddings; ``-1`` where missing.
+        """
+        if self._base is None:
+            raise BadInputError("the index is empty; call build(embeddings) before search()")
+        q = _prepare(queries, "queries")
+        if q.shape[1] != self._base.shape[1]:
+            raise BadInputError(f"'queries' must have dim {self._base.shape[1]} like the index. Got {q.shape[1]} instead.")
+        return self._search_impl(q, _check_k(k), batch_size=_check_batch_size(batch_size), progress=progress)
+
+    def _search_impl(self, queries, k, *, batch_size, progress, drop_self_offset=None):
+        """Search; ``drop_self_offset`` (knn_graph) removes each query's own row ``offset + i``."""
+        extra = 1 if drop_self_offset is not None else 0
+        kq = k + extra
+        nq = len(queries)
+        if self.method_ in ("hnsw", "ivf") and len(self._base) > 0:
+            knob = self._knob(kq, queries, drop_self_offset, progress)
+        with progress.task(f"knn: {self.method_} search", total=nq) as task:
+            if self.method_ == "exact" or len(self._base) == 0:
+                s, i = _exact_search_impl(
+                    self._base, queries, kq, batch_size=batch_size, device=self.device, task=task, flat=self._index
+                )
+            else:
+                s = np.empty((nq, kq), np.float32)
+                i = np.empty((nq, kq), np.int64)
+                params = self._search_params(knob)
+                for qs in range(0, nq, batch_size):
+                    qb = queries[qs : qs + batch_size]
+                    s[qs : qs + len(qb)], i[qs : qs + len(qb)] = self._index.search(qb, kq, params=params)
+                    task.advance(len(qb))
+        if drop_self_offset is not None:
+            s, i = _drop_self(s, i, drop_self_offset + np.arange(nq))
+        return _pad(s, i, k)
+
+    def _search_params(self, knob: int):
+        if self.method_ == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=int(knob))
+        if self.on_gpu_:  # GPU IVF takes nprobe on the index, not through SearchParameters
+            self._index.nprobe = int(knob)
+            return None
+        return faiss.SearchParametersIVF(nprobe=int(knob))
+
+    def _knob(self, kq, queries, drop_self_offset, progress) -> int:
+        """efSearch (HNSW) or nprobe (IVF): given, or the smallest reaching ``target_recall``."""
+        fixed = self.ann.ef_search if self.method_ == "hnsw" else self.ann.nprobe
+        if fixed is not None:
+            return max(fixed, kq) if self.method_ == "hnsw" else fixed
+        if kq in self.tuned_:
+            return self.tuned_[kq]
+        knob, recall = self._tune(kq, queries, drop_self_offset, progress)
+        if recall < self.ann.target_recall:
+            warnings.warn(
+                f"approximate kNN ({self.method_}) reached recall@{kq - (drop_self_offset is not None)} "
+                f"~{recall:.3f} < {self.ann.target_recall} on a sample of queries even at its most "
+                f"thorough setting; the data may have little neighbourhood structure. Use method='exact' "
+                f"for exact neighbours.",
+                LabelkitWarning,
+                stacklevel=4,
+            )
+        self.tuned_[kq] = knob
+        return knob
+
+    def _tune(self, kq, queries, drop_self_offset, progress):
+        """Doubling search over the knob on a sample; returns (knob, its sample recall)."""
+        rng = np.random.default_rng(self.seed)
+        n_s = min(self.ann.n_tune_queries, len(queries))
+        rows = np.sort(rng.choice(len(queries), n_s, replace=False))
+        sample = np.ascontiguousarray(queries[rows])
+        k = kq - (drop_self_offset is not None)
+        with progress.task("knn: tune recall on a sample", total=n_s) as task:
+            s, i = _exact_search_impl(self._base, sample, kq, batch_size=DEFAULT_BATCH_SIZE, device=self.device, task=task)
+        if drop_self_offset is not None:
+            s, i = _drop_self(s, i, drop_self_offset + rows)
+        exact = _pad(s, i, k)[1]
+        goal = min(1.0, self.ann.target_recall + _RECALL_MARGIN)
+        if self.method_ == "hnsw":
+            knobs = [max(16, kq) * 2**j for j in range(7)]  # efSearch up to 64x
+            knobs = [v for v in knobs if v <= max(1024, kq)] or [kq]
+        else:
+            nlist = self._index.nlist
+            knobs = sorted({min(nlist, 2**j) for j in range(0, int(math.log2(max(1, nlist))) + 2)})
+        recall = 0.0
+        for knob in knobs:
+            params = self._search_params(knob)
+            s, i = self._index.search(sample, kq, params=params)
+            if drop_self_offset is not None:
+                s, i = _drop_self(s, i, drop_self_offset + rows)
+            recall = _recall_impl(_pad(s, i, k)[1], exact)
+            if recall >= goal:
+                break
+        return knob, recall
+
+
+def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
+    """Exact search when it costs at most EXACT_MAX_PAIRS dot products, else an approximate index."""
+    limit = EXACT_MAX_ROWS_GPU if device.faiss_gpu is not None else EXACT_MAX_ROWS
+    if n_queries * n_base <= limit * limit:
+        return "exact"
+    return "ivf" if device.faiss_gpu is not None else "hnsw"
+
+
+def _drop_self(s: np.ndarray, i: np.ndarray, self_rows) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index (``self_rows[r]``) from its neighbours; keep order, drop one.
+
+    Exact duplicates tie at similarity 1, so the query's own row is matched by index, never by
+    similarity. Rows where self is absent lose their last (least similar) neighbour instead.
+    """
+    self_rows = np.asarray(self_rows, dtype=np.int64)
+    is_self = i == self_rows[:, None]
+    # push the first self hit (or the last column) to the end with a stable sort, then cut it
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), i.shape[1] - 1)
+    keep = np.ones(i.shape, bool)
+    keep[np.arange(len(i)), drop] = False
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :-1]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _pad(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shape (n, k): pad with -inf / -1 and mark faiss's missing entries the same way."""
+    n, kk = i.shape
+    sims = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    m = min(k, kk)
+    sims[:, :m] = s[:, :m]
+    idx[:, :m] = i[:, :m]
+    sims[idx < 0] = -np.inf
+    return sims, idx
+
+
+# ----------------------------------------------------------------------------------------------
+# public functions
+
+
+def knn_graph(
+    embeddings,
+    k: int,
+    *,
+    method: Method = "auto",
+    exclude_self: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: str = "auto",
+    ann: AnnParams | None = None,
+    progress: Progress = NULL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k-nearest-neighbour graph of a set of embeddings under cosine similarity.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+        Rows are L2-normalised if they are not already.
+    k : int
+        Neighbours per row. When fewer exist (``k >= n_samples``), the rest is padded with
+        index -1 and similarity -inf.
+    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+        ``"auto"``: exact for ``n_samples <= EXACT_MAX_ROWS`` (50k; 200k on a faiss GPU), else
+        HNSW on CPU / IVF on a faiss GPU, tuned to ``ann.target_recall``.
+    exclude_self : bool, default=True
+        Remove each row from its own neighbours, by row index (exact duplicates of a row are kept
+        as neighbours).
+    batch_size : int, default=4096
+        Queries per block; exact search uses ``batch_size * 16384 * 4`` bytes of scratch (256 MB
+        at the default).
+    seed : int, default=0
+        Seeds the tuning sample and IVF training; HNSW's parallel build is not bit-reproducible.
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ann : AnnParams or None, default=None
+        Approximate-index parameters.
+    progress : Progress, default=NULL
+
+    Returns
+    -------
+    sims : ndarray of shape (n_samples, k), float32
+        Cosine similarity to each neighbour, descending.
+    idx : ndarray of shape (n_samples, k), int64
+        Row indices of the neighbours.
+
+    References
+    ----------
+    Malkov, Yashunin, "Efficient and robust approximate nearest neighbor search using
+    Hierarchical Navigable Small World graphs", IEEE TPAMI 2018.
+    Johnson, Douze, Jegou, "Billion-scale similarity search with GPUs", IEEE TBD 2019.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], dtype=np.float32)
+    >>> sims, idx = knn_graph(x, 1, device="cpu")
+    >>> idx[:, 0].tolist()
+    [1, 0, 1]
+    """
+    x = _prepare(embeddings, "embeddings")
+    k = _check_k(k)
+    batch_size = _check_batch_size(batch_size)
+    index = KnnIndex(_check_method(method), device=device, ann=ann, seed=seed)
+    index._build_impl(x, progress=progress)
+    return index._search_impl(
+        x, k, batch_size=batch_size, progress=progress, drop_self_offset=0 if exclude_self else None
+    )
+
+
+def search(
+    index_embeddings,
+    queries,
+    k: int,
+    *,
+    method: Method = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: str = "auto",
+    ann: AnnParams | None = None,
+    progress: Progress = NULL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine neighbours of each query in a base set (no self-exclusion).
+
+    Parameters
+    ----------
+    index_embeddings : ndarray of shape (n_base, dim)
+    queries : ndarray of shape (n_queries, dim)
+    k : int
+        Neighbours per query; when ``k > n_base`` the rest is padded with -1 / -inf.
+    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+        ``"auto"``: exact when ``n_queries * n_base <= EXACT_MAX_PAIRS`` (50k squared; building
+        an index does not pay for a few queries), else approximate (HNSW on CPU, IVF on GPU).
+    batch_size, seed, device, ann, progress
+        As in :func:`knn_graph`.
+
+    Returns
+    -------
+    sims : ndarray of shape (n_queries, k), float32
+    idx : ndarray of shape (n_queries, k), int64
+        Row indices into ``index_embeddings``.
+
+    References
+    ----------
+    Malkov, Yashunin, IEEE TPAMI 2018 (HNSW); Johnson, Douze, Jegou, IEEE TBD 2019 (faiss).
+
+    Examples
+    --------
+    >>> base = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    >>> sims, idx = search(base, np.array([[0.6, 0.8]], dtype=np.float32), 2, device="cpu")
+    >>> idx.tolist(), [round(float(v), 2) for v in sims[0]]
+    ([[1, 0]], [0.8, 0.6])
+    """
+    base = _prepare(index_embeddings, "index_embeddings")
+    q = _prepare(queries, "queries")
+    if q.shape[1] != base.shape[1]:
+        raise BadInputError(f"'queries' must have dim {base.shape[1]} like 'index_embeddings'. Got {q.shape[1]} instead.")
+    k = _check_k(k)
+    batch_size = _check_batch_size(batch_size)
+    method = _check_method(method)
+    index = KnnIndex(method, device=device, ann=ann, seed=seed)
+    if method == "auto":
+        method = _auto_method(len(q), len(base), index.device)
+    index._build_impl(base, progress=progress, method=method)
+    return index._search_impl(q, k, batch_size=batch_size, progress=progress)
+
+
+def recall_at_k(approx_idx, exact_idx) -> float:
+    """Mean fraction of each row's exact neighbours that the approximate search found.
+
+    Parameters
+    ----------
+    approx_idx : ndarray of shape (n, k_approx), int
+    exact_idx : ndarray of shape (n, k), int
+        ``-1`` entries are ignored; rows without any exact neighbour are skipped.
+
+    Returns
+    -------
+    float
+        Recall@k in [0, 1] (1.0 when there is nothing to find).
+
+    Examples
+    --------
+    >>> recall_at_k(np.array([[1, 2], [0, 3], [0, 1]]), np.array([[1, 2], [0, 2], [1, 0]]))
+    0.8333333333333334
+    """
+    a = np.asarray(approx_idx)
+    e = np.asarray(exact_idx)
+    if a.ndim != 2 or e.ndim != 2:
+        raise BadInputError(f"'approx_idx' and 'exact_idx' must be 2-D. Got shapes {a.shape} and {e.shape} instead.")
+    if len(a) != len(e):
+        raise BadInputError(f"'approx_idx' must have {len(e)} rows like 'exact_idx'. Got {len(a)} instead.")
+    return _recall_impl(a, e)
+
+
+def _recall_impl(a: np.ndarray, e: np.ndarray) -> float:
+    found = 0
+    total = 0
+    for s in range(0, len(e), 65_536):  # (rows, k, k) comparisons, chunked
+        ea, aa = e[s : s + 65_536], a[s : s + 65_536]
+        valid = ea >= 0
+        hit = (aa[:, :, None] == ea[:, None, :]).any(axis=1) & valid
+        found += int(hit.sum())
+        total += int(valid.sum())
+    return found / total if total else 1.0
+
+
+def kmeans(
+    x,
+    n_clusters: int,
+    *,
+    n_iter: int = 20,
+    seed: int = 0,
+    spherical: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means through ``faiss.Kmeans``; spherical (unit centroids, cosine) by default.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, dim)
+        With ``spherical=True`` rows are L2-normalised if they are not already.
+    n_clusters : int
+        At most ``n_samples``.
+    n_iter : int, default=20
+    seed : int, default=0
+        Seeds the initial centroids (a sample of ``x``).
+    spherical : bool, default=True
+        Normalise centroids after each step and assign by cosine (Dhillon & Modha 2001).
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, dim), float32
+    assignment : ndarray of shape (n_samples,), int64
+        Nearest centroid of each row (some clusters may end up empty when ``x`` has duplicates).
+
+    References
+    ----------
+    Lloyd, "Least squares quantization in PCM", IEEE Trans. Inf. Theory 1982.
+    Dhillon, Modha, "Concept decompositions for large sparse text data using clustering",
+    Machine Learning 2001 (spherical k-means).
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=np.float32)
+    >>> centroids, assignment = kmeans(x, 2)
+    >>> bool(assignment[0] == assignment[1] != assignment[2])
+    True
+    """
+    x = check_embeddings(x, name="x")
+    if spherical:
+        x = _unit_rows(x)
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise BadInputError(f"'n_clusters' must be a positive integer. Got {n_clusters!r} instead.")
+    if n_clusters > len(x):
+        raise BadInputError(f"'n_clusters' must be <= n_samples={len(x)}. Got {n_clusters!r} instead.")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise BadInputError(f"'n_iter' must be a positive integer. Got {n_iter!r} instead.")
+    return _kmeans_impl(x, int(n_clusters), n_iter=int(n_iter), seed=int(seed), spherical=bool(spherical))
+
+
+def _kmeans_impl(x, n_clusters, *, n_iter, seed, spherical):
+    km = faiss.Kmeans(
+        x.shape[1],
+        n_clusters,
+        niter=n_iter,
+        seed=seed,
+        spherical=spherical,
+        verbose=False,
+        min_points_per_centroid=1,  # faiss otherwise warns on stderr about small training sets
+        max_points_per_centroid=1 << 30,  # use every point, no subsampling
+    )
+    km.train(x)
+    centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    if spherical:
+        centroids = l2_normalize(centroids)
+        assignment = np.empty(len(x), np.int64)
+        for s in range(0, len(x), 65_536):
+            assignment[s : s + 65_536] = np.argmax(x[s : s + 65_536] @ centroids.T, axis=1)
+    else:
+        assignment = km.index.search(x, 1)[1][:, 0].astype(np.int64)
+    return centroids, assignment
+
+
+__all__ = [
+    "AnnParams",
+    "EXACT_MAX_PAIRS",
+    "EXACT_MAX_ROWS",
+    "KnnIndex",
+    "faiss_gpu_available",
+    "kmeans",
+    "knn_graph",
+    "recall_at_k",
+    "search",
+]

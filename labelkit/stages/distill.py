@@ -1,0 +1,486 @@
+"""distill: train a student on the trusted labels plus the accepted pseudo-labels; write student/.
+
+Trusted = the given labels minus those detect-noise flagged (unless ``--keep-issues``); a random
+``val_fraction`` of them is held out for early stopping and the metrics. Pseudo-labeled = the
+unlabeled samples whose pseudo-label was accepted, with their soft label (top_labels/top_probs).
+The compute is :func:`labelkit.distill.fit_student`; this module assembles its inputs, runs the
+self-training rounds and writes the student folder atomically (built beside it, then swapped in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labelkit import __version__, artifacts
+from labelkit.config import DistillConfig
+from labelkit.dataset import Samples
+from labelkit.device import resolve_device
+from labelkit.errors import BadInputError, DependencyError
+from labelkit.stages import pipeline
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+
+STAGE = "distill"
+STUDENT = "student"  # the output folder in the workspace
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+DYNAMICS_FILE = "dynamics.parquet"
+ONNX_FILE = "model.onnx"
+FORMAT = "labelkit-student"
+FORMAT_VERSION = 1
+DEFAULT_ACCEPT = 0.95  # self-training acceptance when pseudolabels.parquet records no confidence threshold
+ECE_BINS = 15
+# cnn inputs: images resized to a square side between these (their largest side, clipped).
+CNN_MIN_SIDE, CNN_MAX_SIDE = 8, 64
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F", "P"})
+
+
+def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageResult:
+    started = now()
+    ws = ctx.ws
+    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
+    samples.require_labels(STAGE)
+    if samples.n_labeled == 0:
+        raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
+    if cfg.student == "cnn" and samples.kind != "image":
+        raise BadInputError(f"--student cnn trains on image pixels, but DATA holds {samples.kind}; use --student mlp or linear")
+    if cfg.onnx:
+        _require_onnx()
+    upstream = pipeline.ensure(ctx, "embed")
+    if not cfg.keep_issues:
+        upstream += pipeline.ensure(ctx, "detect-noise")
+    if cfg.use_pseudolabels:
+        upstream += pipeline.ensure(ctx, "pseudolabel")
+    inputs = {artifacts.SAMPLES: samples_fp, artifacts.EMBEDDINGS: ws.fingerprint(artifacts.EMBEDDINGS) or ""}
+    if not cfg.keep_issues:
+        inputs[artifacts.LABEL_ISSUES] = ws.fingerprint(artifacts.LABEL_ISSUES) or ""
+    if cfg.use_pseudolabels:
+        inputs[artifacts.PSEUDOLABELS] = ws.fingerprint(artifacts.PSEUDOLABELS) or ""
+    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
+    if reason is None:
+        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[STUDENT], upstream=upstream)
+        res.summary = _read_json(ws.path(STUDENT) / METRICS_FILE).get("summary", {})
+        return res
+
+    summary = _distill(ctx, cfg, samples)
+    ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[STUDENT], started=started)
+    summary["wall_time_s"] = round(now() - started, 2)
+    return StageResult(STAGE, reason=reason, summary=summary, outputs=[STUDENT], upstream=upstream)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise DependencyError("--onnx needs the 'onnx' package; install it with 'pip install onnx onnxruntime'") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# -- the training set -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainingSet:
+    """Rows (positions in samples order) and targets for fit_student, plus the held-out part."""
+
+    train_rows: np.ndarray  # (n,) samples rows trained on
+    hard: np.ndarray  # (n,) int64: trusted label; for pseudo-labeled rows -1 (soft) or their label (--hard)
+    soft: np.ndarray  # (n, K) soft targets, zero rows = none
+    weight: np.ndarray | None  # (n,) sample weights (hard pseudo-labels weighted by confidence)
+    is_pseudo: np.ndarray  # (n,) bool
+    val_rows: np.ndarray  # (m,) held-out trusted rows
+    val_labels: np.ndarray  # (m,) int64
+    unlabeled_rows: np.ndarray  # every unlabeled row with an input: self-training candidates
+    n_dropped_issues: int
+    threshold: float  # confidence a self-training round accepts at
+    codes: np.ndarray  # (N,) given label codes of every samples row, -1 = unlabeled
+
+    @property
+    def n_trusted(self) -> int:
+        return int((~self.is_pseudo).sum())
+
+
+def _issue_ids(ctx: RunContext) -> set[str]:
+    path = artifacts.require(ctx.ws.path(artifacts.LABEL_ISSUES), f"labelkit detect-noise {ctx.ws.data}")
+    t = pq.read_table(path, columns=["id", "is_issue"]).to_pandas()
+    return set(t.loc[t["is_issue"].astype(bool), "id"].astype(str))
+
+
+def acceptance_threshold(metadata: dict[str, Any]) -> float:
+    """The confidence a self-training round accepts at: pseudolabels.parquet's own, else 0.95.
+
+    Read from the metadata key ``threshold`` when it is a number, else from ``params``'
+    ``threshold_value`` when its ``threshold`` rule is ``fixed`` or ``flexmatch`` (whose value
+    is a confidence; a margin or a per-class count is not, and gives the default).
+    """
+    value = metadata.get("threshold")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    params = metadata.get("params")
+    if isinstance(params, dict):
+        rule = params.get("threshold", "fixed")
+        value = params.get("threshold_value")
+        if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+            return float(value)
+    return DEFAULT_ACCEPT
+
+
+def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pd.DataFrame, dict[str, Any]]:
+    path = artifacts.require(ctx.ws.path(artifacts.PSEUDOLABELS), f"labelkit pseudolabel {ctx.ws.data}")
+    try:
+        t = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise BadInputError(f"{path.name}: cannot read ({e}); rerun 'labelkit pseudolabel {ctx.ws.data} --force'") from None
+    missing = [c for c in ("id", "label", "confidence", "accepted", "top_labels", "top_probs") if c not in t.column_names]
+    if missing:
+        raise BadInputError(f"{path.name}: missing column '{missing[0]}'; rerun 'labelkit pseudolabel {ctx.ws.data} --force'")
+    df = pd.DataFrame({c: t.column(c).to_pylist() for c in ("id", "label", "confidence", "accepted", "top_labels", "top_probs")})
+    df["id"] = df["id"].astype(str)
+    return df, artifacts.read_metadata(path)
+
+
+def _soft_matrix(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """(n, K) soft labels from top_labels/top_probs (renormalised over the classes kept)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(df), len(classes)))
+    for r, (labs, probs) in enumerate(zip(df["top_labels"], df["top_probs"])):
+        for lab, p in zip(labs or [], probs or []):
+            if lab not in index:
+                raise BadInputError(f"pseudolabels.parquet names class '{lab}', which is not among the dataset's classes; rerun 'labelkit pseudolabel --force'")
+            out[r, index[lab]] += float(p)
+    s = out.sum(axis=1, keepdims=True)
+    return np.divide(out, s, out=np.zeros_like(out), where=s > 0)
+
+
+def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, has_input: np.ndarray) -> TrainingSet:
+    """Trusted rows (minus flagged issues), the held-out split, and the accepted pseudo-labels."""
+    codes = samples.label_codes()
+    ids = samples.table["id"].astype(str).to_numpy()
+    labeled = (codes >= 0) & has_input
+    dropped = np.zeros(len(ids), dtype=bool)
+    if not cfg.keep_issues:
+        dropped = labeled & np.isin(ids, list(_issue_ids(ctx)))
+    trusted = np.flatnonzero(labeled & ~dropped)
+    if trusted.size == 0:
+        raise BadInputError(f"no trusted labels left: detect-noise flagged all {int(dropped.sum())} labeled samples; use --keep-issues to train on them")
+    rng = np.random.default_rng(cfg.seed)
+    n_val = int(round(cfg.val_fraction * trusted.size))
+    if not (1 <= n_val < trusted.size):
+        n_val = 0
+    perm = rng.permutation(trusted.size)
+    val_rows = np.sort(trusted[perm[:n_val]])
+    fit_trusted = np.sort(trusted[perm[n_val:]])
+    unlabeled = np.flatnonzero((codes < 0) & has_input)
+    k = len(samples.classes)
+
+    threshold = DEFAULT_ACCEPT
+    pseudo_rows = np.zeros(0, dtype=np.int64)
+    trusted_soft = np.zeros((fit_trusted.size, k))
+    pseudo_soft = np.zeros((0, k))
+    pseudo_conf = np.zeros(0)
+    if cfg.use_pseudolabels:
+        df, meta = _pseudolabels(ctx, samples)
+        threshold = acceptance_threshold(meta)
+        pos = pd.Index(df["id"]).get_indexer(ids)  # samples row -> pseudolabels row (-1: none)
+        accepted = np.zeros(len(ids), dtype=bool)
+        accepted[pos >= 0] = df["accepted"].to_numpy(dtype=bool)[pos[pos >= 0]]
+        pseudo_rows = np.flatnonzero(accepted & (codes < 0) & has_input)
+        rows_df = df.iloc[pos[pseudo_rows]]
+        pseudo_soft = _soft_matrix(rows_df, samples.classes)
+        pseudo_conf = rows_df["confidence"].to_numpy(dtype=np.float64)
+        if cfg.soft:
+            # The teacher's held-out soft labels of trusted samples join their hard label (alpha).
+            have = pos[fit_trusted] >= 0
+            if have.any():
+                trusted_soft[have] = _soft_matrix(df.iloc[pos[fit_trusted][have]], samples.classes)
+    return _assemble(cfg, codes, fit_trusted, trusted_soft, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, int(dropped.sum()), threshold)
+
+
+def _assemble(cfg, codes, trusted, trusted_soft, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, n_dropped, threshold) -> TrainingSet:
+    """Targets for fit_student: soft pseudo-labels (KL), or their hard labels weighted by confidence."""
+    rows = np.concatenate([trusted, pseudo_rows]).astype(np.int64)
+    is_pseudo = np.r_[np.zeros(trusted.size, bool), np.ones(pseudo_rows.size, bool)]
+    if cfg.soft:
+        hard = np.r_[codes[trusted], np.full(pseudo_rows.size, -1)].astype(np.int64)
+        soft = np.vstack([trusted_soft, pseudo_soft])
+        weight = None  # fit_student weights soft-only rows by their confidence (config.confidence_weighting)
+    else:
+        hard = np.r_[codes[trusted], pseudo_soft.argmax(axis=1) if pseudo_rows.size else []].astype(np.int64)
+        soft = np.zeros((rows.size, trusted_soft.shape[1]))  # none, but it fixes n_classes to K
+        weight = np.r_[np.ones(trusted.size), pseudo_conf] if cfg.confidence_weighting else None
+    return TrainingSet(rows, hard, soft, weight, is_pseudo, val_rows, codes[val_rows], unlabeled, n_dropped, threshold, codes)
+
+
+# -- inputs: embeddings or pixels -----------------------------------------------------------
+
+
+def pixel_spec(root: Path, sources: list[str], n: int = 32) -> dict[str, Any]:
+    """How a cnn student reads images: grayscale or RGB, and one square size, from the first readable ones."""
+    from PIL import Image
+
+    sides, modes = [], []
+    for src in sources:
+        try:
+            with Image.open(root / src) as img:
+                sides.append(max(img.size))
+                modes.append(img.mode)
+        except (OSError, ValueError, SyntaxError):
+            continue
+        if len(sides) >= n:
+            break
+    if not sides:
+        raise BadInputError("--student cnn: none of the images could be read")
+    side = int(min(CNN_MAX_SIDE, max(CNN_MIN_SIDE, max(sides))))
+    mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
+    return {"kind": "pixels", "mode": mode, "channels": 1 if mode == "L" else 3, "size": [side, side], "resample": "bilinear", "scale": "x / 255"}
+
+
+def load_pixels(paths: list[str], spec: dict[str, Any], progress=None, description: str = "load images") -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (n_ok, C, H, W) float32 in [0, 1], ok mask (n,)) for the images at ``paths``."""
+    from PIL import Image
+
+    from labelkit._progress import NULL
+    from labelkit.embedders import open_image
+
+    progress = NULL if progress is None else progress
+    h, w = spec["size"]
+    out = np.zeros((len(paths), spec["channels"], h, w), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    with progress.task(description, total=len(paths)) as task:
+        for i, p in enumerate(paths):
+            try:
+                img = open_image(p, spec["mode"])
+            except (OSError, ValueError):
+                task.advance()
+                continue
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+            out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            ok[i] = True
+            task.advance()
+    return out[ok], ok
+
+
+def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
+    """(x for every samples row (zeros where none), has_input mask, input spec, embedder spec)."""
+    from labelkit.stages.embed import read_embeddings
+
+    emb_ids, vecs, meta = read_embeddings(ctx.ws)
+    pos = pd.Index(emb_ids).get_indexer(samples.table["id"])
+    has = pos >= 0
+    embedder = {k: meta.get(k) for k in ("model", "dim", "preprocessing", "normalized")}
+    embedder["params"] = meta.get("params", {})
+    if cfg.student != "cnn":
+        x = np.zeros((len(pos), vecs.shape[1]), dtype=np.float32)
+        x[has] = vecs[pos[has]]
+        return x, has, {"kind": "embedding", "dim": int(vecs.shape[1]), "normalized": "l2"}, embedder
+    root = ctx.ws.data
+    sources = samples.table["source"].tolist()
+    spec = pixel_spec(root, [s for s, h in zip(sources, has) if h])
+    rows = np.flatnonzero(has)
+    px, ok = load_pixels([str(root / sources[r]) for r in rows], spec, ctx.progress)
+    x = np.zeros((len(pos), spec["channels"], *spec["size"]), dtype=np.float32)
+    x[rows[ok]] = px
+    has = np.zeros(len(pos), dtype=bool)
+    has[rows[ok]] = True
+    return x, has, spec, embedder
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def train_config(cfg: DistillConfig):
+    from labelkit.distill import TrainConfig
+
+    return TrainConfig(
+        architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
+        soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience,
+    )
+
+
+def _self_training(ts: TrainingSet, probs: np.ndarray, cfg: DistillConfig) -> TrainingSet:
+    """The next round's set: the student's probabilities on the unlabeled rows replace the teacher's.
+
+    Accepted where the student's confidence reaches the pseudo-labels' own threshold; the trusted
+    rows, their teacher soft labels and the held-out split stay as they were.
+    """
+    conf = probs.max(axis=1) if probs.size else np.zeros(0)
+    accepted = conf >= ts.threshold
+    p = probs[accepted].astype(np.float64)
+    p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+    n = ts.n_trusted
+    trusted_soft = ts.soft[:n]
+    return _assemble(cfg, ts.codes, ts.train_rows[:n], trusted_soft, ts.unlabeled_rows[accepted], p, conf[accepted],
+                     ts.val_rows, ts.unlabeled_rows, ts.n_dropped_issues, ts.threshold)
+
+
+def _fit_rounds(ctx: RunContext, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_classes: int, device: str):
+    """Round 1 learns from the teacher; each further round from the previous student (self-training)."""
+    from labelkit.distill import fit_student, predict_proba
+
+    tc = train_config(cfg)
+    val = (x[ts.val_rows], ts.val_labels) if ts.val_rows.size else None
+    rounds = []
+    fit = None
+    for r in range(cfg.rounds):
+        if r > 0:
+            unl = ts.unlabeled_rows
+            probs = predict_proba(fit.model, x[unl], device=device) if unl.size else np.zeros((0, n_classes))
+            ts = _self_training(ts, probs, cfg)
+        fit = fit_student(x[ts.train_rows], ts.hard, ts.soft, config=tc, sample_weight=ts.weight, val=val,
+                          progress=ctx.progress, seed=cfg.seed + r, device=device)
+        rounds.append(_round_record(r, ts, fit))
+    return fit, ts, rounds
+
+
+def _round_record(r: int, ts: TrainingSet, fit) -> dict[str, Any]:
+    finite = lambda a: [None if not np.isfinite(v) else round(float(v), 6) for v in a]  # noqa: E731
+    return {
+        "round": r + 1,
+        "n_trusted": int((~ts.is_pseudo).sum()),
+        "n_pseudo": int(ts.is_pseudo.sum()),
+        "epochs_run": int(fit.train_loss.size),
+        "best_epoch": int(fit.best_epoch) + 1,
+        "stopped_early": bool(fit.stopped_early),
+        "val_accuracy": None if not np.isfinite(fit.val_acc[fit.best_epoch]) else round(float(fit.val_acc[fit.best_epoch]), 6),
+        "curve": {"train_loss": finite(fit.train_loss), "val_loss": finite(fit.val_loss), "val_accuracy": finite(fit.val_acc)},
+        "seconds": round(fit.seconds, 2),
+    }
+
+
+def _evaluate(model, x_val: np.ndarray, y_val: np.ndarray, classes: list[str], device: str) -> dict[str, Any]:
+    """Held-out accuracy, macro-F1, ECE (15 bins) and per-class accuracy (None without held-out labels)."""
+    from labelkit.distill import predict_proba
+    from labelkit.metrics import accuracy, expected_calibration_error, macro_f1, per_class_accuracy
+
+    if y_val.size == 0:
+        return {"n_val": 0, "accuracy": None, "macro_f1": None, "ece": None, "per_class_accuracy": {}}
+    probs = predict_proba(model, x_val, device=device)
+    pred = probs.argmax(axis=1)
+    pca = per_class_accuracy(y_val, pred, len(classes))
+    return {
+        "n_val": int(y_val.size),
+        "accuracy": round(accuracy(y_val, pred), 6),
+        "macro_f1": round(macro_f1(y_val, pred), 6),
+        "ece": round(expected_calibration_error(probs, y_val, n_bins=ECE_BINS), 6),
+        "per_class_accuracy": {c: (None if np.isnan(v) else round(float(v), 6)) for c, v in zip(classes, pca)},
+    }
+
+
+# -- the stage's work -----------------------------------------------------------------------
+
+
+def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    x, has_input, input_spec, embedder = _inputs(ctx, cfg, samples)
+    ts = build_training_set(ctx, cfg, samples, has_input)
+    first_pseudo = int(ts.is_pseudo.sum())
+    classes = list(samples.classes)
+    fit, ts, rounds = _fit_rounds(ctx, cfg, ts, x, len(classes), device)
+    held_out = _evaluate(fit.model, x[ts.val_rows], ts.val_labels, classes, device)
+    ids = samples.table["id"].astype(str).to_numpy()
+    last = rounds[-1]
+    summary = {
+        "student": cfg.student,
+        "device": device,
+        "embedder": embedder["model"],
+        "n_classes": len(classes),
+        "n_trusted": last["n_trusted"],
+        "n_pseudo": last["n_pseudo"],
+        "n_pseudo_teacher": first_pseudo,
+        "n_dropped_issues": ts.n_dropped_issues,
+        "n_val": held_out["n_val"],
+        "rounds": cfg.rounds,
+        "accept_threshold": ts.threshold,
+        "epochs_run": last["epochs_run"],
+        "best_epoch": last["best_epoch"],
+        "stopped_early": last["stopped_early"],
+        "val_accuracy": held_out["accuracy"],
+        "val_macro_f1": held_out["macro_f1"],
+        "val_ece": held_out["ece"],
+        "model_dir": str(ctx.ws.path(STUDENT)),
+        "onnx": cfg.onnx,
+    }
+    metrics = {**held_out, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
+               "rounds": rounds, "summary": summary}
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__,
+        "architecture": cfg.student, "student_config": fit.student_config, "classes": classes,
+        "input": input_spec, "embedder": embedder, "train_params": cfg.result_params(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    dyn = pd.DataFrame({
+        "id": ids[ts.train_rows],
+        "label": np.asarray(classes, dtype=object)[fit.target_labels],
+        "confidence": fit.confidence.astype(np.float32),
+        "variability": fit.variability.astype(np.float32),
+        "correctness": fit.correctness.astype(np.float32),
+        "is_pseudo": ts.is_pseudo,
+    })
+    _write_student(ctx.ws.path(STUDENT), fit.model, config, metrics, dyn, x.shape[1:] if cfg.onnx else None)
+    return summary
+
+
+DYNAMICS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()), ("variability", pa.float32()),
+                             ("correctness", pa.float32()), ("is_pseudo", pa.bool_())])
+
+
+def _write_student(dest: Path, model, config: dict, metrics: dict, dynamics: pd.DataFrame, onnx_shape: tuple[int, ...] | None) -> None:
+    """Build the folder beside ``dest``, then swap it in: a crash leaves the previous student whole."""
+    from safetensors.torch import save_file
+
+    from labelkit.distill import student_state
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    try:
+        save_file(student_state(model), str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        table = pa.Table.from_pandas(dynamics, schema=DYNAMICS_SCHEMA, preserve_index=False)
+        artifacts.write_table(tmp / DYNAMICS_FILE, table, {"reference": "Swayamdipta et al. 2020, dataset cartography"})
+        if onnx_shape is not None:
+            from labelkit.onnx_export import export_onnx
+
+            export_onnx(model, tmp / ONNX_FILE, onnx_shape[0] if len(onnx_shape) == 1 else tuple(int(s) for s in onnx_shape))
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename the old folder away, the new one in, then delete the old one."""
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.rmdir(old)
+        os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

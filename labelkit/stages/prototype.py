@@ -1,0 +1,124 @@
+"""prototype: class prototypes from the labeled embeddings (and class names), refined with unlabeled ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from labelkit import artifacts, prototypes
+from labelkit.config import PrototypeConfig
+from labelkit.errors import BadInputError
+from labelkit.stages import pipeline
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._inputs import aligned, class_embeddings
+
+STAGE = "prototype"
+
+
+def run(ctx: RunContext, cfg: PrototypeConfig, *, force: bool = False) -> StageResult:
+    started = now()
+    ws = ctx.ws
+    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
+    samples.require_labels(STAGE)
+    upstream = pipeline.ensure(ctx, "embed")
+    inputs = {artifacts.SAMPLES: samples_fp, artifacts.EMBEDDINGS: ws.fingerprint(artifacts.EMBEDDINGS) or ""}
+    if ws.path(artifacts.CLASS_EMBEDDINGS).exists():
+        inputs[artifacts.CLASS_EMBEDDINGS] = ws.fingerprint(artifacts.CLASS_EMBEDDINGS) or ""
+    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
+    if reason is None:
+        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.PROTOTYPES], upstream=upstream)
+        res.summary = artifacts.read_metadata(ws.path(artifacts.PROTOTYPES)).get("summary", {})
+        return res
+    summary = _build(ctx, cfg, samples)
+    ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PROTOTYPES], started=started)
+    summary["wall_time_s"] = round(now() - started, 2)
+    return StageResult(STAGE, reason=reason, summary=summary, outputs=[artifacts.PROTOTYPES], upstream=upstream)
+
+
+def _build(ctx: RunContext, cfg: PrototypeConfig, samples) -> dict[str, Any]:
+    ws = ctx.ws
+    a = aligned(ws, samples)
+    k_classes = len(a.classes)
+    text = class_embeddings(ws, a.classes)
+    labeled = a.labels >= 0
+    n_dropped = 0
+    if labeled.any():
+        labels = a.labels
+        if cfg.clean and labeled.sum() > 2:
+            keep = prototypes.select_clean(a.vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement)
+            n_dropped = int((labeled & ~keep).sum())
+            labels = np.where(keep, labels, -1)
+        protos = prototypes.class_prototypes(a.vectors, labels, k_classes, n_per_class=cfg.n_per_class, seed=cfg.seed)
+        if text is not None and cfg.text_weight > 0:
+            protos = prototypes.fuse_text(protos, text, weight=cfg.text_weight)
+    elif text is not None:
+        protos = prototypes.text_prototypes(text)  # zero-shot: class names only
+    else:
+        raise BadInputError(
+            f"{STAGE}: no sample is labeled and model '{a.meta.get('model')}' has no text tower for class names; "
+            "label some samples, or embed with a text-tower model (minilm, clip:...) for zero-shot"
+        )
+    missing = sorted(set(range(k_classes)) - set(protos.classes.tolist()))
+    if missing and text is not None:
+        protos = prototypes.fuse_text(protos, text, weight=0.0)  # adds text prototypes for classes with none
+    n_iter = 0
+    unlabeled = a.vectors[a.labels < 0]
+    if cfg.refine and len(unlabeled) and cfg.max_iter > 0:
+        protos, n_iter = prototypes.refine_transductive(
+            protos, unlabeled, temperature=cfg.refine_temperature, min_confidence=cfg.min_confidence, max_iter=cfg.max_iter
+        )
+    spread = prototypes.class_spread(a.vectors, a.labels, protos)
+    pairs = prototypes.confusable_pairs(protos, top=5)
+    _write(ws, protos, a.classes, cfg, summary := _summary(protos, a.classes, spread, pairs, n_dropped, n_iter, text is not None))
+    return summary
+
+
+def _summary(protos, classes, spread, pairs, n_dropped, n_iter, has_text) -> dict[str, Any]:
+    support = np.bincount(protos.classes, weights=protos.support, minlength=len(classes))
+    counts = np.bincount(protos.classes, minlength=len(classes))
+    return {
+        "n_prototypes": int(len(protos.vectors)),
+        "n_classes": len(classes),
+        "kinds": {str(k): int(v) for k, v in zip(*np.unique(protos.kind, return_counts=True))},
+        "n_dropped_unclean": n_dropped,
+        "refine_iterations": int(n_iter),
+        "text_prototypes": bool(has_text),
+        "per_class": [
+            {"class": c, "prototypes": int(counts[i]), "support": int(support[i]), "spread": None if np.isnan(spread[i]) else round(float(spread[i]), 4)}
+            for i, c in enumerate(classes)
+        ],
+        "confusable_pairs": [{"a": classes[i], "b": classes[j], "cosine": round(float(cos), 4)} for i, j, cos in pairs],
+    }
+
+
+def _write(ws, protos, classes, cfg, summary) -> None:
+    rank = np.zeros(len(protos.classes), dtype=np.int64)
+    for c in np.unique(protos.classes):
+        members = np.flatnonzero(protos.classes == c)
+        rank[members] = np.arange(len(members))
+    names = np.asarray(classes, dtype=object)
+    dim = protos.vectors.shape[1]
+    table = pa.table(
+        {
+            "class": pa.array(names[protos.classes].tolist(), pa.string()),
+            "prototype": pa.array(rank),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(protos.vectors.reshape(-1)), dim),
+            "support": pa.array(protos.support.astype(np.int64)),
+            "kind": pa.array(protos.kind.tolist(), pa.string()),
+        }
+    )
+    artifacts.write_table(ws.path(artifacts.PROTOTYPES), table, {"classes": classes, "params": cfg.result_params(), "summary": summary})
+
+
+def read_prototypes(ws, classes: list[str]):
+    """prototypes.parquet back into a :class:`labelkit.prototypes.Prototypes`."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(artifacts.require(ws.path(artifacts.PROTOTYPES), f"labelkit prototype {ws.data}"))
+    index = {c: i for i, c in enumerate(classes)}
+    cls = np.array([index[c] for c in t.column("class").to_pylist()], dtype=np.int64)
+    vecs = np.asarray(t.column("vector").to_pylist(), dtype=np.float32)
+    return prototypes.Prototypes(vecs, cls, np.asarray(t.column("support").to_pylist()), np.asarray(t.column("kind").to_pylist()), len(classes))
+

@@ -1,0 +1,296 @@
+"""Tests for labelkit.distill (students, distillation loop, dynamics) and labelkit.onnx_export."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from labelkit.distill import (
+    FitResult,
+    TrainConfig,
+    _prepare_targets,
+    build_student,
+    distillation_loss,
+    fit_student,
+    load_student,
+    predict_proba,
+    student_state,
+)
+from labelkit.metrics import accuracy
+from labelkit.errors import BadInputError
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: one intra-op thread is faster, and immune to a busy machine. Restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FAST = TrainConfig(architecture="mlp", hidden=32, epochs=30, batch_size=32, lr=1e-2)
+
+
+def _blobs(n_per: int = 40, dim: int = 8, sep: float = 6.0, seed: int = 0):
+    """Two well-separated Gaussian blobs: class 0 around -sep/2 e_0, class 1 around +sep/2 e_0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2 * n_per, dim)).astype(np.float32)
+    y = np.repeat([0, 1], n_per)
+    x[:, 0] += np.where(y == 1, sep / 2, -sep / 2)
+    return x, y
+
+
+# --- students ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp"])
+def test_separable_blobs_reach_full_accuracy(arch):
+    x, y = _blobs()
+    r = fit_student(x, y, config=TrainConfig(architecture=arch, hidden=32, epochs=40, batch_size=16, lr=1e-2), seed=0)
+    assert isinstance(r, FitResult)
+    x_test, y_test = _blobs(seed=1)
+    assert accuracy(y_test, predict_proba(r.model, x_test).argmax(1)) == 1.0
+    assert r.val_indices.size == 8  # 10% of the 80 trusted labels held out
+    assert np.all(r.val_acc[r.best_epoch] == 1.0)
+
+
+def test_same_seed_gives_identical_weights_and_global_rng_untouched():
+    x, y = _blobs()
+    torch.manual_seed(123)
+    before = torch.get_rng_state().clone()
+    cfg = TrainConfig(architecture="mlp", hidden=16, dropout=0.3, epochs=5, batch_size=16)
+    a = student_state(fit_student(x, y, config=cfg, seed=7).model)
+    b = student_state(fit_student(x, y, config=cfg, seed=7).model)
+    c = student_state(fit_student(x, y, config=cfg, seed=8).model)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+
+
+def test_state_roundtrip_through_safetensors(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    x, y = _blobs()
+    r = fit_student(x, y, config=FAST, seed=0)
+    cfg = json.loads(json.dumps(r.student_config))  # the config must be plain JSON
+    assert cfg == {"architecture": "mlp", "in_dim": 8, "n_classes": 2, "hidden": 32, "dropout": 0.1}
+    safetensors_torch.save_file(student_state(r.model), tmp_path / "model.safetensors")
+    model = load_student(cfg, safetensors_torch.load_file(tmp_path / "model.safetensors"))
+    np.testing.assert_array_equal(predict_proba(model, x), predict_proba(r.model, x))
+
+
+def test_build_student_rejects_bad_configs():
+    with pytest.raises(BadInputError, match="'architecture' must be one of"):
+        build_student({"architecture": "resnet", "in_dim": 3, "n_classes": 2})
+    with pytest.raises(BadInputError, match="missing \\['hidden', 'dropout'\\]"):
+        build_student({"architecture": "mlp", "in_dim": 3, "n_classes": 2})
+    with pytest.raises(BadInputError, match="'in_dim' must be a positive int"):
+        build_student({"architecture": "linear", "in_dim": 0, "n_classes": 2})
+
+
+def test_train_config_validates():
+    with pytest.raises(BadInputError, match="'temperature' must be > 0. Got 0 instead."):
+        TrainConfig(temperature=0)
+    with pytest.raises(BadInputError, match="'alpha' must be in"):
+        TrainConfig(alpha=1.5)
+    with pytest.raises(BadInputError, match="'epochs' must be an int >= 1"):
+        TrainConfig(epochs=0)
+
+
+def test_cnn_two_steps_on_cpu():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    cfg = TrainConfig(architecture="cnn", width=4, epochs=1, batch_size=4, val_fraction=0.0)
+    r = fit_student(x, y, config=cfg, seed=0)  # 8 samples / batch 4 = 2 optimiser steps
+    assert r.train_loss.shape == (1,) and np.isfinite(r.train_loss).all()
+    assert r.student_config == {"architecture": "cnn", "in_channels": 3, "n_classes": 3, "width": 4, "dropout": 0.1}
+    p = predict_proba(r.model, x)
+    assert p.shape == (8, 3)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+    with pytest.raises(BadInputError, match="must be 4-D"):
+        fit_student(x.reshape(8, -1), y, config=cfg)
+
+
+# --- loss ----------------------------------------------------------------------------------------
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_soft_kl_term_matches_hand_computation():
+    z = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+    t = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    T = 2.0
+    # Hinton et al.: teacher and student both at temperature T; teacher logits = log t.
+    tT = t ** (1 / T) / (t ** (1 / T)).sum(axis=1, keepdims=True)
+    qT = _softmax(z / T)
+    expected = T**2 * np.mean(np.sum(tT * np.log(tT / qT), axis=1))
+    got = distillation_loss(torch.tensor(z, dtype=torch.float32), t, [-1, -1], temperature=T)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # With a trusted label on row 0: alpha * KL + (1 - alpha) * CE there; row 1 KL only.
+    alpha = 0.3
+    ce0 = -np.log(_softmax(z)[0, 0])
+    kl = T**2 * np.sum(tT * np.log(tT / qT), axis=1)
+    expected_mixed = (alpha * kl[0] + (1 - alpha) * ce0 + kl[1]) / 2
+    got_mixed = distillation_loss(torch.tensor(z, dtype=torch.float32), t, [0, -1], temperature=T, alpha=alpha)
+    assert float(got_mixed) == pytest.approx(expected_mixed, rel=1e-5)
+
+
+def test_prepare_targets_softens_and_weights_low_confidence():
+    soft = np.array([[0.9, 0.1, 0.0], [0.4, 0.35, 0.25], [0.2, 0.8, 0.0], [0.0, 0.0, 0.0]])
+    hard = np.array([-1, -1, 0, 2])
+    cfg = TrainConfig(temperature=1.0, soften_below=0.5, label_smoothing=0.3, alpha=0.25)
+    tg = _prepare_targets(soft, hard, None, 3, cfg)
+    np.testing.assert_allclose(tg.tempered[0], [0.9, 0.1, 0.0], atol=1e-6)  # confident: kept
+    np.testing.assert_allclose(tg.tempered[1], [0.8, 0.1, 0.1], atol=1e-6)  # 0.4 < 0.5: smoothed one-hot of argmax
+    np.testing.assert_allclose(tg.tempered[2], [0.8, 0.1, 0.1], atol=1e-6)  # teacher gives trusted label 0.2: replaced
+    np.testing.assert_allclose(tg.tempered[3], [0.0, 0.0, 0.0])  # hard label only
+    np.testing.assert_allclose(tg.w, [0.9, 0.4, 1.0, 1.0], atol=1e-6)  # pseudo-labels weighted by confidence
+    np.testing.assert_allclose(tg.a, [1.0, 1.0, 0.25, 0.0])
+    np.testing.assert_allclose(tg.b, [0.0, 0.0, 0.75, 1.0])
+    np.testing.assert_array_equal(tg.label, [0, 0, 0, 2])
+    off = _prepare_targets(soft, hard, None, 3, TrainConfig(confidence_weighting=False, soften_below=0.0))
+    np.testing.assert_allclose(off.w, 1.0)
+
+
+def test_sample_weights_set_the_optimum_on_conflicting_duplicates():
+    # One input with label 0 (weight 1) and label 1 (weight 3): weighted CE is minimal at p(1) = 3/4.
+    x = np.zeros((2, 1), dtype=np.float32)
+    cfg = TrainConfig(architecture="linear", epochs=300, batch_size=2, lr=0.05, weight_decay=0.0, val_fraction=0.0)
+    r = fit_student(x, np.array([0, 1]), config=cfg, sample_weight=np.array([1.0, 3.0]), seed=0)
+    assert predict_proba(r.model, x[:1])[0, 1] == pytest.approx(0.75, abs=0.01)
+
+
+def test_pseudo_labels_only_train_from_soft_targets():
+    x, y = _blobs()
+    soft = np.where(y[:, None] == np.arange(2), 0.9, 0.1)
+    r = fit_student(x, np.full(y.size, -1), soft, config=FAST, seed=0)
+    assert r.val_indices.size == 0 and np.isnan(r.val_loss).all()
+    assert r.best_epoch == FAST.epochs - 1
+    assert accuracy(y, predict_proba(r.model, x).argmax(1)) == 1.0
+
+
+def test_fit_rejects_bad_targets():
+    x, y = _blobs(n_per=3)
+    with pytest.raises(BadInputError, match="rows must sum to 1"):
+        fit_student(x, y, np.full((6, 2), 0.7), config=FAST)
+    with pytest.raises(BadInputError, match="neither a hard label nor a soft target"):
+        fit_student(x, np.array([0, 1, -1, 0, 1, 0]), np.zeros((6, 2)), config=FAST)
+    with pytest.raises(BadInputError, match="'labels' must have length 6"):
+        fit_student(x, y[:5], config=FAST)
+
+
+# --- early stopping and progress ------------------------------------------------------------------
+
+
+class _RecordingProgress:
+    def __init__(self):
+        self.tasks, self.advances, self.updates = [], 0, []
+
+    @contextmanager
+    def task(self, description, total=None):
+        self.tasks.append((description, total))
+        outer = self
+
+        class _T:
+            def advance(self, n=1):
+                outer.advances += n
+
+            def update(self, **fields):
+                outer.updates.append(fields)
+
+        yield _T()
+
+    def log(self, message):
+        pass
+
+
+def test_early_stopping_when_val_loss_rises():
+    # Validation labels are the reverse of the training labels: every epoch of learning makes
+    # validation worse, so the first epoch is best and training stops after `patience` more.
+    x, y = _blobs()
+    cfg = TrainConfig(architecture="linear", epochs=100, batch_size=16, lr=1e-2, patience=3)
+    progress = _RecordingProgress()
+    r = fit_student(x, y, config=cfg, val=(x, 1 - y), progress=progress, seed=0)
+    assert r.stopped_early
+    assert len(r.train_loss) == 4 < cfg.epochs
+    assert r.best_epoch == 0
+    assert np.all(np.diff(r.val_loss) > 0)
+    # The best epoch's weights were restored.
+    p = predict_proba(r.model, x)
+    assert -np.mean(np.log(p[np.arange(y.size), 1 - y])) == pytest.approx(r.val_loss[0], rel=1e-4)
+    assert progress.tasks == [("distill", 100)]
+    assert progress.advances == 4
+    assert set(progress.updates[-1]) == {"loss", "val_loss", "val_acc"}
+
+
+# --- training dynamics ---------------------------------------------------------------------------
+
+
+def test_dynamics_shapes_and_a_mislabeled_sample():
+    x, y = _blobs(n_per=30)
+    given = y.copy()
+    given[0] = 1  # a class-0 point labeled 1: the model keeps predicting 0 for it
+    cfg = TrainConfig(architecture="linear", epochs=20, batch_size=16, lr=0.05)
+    r = fit_student(x, given, config=cfg, val=(x, y), seed=0)  # explicit val: every row is trained on
+    n = y.size
+    assert r.confidence.shape == r.variability.shape == r.correctness.shape == r.target_labels.shape == (n,)
+    assert r.val_indices.size == 0 and not np.isnan(r.confidence).any()
+    np.testing.assert_array_equal(r.target_labels, given)
+    assert np.argmin(r.confidence) == 0 and r.confidence[0] < 0.3 and r.correctness[0] == 0.0
+    clean = np.arange(1, n)
+    assert np.median(r.confidence[clean]) > 0.8 and np.median(r.correctness[clean]) == 1.0
+    always_right = clean[r.correctness[clean] == 1.0]
+    assert always_right.size > 40 and r.confidence[always_right].min() > 0.5
+    assert np.all((r.variability >= 0) & (r.variability <= 0.5))
+
+
+def test_dynamics_are_nan_for_held_out_rows():
+    x, y = _blobs(n_per=20)
+    r = fit_student(x, y, config=TrainConfig(architecture="linear", epochs=3, val_fraction=0.25), seed=0)
+    held = np.zeros(y.size, bool)
+    held[r.val_indices] = True
+    assert held.sum() == 10
+    assert np.isnan(r.confidence[held]).all() and np.isnan(r.variability[held]).all()
+    assert not np.isnan(r.confidence[~held]).any()
+
+
+# --- ONNX ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        ({"architecture": "mlp", "in_dim": 6, "n_classes": 3, "hidden": 16, "dropout": 0.1}, (6,)),
+        ({"architecture": "cnn", "in_channels": 3, "n_classes": 4, "width": 4, "dropout": 0.0}, (3, 8, 8)),
+    ],
+)
+def test_onnx_export_matches_torch(config, shape):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from labelkit.onnx_export import export_onnx
+
+    rng = np.random.default_rng(0)
+    model = build_student(config)
+    with torch.no_grad():  # non-trivial standardisation buffers, so they are checked too
+        model.norm.mean.normal_(generator=torch.Generator().manual_seed(0))
+        model.norm.std.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(1))
+    buf = io.BytesIO()
+    export_onnx(model, buf, shape if len(shape) > 1 else shape[0])
+    session = ort.InferenceSession(buf.getvalue())
+    x = rng.normal(size=(5, *shape)).astype(np.float32)  # a batch size other than the export's
+    logits, probs = session.run(["logits", "probs"], {"input": x})
+    with torch.no_grad():
+        ref_logits = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    np.testing.assert_allclose(probs, predict_proba(model, x), atol=1e-5)
+    assert not math.isnan(float(probs.sum()))

@@ -1,0 +1,290 @@
+"""labelkit.knn: exact search against a numpy oracle, self-exclusion, padding, HNSW/IVF recall,
+batching, the auto/GPU choices, recall_at_k and k-means."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from labelkit import knn
+from labelkit.errors import BadInputError, LabelkitWarning
+from labelkit.knn import AnnParams, KnnIndex, kmeans, knn_graph, recall_at_k, search
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered(n, d, n_clusters, seed, spread=0.3):
+    """Unit vectors around random centres: neighbourhoods with structure, like real embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d))
+    y = rng.integers(0, n_clusters, n)
+    return _unit(centres[y] + spread * rng.standard_normal((n, d)))
+
+
+def _brute_force(base, queries, k, exclude_self=False):
+    """The oracle: full similarity matrix, argsort."""
+    s = queries @ base.T
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, idx, axis=1), idx
+
+
+class _RecordingProgress:
+    def __init__(self):
+        self.tasks = {}
+
+    @contextmanager
+    def task(self, description, total=None):
+        rec = self.tasks.setdefault(description, {"total": total, "done": 0})
+
+        class T:
+            def advance(self, n=1):
+                rec["done"] += n
+
+            def update(self, **fields):
+                pass
+
+        yield T()
+
+    def log(self, message):
+        pass
+
+
+def test_exact_graph_equals_numpy_brute_force():
+    x = _unit(np.random.default_rng(0).standard_normal((300, 16)))
+    sims, idx = knn_graph(x, 7, method="exact", device="cpu")
+    want_s, want_i = _brute_force(x, x, 7, exclude_self=True)
+    assert sims.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (300, 7)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 0)  # descending
+
+
+def test_exact_graph_tiles_base_and_queries(monkeypatch):
+    # several base tiles and query blocks exercise the running top-k merge
+    monkeypatch.setattr(knn, "EXACT_BASE_BLOCK", 37)
+    x = _unit(np.random.default_rng(1).standard_normal((250, 8)))
+    sims, idx = knn_graph(x, 5, method="exact", batch_size=19, device="cpu")
+    want_s, want_i = _brute_force(x, x, 5, exclude_self=True)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-5)
+
+
+def test_exact_search_tiles_base_and_queries(monkeypatch):
+    monkeypatch.setattr(knn, "EXACT_BASE_BLOCK", 23)
+    rng = np.random.default_rng(17)
+    base, queries = _unit(rng.standard_normal((100, 8))), _unit(rng.standard_normal((40, 8)))
+    sims, idx = search(base, queries, 6, method="exact", batch_size=9, device="cpu")
+    want_s, want_i = _brute_force(base, queries, 6)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-5)
+
+
+def test_rows_are_normalised_to_cosine():
+    x = _unit(np.random.default_rng(2).standard_normal((50, 6)))
+    scale = np.random.default_rng(3).uniform(0.1, 10, (50, 1)).astype(np.float32)
+    s1, i1 = knn_graph(x, 4, method="exact", device="cpu")
+    s2, i2 = knn_graph(x * scale, 4, method="exact", device="cpu")
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    assert s2.max() <= 1 + 1e-5
+
+
+def test_graph_without_exclusion_finds_self_first():
+    x = _unit(np.random.default_rng(4).standard_normal((40, 5)))
+    sims, idx = knn_graph(x, 3, method="exact", exclude_self=False, device="cpu")
+    np.testing.assert_array_equal(idx[:, 0], np.arange(40))
+    np.testing.assert_allclose(sims[:, 0], 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw"])
+def test_self_excluded_by_index_even_with_duplicates(method):
+    rng = np.random.default_rng(5)
+    base = _unit(rng.standard_normal((30, 8)))
+    # rows 0..5 are the same vector: ties at similarity 1 must not hide or keep the query itself
+    x = np.concatenate([np.repeat(base[:1], 6, axis=0), base[1:]])
+    sims, idx = knn_graph(x, 3, method=method, device="cpu")
+    rows = np.arange(len(x))
+    assert not np.any(idx == rows[:, None])
+    for r in range(6):
+        assert set(idx[r]) <= set(range(6)) - {r}  # its neighbours are its duplicates
+        np.testing.assert_allclose(sims[r], 1, atol=1e-5)
+
+
+def test_more_duplicates_than_k_still_excludes_self():
+    x = np.ones((20, 4), np.float32) / 2  # 20 identical unit vectors
+    sims, idx = knn_graph(x, 3, method="exact", device="cpu")
+    assert not np.any(idx == np.arange(20)[:, None])
+    assert np.all(idx >= 0)
+    np.testing.assert_allclose(sims, 1, atol=1e-6)
+
+
+def test_k_at_least_n_pads_with_minus_one_and_minus_inf():
+    x = _unit(np.random.default_rng(6).standard_normal((4, 3)))
+    sims, idx = knn_graph(x, 6, method="exact", device="cpu")
+    assert idx.shape == (4, 6)
+    for r in range(4):
+        assert set(idx[r, :3]) == set(range(4)) - {r}
+    assert np.all(idx[:, 3:] == -1)
+    assert np.all(np.isneginf(sims[:, 3:]))
+    assert np.all(np.isfinite(sims[:, :3]))
+
+
+def test_search_queries_against_base_and_pads():
+    rng = np.random.default_rng(7)
+    base = _unit(rng.standard_normal((60, 10)))
+    queries = _unit(rng.standard_normal((25, 10)))
+    sims, idx = search(base, queries, 5, method="exact", device="cpu")
+    want_s, want_i = _brute_force(base, queries, 5)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-5)
+    sims, idx = search(base[:3], queries, 5, device="cpu")
+    assert np.all(idx[:, 3:] == -1) and np.all(np.isneginf(sims[:, 3:]))
+    assert sorted(idx[0, :3]) == [0, 1, 2]
+
+
+def test_empty_base_gives_all_missing():
+    sims, idx = search(np.zeros((0, 4), np.float32), _unit(np.ones((2, 4))), 3, device="cpu")
+    assert idx.shape == (2, 3) and np.all(idx == -1) and np.all(np.isneginf(sims))
+
+
+def test_hnsw_recall_on_clustered_data():
+    x = _clustered(20_000, 32, n_clusters=200, seed=8)
+    _, exact = knn_graph(x, 10, method="exact", device="cpu")
+    index = KnnIndex("hnsw", device="cpu").build(x)
+    sims, approx = index.graph(10)
+    assert index.method_ == "hnsw" and index.tuned_[11] >= 16  # k + 1: self is searched, then dropped
+    assert recall_at_k(approx, exact) >= 0.95
+    assert not np.any(approx == np.arange(len(x))[:, None])
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_ivf_recall_on_clustered_data():
+    x = _clustered(5_000, 16, n_clusters=50, seed=9)
+    _, exact = knn_graph(x, 10, method="exact", device="cpu")
+    _, approx = knn_graph(x, 10, method="ivf", device="cpu")
+    assert recall_at_k(approx, exact) >= 0.95
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw", "ivf"])
+def test_batched_search_equals_unbatched(method):
+    rng = np.random.default_rng(10)
+    base = _clustered(2_000, 16, n_clusters=20, seed=10)
+    queries = _unit(rng.standard_normal((300, 16)))
+    index = KnnIndex(method, device="cpu", ann=AnnParams(ef_search=64, nprobe=8)).build(base)
+    s1, i1 = index.search(queries, 8, batch_size=10_000)
+    s2, i2 = index.search(queries, 8, batch_size=7)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)  # BLAS may round differently per block shape
+
+
+def test_tuning_picks_ef_search_that_meets_target():
+    x = _clustered(3_000, 16, n_clusters=30, seed=11)
+    index = KnnIndex("hnsw", device="cpu", ann=AnnParams(target_recall=0.9)).build(x)
+    _, approx = index.search(x, 10)
+    assert list(index.tuned_) == [10] and index.tuned_[10] >= 16
+    _, exact = search(x, x, 10, method="exact", device="cpu")
+    assert recall_at_k(approx, exact) >= 0.9
+
+
+def test_warns_when_the_target_recall_is_out_of_reach():
+    # a degree-2 graph over unstructured data cannot reach recall 1 even at efSearch=1024
+    x = np.random.default_rng(18).standard_normal((1_000, 32)).astype(np.float32)
+    index = KnnIndex("hnsw", device="cpu", ann=AnnParams(hnsw_m=2, ef_construction=4, target_recall=1.0)).build(x)
+    with pytest.warns(LabelkitWarning, match=r"recall@5 ~0\.\d+ < 1\.0 .* Use method='exact'"):
+        index.graph(5)
+    assert index.tuned_ == {6: 1024}
+
+
+def test_auto_is_exact_when_small_and_hnsw_when_large(monkeypatch):
+    x = _clustered(500, 8, n_clusters=5, seed=12)
+    assert KnnIndex("auto", device="cpu").build(x).method_ == "exact"
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    assert KnnIndex("auto", device="cpu").build(x).method_ == "hnsw"
+    # search(): a few queries against a large base stay exact (pairs <= EXACT_MAX_ROWS**2)
+    seen = []
+    monkeypatch.setattr(knn.KnnIndex, "_build_impl", lambda self, base, progress, method=None: seen.append(method) or self)
+    with pytest.raises(TypeError):  # the stub index cannot search; we only look at the choice
+        search(x, x[:20], 3, device="cpu")
+    assert seen == ["exact"]
+
+
+def test_gpu_path_is_selected_automatically(monkeypatch):
+    # no GPU here: pretend faiss sees one and record the CPU->GPU copies (identity copies)
+    monkeypatch.setattr(knn, "faiss_gpu_available", lambda: True)
+    copies = []
+    monkeypatch.setattr(knn, "_to_gpu", lambda index, gpu_id: copies.append((type(index).__name__, gpu_id)) or index)
+    x = _unit(np.random.default_rng(13).standard_normal((200, 8)))
+    index = KnnIndex("auto", device="auto").build(x)
+    sims, idx = index.graph(4, batch_size=64)
+    assert index.method_ == "exact" and index.on_gpu_
+    assert copies == [("IndexFlatIP", 0)]
+    np.testing.assert_array_equal(idx, _brute_force(x, x, 4, exclude_self=True)[1])
+    # large: IVF on the GPU (HNSW has no GPU version)
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS_GPU", 50)
+    ivf = KnnIndex("auto", device="auto").build(x)
+    assert ivf.method_ == "ivf" and ivf.on_gpu_ and copies[-1][0] == "IndexIVFFlat"
+    assert KnnIndex("auto", device="cpu").build(x).on_gpu_ is False
+
+
+def test_progress_reports_every_row():
+    x = _unit(np.random.default_rng(14).standard_normal((130, 4)))
+    progress = _RecordingProgress()
+    knn_graph(x, 3, method="exact", batch_size=50, device="cpu", progress=progress)
+    assert progress.tasks["knn: exact search"] == {"total": 130, "done": 130}
+
+
+def test_recall_at_k_known_values():
+    exact = np.array([[1, 2, 3], [4, 5, -1]])
+    assert recall_at_k(np.array([[3, 2, 9], [5, 4, 7]]), exact) == pytest.approx(4 / 5)
+    assert recall_at_k(exact, exact) == 1.0
+    assert recall_at_k(np.array([[7, 8, 9], [0, 1, 2]]), exact) == 0.0
+    with pytest.raises(BadInputError, match="rows"):
+        recall_at_k(exact[:1], exact)
+
+
+def test_kmeans_recovers_two_clusters_reproducibly():
+    rng = np.random.default_rng(15)
+    a = _unit([1, 0, 0] + 0.05 * rng.standard_normal((30, 3)))
+    b = _unit([0, 1, 0] + 0.05 * rng.standard_normal((20, 3)))
+    x = np.concatenate([a, b])
+    centroids, assignment = kmeans(x, 2, seed=3)
+    assert centroids.shape == (2, 3) and assignment.dtype == np.int64
+    assert len(set(assignment[:30])) == 1 and len(set(assignment[30:])) == 1 and assignment[0] != assignment[-1]
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(centroids[assignment[0]], _unit(a.mean(0, keepdims=True))[0], atol=1e-4)
+    again = kmeans(x, 2, seed=3)
+    np.testing.assert_array_equal(again[1], assignment)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x: knn_graph(x, 0), "'k' must be a positive integer"),
+        (lambda x: knn_graph(x, 2, method="lsh"), "'method' must be one of"),
+        (lambda x: knn_graph(x, 2, batch_size=0), "'batch_size' must be a positive integer"),
+        (lambda x: knn_graph(x, 2, device="tpu"), "'device' must be"),
+        (lambda x: knn_graph(x[0], 2), "'embeddings' must be 2-D"),
+        (lambda x: search(x, x[:, :2], 2), "'queries' must have dim 4"),
+        (lambda x: kmeans(x, 11), "'n_clusters' must be <= n_samples=10"),
+        (lambda x: AnnParams(target_recall=0), "'target_recall' must be in"),
+        (lambda x: KnnIndex().search(x, 2), "call build"),
+    ],
+)
+def test_bad_input_raises(call, match):
+    x = _unit(np.random.default_rng(16).standard_normal((10, 4)))
+    with pytest.raises(BadInputError, match=match):
+        call(x)
+
+
+def test_nan_embeddings_rejected():
+    x = np.ones((3, 2), np.float32)
+    x[1, 0] = np.nan
+    with pytest.raises(BadInputError, match="NaN"):
+        knn_graph(x, 1)
