@@ -79,6 +79,7 @@ class PseudolabelConfig(StageConfig):
     sharpen: float = Field(1.0, gt=0, description="soft-label temperature (< 1 sharpens)")
     calibration_folds: int = Field(5, ge=0, description="folds of labeled samples for held-out temperature calibration (0 = off)")
     prior_correction: bool = Field(False, description="re-estimate the unlabeled class priors by EM (Saerens et al. 2002)")
+    clean_seeds: bool = Field(True, description="first drop labeled samples that confident learning flags on their held-out scores")
     seed: int = 0
 
 

@@ -91,6 +91,8 @@ def _pseudolabel(console: Console, res) -> None:
         f"[bold]pseudolabel[/]: {s['n_accepted']} of {s['n_unlabeled']} unlabeled samples accepted (coverage {cov}) "
         f"by {s['method']}, {s['threshold_rule']} threshold {s['threshold']}"
     )
+    if s.get("n_seeds_dropped"):
+        console.print(f"  {s['n_seeds_dropped']} labeled samples left out as seeds: confident learning doubts their labels")
     if s["ece"] is not None:
         console.print(f"  calibration: temperature {s['temperature']}, held-out ECE {s['ece']:.3f} (before {s['ece_uncalibrated']:.3f}, {s['n_calibration']} labeled samples)")
     console.print("  accepted per class: " + ", ".join(f"{c} {n}" for c, n in list(s["accepted_per_class"].items())[:30]))
