@@ -220,6 +220,48 @@ def predict(
 
 @app.command()
 @handles_errors
+def report(
+    data: DataArg,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open report.html in a browser when done")] = False,
+    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Write report.html: one self-contained page with plots and galleries of every artifact."""
+    from labelkit.stages import report as stage
+
+    ctx = Context(data, out, config, None, json_out)
+    res = stage.run(ctx.run_context(), ctx.config("report"), force=True)
+    emit(ctx, res)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(Path(res.summary["path"]).resolve().as_uri())
+
+
+@app.command()
+@handles_errors
+def run(
+    data: DataArg,
+    start: Annotated[Optional[str], typer.Option("--from", help="first stage to run (embed, prototype, pseudolabel, detect-noise, distill, report)")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="last stage to run")] = None,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Run the whole pipeline in order, each stage skipped when up to date; options via --config."""
+    from labelkit import render
+    from labelkit.stages import pipeline
+
+    ctx = Context(data, out, config, classes, json_out)
+    results = pipeline.run_pipeline(ctx.run_context(), start=start, until=until, force=force)
+    if json_out:
+        sys.stdout.write(json.dumps({"stages": [r.to_json() for r in results]}, default=str) + "\n")
+    else:
+        render.pipeline(err_console, results)
+    code = max((r.exit_code for r in results), default=0)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@handles_errors
 def status(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, json_out: JsonOpt = False) -> None:
     """Show each stage: done, stale (and why), or missing."""
     from labelkit import render

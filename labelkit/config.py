@@ -135,7 +135,14 @@ class PredictConfig(StageConfig):
     device: str = "auto"
 
 
+class ReportConfig(StageConfig):
+    max_points: int = Field(5000, ge=10, description="points drawn in the embedding map")
+    gallery: int = Field(24, ge=0, description="label issues shown in the gallery")
+    title: str | None = Field(None, description="page title [default: the dataset folder name]")
+
+
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "report": ReportConfig,
     "distill": DistillConfig,
     "predict": PredictConfig,
     "dataset": DatasetConfig,

@@ -103,6 +103,18 @@ def _pseudolabel(console: Console, res) -> None:
         console.print(f"    {i / 10:.1f}-{(i + 1) / 10:.1f} {'█' * round(30 * n / peak):<30} {n}")
 
 
+def pipeline(console: Console, results) -> None:
+    for res in results:
+        result(console, res)
+    t = Table(title="labelkit run")
+    for col in ("stage", "result", "time"):
+        t.add_column(col)
+    for res in results:
+        state = "[green]skipped (up to date)[/]" if res.skipped else "[cyan]ran[/]"
+        t.add_row(res.stage, state, "" if res.skipped else f"{res.summary.get('wall_time_s', 0):.1f} s")
+    console.print(t)
+
+
 def status(console: Console, rows) -> None:
     t = Table(title="labelkit status")
     for col in ("stage", "state", "why", "wall time", "finished"):

@@ -6,7 +6,7 @@ import importlib
 from dataclasses import dataclass
 
 from labelkit import artifacts
-from labelkit.errors import LabelkitError
+from labelkit.errors import BadInputError, LabelkitError
 from labelkit.stages._common import RunContext, StageResult, prepare_samples
 
 
@@ -24,6 +24,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("pseudolabel", "pseudolabel", ("prototype",), (artifacts.PSEUDOLABELS,)),
     StageSpec("detect-noise", "detect_noise", ("embed",), (artifacts.LABEL_ISSUES,)),
     StageSpec("distill", "distill", ("pseudolabel", "detect-noise"), ("student",)),
+    StageSpec("report", "report", (), ("report.html",)),
 )
 BY_NAME = {s.name: s for s in STAGES}
 
@@ -51,6 +52,24 @@ def ensure(ctx: RunContext, name: str) -> list[StageResult]:
     res.reason = f"{missing[0]} was missing, so {name} ran first with its defaults"
     ran.append(res)
     return ran
+
+
+ORDER = [s.name for s in STAGES]
+
+
+def run_pipeline(ctx: RunContext, *, start: str | None = None, until: str | None = None, force: bool = False) -> list[StageResult]:
+    """Every stage in order (each skipped when up to date), from ``start`` to ``until`` inclusive."""
+    for name in (start, until):
+        if name is not None and name not in BY_NAME:
+            raise BadInputError(f"unknown stage '{name}'. Choose one of: {', '.join(ORDER)}")
+    lo = ORDER.index(start) if start else 0
+    hi = ORDER.index(until) if until else len(ORDER) - 1
+    if lo > hi:
+        raise BadInputError(f"--from {start} comes after --until {until}")
+    results = []
+    for name in ORDER[lo:hi + 1]:
+        results.append(run_stage(ctx, name, force=force or name == "report"))
+    return results
 
 
 @dataclass
