@@ -89,3 +89,15 @@ def test_config_unknown_key_and_section_are_named(tmp_path):
     f.write_text("[embed]\nbatch_size = -1\n")
     with pytest.raises(ConfigError, match="'batch_size' input should be greater than 0"):
         build_config("embed", load_config_file(f), {})
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "shared.txt"
+    with atomic_write(p, "w") as f:
+        f.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
