@@ -1,6 +1,6 @@
 """Student quality: labelkit's pipeline (detect-noise, pseudolabel, distill, predict) from few noisy labels.
 
-    python benchmarks/distill.py [--seeds 5] [--no-mnist] [--mnist-n 10000] [--rounds 1] [--epochs 100]
+    python benchmarks/distill.py [--seeds 5] [--datasets digits,mnist] [--mnist-n 10000] [--rounds 1] [--epochs 100]
 
 For each dataset and seed: a stratified split into train and test halves (the test half is seen
 by no stage); in train, 5 % of the labels kept (stratified, at least one per class) and 10 % of
@@ -21,10 +21,6 @@ Vectors:
 - digits (scikit-learn ``load_digits``, 1,797 x 64): pixels standardised per feature
   (``StandardScaler`` fitted on all 1,797 images, no labels involved).
 - MNIST test images (/work/shared/data/mnist, 10,000 x 784; skipped if absent): pixels / 255.
-
-When the pseudolabel stage is not yet in ``labelkit.stages.pipeline`` (it is being written),
-pseudolabels.parquet is made with ``labelkit.pseudolabel.pseudolabel`` (default options, exact
-k = 10 kNN graph) and the script says so.
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ if str(ROOT) not in sys.path:
 from labelkit import artifacts  # noqa: E402
 from labelkit.config import DatasetConfig, DistillConfig, PredictConfig  # noqa: E402
 from labelkit.stages import distill as distill_stage  # noqa: E402
-from labelkit.stages import pipeline  # noqa: E402
 from labelkit.stages import predict as predict_stage  # noqa: E402
 from labelkit.stages._common import RunContext  # noqa: E402
 from labelkit.workspace import Workspace  # noqa: E402
@@ -57,8 +52,6 @@ from labelkit.workspace import Workspace  # noqa: E402
 DATA = ROOT / ".." / "shared" / "data"
 SHARE, FLIP = 0.05, 0.10
 WITHIN, BEAT = 0.02, 0.05
-_FALLBACK_NOTE = []
-_FALLBACK_SPEC = pipeline.StageSpec("pseudolabel", "pseudolabel", ("embed",), (artifacts.PSEUDOLABELS,))
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -68,12 +61,15 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(b[4 + 4 * nd :], dtype=np.uint8).reshape(shape)
 
 
-def load_datasets(*, mnist: bool, mnist_n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_datasets(names: set[str], *, mnist_n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from sklearn.datasets import load_digits
     from sklearn.preprocessing import StandardScaler
 
-    d = load_digits()
-    out = [("digits", StandardScaler().fit_transform(d.data).astype(np.float32), d.target.astype(np.int64))]
+    out = []
+    if "digits" in names:
+        d = load_digits()
+        out.append(("digits", StandardScaler().fit_transform(d.data).astype(np.float32), d.target.astype(np.int64)))
+    mnist = "mnist" in names
     images, labels = DATA / "mnist" / "t10k-images-idx3-ubyte.gz", DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
     if mnist and images.exists() and labels.exists():
         x = _idx(images).reshape(-1, 784).astype(np.float32) / 255.0
@@ -121,35 +117,6 @@ def write_manifest(folder: Path, x: np.ndarray, labels: list[str | None]) -> Non
     pq.write_table(t, folder / "labels.parquet")
 
 
-def ensure_pseudolabels(ctx: RunContext) -> None:
-    """Until the pseudolabel stage is registered: pseudolabels.parquet from labelkit.pseudolabel."""
-    if pipeline.BY_NAME.get("pseudolabel", _FALLBACK_SPEC) is not _FALLBACK_SPEC:
-        return
-    from labelkit import knn
-    from labelkit import pseudolabel as pl
-    from labelkit.dataset import discover
-    from labelkit.stages.embed import read_embeddings
-
-    if not _FALLBACK_NOTE:
-        _FALLBACK_NOTE.append("pseudolabel stage not registered yet: pseudolabels.parquet made with labelkit.pseudolabel.pseudolabel (defaults)")
-        print(_FALLBACK_NOTE[0], file=sys.stderr)
-    pipeline.ensure(ctx, "embed")
-    samples = discover(ctx.ws.data)
-    ids, vecs, _ = read_embeddings(ctx.ws)
-    codes = samples.label_codes()[pd.Index(samples.table["id"]).get_indexer(ids)]
-    opts = pl.PseudolabelOptions()
-    r = pl.pseudolabel(vecs, codes, len(samples.classes), knn.knn_graph(vecs, 10, method="exact", exclude_self=True), options=opts)
-    names = np.asarray(samples.classes, dtype=object)
-    t = pa.table({
-        "id": pa.array(ids, pa.string()), "label": pa.array(names[r.label].tolist(), pa.string()),
-        "confidence": pa.array(r.confidence.astype(np.float32)), "margin": pa.array(r.margin.astype(np.float32)),
-        "accepted": pa.array(r.accepted), "top_labels": pa.array([names[row].tolist() for row in r.top_labels], pa.list_(pa.string())),
-        "top_probs": pa.array([row.astype(np.float32).tolist() for row in r.top_probs], pa.list_(pa.float32())),
-    })
-    artifacts.write_table(ctx.ws.path(artifacts.PSEUDOLABELS), t, {"threshold": opts.threshold_value})
-    pipeline.BY_NAME["pseudolabel"] = _FALLBACK_SPEC  # the artifact exists, so ensure() will not try to run it
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -160,21 +127,22 @@ def reference_student(x_train, y_train, x_test, y_test, cfg: DistillConfig, seed
 
     from labelkit.distill import fit_student, predict_proba
 
-    tc = replace(distill_stage.train_config(cfg), val_fraction=cfg.val_fraction)
+    # The stage's hold-out rule: early stopping only with enough held-out labels to stop on.
+    n_val = round(cfg.val_fraction * len(y_train))
+    tc = replace(distill_stage.train_config(cfg), val_fraction=cfg.val_fraction if n_val >= distill_stage.min_held_out(int(y_test.max()) + 1) else 0.0)
     fit = fit_student(x_train, y_train, np.zeros((len(y_train), int(y_test.max()) + 1)), config=tc, seed=seed)
     return float(np.mean(predict_proba(fit.model, x_test).argmax(1) == y_test))
 
 
-def run_one(name: str, x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConfig) -> dict:
+def run_one(name: str, x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConfig, file_config: dict | None = None) -> dict:
     train, test = split(y, seed)
     given, flipped = noisy_labels(y[train], seed)
     with tempfile.TemporaryDirectory() as tmp:
         tr, te = Path(tmp) / "train", Path(tmp) / "test"
         write_manifest(tr, x[train], [str(v) if v >= 0 else None for v in given])
         write_manifest(te, x[test], [str(v) for v in y[test]])
-        ctx = RunContext(Workspace.open(tr), DatasetConfig())
+        ctx = RunContext(Workspace.open(tr), DatasetConfig(), file_config or {})
         t0 = time.perf_counter()
-        ensure_pseudolabels(ctx)
         res = distill_stage.run(ctx, cfg)
         seconds = time.perf_counter() - t0
         pred = predict_stage.run(tr / ".labelkit" / "student", RunContext(Workspace.open(te), DatasetConfig()), PredictConfig())
@@ -197,7 +165,7 @@ def run_one(name: str, x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConf
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--no-mnist", action="store_true")
+    ap.add_argument("--datasets", default="digits,mnist", help="comma-separated: digits, mnist")
     ap.add_argument("--mnist-n", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=100)
@@ -214,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ok = True
-    for name, x, y in load_datasets(mnist=not args.no_mnist, mnist_n=args.mnist_n):
+    for name, x, y in load_datasets(set(args.datasets.split(",")), mnist_n=args.mnist_n):
         runs = [run_one(name, x, y, seed, cfg) for seed in range(args.seeds)]
         m = {k: np.mean([r[k] for r in runs]) for k in runs[0]}
         s = {k: np.std([r[k] for r in runs]) for k in ("labelkit", "all true labels", "noisy labeled part")}
@@ -229,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         if not (within and beats):
             ok = False
             lines.append(f"\nFAIL {name}: within {WITHIN:.0%} of the ceiling: {within}; beats the noisy part by {BEAT:.0%}: {beats}")
-    if _FALLBACK_NOTE:
-        lines += ["", f"note: {_FALLBACK_NOTE[0]}"]
     print("\n".join(lines))
     return 0 if ok else 1
 

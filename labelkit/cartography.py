@@ -65,9 +65,11 @@ def dynamics_evidence(confidence, variability, *, max_confidence: float = 0.2, m
     max_confidence : float, default=0.2
         Hard-to-learn when the mean probability of the label is below this.
     max_variability : float, default=0.1
-        ... and its standard deviation over epochs is below this. On digits pixels with 10 %
-        of the labels flipped (an MLP student, benchmarks/distill.py settings) the defaults
-        flag about 85 % of the flipped labels at a precision near 0.9; see docs/stages/distill.md.
+        ... and its standard deviation over epochs is below this. Measured on scikit-learn's
+        digits (standardised pixels, all 1,797 labeled, 10 % flipped at random, the default
+        mlp student with early stopping, two seeds): the defaults flag 96 % of the flipped
+        labels at a precision of 0.89 and 0.93 (median flipped sample: confidence 0.03,
+        variability 0.02; median clean one: 0.79, 0.17).
 
     Returns
     -------
@@ -82,7 +84,7 @@ def dynamics_evidence(confidence, variability, *, max_confidence: float = 0.2, m
     --------
     >>> ev = dynamics_evidence(np.array([0.05, 0.95, 0.4]), np.array([0.02, 0.03, 0.3]))
     >>> ev.score.round(3).tolist(), ev.is_issue.tolist()
-    [[0.912, 0.047, 0.24], [True, False, False]]
+    ([0.912, 0.047, 0.24], [True, False, False])
     """
     conf = np.asarray(confidence, dtype=np.float64)
     var = np.asarray(variability, dtype=np.float64)

@@ -530,7 +530,14 @@ def refine_transductive(
     max_iter = _check_pos_int(max_iter, "max_iter")
     if not tol >= 0:
         raise BadInputError(f"'tol' must be >= 0. Got {tol!r} instead.")
-    return _refine_impl(protos, l2_normalize(u), temperature=float(temperature), min_confidence=float(min_confidence), max_iter=max_iter, tol=float(tol))
+    return _refine_impl(
+        protos,
+        l2_normalize(u),
+        temperature=float(temperature),
+        min_confidence=float(min_confidence),
+        max_iter=max_iter,
+        tol=float(tol),
+    )
 
 
 def _class_onehot(protos: Prototypes) -> np.ndarray:

@@ -5,20 +5,21 @@ this module never builds an index. Four scores give ``probs`` (N, K) for every s
 
 - ``prototype``: softmax of the cosine to each class's nearest prototype over a temperature.
 - ``knn``: similarity-weighted vote of the labeled neighbours.
-- ``propagation``: label spreading (Zhou et al. 2004) over the symmetrised kNN graph with
-  edge weights ``sims ** gamma`` (Iscen et al. 2019), optionally with class-name anchor nodes
-  (ZLaP).
-- ``ensemble``: a weighted average of the calibrated scores above, where the prototype score
-  uses prototypes re-estimated transductively from the propagated labels.
+- ``propagation``: label spreading (Zhou et al. 2004) over the kNN graph with edge weights
+  ``sims ** gamma`` (Iscen et al. 2019) and one-way edges down-weighted (mutual kNN), optionally
+  with class-name anchor nodes (ZLaP); then one certainty-weighted refinement round, and a
+  prior that shrinks samples that no label reaches toward uniform.
+- ``ensemble`` (default): a weighted average of the calibrated scores above, where the
+  prototype score uses prototypes re-estimated transductively from the propagated labels.
 
 :func:`pseudolabel` runs one of them, calibrates it on the labeled samples by K-fold held-out
 scoring, corrects the class priors if asked, applies a threshold rule and returns a
-:class:`PseudolabelResult`.
+:class:`PseudolabelResult`. The defaults are those benchmarks/pseudolabel.py measured best.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -202,57 +203,73 @@ def _knn_vote_impl(labels, sims, idx, n_classes, gamma) -> np.ndarray:
     n = labels.shape[0]
     nb = np.where(idx >= 0, labels[np.maximum(idx, 0)], -1)
     w = np.where(nb >= 0, np.maximum(sims, 0.0).astype(np.float64) ** gamma, 0.0)
-    votes = np.zeros((n, n_classes))
     rows = np.repeat(np.arange(n), idx.shape[1])
     ok = nb.ravel() >= 0
-    np.add.at(votes, (rows[ok], nb.ravel()[ok]), w.ravel()[ok])
+    flat = rows[ok] * n_classes + nb.ravel()[ok]
+    votes = np.bincount(flat, weights=w.ravel()[ok], minlength=n * n_classes).reshape(n, n_classes)
     return _normalize_rows(votes)
 
 
 def _normalize_rows(f: np.ndarray) -> np.ndarray:
     """Rows scaled to sum to one; all-zero rows become uniform."""
     s = f.sum(axis=1, keepdims=True)
-    out = np.divide(f, s, out=np.full_like(f, 1.0 / f.shape[1]), where=s > 0)
-    return out
+    return np.divide(f, s, out=np.full_like(f, 1.0 / f.shape[1]), where=s > 0)
 
 
-def knn_affinity(sims, idx, *, gamma: float = 3.0, n_nodes: int | None = None) -> sp.csr_matrix:
-    """Symmetric sparse affinity ``A = W + W^T`` of a kNN graph, ``W_ij = max(s_ij, 0) ** gamma``.
+def knn_affinity(sims, idx, *, gamma: float = 3.0, one_way_weight: float = 0.1) -> sp.csr_matrix:
+    """Symmetric sparse affinity of a kNN graph that favours mutual neighbours.
+
+    ``W_ij = max(s_ij, 0) ** gamma`` for each listed neighbour ``j`` of ``i``; the affinity
+    keeps every edge in either direction, ``A_ij = max(W_ij, W_ji)``, scaled by
+    ``one_way_weight`` unless ``i`` and ``j`` list each other (mutual neighbours). One-way edges
+    are where clusters leak into each other through hubs; a small weight instead of none keeps
+    every sample connected (a pure mutual kNN graph isolates many).
 
     Parameters
     ----------
-    sims, idx : ndarray of shape (n_rows, k)
+    sims, idx : ndarray of shape (n_samples, k)
         Cosine similarities and neighbour indices (-1 = missing).
     gamma : float, default=3.0
         Power on the similarities; larger values keep only the strongest edges (Iscen et al.
         use 3).
-    n_nodes : int, optional
-        Number of nodes (default ``n_rows``); rows beyond ``n_rows`` have no out-edges.
+    one_way_weight : float, default=0.1
+        In [0, 1]: 1 gives the plain symmetrised graph ``max(W, W^T)``, 0 the mutual kNN graph.
 
     Returns
     -------
-    affinity : scipy.sparse.csr_matrix of shape (n_nodes, n_nodes)
+    affinity : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
         Zero diagonal.
 
     References
     ----------
     Iscen, Tolias, Avrithis, Chum, "Label Propagation for Deep Semi-supervised Learning",
-    CVPR 2019.
+    CVPR 2019. Ozaki, Shimbo, Komachi, Matsumoto, "Using the Mutual k-Nearest Neighbor Graphs
+    for Semi-supervised Classification of Natural Language Data", CoNLL 2011.
+
+    Examples
+    --------
+    >>> idx = np.array([[1], [0], [0]])  # 0 and 1 are mutual; 2 -> 0 is one-way
+    >>> knn_affinity(np.ones((3, 1)), idx, one_way_weight=0.5).toarray()
+    array([[0. , 1. , 0.5],
+           [1. , 0. , 0. ],
+           [0.5, 0. , 0. ]])
     """
     sims = np.asarray(sims, dtype=np.float64)
     idx = np.asarray(idx, dtype=np.int64)
-    n_rows = sims.shape[0]
-    n = n_rows if n_nodes is None else n_nodes
-    rows = np.repeat(np.arange(n_rows), idx.shape[1])
+    _check_positive("gamma", gamma, strict=False)
+    _check_unit("one_way_weight", one_way_weight)
+    n = sims.shape[0]
+    rows = np.repeat(np.arange(n), idx.shape[1])
     cols = idx.ravel()
     w = np.maximum(sims.ravel(), 0.0) ** gamma
     keep = (cols >= 0) & (cols != rows) & (w > 0)
     a = sp.csr_matrix((w[keep], (rows[keep], cols[keep])), shape=(n, n))
     a.sum_duplicates()
-    return (a + a.T).tocsr()
+    union, mutual = a.maximum(a.T), a.minimum(a.T)
+    return (mutual + one_way_weight * (union - mutual)).tocsr()
 
 
-def spread_labels(affinity, seeds, *, alpha: float = 0.99, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
+def spread_labels(affinity, seeds, *, alpha: float = 0.9, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
     """Label spreading: the fixed point of ``F <- alpha S F + (1 - alpha) Y``.
 
     ``S = D^-1/2 A D^-1/2`` is the symmetrically normalised affinity. The fixed point
@@ -266,8 +283,8 @@ def spread_labels(affinity, seeds, *, alpha: float = 0.99, tol: float = 1e-6, ma
         Symmetric, non-negative; the diagonal is ignored.
     seeds : ndarray of shape (n_nodes, n_classes)
         ``Y``: one row per node, zero for unlabeled nodes.
-    alpha : float, default=0.99
-        In [0, 1): weight of the neighbours against the seeds.
+    alpha : float, default=0.9
+        In [0, 1): weight of the neighbours against the seeds (Zhou et al. use 0.99).
     tol : float, default=1e-6
         Stop when every column's residual norm is below ``tol`` times its right-hand side's.
     max_iter : int, default=1000
@@ -347,17 +364,16 @@ def label_spreading_scores(
     *,
     alpha: float = 0.9,
     gamma: float = 3.0,
-    refine: bool = False,
     anchors=None,
     embeddings=None,
 ) -> np.ndarray:
     """Class probabilities by label spreading over the kNN graph.
 
     Seeds are class-balanced (``Y_ic = 1 / n_c`` for the ``n_c`` samples labeled ``c``, so
-    every class injects the same mass); the graph is ``A = W + W^T`` with
-    ``W_ij = max(s_ij, 0) ** gamma``; the spread scores are divided by their class's total
-    mass (class-mass normalisation, Zhou et al.), then normalised per row. This assumes equal
-    class priors; see :func:`em_prior_shift` to re-estimate them.
+    every class injects the same mass); the graph is :func:`knn_affinity`; the spread scores
+    are divided by their class's total mass (class-mass normalisation, Zhou et al.), then
+    normalised per row. This assumes equal class priors; see :func:`em_prior_shift` to
+    re-estimate them. :func:`pseudolabel` adds a refinement round and a reach prior.
 
     Parameters
     ----------
@@ -368,9 +384,6 @@ def label_spreading_scores(
     n_classes : int
     alpha : float, default=0.9
     gamma : float, default=3.0
-    refine : bool, default=False
-        Spread a second time with every sample's pseudo-label as a seed weighted by its
-        certainty ``1 - H(p) / log K`` (Iscen et al.).
     anchors : tuple (vectors (T, dim), classes (T,)), optional
         Class-name (text) embeddings added as extra labeled nodes (ZLaP). Each sample links to
         its most similar anchor with weight ``cos ** gamma``. Needs ``embeddings``.
@@ -404,7 +417,7 @@ def label_spreading_scores(
             raise BadInputError("'embeddings' are needed to link 'anchors' into the graph.")
         x = l2_normalize(check_embeddings(embeddings))
         anchors = _as_prototypes(anchors, n_classes, x.shape[1], "anchors")
-    opts = PseudolabelOptions(method=ScoreMethod.PROPAGATION, alpha=alpha, gamma=gamma, refine=refine)
+    opts = PseudolabelOptions(method=ScoreMethod.PROPAGATION, alpha=alpha, gamma=gamma, refine=False, reach_prior=0.0)
     ctx = _Context(x, sims, idx, n_classes, None, anchors)
     return _propagate(labels, ctx, opts)[1]
 
@@ -627,9 +640,7 @@ def _soft_prototypes(x, weights, given) -> tuple[np.ndarray, np.ndarray]:
     cls_of = np.arange(k)
     if given is not None:
         vec, cls = given
-        counts = np.bincount(cls, minlength=k)
-        multi = np.flatnonzero(counts > 1)
-        if multi.size:
+        if (np.bincount(cls, minlength=k) > 1).any():
             groups, owners = [], []
             for c in range(k):
                 cols = np.flatnonzero(cls == c)
@@ -814,7 +825,10 @@ def _margin(probs) -> np.ndarray:
 
 def accept(probs, rule: ThresholdRule | str, value: float) -> np.ndarray:
     """Apply the threshold ``rule`` with its parameter ``value`` (tau, tau, n_per_class, min_margin)."""
-    rule = ThresholdRule(rule)
+    try:
+        rule = ThresholdRule(rule)
+    except ValueError:
+        raise BadInputError(f"'rule' must be one of {[r.value for r in ThresholdRule]}. Got {rule!r} instead.") from None
     if rule is ThresholdRule.FIXED:
         return threshold_fixed(probs, tau=value)
     if rule is ThresholdRule.FLEXMATCH:
@@ -885,6 +899,15 @@ class PseudolabelOptions:
         Label spreading: weight of the neighbours against the seeds, in [0, 1).
     gamma : float, default=3.0
         Edge weight ``max(sim, 0) ** gamma`` (propagation and kNN vote).
+    one_way_weight : float, default=0.1
+        Weight of a kNN edge that is not mutual, relative to a mutual one (see
+        :func:`knn_affinity`).
+    reach_prior : float, default=0.1
+        Shrinks each sample's propagated distribution toward uniform by the weight
+        ``r / (r + reach_prior * mean(r))``, where ``r`` is the probability that a random walk
+        with restart from the sample stops at a labeled one: samples far from every label
+        (e.g. a sub-cluster with no labeled member, which spreading alone would label
+        confidently from a neighbouring class) lose confidence. 0 disables it.
     refine : bool, default=True
         One transductive round (Iscen et al. 2019): spread again with every sample's
         pseudo-label as a seed weighted by its certainty ``1 - H(p) / log K``.
@@ -909,6 +932,8 @@ class PseudolabelOptions:
     n_neighbors: int = 10
     alpha: float = 0.9
     gamma: float = 3.0
+    one_way_weight: float = 0.1
+    reach_prior: float = 0.1
     refine: bool = True
     weights: tuple[float, float, float] = (1.0, 0.5, 0.0)
     threshold: ThresholdRule = ThresholdRule.FIXED
@@ -920,11 +945,11 @@ class PseudolabelOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "method", ScoreMethod(self.method))
-            object.__setattr__(self, "threshold", ThresholdRule(self.threshold))
-        except ValueError as e:
-            raise BadInputError(f"{e}. Choose one of {[m.value for m in ScoreMethod]} / {[r.value for r in ThresholdRule]}.") from None
+        for name, enum in (("method", ScoreMethod), ("threshold", ThresholdRule)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise BadInputError(f"'{name}' must be one of {[m.value for m in enum]}. Got {getattr(self, name)!r} instead.") from None
         for name in ("n_neighbors", "top_k"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"'{name}' must be >= 1. Got {getattr(self, name)!r} instead.")
@@ -932,6 +957,8 @@ class PseudolabelOptions:
             raise BadInputError(f"'n_folds' must be >= 0. Got {self.n_folds!r} instead.")
         _check_unit("alpha", self.alpha, closed_high=False)
         _check_positive("gamma", self.gamma, strict=False)
+        _check_unit("one_way_weight", self.one_way_weight)
+        _check_positive("reach_prior", self.reach_prior, strict=False)
         _check_positive("sharpen", self.sharpen)
         w = tuple(float(v) for v in self.weights)
         if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
@@ -1031,32 +1058,40 @@ def _certainty_seeds(labels, probs) -> np.ndarray:
 
 def _propagate(labels, ctx: _Context, opts: PseudolabelOptions) -> tuple[np.ndarray, np.ndarray]:
     """(first-round, final) spreading probabilities over the kNN graph plus anchor nodes."""
-    n = labels.shape[0]
-    sims, idx, node_labels = ctx.sims, ctx.idx, labels
-    if ctx.anchors is not None:  # ZLaP: anchors are extra nodes, one edge from each sample to its nearest
+    n, k = labels.shape[0], ctx.n_classes
+    a, node_labels = knn_affinity(ctx.sims, ctx.idx, gamma=opts.gamma, one_way_weight=opts.one_way_weight), labels
+    if ctx.anchors is not None:  # ZLaP: anchors are extra nodes; each sample links to its nearest one
         vec, cls = ctx.anchors
         cos = ctx.x @ vec.T
         best = cos.argmax(axis=1)
-        sims = np.concatenate([sims, cos[np.arange(n), best][:, None]], axis=1)
-        idx = np.concatenate([idx, (n + best)[:, None]], axis=1)
+        b = sp.csr_matrix((np.maximum(cos[np.arange(n), best], 0.0) ** opts.gamma, (np.arange(n), best)), shape=(n, len(cls)))
+        a = sp.bmat([[a, b], [b.T, None]], format="csr")
         node_labels = np.concatenate([labels, cls])
     m = node_labels.shape[0]
-    a = knn_affinity(sims, idx, gamma=opts.gamma, n_nodes=m)
     s = _normalized_affinity(a)
-    y = np.zeros((m, ctx.n_classes))
     seeded = node_labels >= 0
+    y = np.zeros((m, k))
     y[np.flatnonzero(seeded), node_labels[seeded]] = 1.0
-    rounds = [y] + ([None] if opts.refine else [])
     out = []
-    for y in rounds:
-        if y is None:
-            y = _certainty_seeds(node_labels, np.vstack([out[0], np.zeros((m - n, ctx.n_classes))]))
+    for _ in range(2 if opts.refine else 1):
+        if out:  # refinement round: every sample seeds its pseudo-label, weighted by certainty
+            y = _certainty_seeds(node_labels, np.vstack([out[0], np.zeros((m - n, k))]))
         # Class-balanced seeds (each class injects unit mass), then class-mass normalisation.
         y = y / np.maximum(y.sum(axis=0), _EPS)
         f = np.maximum(_spread_normalized(s, y, opts.alpha)[:n], 0.0)
         f = f / np.maximum(f.sum(axis=0), _EPS)
         out.append(_normalize_rows(f))
-    return out[0], out[-1]
+    final = out[-1]
+    if opts.reach_prior > 0:
+        # r_i: probability that a random walk with restart from i (P = D^-1 A, restart 1 - alpha)
+        # stops at a labeled node, via (I - alpha P)^-1 = D^-1/2 (I - alpha S)^-1 D^1/2.
+        d = np.sqrt(np.asarray(a.sum(axis=1)).ravel())
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+        r = np.maximum(inv * _spread_normalized(s, (d * seeded)[:, None], opts.alpha)[:, 0], 0.0)[:n]
+        prior = opts.reach_prior * r.mean()
+        w = np.divide(r, r + prior, out=np.zeros_like(r), where=r + prior > 0)[:, None]
+        final = w * final + (1.0 - w) / k  # shrink samples far from every label toward uniform
+    return out[0], final
 
 
 def _onehot(labels, n_classes) -> np.ndarray:
@@ -1161,8 +1196,9 @@ def pseudolabel(
     """Pseudo-label every sample: score, calibrate, correct priors, threshold, soft-label.
 
     1. Scores (``options.method``): label spreading over the kNN graph (plus one certainty-
-       weighted refinement round), prototype scores, a kNN vote, or their weighted average
-       (default: propagation, and prototypes re-estimated from the propagated labels).
+       weighted refinement round and the reach prior), prototype scores, a kNN vote, or their
+       weighted average (default: propagation, and prototypes re-estimated from the
+       propagated labels, weights 1 : 0.5).
     2. Calibration: the labeled samples are split into ``n_folds`` stratified folds; each
        fold's labels are hidden and the scores recomputed, giving held-out scores. A
        temperature per score, then one for their mixture, minimise the held-out NLL (with
@@ -1223,6 +1259,11 @@ def pseudolabel(
         _as_prototypes(prototypes, n_classes, x.shape[1], "prototypes"),
         _as_prototypes(text_prototypes, n_classes, x.shape[1], "text_prototypes"),
     )
+    if not (labels >= 0).any() and ctx.anchors is None and (options.method is not ScoreMethod.PROTOTYPE or ctx.prototypes is None):
+        raise BadInputError(
+            "no labeled sample (every label is -1) and no text prototypes: nothing to pseudo-label from. "
+            "Label a few samples per class, or pass text_prototypes."
+        )
     return _pseudolabel_impl(labels, ctx, options)
 
 

@@ -102,5 +102,12 @@ def stale_reason(ws: Workspace, stage: str, cfg: StageConfig, inputs: dict[str, 
     return ws.staleness(stage, params_fp or cfg.fingerprint(), inputs)
 
 
+def up_to_date(ws: Workspace, stage: str, output: str, upstream: list[StageResult]) -> StageResult:
+    """The result of a skipped stage, with the summary its last run stored in the artifact."""
+    res = StageResult(stage, skipped=True, reason="up to date", outputs=[output], upstream=upstream)
+    res.summary = artifacts.read_metadata(ws.path(output)).get("summary", {})
+    return res
+
+
 def now() -> float:
     return time.perf_counter()

@@ -23,7 +23,7 @@ from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, ThresholdExceededError
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._knn import knn_graph
 from labelkit.workspace import atomic_write, file_fingerprint
 
@@ -47,8 +47,7 @@ def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> Stag
         inputs[artifacts.EMBEDDINGS] = ws.fingerprint(artifacts.EMBEDDINGS) or ""
     reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
     if reason is None:
-        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.LABEL_ISSUES], upstream=upstream)
-        res.summary = artifacts.read_metadata(ws.path(artifacts.LABEL_ISSUES)).get("summary", {})
+        res = up_to_date(ws, STAGE, artifacts.LABEL_ISSUES, upstream)
     else:
         summary = _detect(ctx, cfg, samples)
         ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.LABEL_ISSUES], started=started)

@@ -44,7 +44,8 @@ DEFAULT_ACCEPT = 0.95  # self-training acceptance when pseudolabels.parquet reco
 ECE_BINS = 15
 # cnn inputs: images resized to a square side between these (their largest side, clipped).
 CNN_MIN_SIDE, CNN_MAX_SIDE = 8, 64
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F", "P"})
+MIN_HELD_OUT = 20  # fewer held-out labels than this (or 2 per class): no hold-out, no early stopping
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
 def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageResult:
@@ -125,19 +126,16 @@ def _issue_ids(ctx: RunContext) -> set[str]:
 
 
 def acceptance_threshold(metadata: dict[str, Any]) -> float:
-    """The confidence a self-training round accepts at: pseudolabels.parquet's own, else 0.95.
+    """The confidence a self-training round accepts at: the pseudolabel stage's own, else 0.95.
 
-    Read from the metadata key ``threshold`` when it is a number, else from ``params``'
-    ``threshold_value`` when its ``threshold`` rule is ``fixed`` or ``flexmatch`` (whose value
-    is a confidence; a margin or a per-class count is not, and gives the default).
+    pseudolabels.parquet's ``params`` hold ``threshold_rule`` and ``threshold``; the value is a
+    confidence for the ``fixed`` and ``flexmatch`` rules (flexmatch's per-class scaling is not
+    replayed: its base tau is used). A ``margin`` or a ``top_per_class`` count is not a
+    confidence, so those rules give the default 0.95.
     """
-    value = metadata.get("threshold")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
-        return float(value)
     params = metadata.get("params")
     if isinstance(params, dict):
-        rule = params.get("threshold", "fixed")
-        value = params.get("threshold_value")
+        rule, value = params.get("threshold_rule", "fixed"), params.get("threshold")
         if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
             return float(value)
     return DEFAULT_ACCEPT
@@ -170,6 +168,11 @@ def _soft_matrix(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return np.divide(out, s, out=np.zeros_like(out), where=s > 0)
 
 
+def min_held_out(n_classes: int) -> int:
+    """Fewest held-out labels worth early stopping on: 20, and 2 per class."""
+    return max(MIN_HELD_OUT, 2 * n_classes)
+
+
 def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, has_input: np.ndarray) -> TrainingSet:
     """Trusted rows (minus flagged issues), the held-out split, and the accepted pseudo-labels."""
     codes = samples.label_codes()
@@ -183,8 +186,8 @@ def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, ha
         raise BadInputError(f"no trusted labels left: detect-noise flagged all {int(dropped.sum())} labeled samples; use --keep-issues to train on them")
     rng = np.random.default_rng(cfg.seed)
     n_val = int(round(cfg.val_fraction * trusted.size))
-    if not (1 <= n_val < trusted.size):
-        n_val = 0
+    if n_val < min_held_out(len(samples.classes)) or n_val >= trusted.size:
+        n_val = 0  # too few to stop on: a handful of (possibly noisy) labels stops training at random
     perm = rng.permutation(trusted.size)
     val_rows = np.sort(trusted[perm[:n_val]])
     fit_trusted = np.sort(trusted[perm[n_val:]])
@@ -193,7 +196,6 @@ def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, ha
 
     threshold = DEFAULT_ACCEPT
     pseudo_rows = np.zeros(0, dtype=np.int64)
-    trusted_soft = np.zeros((fit_trusted.size, k))
     pseudo_soft = np.zeros((0, k))
     pseudo_conf = np.zeros(0)
     if cfg.use_pseudolabels:
@@ -206,25 +208,21 @@ def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, ha
         rows_df = df.iloc[pos[pseudo_rows]]
         pseudo_soft = _soft_matrix(rows_df, samples.classes)
         pseudo_conf = rows_df["confidence"].to_numpy(dtype=np.float64)
-        if cfg.soft:
-            # The teacher's held-out soft labels of trusted samples join their hard label (alpha).
-            have = pos[fit_trusted] >= 0
-            if have.any():
-                trusted_soft[have] = _soft_matrix(df.iloc[pos[fit_trusted][have]], samples.classes)
-    return _assemble(cfg, codes, fit_trusted, trusted_soft, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, int(dropped.sum()), threshold)
+    return _assemble(cfg, codes, k, fit_trusted, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, int(dropped.sum()), threshold)
 
 
-def _assemble(cfg, codes, trusted, trusted_soft, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, n_dropped, threshold) -> TrainingSet:
-    """Targets for fit_student: soft pseudo-labels (KL), or their hard labels weighted by confidence."""
+def _assemble(cfg, codes, k, trusted, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, n_dropped, threshold) -> TrainingSet:
+    """Targets for fit_student: trusted labels (cross-entropy), and soft pseudo-labels (KL) or their
+    argmax weighted by confidence (--hard). Trusted rows have no soft label: alpha does not apply."""
     rows = np.concatenate([trusted, pseudo_rows]).astype(np.int64)
     is_pseudo = np.r_[np.zeros(trusted.size, bool), np.ones(pseudo_rows.size, bool)]
     if cfg.soft:
         hard = np.r_[codes[trusted], np.full(pseudo_rows.size, -1)].astype(np.int64)
-        soft = np.vstack([trusted_soft, pseudo_soft])
+        soft = np.vstack([np.zeros((trusted.size, k)), pseudo_soft])
         weight = None  # fit_student weights soft-only rows by their confidence (config.confidence_weighting)
     else:
         hard = np.r_[codes[trusted], pseudo_soft.argmax(axis=1) if pseudo_rows.size else []].astype(np.int64)
-        soft = np.zeros((rows.size, trusted_soft.shape[1]))  # none, but it fixes n_classes to K
+        soft = np.zeros((rows.size, k))  # none, but it fixes n_classes to K
         weight = np.r_[np.ones(trusted.size), pseudo_conf] if cfg.confidence_weighting else None
     return TrainingSet(rows, hard, soft, weight, is_pseudo, val_rows, codes[val_rows], unlabeled, n_dropped, threshold, codes)
 
@@ -322,15 +320,14 @@ def _self_training(ts: TrainingSet, probs: np.ndarray, cfg: DistillConfig) -> Tr
     """The next round's set: the student's probabilities on the unlabeled rows replace the teacher's.
 
     Accepted where the student's confidence reaches the pseudo-labels' own threshold; the trusted
-    rows, their teacher soft labels and the held-out split stay as they were.
+    rows and the held-out split stay as they were.
     """
     conf = probs.max(axis=1) if probs.size else np.zeros(0)
     accepted = conf >= ts.threshold
     p = probs[accepted].astype(np.float64)
     p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
     n = ts.n_trusted
-    trusted_soft = ts.soft[:n]
-    return _assemble(cfg, ts.codes, ts.train_rows[:n], trusted_soft, ts.unlabeled_rows[accepted], p, conf[accepted],
+    return _assemble(cfg, ts.codes, probs.shape[1], ts.train_rows[:n], ts.unlabeled_rows[accepted], p, conf[accepted],
                      ts.val_rows, ts.unlabeled_rows, ts.n_dropped_issues, ts.threshold)
 
 
@@ -463,6 +460,10 @@ def _write_student(dest: Path, model, config: dict, metrics: dict, dynamics: pd.
             from labelkit.onnx_export import export_onnx
 
             export_onnx(model, tmp / ONNX_FILE, onnx_shape[0] if len(onnx_shape) == 1 else tuple(int(s) for s in onnx_shape))
+        # mkdtemp/mkstemp make owner-only entries; a student is meant to be shipped and read by others.
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

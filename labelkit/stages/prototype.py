@@ -11,7 +11,7 @@ from labelkit import artifacts, prototypes
 from labelkit.config import PrototypeConfig
 from labelkit.errors import BadInputError
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
 
 STAGE = "prototype"
@@ -28,9 +28,7 @@ def run(ctx: RunContext, cfg: PrototypeConfig, *, force: bool = False) -> StageR
         inputs[artifacts.CLASS_EMBEDDINGS] = ws.fingerprint(artifacts.CLASS_EMBEDDINGS) or ""
     reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
     if reason is None:
-        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.PROTOTYPES], upstream=upstream)
-        res.summary = artifacts.read_metadata(ws.path(artifacts.PROTOTYPES)).get("summary", {})
-        return res
+        return up_to_date(ws, STAGE, artifacts.PROTOTYPES, upstream)
     summary = _build(ctx, cfg, samples)
     ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PROTOTYPES], started=started)
     summary["wall_time_s"] = round(now() - started, 2)

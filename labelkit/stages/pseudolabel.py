@@ -16,7 +16,7 @@ from labelkit import pseudolabel as compute
 from labelkit.config import PseudolabelConfig
 from labelkit.seeds import clean_seeds
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
 from labelkit.stages._knn import knn_graph
 from labelkit.stages.prototype import read_prototypes
@@ -37,9 +37,7 @@ def run(ctx: RunContext, cfg: PseudolabelConfig, *, force: bool = False) -> Stag
     }
     reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
     if reason is None:
-        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.PSEUDOLABELS], upstream=upstream)
-        res.summary = artifacts.read_metadata(ws.path(artifacts.PSEUDOLABELS)).get("summary", {})
-        return res
+        return up_to_date(ws, STAGE, artifacts.PSEUDOLABELS, upstream)
     summary = _label(ctx, cfg, samples)
     ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PSEUDOLABELS], started=started)
     summary["wall_time_s"] = round(now() - started, 2)

@@ -294,3 +294,50 @@ def test_onnx_export_matches_torch(config, shape):
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
     np.testing.assert_allclose(probs, predict_proba(model, x), atol=1e-5)
     assert not math.isnan(float(probs.sum()))
+
+
+# --- cartography ---------------------------------------------------------------------------------
+
+
+def test_dynamics_evidence_scores_the_hard_to_learn_corner():
+    from labelkit.cartography import dynamics_evidence
+
+    conf = np.array([0.0, 0.05, 0.95, 0.5, 0.15, 0.15, np.nan])
+    var = np.array([0.0, 0.02, 0.03, 0.5, 0.05, 0.3, 0.1])
+    ev = dynamics_evidence(conf, var)
+    expected = (1 - conf[:6]) * (1 - var[:6] / 0.5)  # closed form, Swayamdipta et al.'s map corners
+    np.testing.assert_allclose(ev.score[:6], expected)
+    assert ev.score[0] == 1.0 and ev.score[3] == 0.0  # never learned and never wavered / most ambiguous
+    assert np.isnan(ev.score[6]) and ev.label_quality[6] == 1.0 and not ev.is_issue[6]  # no dynamics: no evidence
+    np.testing.assert_allclose(ev.label_quality[:6], 1 - expected)
+    assert ev.is_issue.tolist() == [True, True, False, False, True, False, False]  # row 5: ambiguous, not mislabeled
+    assert dynamics_evidence(conf, var, max_confidence=0.1).is_issue.tolist() == [True, True, False, False, False, False, False]
+
+
+def test_dynamics_evidence_validates():
+    from labelkit.cartography import dynamics_evidence
+
+    with pytest.raises(BadInputError, match="'variability' must have shape \\(2,\\)"):
+        dynamics_evidence([0.1, 0.2], [0.1])
+    with pytest.raises(BadInputError, match="'confidence' must lie in \\[0, 1\\]"):
+        dynamics_evidence([1.5], [0.1])
+    with pytest.raises(BadInputError, match="'variability' must lie in \\[0, 0.5\\]"):
+        dynamics_evidence([0.5], [0.7])
+    with pytest.raises(BadInputError, match="'max_confidence' must be in \\(0, 1.0\\]. Got 0 instead."):
+        dynamics_evidence([0.5], [0.1], max_confidence=0)
+
+
+def test_dynamics_evidence_finds_flipped_labels_from_fit_student():
+    from labelkit.cartography import dynamics_evidence
+
+    rng = np.random.default_rng(0)
+    x, y = _blobs(n_per=40, sep=8.0)
+    given = y.copy()
+    flipped = rng.choice(y.size, 6, replace=False)
+    given[flipped] = 1 - given[flipped]
+    r = fit_student(x, given, config=TrainConfig(architecture="linear", epochs=20, batch_size=16, lr=0.05), val=(x, y), seed=0)
+    ev = dynamics_evidence(r.confidence, r.variability)
+    # The flags are all flipped labels (the two deepest in the other blob), and the score ranks
+    # exactly the six flipped labels first.
+    assert 2 <= ev.is_issue.sum() and set(np.flatnonzero(ev.is_issue)) <= set(flipped)
+    assert set(np.argsort(-ev.score)[:6]) == set(flipped)

@@ -76,14 +76,17 @@ def test_spread_labels_rejects_asymmetric_affinity():
         pl.spread_labels(a, np.zeros((5, 2)))
 
 
-def test_knn_affinity_is_symmetric_powered_and_skips_missing():
-    sims = np.array([[0.5, 0.2], [0.5, -0.3], [0.2, 0.0]], dtype=np.float32)
-    idx = np.array([[1, 2], [0, -1], [0, -1]])
-    a = pl.knn_affinity(sims, idx, gamma=2.0).toarray()
+def test_knn_affinity_is_symmetric_powered_and_down_weights_one_way_edges():
+    sims = np.array([[0.5, 0.2], [0.5, -0.3], [0.4, 0.0]], dtype=np.float32)
+    idx = np.array([[1, 2], [0, 2], [1, -1]])
+    a = pl.knn_affinity(sims, idx, gamma=2.0, one_way_weight=0.1).toarray()
     np.testing.assert_allclose(a, a.T)
-    assert a[0, 1] == pytest.approx(2 * 0.25)  # 0->1 and 1->0 both present: W + W^T
-    assert a[0, 2] == pytest.approx(2 * 0.04)
-    assert a[1, 2] == 0 and np.all(np.diag(a) == 0)
+    assert a[0, 1] == pytest.approx(0.25)  # mutual: 0 -> 1 and 1 -> 0
+    assert a[0, 2] == pytest.approx(0.1 * 0.04)  # one-way 0 -> 2
+    assert a[1, 2] == pytest.approx(0.1 * 0.16)  # one-way 2 -> 1 (1 -> 2 has a negative cosine: weight 0)
+    assert np.all(np.diag(a) == 0)
+    mutual_only = pl.knn_affinity(sims, idx, gamma=2.0, one_way_weight=0.0).toarray()
+    assert np.count_nonzero(mutual_only) == 2
 
 
 def test_label_spreading_scores_two_components():
@@ -101,6 +104,35 @@ def test_label_spreading_node_without_seed_path_is_uniform():
     p = pl.label_spreading_scores(np.array([0, -1, -1]), sims, idx, 3)
     np.testing.assert_allclose(p[2], [1 / 3] * 3)
     assert p[1].argmax() == 0
+
+
+def _clique_graph():
+    """Three 4-cliques A (0-3), B (4-7), C (8-11); B hangs off A by one weak edge 3-4."""
+    n, k = 12, 4
+    idx = np.full((n, k), -1)
+    sims = np.zeros((n, k), dtype=np.float32)
+    for start in (0, 4, 8):
+        members = list(range(start, start + 4))
+        for i in members:
+            others = [j for j in members if j != i]
+            idx[i, :3], sims[i, :3] = others, 0.9
+    idx[3, 3] = 4
+    idx[4, 3] = 3
+    sims[3, 3] = sims[4, 3] = 0.5
+    return sims, idx
+
+
+def test_reach_prior_demotes_a_cluster_no_label_reaches():
+    sims, idx = _clique_graph()
+    labels = np.full(12, -1)
+    labels[[0, 8]] = [0, 1]  # A and C labeled; B has no label of its own
+    ctx = pl._Context(np.eye(12, dtype=np.float32), sims, idx, 2, None, None)
+    plain = pl._propagate(labels, ctx, pl.PseudolabelOptions(reach_prior=0.0, refine=False))[1]
+    shrunk = pl._propagate(labels, ctx, pl.PseudolabelOptions(reach_prior=0.3, refine=False))[1]
+    assert (plain[4:8].argmax(axis=1) == 0).all() and plain[4:8, 0].min() > 0.99  # spreading alone: sure of B
+    assert (shrunk[4:8].argmax(axis=1) == 0).all()  # same label ...
+    assert shrunk[4:8, 0].max() < shrunk[1:4, 0].min()  # ... but less sure than A's own samples
+    assert shrunk[6, 0] < 0.7 < shrunk[1:4, 0].min()  # deep inside B: closer to uniform
 
 
 def test_text_anchor_lets_an_unlabeled_class_be_predicted(rng):
@@ -191,8 +223,13 @@ def test_threshold_margin():
 
 
 def test_accept_dispatches_on_rule():
-    assert pl.accept(PROBS, "top_per_class", 1).tolist() == pl.threshold_top_per_class(PROBS, n_per_class=1).tolist()
-    assert pl.accept(PROBS, pl.ThresholdRule.MARGIN, 0.8).tolist() == pl.threshold_margin(PROBS, min_margin=0.8).tolist()
+    assert pl.accept(PROBS, rule="top_per_class", value=1).tolist() == pl.threshold_top_per_class(PROBS, n_per_class=1).tolist()
+    assert pl.accept(PROBS, rule=pl.ThresholdRule.MARGIN, value=0.8).tolist() == pl.threshold_margin(PROBS, min_margin=0.8).tolist()
+
+
+def test_accept_rejects_unknown_rule():
+    with pytest.raises(BadInputError, match="'rule' must be one of"):
+        pl.accept(PROBS, rule="entropy", value=0.5)
 
 
 def test_threshold_rejects_bad_tau():
@@ -386,7 +423,7 @@ def test_folds_are_stratified():
     ("kwargs", "message"),
     [
         ({"alpha": 1.0}, r"'alpha' must be in \[0, 1\)"),
-        ({"method": "magic"}, "'magic' is not a valid ScoreMethod"),
+        ({"method": "magic"}, r"'method' must be one of \['prototype', 'knn', 'propagation', 'ensemble'\]. Got 'magic'"),
         ({"weights": (0, 0, 0)}, "'weights' must be 3 non-negative numbers"),
         ({"threshold": "top_per_class", "threshold_value": 2.5}, "'threshold_value' must be an integer"),
         ({"n_neighbors": 0}, "'n_neighbors' must be >= 1. Got 0 instead."),
@@ -435,3 +472,13 @@ def test_prototype_method_held_out_prototypes_do_not_see_the_hidden_label(rng):
     lab = labels >= 0
     assert (r.label[lab] == y[lab]).all()  # out-of-fold: re-estimated prototypes
     assert (r.label[~lab] != y[~lab]).all()  # unlabeled rows: the given prototypes, as asked
+
+
+def test_pseudolabel_needs_labels_or_text_prototypes(rng):
+    x, y = _two_clusters(rng)
+    graph = _brute_knn(x, 5)
+    with pytest.raises(BadInputError, match="no labeled sample"):
+        pl.pseudolabel(x, np.full(y.size, -1), 2, graph)
+    # Zero-shot from class-name anchors alone works.
+    r = pl.pseudolabel(x, np.full(y.size, -1), 2, graph, text_prototypes=np.eye(2, 8, dtype=np.float32))
+    assert (r.label == y).all() and r.n_calibration == 0
