@@ -472,7 +472,6 @@ def _ece_impl(probs, labels, n_bins: int = 15) -> float:
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(b, minlength=n_bins)
     gap = np.abs(np.bincount(b, correct, n_bins) - np.bincount(b, conf, n_bins))
     return float(gap.sum() / probs.shape[0])
 
