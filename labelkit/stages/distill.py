@@ -136,7 +136,7 @@ def acceptance_threshold(metadata: dict[str, Any]) -> float:
     params = metadata.get("params")
     if isinstance(params, dict):
         rule, value = params.get("threshold_rule", "fixed"), params.get("threshold")
-        if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
             return float(value)
     return DEFAULT_ACCEPT
 
