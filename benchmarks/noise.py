@@ -1,7 +1,7 @@
 """detect-noise quality end to end: precision, recall and F1 of label issues, and real label errors.
 
     python benchmarks/noise.py            # digits (5 seeds, 10% and 20%), real data, MNIST, 20news
-    python benchmarks/noise.py --quick    # digits only, seed 0 (about a minute)
+    python benchmarks/noise.py --quick    # digits only, seed 0 (about 2 minutes on the shared 2-core VM)
     python benchmarks/noise.py --seeds 0,1,2 --text-n 1000 --skip-text
 
 Table 1 (issue 4's quality bar): scikit-learn's digits (1,797 8x8 images), all labeled, with 10%
