@@ -24,8 +24,16 @@ def result(console: Console, res) -> None:
     renderer(console, res)
 
 
+_WHY = {"never run": "first run", "--force": "forced"}
+
+
+def why_ran(reason: str) -> str:
+    """A stage's stale reason, worded as why it ran."""
+    return _WHY.get(reason, reason)
+
+
 def _generic(console: Console, res) -> None:
-    console.print(f"[bold]{res.stage}[/]: done ({res.reason}); wrote {', '.join(res.outputs)}")
+    console.print(f"[bold]{res.stage}[/]: ran ({why_ran(res.reason)}); wrote {', '.join(res.outputs)}")
     for k, v in res.summary.items():
         if not isinstance(v, (dict, list)):
             console.print(f"  {k}: {v}")
