@@ -3,15 +3,19 @@
     python benchmarks/noise.py            # digits (5 seeds, 10% and 20%), real data, MNIST, 20news
     python benchmarks/noise.py --quick    # digits only, seed 0 (about 2 minutes on the shared 2-core VM)
     python benchmarks/noise.py --seeds 0,1,2 --text-n 1000 --skip-text
+    python benchmarks/noise.py --quick --dynamics-seeds 0,1   # + the --dynamics second pass (runs distill)
 
 Table 1 (issue 4's quality bar): scikit-learn's digits (1,797 8x8 images), all labeled, with 10%
 and 20% of the labels flipped, written as a PNG image folder (flipped images in the wrong class
 folders). ``labelkit detect-noise`` then runs with its defaults (it runs ``embed`` first; the
-automatic model picks ``pixels:8`` for these images). Flip recipe, per seed s:
+automatic model picks ``pixels:8`` for these images; ``--probs auto`` computes the cross-validated
+probe and the kNN vote and keeps the one more accurate on the given labels). Flip recipe, per seed s:
 ``rng = np.random.default_rng(s)``, ``round(rate * N)`` rows chosen without replacement, each
 moved to ``(y + rng.integers(1, K)) % K`` (a uniformly random other class). Reported: precision,
 recall and F1 of ``is_issue`` against the flipped rows (mean and standard deviation over seeds),
-the same restricted to ``issue_type == 'label'``, the same for ``--probs knn``, and the baseline
+the same restricted to ``issue_type == 'label'``, the same for the source auto did not keep
+(``--probs crossval`` or ``knn``), what the other choice rule (log-likelihood) would have kept,
+the precision of each issue type, and the baseline
 of the issue on the same flips: cleanlab 2.9 ``find_label_issues`` defaults on 5-fold
 ``cross_val_predict`` (default unshuffled folds) probabilities of scikit-learn's
 ``LogisticRegression()`` on ``StandardScaler``'d raw pixels. The script asserts that labelkit's
@@ -26,7 +30,8 @@ MTurk-checked items. Asserts the counts equal cleanlab 2.9's (SOURCE.md).
 Table 3 (end to end from labelkit's own embeddings): the 10,000 MNIST test images as PNGs in an
 image folder with their given labels (auto model: ``pixels:28``), and a random ``--text-n``
 subset of the 20news test texts (minilm; slow on CPU), where only validated errors inside the
-subset count. Default and ``--probs knn``.
+subset count. The default and the source ``--probs auto`` did not keep, with both sources'
+out-of-sample accuracy and log-likelihood on the given labels.
 
 Threads: ``--threads 1`` (default) limits torch and BLAS to one thread. On this project's shared
 2-core machine, two OpenMP threads under load spin and made the 5-fold probe 15x slower
@@ -160,12 +165,34 @@ class Scores:
 
 
 METHODS = [
-    ("default", "labelkit default (`--probs auto` = crossval), all issues"),
+    ("default", "labelkit default (`--probs auto`), all issues"),
     ("default-label", "labelkit default, `issue_type == 'label'` only"),
+    ("crossval", "labelkit `--probs crossval`, all issues"),
     ("knn", "labelkit `--probs knn`, all issues"),
-    ("knn-label", "labelkit `--probs knn`, `issue_type == 'label'` only"),
+    ("by-ll", "auto if it chose by log-likelihood, all issues"),
     ("baseline", "cleanlab 2.9 + sklearn LogisticRegression (issue's baseline)"),
 ]
+TYPES = ("label", "duplicate", "outlier")
+
+
+def detect_both(data: Path, out: Path) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """The default run, then the source it did not keep: {'auto', 'crossval', 'knn'} -> (issues, summary)."""
+    runs = {"auto": detect(data, out)}
+    chosen = runs["auto"][1]["probs"]
+    other = "knn" if chosen == "crossval" else "crossval"
+    runs[chosen] = runs["auto"]
+    runs[other] = detect(data, out, probs=other)
+    return runs
+
+
+def pick(summary: dict, by: str) -> str:
+    scores = summary["probs_choice"]["scores"]
+    return max(scores, key=lambda k: scores[k][by])
+
+
+def choice_note(summary: dict) -> str:
+    c = summary["probs_choice"]
+    return ", ".join(f"{k}: acc {v['accuracy']:.3f}, LL {v['log_likelihood']:.3f}" for k, v in c["scores"].items()) + f" -> {c['chosen']}"
 
 
 def bench_digits(seeds: list[int], tmp: Path) -> tuple[list[str], list[str]]:
@@ -175,23 +202,33 @@ def bench_digits(seeds: list[int], tmp: Path) -> tuple[list[str], list[str]]:
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     y, x = digits.target.astype(np.int64), digits.data
     scores = {(rate, m): Scores.empty() for rate in RATES for m, _ in METHODS}
+    by_type = {(rate, t): Scores.empty() for rate in RATES for t in (*TYPES, "outlier, reported only")}
+    picks = {(rate, by): [] for rate in RATES for by in ("accuracy", "log_likelihood")}
     models = set()
     for rate in RATES:
         for seed in seeds:
             t = time.perf_counter()
             given, flipped = flip_labels(y, rate, 10, seed)
             data = write_image_folder(tmp / f"digits-{rate}-{seed}", images, given)
-            for probs in ("auto", "knn"):
-                issues, summary = detect(data, tmp / f"ws-digits-{rate}-{seed}", probs=probs)
-                any_issue, label = masks(issues, len(y))
-                name = "default" if probs == "auto" else "knn"
+            runs = detect_both(data, tmp / f"ws-digits-{rate}-{seed}")
+            summary = runs["auto"][1]
+            for name, src in (("default", "auto"), ("crossval", "crossval"), ("knn", "knn"), ("by-ll", pick(summary, "log_likelihood"))):
+                any_issue, label = masks(runs[src][0], len(y))
                 scores[(rate, name)].add(any_issue, flipped)
-                scores[(rate, name + "-label")].add(label, flipped)
+                if name == "default":
+                    scores[(rate, "default-label")].add(label, flipped)
+            issues = runs["auto"][0]
+            for t_name in (*TYPES, "outlier, reported only"):
+                sel = issues["issue_type"] == t_name.split(",")[0]
+                sel &= ~issues["is_issue"] if t_name.endswith("only") else issues["is_issue"]
+                by_type[(rate, t_name)].add(masks(issues[sel].assign(is_issue=True), len(y))[0], flipped)
+            for by in ("accuracy", "log_likelihood"):
+                picks[(rate, by)].append(pick(summary, by))
             models.add(json.loads((tmp / f"ws-digits-{rate}-{seed}" / "manifest.json").read_text())["stages"]["embed"]["params"]["model"])
             scores[(rate, "baseline")].add(baseline_issues(x, given), flipped)
-            _log(f"  digits {rate:.0%} seed {seed}: F1 default {scores[(rate, 'default')].f1[-1]:.3f}, "
-                 f"knn {scores[(rate, 'knn')].f1[-1]:.3f}, baseline {scores[(rate, 'baseline')].f1[-1]:.3f} "
-                 f"({time.perf_counter() - t:.1f} s)")
+            _log(f"  digits {rate:.0%} seed {seed}: F1 default {scores[(rate, 'default')].f1[-1]:.3f} ({choice_note(summary)}), "
+                 f"crossval {scores[(rate, 'crossval')].f1[-1]:.3f}, knn {scores[(rate, 'knn')].f1[-1]:.3f}, "
+                 f"baseline {scores[(rate, 'baseline')].f1[-1]:.3f} ({time.perf_counter() - t:.1f} s)")
     n_seeds = len(seeds)
     lines = [f"## detect-noise on scikit-learn digits with flipped labels (N = {len(y)}, all labeled; "
              f"embed model: {', '.join(sorted(models))}; mean ± sd over {n_seeds} seed(s) {seeds})\n",
@@ -208,7 +245,65 @@ def bench_digits(seeds: list[int], tmp: Path) -> tuple[list[str], list[str]]:
             failures.append(f"digits {rate:.0%}: default F1 {f_default:.3f} <= bar {F1_BAR[rate]:.3f}")
         if not f_default > f_base:
             failures.append(f"digits {rate:.0%}: default F1 {f_default:.3f} <= baseline on the same flips {f_base:.3f}")
+    lines += ["", "Which source `--probs auto` keeps, by rule (one pick per seed):", "",
+              "| noise | by accuracy (the default rule) | by log-likelihood |", "| ---: | --- | --- |"]
+    for rate in RATES:
+        cells = [", ".join(f"{k} {v}/{n_seeds}" for k, v in pd.Series(picks[(rate, by)]).value_counts().items()) for by in ("accuracy", "log_likelihood")]
+        lines.append(f"| {rate:.0%} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Precision of each issue type in the default run (flagged per run, mean over seeds):", "",
+              "| noise | issue_type | flagged | precision |", "| ---: | --- | ---: | ---: |"]
+    for rate in RATES:
+        for t_name in (*TYPES, "outlier, reported only"):
+            s = by_type[(rate, t_name)]
+            prec = f"{sum(p * f for p, f in zip(s.p, s.flagged)) / max(sum(s.flagged), 1):.3f}" if sum(s.flagged) else "–"
+            lines.append(f"| {rate:.0%} | {t_name} | {np.mean(s.flagged):.1f} | {prec} |")
     return lines, failures
+
+
+# -- table 1b: the --dynamics second pass on the same flips ---------------------------------
+
+
+def bench_dynamics(seeds: list[int], tmp: Path) -> list[str]:
+    """First pass, ``labelkit distill`` (drop or keep the flagged samples), then ``--dynamics``."""
+    from sklearn.datasets import load_digits
+
+    from labelkit.config import DatasetConfig, build_config
+    from labelkit.stages import distill
+    from labelkit.stages._common import RunContext
+    from labelkit.workspace import Workspace
+
+    digits = load_digits()
+    y = digits.target.astype(np.int64)
+    rows = {}
+    for rate in RATES:
+        for seed in seeds:
+            given, flipped = flip_labels(y, rate, 10, seed)
+            data, out = tmp / f"digits-{rate}-{seed}", tmp / f"ws-digits-{rate}-{seed}"
+            if not data.is_dir():  # bench_digits wrote the seeds it ran
+                write_image_folder(data, (digits.images * (255.0 / 16.0)).round().astype(np.uint8), given)
+            for keep in (False, True):
+                t = time.perf_counter()
+                first, _ = detect(data, out)
+                ws = Workspace.open(data, out)
+                cfg = build_config("distill", {}, {"keep_issues": keep, "use_pseudolabels": False})
+                distill.run(RunContext(ws, DatasetConfig()), cfg, force=True)
+                second, summary = detect(data, out, dynamics=True)
+                for name, issues in (("first pass (default)", first), ("second pass, `--dynamics`", second)):
+                    key = (rate, keep, name)
+                    rows.setdefault(key, Scores.empty()).add(masks(issues, len(y))[0], flipped)
+                dyn = second["issue_type"] == "dynamics"
+                rows.setdefault((rate, keep, "dynamics issues only"), Scores.empty()).add(
+                    masks(second[dyn], len(y))[0], flipped)
+                _log(f"  dynamics {rate:.0%} seed {seed} keep_issues={keep}: {summary['dynamics']} "
+                     f"F1 {rows[(rate, keep, 'first pass (default)')].f1[-1]:.3f} -> {rows[(rate, keep, 'second pass, `--dynamics`')].f1[-1]:.3f} "
+                     f"({time.perf_counter() - t:.1f} s)")
+    lines = [f"## The `--dynamics` second pass on the same flips (seeds {seeds}; distill defaults: mlp student, "
+             "10% of the trusted labels held out, no pseudo-labels since all samples are labeled)\n",
+             "| noise | distill | pass | flagged | precision | recall | F1 |", "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for (rate, keep, name), sc in rows.items():
+        lines.append(f"| {rate:.0%} | {'`--keep-issues`' if keep else 'drops first-pass issues'} | {name} | {np.mean(sc.flagged):.1f} | "
+                     f"{sc.cell(sc.p)} | {sc.cell(sc.r)} | {sc.cell(sc.f1)} |")
+    return lines
 
 
 # -- table 2: --pred-probs on the cleanlab label-errors release -----------------------------
@@ -278,15 +373,15 @@ def bench_mnist(tmp: Path) -> list[str]:
     images, labels = _idx(src / "t10k-images-idx3-ubyte.gz"), _idx(src / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     t = time.perf_counter()
     data = write_image_folder(tmp / "mnist", images, labels)
+    runs = detect_both(data, data / ".labelkit")
+    model = json.loads((data / ".labelkit" / "manifest.json").read_text())["stages"]["embed"]["params"]["model"]
     rows = []
-    for probs in ("auto", "knn"):
-        issues, summary = detect(data, data / ".labelkit", probs=probs)
-        flagged, label = masks(issues, len(labels))
-        model = json.loads((data / ".labelkit" / "manifest.json").read_text())["stages"]["embed"]["params"]["model"]
-        how = f"{model} + {'default (crossval)' if probs == 'auto' else '`--probs knn`'}"
+    for src in ("auto", *(k for k in runs if k not in ("auto", runs["auto"][1]["probs"]))):
+        flagged, label = masks(runs[src][0], len(labels))
+        how = f"{model} + " + ("default (auto: " + choice_note(runs["auto"][1]) + ")" if src == "auto" else f"`--probs {src}`")
         rows.append(_real_row("mnist", how + ", all issues", flagged)[0])
         rows.append(_real_row("mnist", how + ", label only", label)[0])
-        _log(f"  mnist end to end ({probs}): {int(flagged.sum())} flagged ({time.perf_counter() - t:.1f} s)")
+    _log(f"  mnist end to end: {choice_note(runs['auto'][1])} ({time.perf_counter() - t:.1f} s)")
     return rows
 
 
@@ -302,15 +397,15 @@ def bench_20news(tmp: Path, n: int, seed: int = 0) -> list[str]:
     pd.DataFrame({"id": [str(i) for i in subset], "text": [docs[i]["text"] for i in subset],
                   "label": [docs[i]["label_name"] for i in subset]}).to_csv(data / "labels.csv", index=False)
     t = time.perf_counter()
+    runs = detect_both(data, data / ".labelkit")
     rows = []
-    for probs in ("auto", "knn"):
-        issues, _ = detect(data, data / ".labelkit", probs=probs)
+    for src in ("auto", *(k for k in runs if k not in ("auto", runs["auto"][1]["probs"]))):
         # masks() indexes by the original row number; restrict to the subset's rows.
-        flagged, label = (m[subset] for m in masks(issues, len(docs)))
-        how = f"minilm + {'default (crossval)' if probs == 'auto' else '`--probs knn`'}"
+        flagged, label = (m[subset] for m in masks(runs[src][0], len(docs)))
+        how = "minilm + " + ("default (auto: " + choice_note(runs["auto"][1]) + ")" if src == "auto" else f"`--probs {src}`")
         rows.append(_real_row("20news", how + f", all issues ({len(subset)} random texts)", flagged, subset)[0])
         rows.append(_real_row("20news", how + ", label only", label, subset)[0])
-        _log(f"  20news end to end ({probs}): {int(flagged.sum())} flagged ({time.perf_counter() - t:.1f} s)")
+    _log(f"  20news end to end: {choice_note(runs['auto'][1])} ({time.perf_counter() - t:.1f} s)")
     return rows
 
 
@@ -323,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2,3,4", help="flip seeds for digits (default 0,1,2,3,4)")
     ap.add_argument("--text-n", type=int, default=2000, help="random 20news test texts embedded with minilm (default 2000)")
     ap.add_argument("--skip-text", action="store_true", help="skip the 20news minilm run (the slow part)")
+    ap.add_argument("--dynamics-seeds", default="", help="also measure the --dynamics second pass on these digits seeds (runs distill; e.g. 0,1)")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1; 0 = leave the libraries' defaults)")
     args = ap.parse_args(argv)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -343,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         lines, fail = bench_digits(seeds, tmp)
         print("\n".join(lines), flush=True)
         failures += fail
+        dyn_seeds = [int(x) for x in args.dynamics_seeds.split(",") if x.strip()]
+        if dyn_seeds:
+            print("\n" + "\n".join(bench_dynamics(dyn_seeds, tmp)), flush=True)
         if not args.quick:
             lines, fail = bench_pred_probs(tmp)
             print("\n" + "\n".join(lines), flush=True)

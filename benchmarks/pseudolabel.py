@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from labelkit import calibration  # noqa: E402
 from labelkit import pseudolabel as pl  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
@@ -120,7 +121,7 @@ def accuracy_at_coverage(pred: np.ndarray, conf: np.ndarray, truth: np.ndarray) 
 def run_labelkit(ds: Dataset, labels: np.ndarray, graph) -> tuple[np.ndarray, np.ndarray, dict]:
     r = pl.pseudolabel(ds.l2, labels, int(ds.y.max()) + 1, graph)
     unl = labels < 0
-    extra = {"ece": r.ece, "ece_unlabeled": pl.expected_calibration_error(r.probs[unl], ds.y[unl])}
+    extra = {"ece": r.ece, "ece_unlabeled": calibration.expected_calibration_error(r.probs[unl], ds.y[unl])}
     return r.label, r.confidence, extra
 
 

@@ -135,8 +135,17 @@ def pseudolabel(
     threshold_rule: Annotated[Optional[str], typer.Option("--threshold-rule", help="fixed (default), flexmatch, top_per_class, margin")] = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="tau for fixed/flexmatch, N for top_per_class, minimum margin for margin [default: 0.95]")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="neighbours in the kNN graph [default: 10]")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="label spreading: weight of neighbours against the seeds, in [0, 1) [default: 0.9]")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="graph edge weight max(cos, 0)^gamma [default: 3]")] = None,
+    one_way_weight: Annotated[Optional[float], typer.Option("--one-way-weight", help="weight of non-mutual kNN edges, 0 (mutual kNN) to 1 [default: 0.1]")] = None,
+    reach_prior: Annotated[Optional[float], typer.Option("--reach-prior", help="shrink samples no label reaches toward uniform, 0 = off [default: 0.1]")] = None,
+    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="second propagation round from certainty-weighted pseudo-labels [default: refine]")] = None,
+    weights: Annotated[Optional[tuple[float, float, float]], typer.Option("--weights", help="ensemble weights: propagation prototype knn [default: 1 0.5 0]")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="classes kept in the soft label [default: 3]")] = None,
     sharpen: Annotated[Optional[float], typer.Option("--sharpen", help="soft-label temperature, < 1 sharpens [default: 1]")] = None,
+    calibration_folds: Annotated[Optional[int], typer.Option("--calibration-folds", help="folds for held-out temperature calibration, 0 = off [default: 5]")] = None,
+    calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="held-out samples the final temperatures are fitted on, 0 = every fold [default: 2000]")] = None,
+    clean_seeds: Annotated[Optional[bool], typer.Option("--clean-seeds/--no-clean-seeds", help="drop labeled samples confident learning doubts before propagating [default: clean-seeds]")] = None,
     prior_correction: Annotated[Optional[bool], typer.Option("--prior-correction/--no-prior-correction", help="EM re-estimation of unlabeled class priors (label shift)")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the calibration folds")] = None,
     out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -145,7 +154,9 @@ def pseudolabel(
     from labelkit.stages import pseudolabel as stage
 
     ctx = Context(data, out, config, classes, json_out)
-    cfg = ctx.config("pseudolabel", method=method, threshold_rule=threshold_rule, threshold=threshold, k=k, top_k=top_k, sharpen=sharpen,
+    cfg = ctx.config("pseudolabel", method=method, threshold_rule=threshold_rule, threshold=threshold, k=k, alpha=alpha, gamma=gamma,
+                     one_way_weight=one_way_weight, reach_prior=reach_prior, refine=refine, weights=weights, top_k=top_k, sharpen=sharpen,
+                     calibration_folds=calibration_folds, calibration_samples=calibration_samples, clean_seeds=clean_seeds,
                      prior_correction=prior_correction, seed=seed)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
@@ -161,6 +172,8 @@ def detect_noise(
     folds: Annotated[Optional[int], typer.Option("--folds", help="cross-validation folds [default: 5]")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="neighbours in the kNN graph [default: 10]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="seed for the fold assignment")] = None,
+    dynamics: Annotated[Optional[bool], typer.Option("--dynamics/--no-dynamics", help="second pass after 'labelkit distill': add the student's training dynamics as evidence")] = None,
+    dynamics_file: Annotated[Optional[str], typer.Option("--dynamics-file", help="dynamics.parquet to read (implies --dynamics) [default: WORKSPACE/student/dynamics.parquet]")] = None,
     fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="exit with code 3 when the label-issue rate is above this fraction (for CI)")] = None,
     export_review: Annotated[Optional[str], typer.Option("--export-review", help="write a CSV review queue for annotators, most useful first")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
@@ -171,7 +184,7 @@ def detect_noise(
 
     ctx = Context(data, out, config, classes, json_out)
     cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
-                     fail_above=fail_above, export_review=export_review, device=device)
+                     dynamics=dynamics, dynamics_file=dynamics_file, fail_above=fail_above, export_review=export_review, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 
@@ -181,22 +194,24 @@ def distill(
     data: DataArg,
     student: Annotated[Optional[str], typer.Option("--student", help="mlp or linear head on the embeddings; cnn: a small image network trained end to end (use a GPU)")] = None,
     keep_issues: Annotated[Optional[bool], typer.Option("--keep-issues/--drop-issues", help="keep labeled samples that detect-noise flagged [default: drop]")] = None,
-    soft: Annotated[Optional[bool], typer.Option("--soft/--hard", help="distil soft pseudo-labels (KL at --temperature) or their hard labels [default: soft]")] = None,
+    pseudolabels: Annotated[Optional[str], typer.Option("--pseudolabels", help="all (each weighted by its confidence) or accepted [default: all]")] = None,
+    soft: Annotated[Optional[bool], typer.Option("--soft/--hard", help="distil soft pseudo-labels (KL at --temperature) or their hard labels [default: hard]")] = None,
     confidence_weighting: Annotated[Optional[bool], typer.Option("--confidence-weighting/--no-confidence-weighting", help="weight pseudo-labeled samples by confidence [default: on]")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="maximum epochs [default: 100]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="distillation temperature T [default: 2]")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="self-training rounds (the student becomes the teacher) [default: 1]")] = None,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="cross-fitting folds for the metrics when too few trusted labels to hold out; 0 = off [default: 5]")] = None,
     onnx: Annotated[Optional[bool], typer.Option("--onnx/--no-onnx", help="also export student/model.onnx")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
     out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
-    """Train a student on the cleaned labels plus accepted pseudo-labels (student/)."""
+    """Train a student on the cleaned labels plus the pseudo-labels (student/)."""
     from labelkit.stages import distill as stage
 
     ctx = Context(data, out, config, classes, json_out)
-    cfg = ctx.config("distill", student=student, keep_issues=keep_issues, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
-                     temperature=temperature, rounds=rounds, onnx=onnx, seed=seed, device=device)
+    cfg = ctx.config("distill", student=student, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
+                     temperature=temperature, rounds=rounds, folds=folds, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from labelkit.errors import ConfigError
 
@@ -73,21 +73,36 @@ class PseudolabelConfig(StageConfig):
     )
     k: int = Field(10, ge=1, description="neighbours in the kNN graph")
     alpha: float = Field(0.9, ge=0, lt=1, description="label spreading: weight of neighbours against the seeds")
+    gamma: float = Field(3.0, ge=0, description="propagation graph edge weight max(cos, 0)^gamma (and the kNN vote's power)")
+    one_way_weight: float = Field(0.1, ge=0, le=1, description="weight of a kNN edge that is not mutual: 0 = mutual kNN graph, 1 = plain symmetrised graph")
+    reach_prior: float = Field(0.1, ge=0, description="shrink samples that no label reaches toward uniform confidence (0 = off)")
+    refine: bool = Field(True, description="second propagation round seeded by every sample's pseudo-label, weighted by its certainty")
+    weights: tuple[float, float, float] = Field((1.0, 0.5, 0.0), description="ensemble weights of the propagation, prototype and kNN-vote scores")
     threshold_rule: Literal["fixed", "flexmatch", "top_per_class", "margin"] = Field("fixed", description="which rule accepts a pseudo-label")
     threshold: float = Field(0.95, ge=0, description="tau for fixed/flexmatch, N for top_per_class, minimum margin for margin")
     top_k: int = Field(3, ge=1, description="classes kept in the soft label")
     sharpen: float = Field(1.0, gt=0, description="soft-label temperature (< 1 sharpens)")
     calibration_folds: int = Field(5, ge=0, description="folds of labeled samples for held-out temperature calibration (0 = off)")
+    calibration_samples: int = Field(
+        2000, ge=0, description="held-out labeled samples the final temperatures are fitted on: whole folds are scored until this many (0 = every fold; each fold costs one propagation)"
+    )
     prior_correction: bool = Field(False, description="re-estimate the unlabeled class priors by EM (Saerens et al. 2002)")
     clean_seeds: bool = Field(True, description="first drop labeled samples that confident learning flags on their held-out scores")
     seed: int = 0
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_usable(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) < 0 or sum(v) <= 0:
+            raise ValueError("must be 3 non-negative numbers, not all zero")
+        return v
 
 
 class DetectNoiseConfig(StageConfig):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top"})
 
     probs: Literal["auto", "crossval", "knn"] = Field(
-        "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote); auto = crossval"
+        "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote); auto = both, keep the one more accurate on the given labels"
     )
     pred_probs: str | None = Field(None, description="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + one column per class)")
     filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = "prune_by_noise_rate"
@@ -96,6 +111,8 @@ class DetectNoiseConfig(StageConfig):
     k: int = Field(10, ge=1, description="neighbours in the kNN graph")
     duplicate_threshold: float = Field(0.98, gt=0, le=1, description="cosine similarity above which two samples are near-duplicates")
     outlier_cut: float = Field(3.5, gt=0, description="robust z-score (median/MAD) of kNN distance above which a sample is an outlier")
+    dynamics: bool = Field(False, description="second pass after distill: add the student's training dynamics (dataset cartography) as evidence")
+    dynamics_file: str | None = Field(None, description="dynamics.parquet to read (implies dynamics) [default: WORKSPACE/student/dynamics.parquet]")
     seed: int = 0
     device: str = "auto"
     fail_above: float | None = Field(None, ge=0, le=1, description="exit 3 when the estimated label-issue rate is above this")
@@ -104,12 +121,13 @@ class DetectNoiseConfig(StageConfig):
 
 
 class DistillConfig(StageConfig):
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "threads"})
 
     student: Literal["mlp", "linear", "cnn"] = Field("mlp", description="mlp or linear head on the embeddings; cnn = a small image network trained end to end on the pixels (use a GPU)")
     keep_issues: bool = Field(False, description="keep labeled samples that detect-noise flagged")
-    use_pseudolabels: bool = Field(True, description="train on the accepted pseudo-labels too")
-    soft: bool = Field(True, description="distil the pseudo-labels' soft labels (KL at --temperature) rather than their hard labels")
+    use_pseudolabels: bool = Field(True, description="train on the pseudo-labels too")
+    pseudolabels: Literal["all", "accepted"] = Field("all", description="which pseudo-labels to train on: all (each weighted by its confidence) or only those the pseudolabel stage accepted")
+    soft: bool = Field(False, description="distil the pseudo-labels' soft labels (KL at --temperature) rather than their hard labels")
     confidence_weighting: bool = Field(True, description="weight pseudo-labeled samples by their confidence")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -120,11 +138,13 @@ class DistillConfig(StageConfig):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (KL) term where a sample has both targets")
     soften_below: float = Field(0.5, ge=0, le=1, description="targets less confident than this are softened toward the hard label (FerKD)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the trusted labels for early stopping and metrics")
+    folds: int = Field(5, ge=0, description="folds of cross-fitting that estimate the metrics when the trusted labels are too few to hold out (0 = off)")
     patience: int = Field(10, ge=1, description="epochs without improvement before early stopping")
     rounds: int = Field(1, ge=1, description="self-training rounds: after each, the student becomes the teacher")
     onnx: bool = Field(False, description="also export student/model.onnx")
     seed: int = 0
     device: str = "auto"
+    threads: int = Field(0, ge=0, description="CPU threads while training (0 = 1 for mlp and linear, whose small matrices gain nothing from more and lose much on a busy machine; torch's default for cnn)")
 
 
 class PredictConfig(StageConfig):

@@ -1,26 +1,28 @@
-"""Evidence of label issues from embeddings alone: kNN vote, conflicting near-duplicates,
-outliers, and the combination into one label quality.
+"""Evidence of label issues: kNN vote, conflicting near-duplicates, outliers, the choice between
+probability sources, and the combination (with training dynamics) into one label quality.
 
 Numpy in, numpy out. Every function reads a kNN graph as ``sims`` and ``idx`` of shape
 (n_samples, k), self excluded, -1 = missing. :func:`knn_vote_probs` gives out-of-sample
-probabilities that :mod:`labelkit.noise` (confident learning) can take as ``probs``.
+probabilities that :mod:`labelkit.noise` (confident learning) can take as ``probs``;
+:func:`choose_probs` keeps whichever of several such sources predicts the given labels better.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
 from labelkit._validation import check_labels, check_probs
+from labelkit.cartography import DynamicsEvidence
 from labelkit.errors import BadInputError
 from labelkit.noise import _enum
 
 __all__ = [
-    "Weighting", "KnnLabelIssues", "DuplicateConflicts", "Outliers", "LabelQuality",
+    "Weighting", "SelectBy", "KnnLabelIssues", "DuplicateConflicts", "Outliers", "ProbsChoice", "LabelQuality",
     "knn_vote_probs", "knn_label_issues", "find_conflicting_duplicates", "find_outliers",
-    "combine_evidence",
+    "choose_probs", "combine_evidence",
 ]
 
 
@@ -29,6 +31,13 @@ class Weighting(str, Enum):
 
     UNIFORM = "uniform"
     SIMILARITY = "similarity"  # max(cosine similarity, 0)
+
+
+class SelectBy(str, Enum):
+    """The out-of-sample score :func:`choose_probs` compares sources by (higher is better)."""
+
+    ACCURACY = "accuracy"  # share of labeled rows whose argmax is the given label
+    LOG_LIKELIHOOD = "log_likelihood"  # mean log p[i, y_i], p clipped below at 1e-6
 
 
 # ----------------------------------------------------------------------------- results
@@ -60,6 +69,31 @@ class KnnLabelIssues(NamedTuple):
     agreement: np.ndarray
     suggested_label: np.ndarray
     is_issue: np.ndarray
+
+
+class ProbsChoice(NamedTuple):
+    """What :func:`choose_probs` returns: ``chosen`` (the winning key), ``by`` (the rule) and
+    ``scores`` {key: {"accuracy": float, "log_likelihood": float}} for every candidate."""
+
+    chosen: str
+    by: str
+    scores: dict
+
+
+def _given_prob(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """probs[i, labels[i]] per row (float64), NaN where unlabeled."""
+    out = np.full(len(labels), np.nan)
+    lab = np.flatnonzero(labels >= 0)
+    out[lab] = probs[lab, labels[lab]]
+    return out
+
+
+def _check_probs_for(labels: np.ndarray, probs, name: str = "probs") -> np.ndarray:
+    """Validated probabilities with one row per label and a column for every label."""
+    probs = check_probs(probs)
+    if len(probs) != len(labels) or labels.max(initial=-1) >= probs.shape[1]:
+        raise BadInputError(f"'{name}' must have shape ({len(labels)}, n_classes > max label). Got {probs.shape} instead.")
+    return probs
 
 
 def _check_graph(sims, idx, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,20 +204,21 @@ def knn_label_issues(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_cl
         raise BadInputError(f"'min_agreement' must be in [0, 1]. Got {min_agreement!r} instead.")
     probs = knn_vote_probs(labels, sims, idx, n_classes, weighting=weighting, smoothing=smoothing)
     labels = np.asarray(labels, dtype=np.int64)
-    lab = labels >= 0
-    agree = np.full(len(labels), np.nan, dtype=np.float32)
-    agree[lab] = probs[np.flatnonzero(lab), labels[lab]]
+    agree = _given_prob(labels, probs).astype(np.float32)
     best = probs.argmax(axis=1)
     top = probs[np.arange(len(labels)), best]
-    issue = lab & (best != labels) & (top > np.nan_to_num(agree)) & (top >= min_agreement)
+    issue = (labels >= 0) & (best != labels) & (top > np.nan_to_num(agree)) & (top >= min_agreement)
     return KnnLabelIssues(probs, agree, best.astype(np.int64), issue)
 
 
 def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, *,
-                                threshold: float = 0.98) -> DuplicateConflicts:
+                                threshold: float = 0.98, probs: np.ndarray | None = None) -> DuplicateConflicts:
     """Near-duplicate pairs (cosine similarity >= ``threshold``) whose given labels differ.
 
-    Both members of a pair are flagged, whichever of the two lists the other as a neighbour.
+    A pair counts whichever of its two members lists the other as a neighbour. At most one of
+    two conflicting labels can be right, so with ``probs`` only the member whose given label
+    the probabilities support less (lower ``probs[i, y_i]``) is flagged; both are flagged when
+    the two are tied, or without ``probs``.
 
     Parameters
     ----------
@@ -192,10 +227,13 @@ def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.nd
     sims, idx : ndarray of shape (n_samples, k)
         The kNN graph, self excluded.
     threshold : float, default=0.98
+    probs : ndarray of shape (n_samples, n_classes), default=None
+        Out-of-sample probabilities that decide which member of a pair is flagged.
 
     Returns
     -------
     DuplicateConflicts
+        ``partner`` is the most similar duplicate the sample is flagged against.
 
     References
     ----------
@@ -206,16 +244,24 @@ def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.nd
     --------
     >>> find_conflicting_duplicates(np.array([0, 1, 1]), np.array([[.99], [.99], [.5]]), np.array([[1], [0], [0]])).is_issue.tolist()
     [True, True, False]
+    >>> p = np.array([[.3, .7], [.2, .8], [.1, .9]])
+    >>> find_conflicting_duplicates(np.array([0, 1, 1]), np.array([[.99], [.99], [.5]]), np.array([[1], [0], [0]]), probs=p).is_issue.tolist()
+    [True, False, False]
     """
     labels = check_labels(labels)
     if not -1 <= threshold <= 1:
         raise BadInputError(f"'threshold' must be in [-1, 1]. Got {threshold!r} instead.")
     sims, idx, valid = _check_graph(sims, idx, len(labels))
+    support = np.zeros(len(labels))
+    if probs is not None:
+        support = _given_prob(labels, _check_probs_for(labels, probs))
     other = labels[np.where(valid, idx, 0)]
     hit = valid & (sims >= threshold) & (labels[:, None] >= 0) & (other >= 0) & (other != labels[:, None])
     a = np.broadcast_to(np.arange(len(labels))[:, None], hit.shape)[hit]
     b, s = idx[hit], sims[hit]
-    src, dst, sim = np.r_[a, b], np.r_[b, a], np.r_[s, s]  # symmetric: both ends are flagged
+    src, dst, sim = np.r_[a, b], np.r_[b, a], np.r_[s, s]  # symmetric: either end may be flagged
+    keep = support[src] <= support[dst]  # the less supported member (both when tied)
+    src, dst, sim = src[keep], dst[keep], sim[keep]
     order = np.lexsort((-sim, src))
     first = order[np.r_[True, src[order][1:] != src[order][:-1]]] if order.size else order
     partner = np.full(len(labels), -1, dtype=np.int64)
@@ -265,14 +311,72 @@ def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = 3.5) -> Out
     return Outliers(dist, score, ok & (z > cut))
 
 
+# ----------------------------------------------------------------------------- choice of probabilities
+
+_LL_FLOOR = 1e-6  # log p is clipped at log(1e-6): one exact 0 must not decide the comparison
+
+
+def choose_probs(labels: np.ndarray, candidates: Mapping[str, np.ndarray], *,
+                 by: SelectBy | str = SelectBy.ACCURACY) -> ProbsChoice:
+    """Keep the out-of-sample probability source that predicts the given labels best.
+
+    Both scores are computed for every candidate over the labeled rows: ``accuracy`` (share
+    whose argmax is the given label) and ``log_likelihood`` (mean log p[i, y_i], p clipped
+    below at 1e-6). ``by`` picks the winner; ties go to the first candidate. The given labels
+    are noisy, but under noise that flips a label to the other classes uniformly, accuracy
+    against the given labels is (1 - eta) acc + eta (1 - acc) / (K - 1), increasing in the
+    clean accuracy whenever eta < (K - 1) / K, so it ranks the sources as clean accuracy would.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled (ignored).
+    candidates : mapping of str to ndarray of shape (n_samples, n_classes)
+        Out-of-sample probabilities (every row's from a model that did not see its label).
+    by : SelectBy or str, default="accuracy"
+
+    Returns
+    -------
+    ProbsChoice
+
+    References
+    ----------
+    Northcutt, Jiang & Chuang, JAIR 2021 (confident learning needs out-of-sample probabilities;
+    a better model finds label errors better, section 6).
+
+    Examples
+    --------
+    >>> y = np.array([0, 1, 1])
+    >>> choose_probs(y, {"a": np.array([[.6, .4], [.6, .4], [.2, .8]]), "b": np.array([[.9, .1], [.4, .6], [.3, .7]])}).chosen
+    'b'
+    """
+    labels = check_labels(labels)
+    by = _enum(SelectBy, by, "by")
+    if not candidates:
+        raise BadInputError("'candidates' must hold at least one probability array. Got none instead.")
+    lab = labels >= 0
+    if not lab.any():
+        raise BadInputError("'labels' must have at least one labeled row (>= 0). Got none instead.")
+    scores = {}
+    for name, probs in candidates.items():
+        probs = _check_probs_for(labels, probs, name)
+        given = _given_prob(labels, probs)[lab]
+        scores[name] = {
+            SelectBy.ACCURACY.value: float(np.mean(probs[lab].argmax(axis=1) == labels[lab])),
+            SelectBy.LOG_LIKELIHOOD.value: float(np.mean(np.log(np.maximum(given, _LL_FLOOR)))),
+        }
+    chosen = max(scores, key=lambda k: scores[k][by.value])  # max keeps the first of equals
+    return ProbsChoice(chosen, by.value, scores)
+
+
 # ----------------------------------------------------------------------------- combination
 
 
 class LabelQuality(NamedTuple):
     """Per-sample summary (the ``label_issues`` artifact): ``label_quality`` (N,) in [0, 1]
     (NaN if unlabeled), ``suggested_label`` (N,) int64, ``is_issue`` (N,) bool, ``issue_type``
-    (N,) object ('label', 'duplicate', 'outlier' or None), ``rank`` (N,) int64 (1 = most likely
-    wrong, -1 if unlabeled)."""
+    (N,) object ('label', 'duplicate', 'dynamics', 'outlier' or None), ``rank`` (N,) int64
+    (1 = most likely wrong, -1 if unlabeled)."""
 
     label_quality: np.ndarray
     suggested_label: np.ndarray
@@ -281,20 +385,30 @@ class LabelQuality(NamedTuple):
     rank: np.ndarray
 
 
+_TYPES = ("label", "duplicate", "dynamics", "outlier")  # issue_type precedence, first wins
+
+
 def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
                      label_issues: np.ndarray | None = None,
                      duplicates: DuplicateConflicts | None = None,
-                     outliers: Outliers | None = None) -> LabelQuality:
+                     outliers: Outliers | None = None,
+                     dynamics: DynamicsEvidence | None = None,
+                     doubted: np.ndarray | None = None) -> LabelQuality:
     """Combine the evidence into one label-quality score, a suggestion, a type and a rank.
 
     Rule, per labeled sample (unlabeled rows: NaN, -1, not issues):
 
     - q_label = probs[i, y_i] (the self-confidence; 1 without ``probs``);
       q_dup = 1 - s for a flagged conflicting duplicate at similarity s, else 1;
+      q_dyn = 1 - the training-dynamics score (1 where there are none);
       q_out = 1 - outlier score.
-    - ``label_quality`` = min(q_label, q_dup, q_out): the strongest single piece of evidence.
-    - ``is_issue`` = label issue or conflicting duplicate or outlier; ``issue_type`` is the
-      first that applies in that order ('label', 'duplicate', 'outlier'), None otherwise.
+    - ``label_quality`` = min(q_label, q_dup, q_dyn, q_out): the strongest single piece of evidence.
+    - ``is_issue`` = label issue or conflicting duplicate or hard-to-learn in the training
+      dynamics, or an outlier whose label is also ``doubted``. Being far from every other
+      sample says little about the label by itself, so an outlier alone is reported
+      (``issue_type`` 'outlier', low quality) but is not an issue.
+    - ``issue_type`` is the first that applies of 'label', 'duplicate', 'dynamics', 'outlier',
+      None otherwise.
     - ``suggested_label`` = argmax of ``probs`` (the given label without ``probs``).
     - ``rank``: issues first, then the rest, each by ascending quality (ties by row), from 1.
 
@@ -307,6 +421,11 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
         E.g. :func:`labelkit.noise.find_label_issues` or ``knn_label_issues(...).is_issue``.
     duplicates : DuplicateConflicts, default=None
     outliers : Outliers, default=None
+    dynamics : DynamicsEvidence, default=None
+        :func:`labelkit.cartography.dynamics_evidence` of a model trained on the given labels.
+    doubted : ndarray of shape (n_samples,) bool, default=None
+        Rows whose given label the probabilities doubt (e.g. the off-diagonal rows of confident
+        learning's confident joint); only these outliers are issues. None: no outlier is one.
 
     Returns
     -------
@@ -314,7 +433,8 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
 
     References
     ----------
-    Northcutt, Jiang & Chuang, JAIR 2021 (self-confidence); Zhu, Dong & Liu, ICML 2022.
+    Northcutt, Jiang & Chuang, JAIR 2021 (self-confidence); Zhu, Dong & Liu, ICML 2022;
+    Swayamdipta et al., "Dataset Cartography", EMNLP 2020 (training dynamics).
 
     Examples
     --------
@@ -328,27 +448,30 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
     quality = np.ones(n)
     suggested = labels.copy()
     if probs is not None:
-        probs = check_probs(probs)
-        if len(probs) != n or labels.max(initial=-1) >= probs.shape[1]:
-            raise BadInputError(f"'probs' must have shape ({n}, n_classes > max label). Got {probs.shape} instead.")
-        quality[lab] = probs[np.flatnonzero(lab), labels[lab]]
+        probs = _check_probs_for(labels, probs)
+        quality[lab] = _given_prob(labels, probs)[lab]
         suggested = probs.argmax(axis=1).astype(np.int64)
-    flags = []
-    for name, ev in (("label", label_issues), ("duplicate", duplicates), ("outlier", outliers)):
+    masks = {}
+    for name, ev in zip(_TYPES, (label_issues, duplicates, dynamics, outliers)):
         mask = np.zeros(n, dtype=bool) if ev is None else np.asarray(ev if name == "label" else ev.is_issue, dtype=bool)
         if mask.shape != (n,):
             raise BadInputError(f"'{name}' evidence must have {n} rows. Got shape {mask.shape} instead.")
-        flags.append(mask & lab)
+        masks[name] = mask & lab
+    doubted = np.zeros(n, dtype=bool) if doubted is None else np.asarray(doubted, dtype=bool)
+    if doubted.shape != (n,):
+        raise BadInputError(f"'doubted' must have {n} rows. Got shape {doubted.shape} instead.")
     if duplicates is not None:
-        quality = np.minimum(quality, np.where(flags[1], 1.0 - np.nan_to_num(duplicates.similarity), 1.0))
+        quality = np.minimum(quality, np.where(masks["duplicate"], 1.0 - np.nan_to_num(duplicates.similarity), 1.0))
+    if dynamics is not None:
+        quality = np.minimum(quality, np.asarray(dynamics.label_quality, dtype=np.float64))
     if outliers is not None:
         quality = np.minimum(quality, 1.0 - np.nan_to_num(outliers.score))
     quality = np.clip(quality, 0.0, 1.0)
     quality[~lab] = np.nan
     issue_type = np.full(n, None, dtype=object)
-    for name, mask in zip(("outlier", "duplicate", "label"), flags[::-1]):
-        issue_type[mask] = name  # later assignments win: label > duplicate > outlier
-    is_issue = flags[0] | flags[1] | flags[2]
+    for name in reversed(_TYPES):
+        issue_type[masks[name]] = name  # later assignments win: the order of _TYPES
+    is_issue = masks["label"] | masks["duplicate"] | masks["dynamics"] | (masks["outlier"] & doubted)
     rows = np.flatnonzero(lab)
     order = rows[np.lexsort((rows, quality[rows], ~is_issue[rows]))]
     rank = np.full(n, -1, dtype=np.int64)

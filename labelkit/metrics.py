@@ -1,6 +1,6 @@
 """Classification metrics for held-out evaluation (numpy in, float or array out).
 
-``expected_calibration_error`` lives in :mod:`labelkit.pseudolabel` (the pseudo-label stage
+``expected_calibration_error`` lives in :mod:`labelkit.calibration` (the pseudo-label stage
 reports it too) and is re-exported here so every evaluation metric has one import path.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from labelkit._validation import check_labels
 from labelkit.errors import BadInputError
-from labelkit.pseudolabel import expected_calibration_error
+from labelkit.calibration import expected_calibration_error
 
 __all__ = ["accuracy", "macro_f1", "per_class_accuracy", "expected_calibration_error"]
 

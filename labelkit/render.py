@@ -57,8 +57,17 @@ def _detect_noise(console: Console, res) -> None:
         f"[bold]detect-noise[/]: {s['n_issues']} of {s['n_analysed']} labeled samples flagged ({s['issue_rate']:.1%}); "
         f"estimated noise rate {s['estimated_noise_rate']:.1%} (probabilities: {s['probs']}, filter: {s['filter_by']})"
     )
+    choice = s.get("probs_choice") or {}
+    if len(choice.get("scores", {})) > 1:
+        console.print(f"  kept {choice['chosen']} by {choice['by']}: " + "; ".join(
+            f"{k} accuracy {v['accuracy']:.3f}, log-likelihood {v['log_likelihood']:.3f}" for k, v in choice["scores"].items()))
+    if s.get("dynamics"):
+        d = s["dynamics"]
+        console.print(f"  dynamics: {d['n_hard_to_learn']} hard to learn of {d['n_with_dynamics']} with dynamics ({d['file']})")
     if s["issues_by_type"]:
         console.print("  by type: " + ", ".join(f"{k} {v}" for k, v in s["issues_by_type"].items()))
+    if s.get("reported_not_issues"):
+        console.print("  reported, not counted: " + ", ".join(f"{k} {v}" for k, v in s["reported_not_issues"].items()))
     if s["issues_by_class"]:
         console.print("  by given label: " + ", ".join(f"{k} {v}" for k, v in list(s["issues_by_class"].items())[:10]))
     if s["confused_pairs"]:

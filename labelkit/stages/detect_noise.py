@@ -1,8 +1,14 @@
 """detect-noise: rank the labeled samples by how likely their given label is wrong.
 
-Out-of-sample probabilities (cross-validated softmax head, leave-one-out kNN vote, or the user's
-own ``--pred-probs``) feed confident learning; embeddings add conflicting near-duplicates and
-outliers; one label quality per sample combines the evidence (labelkit.evidence).
+Out-of-sample probabilities (cross-validated softmax head or leave-one-out kNN vote, whichever
+predicts the given labels better, or the user's own ``--pred-probs``) feed confident learning;
+embeddings add conflicting near-duplicates and outliers; with ``--dynamics`` (a second pass after
+``labelkit distill``) the student's training dynamics add hard-to-learn samples; one label quality
+per sample combines the evidence (labelkit.evidence).
+
+The pipeline (``labelkit run``, and distill running its missing upstream) calls
+:func:`run_first_pass`, which never reads the dynamics: distill reads label_issues.parquet, so
+detect-noise must not also read distill's output there, or each would keep making the other stale.
 """
 
 from __future__ import annotations
@@ -17,21 +23,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import artifacts, evidence, noise
+from labelkit import artifacts, cartography, evidence, noise
 from labelkit.config import DetectNoiseConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
-from labelkit.errors import BadInputError, ThresholdExceededError
+from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.stages import pipeline
 from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._knn import knn_graph
-from labelkit.workspace import atomic_write, file_fingerprint
+from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
 STAGE = "detect-noise"
 EXIT_THRESHOLD = ThresholdExceededError.exit_code
+DYNAMICS = "student/dynamics.parquet"  # written by labelkit distill (labelkit.stages.distill)
+SELECT_BY = evidence.SelectBy.ACCURACY  # --probs auto's rule; see choose_probs and docs/stages/detect-noise.md
 
 
-def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> StageResult:
+def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False, keep_second_pass: bool = False) -> StageResult:
+    """Run detect-noise; ``keep_second_pass`` (the pipeline's) skips when the last run was a
+    --dynamics pass that differs from ``cfg`` only by its dynamics and its inputs are unchanged."""
     started = now()
     ws = ctx.ws
     with_file = cfg.pred_probs is not None
@@ -39,22 +49,76 @@ def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> Stag
     samples.require_labels(STAGE)
     if samples.n_labeled == 0:
         raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
+    dyn_path = _dynamics_path(ws, cfg)
     upstream = [] if with_file else pipeline.ensure(ctx, "embed")
     inputs = {artifacts.SAMPLES: samples_fp}
     if with_file:
         inputs["pred_probs"] = file_fingerprint(_existing(cfg.pred_probs))
     else:
         inputs[artifacts.EMBEDDINGS] = ws.fingerprint(artifacts.EMBEDDINGS) or ""
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
+    # The dynamics file is recorded with the parameters, not as a DAG input: `labelkit status` and
+    # `labelkit run` then never see detect-noise depend on distill's output (no cycle).
+    params, params_fp = cfg.result_params(), cfg.fingerprint()
+    if dyn_path is not None:
+        params["dynamics_fingerprint"] = file_fingerprint(dyn_path)
+        params_fp = text_fingerprint(params_fp, params["dynamics_fingerprint"])
+    reason = _stale_reason(ws, cfg, inputs, params_fp, dyn_path, force=force, keep_second_pass=keep_second_pass)
     if reason is None:
         res = up_to_date(ws, STAGE, artifacts.LABEL_ISSUES, upstream)
     else:
-        summary = _detect(ctx, cfg, samples)
-        ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.LABEL_ISSUES], started=started)
+        summary = _detect(ctx, cfg, samples, dyn_path)
+        ws.commit(STAGE, params=params, params_fp=params_fp, inputs=inputs, outputs=[artifacts.LABEL_ISSUES], started=started)
         summary["wall_time_s"] = round(now() - started, 2)
         res = StageResult(STAGE, reason=reason, summary=summary, outputs=[artifacts.LABEL_ISSUES], upstream=upstream)
     _apply_gates(ctx, cfg, samples, res)
     return res
+
+
+def run_first_pass(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> StageResult:
+    """The pipeline's detect-noise: ``cfg`` without ``--dynamics``, keeping an up-to-date second pass."""
+    return run(ctx, _first_pass(cfg), force=force, keep_second_pass=True)
+
+
+def _stale_reason(ws: Workspace, cfg: DetectNoiseConfig, inputs: dict[str, str], params_fp: str, dyn_path: Path | None, *,
+                  force: bool, keep_second_pass: bool) -> str | None:
+    """stale_reason, plus: the pipeline keeps a current second pass; a changed dynamics file says so."""
+    reason = stale_reason(ws, STAGE, cfg, inputs, force=force, params_fp=params_fp)
+    recorded = _recorded_config(ws)
+    if reason is None or force or recorded is None:
+        return reason
+    if keep_second_pass and _first_pass(recorded).fingerprint() == params_fp and ws.staleness(STAGE, None, inputs) is None:
+        return None  # a --dynamics second pass over these inputs stays until they change
+    if reason == "parameters changed" and dyn_path is not None and recorded.fingerprint() == cfg.fingerprint():
+        return f"{dyn_path.name} changed"
+    return reason
+
+
+def _first_pass(cfg: DetectNoiseConfig) -> DetectNoiseConfig:
+    return cfg.model_copy(update={"dynamics": False, "dynamics_file": None})
+
+
+def _recorded_config(ws: Workspace) -> DetectNoiseConfig | None:
+    """The config of detect-noise's last recorded run (None if none, or unreadable)."""
+    rec = ws.record(STAGE)
+    if rec is None:
+        return None
+    try:
+        return DetectNoiseConfig(**{k: v for k, v in rec.params.items() if k in DetectNoiseConfig.model_fields})
+    except ValueError:
+        return None
+
+
+def _dynamics_path(ws: Workspace, cfg: DetectNoiseConfig) -> Path | None:
+    """The dynamics file this run reads (None without --dynamics); missing is an error."""
+    if not (cfg.dynamics or cfg.dynamics_file):
+        return None
+    path = Path(cfg.dynamics_file) if cfg.dynamics_file else ws.path(DYNAMICS)
+    if not path.is_file():
+        raise MissingArtifactError(
+            f"--dynamics: {path} not found; run 'labelkit distill {ws.data}' first, "
+            f"then 'labelkit detect-noise {ws.data} --dynamics' as a second pass"
+        )
+    return path
 
 
 def _existing(path: str) -> Path:
@@ -116,25 +180,44 @@ def _normalise_rows(p: np.ndarray, name: str) -> np.ndarray:
     return p / s
 
 
-def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, k_classes: int) -> tuple[np.ndarray, str]:
-    method = "crossval" if cfg.probs == "auto" else cfg.probs
-    if method == "crossval":
-        from labelkit.probe import cross_val_probs
+def _crossval_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, k_classes: int) -> np.ndarray:
+    from labelkit.probe import cross_val_probs
 
-        n_lab = len(labels)
-        folds = max(2, min(cfg.folds, n_lab))
-        probs = cross_val_probs(vecs, labels, k_classes, n_folds=folds, seed=cfg.seed, device=resolve_device(cfg.device), progress=ctx.progress)
-        return probs, method
-    from labelkit import knn
+    folds = max(2, min(cfg.folds, len(labels)))
+    return cross_val_probs(vecs, labels, k_classes, n_folds=folds, seed=cfg.seed, device=resolve_device(cfg.device), progress=ctx.progress)
 
-    sims, idx = knn.knn_graph(vecs, min(cfg.k, len(vecs) - 1), exclude_self=True)
-    return evidence.knn_vote_probs(labels, sims, idx, k_classes), method
+
+def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, graph, k_classes: int) -> tuple[np.ndarray, dict]:
+    """The probabilities --probs asks for; auto computes both and keeps the better (evidence.choose_probs)."""
+    candidates = {}
+    if cfg.probs in ("auto", "crossval"):
+        candidates["crossval"] = _crossval_probs(ctx, cfg, labels, vecs, k_classes)
+    if cfg.probs in ("auto", "knn"):
+        candidates["knn"] = evidence.knn_vote_probs(labels, *graph, k_classes)
+    choice = evidence.choose_probs(labels, candidates, by=SELECT_BY)
+    scores = {src: {m: round(v, 4) for m, v in sc.items()} for src, sc in choice.scores.items()}
+    return candidates[choice.chosen], {"requested": cfg.probs, "chosen": choice.chosen, "by": choice.by, "scores": scores}
+
+
+def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartography.DynamicsEvidence, dict]:
+    """Cartography evidence for the analysed rows: a row counts when the student trained on its given label."""
+    try:
+        dyn = pq.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo"]).to_pandas()
+    except (OSError, KeyError, pa.ArrowInvalid) as e:
+        raise BadInputError(f"--dynamics {path}: cannot read id, label, confidence, variability, is_pseudo ({e})") from None
+    dyn = dyn[~dyn["is_pseudo"].astype(bool)].assign(id=lambda d: d["id"].astype(str)).drop_duplicates("id").set_index("id")
+    at = dyn.reindex(pd.Index(ids.astype(str)))
+    same = (at["label"].to_numpy(dtype=object) == given) & at["confidence"].notna().to_numpy()
+    conf = np.where(same, at["confidence"].to_numpy(dtype=np.float64), np.nan)
+    var = np.where(same, at["variability"].to_numpy(dtype=np.float64), np.nan)
+    ev = cartography.dynamics_evidence(conf, var)
+    return ev, {"file": str(path), "n_with_dynamics": int(same.sum()), "n_hard_to_learn": int(ev.is_issue.sum())}
 
 
 # -- the stage's work -----------------------------------------------------------------------
 
 
-def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples) -> dict[str, Any]:
+def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path: Path | None) -> dict[str, Any]:
     ws = ctx.ws
     classes = samples.classes
     codes = samples.label_codes()
@@ -144,8 +227,9 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples) -> dict[s
         probs_all = load_pred_probs(Path(cfg.pred_probs), samples)
         rows = np.flatnonzero(codes >= 0)
         probs = _normalise_rows(probs_all[rows], f"--pred-probs {Path(cfg.pred_probs).name}")
-        prob_source = "pred_probs"
+        choice = {"requested": "pred_probs", "chosen": "pred_probs", "by": None, "scores": {}}
     else:
+        from labelkit import knn
         from labelkit.stages.embed import read_embeddings
 
         emb_ids, vecs, _ = read_embeddings(ws)
@@ -154,25 +238,29 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples) -> dict[s
         if len(rows) < 2:
             raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
         lab_vecs = vecs[pos[rows]]
-        probs, prob_source = _model_probs(ctx, cfg, codes[rows], lab_vecs, len(classes))
-        # Evidence from embeddings alone: duplicates among labeled samples, outliers among all.
-        from labelkit import knn
-
-        ls, li = knn.knn_graph(lab_vecs, min(cfg.k, len(rows) - 1), exclude_self=True)
-        dup = evidence.find_conflicting_duplicates(codes[rows], ls, li, threshold=cfg.duplicate_threshold)
-        fs, fi = knn_graph(ws, vecs, k=cfg.k, progress=ctx.progress)
+        # One graph among the labeled samples serves the kNN vote and the duplicates.
+        graph = knn.knn_graph(lab_vecs, min(cfg.k, len(rows) - 1), exclude_self=True)
+        probs, choice = _model_probs(ctx, cfg, codes[rows], lab_vecs, graph, len(classes))
+        dup = evidence.find_conflicting_duplicates(codes[rows], *graph, threshold=cfg.duplicate_threshold, probs=probs)
+        fs, fi = knn_graph(ws, vecs, k=cfg.k, progress=ctx.progress)  # outliers among all samples
         full = evidence.find_outliers(fs, fi, cut=cfg.outlier_cut)
         out = type(full)(*(field[pos[rows]] for field in full))
     labels = codes[rows]
+    names = np.asarray(classes, dtype=object)
+    ids = table["id"].to_numpy()[rows]
+    dyn, dyn_summary = _dynamics(dyn_path, ids, names[labels]) if dyn_path is not None else (None, None)
     cl = noise.detect_label_issues(labels, probs, method=cfg.filter_by, score_method=cfg.rank_by)
     est = noise.estimate_noise_matrices(labels, probs)
     joint = noise.estimate_joint(labels, probs)
-    q = evidence.combine_evidence(labels, probs=probs, label_issues=cl.is_issue, duplicates=dup, outliers=out)
+    # Confident learning doubts a label when the row falls off the diagonal of the confident joint,
+    # C[y][j], j != y (another class clears its threshold t_j; Northcutt et al. 2021, eq. 1): only
+    # such outliers are issues. Measured on digits, an outlier alone was a flipped label 0-19% of the time.
+    doubted = noise.detect_label_issues(labels, probs, method="confident_learning").is_issue
+    q = evidence.combine_evidence(labels, probs=probs, label_issues=cl.is_issue, duplicates=dup, outliers=out, dynamics=dyn, doubted=doubted)
     order = np.argsort(q.rank, kind="stable")
-    names = np.asarray(classes, dtype=object)
     issues = pd.DataFrame(
         {
-            "id": table["id"].to_numpy()[rows][order],
+            "id": ids[order],
             "given_label": names[labels][order],
             "suggested_label": names[q.suggested_label][order],
             "label_quality": q.label_quality[order].astype(np.float32),
@@ -181,9 +269,9 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples) -> dict[s
             "rank": q.rank[order].astype(np.int64),
         }
     )
-    summary = _summary(issues, joint, classes, cfg, prob_source, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
+    summary = _summary(issues, joint, classes, cfg, choice, dyn_summary, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
     meta = {
-        "classes": classes, "params": cfg.result_params(), "probs": prob_source, "summary": summary,
+        "classes": classes, "params": cfg.result_params(), "probs": choice["chosen"], "summary": summary,
         "noise_matrix": est.noise_matrix.tolist(), "joint": joint.tolist(), "py": est.py.tolist(),
     }
     schema = pa.schema([("id", pa.string()), ("given_label", pa.string()), ("suggested_label", pa.string()), ("label_quality", pa.float32()),
@@ -192,8 +280,10 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples) -> dict[s
     return summary
 
 
-def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, prob_source: str, *, n_labeled: int, n_analysed: int) -> dict[str, Any]:
+def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, choice: dict, dynamics: dict | None, *,
+             n_labeled: int, n_analysed: int) -> dict[str, Any]:
     flagged = issues[issues["is_issue"]]
+    reported = issues[~issues["is_issue"] & issues["issue_type"].notna()]
     by_type = flagged["issue_type"].value_counts().to_dict()
     by_class = flagged.groupby("given_label").size().sort_values(ascending=False).to_dict()
     off = joint.copy()
@@ -212,14 +302,17 @@ def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, p
         "issue_rate": round(len(flagged) / max(n_analysed, 1), 4),
         "estimated_noise_rate": round(float(1 - np.trace(joint)), 4),
         "issues_by_type": {str(k): int(v) for k, v in by_type.items()},
+        "reported_not_issues": {str(k): int(v) for k, v in reported["issue_type"].value_counts().items()},
         "issues_by_class": {str(k): int(v) for k, v in by_class.items()},
         "confused_pairs": pairs,
         "top_issues": [
             {"rank": int(r.rank), "id": r.id, "given": r.given_label, "suggested": r.suggested_label, "quality": round(float(r.label_quality), 4), "type": r.issue_type}
             for r in top.itertuples()
         ],
-        "probs": prob_source,
+        "probs": choice["chosen"],
+        "probs_choice": choice,
         "filter_by": cfg.filter_by,
+        "dynamics": dynamics,
     }
 
 

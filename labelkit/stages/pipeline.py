@@ -16,13 +16,14 @@ class StageSpec:
     module: str  # labelkit.stages.<module>.run(ctx, cfg, force=...)
     needs: tuple[str, ...]  # upstream stages whose outputs this one reads
     outputs: tuple[str, ...]
+    entry: str = "run"  # the function the pipeline calls; detect-noise's never reads distill's output
 
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("embed", "embed", (), (artifacts.EMBEDDINGS,)),
     StageSpec("prototype", "prototype", ("embed",), (artifacts.PROTOTYPES,)),
     StageSpec("pseudolabel", "pseudolabel", ("prototype",), (artifacts.PSEUDOLABELS,)),
-    StageSpec("detect-noise", "detect_noise", ("embed",), (artifacts.LABEL_ISSUES,)),
+    StageSpec("detect-noise", "detect_noise", ("embed",), (artifacts.LABEL_ISSUES,), entry="run_first_pass"),
     StageSpec("distill", "distill", ("pseudolabel", "detect-noise"), ("student",)),
     StageSpec("report", "report", (), ("report.html",)),
 )
@@ -30,10 +31,10 @@ BY_NAME = {s.name: s for s in STAGES}
 
 
 def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> StageResult:
-    """Run one stage (its config from ``--config`` and defaults unless given)."""
+    """Run one stage as a pipeline step (its config from ``--config`` and defaults unless given)."""
     spec = BY_NAME[name]
     module = importlib.import_module(f"labelkit.stages.{spec.module}")
-    return module.run(ctx, cfg if cfg is not None else ctx.config(name), force=force)
+    return getattr(module, spec.entry)(ctx, cfg if cfg is not None else ctx.config(name), force=force)
 
 
 def ensure(ctx: RunContext, name: str) -> list[StageResult]:

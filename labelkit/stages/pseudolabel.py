@@ -1,11 +1,16 @@
 """pseudolabel: a label, a calibrated confidence and a soft label for every unlabeled sample.
 
 Samples that are labeled but whose label confident learning rejects (``clean_seeds``) are not
-pseudo-labeled: their given label is in doubt, which is detect-noise's business.
+pseudo-labeled: their given label is in doubt, which is detect-noise's business. When it rejects
+none, the final pass reuses the seed-cleaning pass's held-out calibration (same labels, same
+folds) instead of scoring the folds again. The summary's
+``timings_s`` splits the wall time: kNN graph (read from knn.parquet, or built), seed cleaning,
+scoring, writing.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -13,8 +18,9 @@ import pyarrow as pa
 
 from labelkit import artifacts
 from labelkit import pseudolabel as compute
+from labelkit import seeds
+from labelkit import thresholds
 from labelkit.config import PseudolabelConfig
-from labelkit.seeds import clean_seeds
 from labelkit.stages import pipeline
 from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
@@ -46,39 +52,37 @@ def run(ctx: RunContext, cfg: PseudolabelConfig, *, force: bool = False) -> Stag
 
 def _options(cfg: PseudolabelConfig) -> compute.PseudolabelOptions:
     return compute.PseudolabelOptions(
-        method=cfg.method, n_neighbors=cfg.k, alpha=cfg.alpha, threshold=cfg.threshold_rule, threshold_value=cfg.threshold,
-        top_k=cfg.top_k, sharpen=cfg.sharpen, n_folds=cfg.calibration_folds, prior_correction=cfg.prior_correction, seed=cfg.seed,
+        method=cfg.method, n_neighbors=cfg.k, alpha=cfg.alpha, gamma=cfg.gamma, one_way_weight=cfg.one_way_weight,
+        reach_prior=cfg.reach_prior, refine=cfg.refine, weights=cfg.weights, threshold=cfg.threshold_rule,
+        threshold_value=cfg.threshold, top_k=cfg.top_k, sharpen=cfg.sharpen, n_folds=cfg.calibration_folds,
+        calibration_samples=cfg.calibration_samples or None, prior_correction=cfg.prior_correction, seed=cfg.seed,
     )
 
 
 def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
     ws = ctx.ws
     a = aligned(ws, samples)
+    clock = _Clock()
     graph = knn_graph(ws, a.vectors, k=cfg.k, progress=ctx.progress)
+    clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)
     options = _options(cfg)
-    labels, dropped = a.labels, np.zeros(len(a.labels), bool)
+    labels, dropped, cal = a.labels, np.zeros(len(a.labels), bool), None
     with ctx.progress.task("pseudolabel", total=None):
-        if cfg.clean_seeds:
-            labels, dropped = clean_seeds(a.vectors, a.labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
-        r = compute.pseudolabel(a.vectors, labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
+        if cfg.clean_seeds and seeds.can_clean(a.labels, cfg.calibration_folds):
+            cal = compute.heldout_calibration(a.vectors, a.labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
+            labels, dropped = seeds.drop_doubted(a.labels, cal.rows, cal.probs)
+        clock.lap("clean_seeds")
+        # With every seed kept, the folds just scored are those the final pass would score again.
+        reuse = cal if cal is not None and not dropped.any() else None
+        r = compute.pseudolabel(a.vectors, labels, len(a.classes), graph, protos, text_prototypes=text, options=options, calibration=reuse)
+        clock.lap("score")
+    del graph
     rows = np.flatnonzero(a.labels < 0)
     # Accept among the rows written (doubted seeds were scored as unlabeled but are not written).
-    accepted = compute.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if len(rows) else np.zeros(0, bool)
-    names = np.asarray(a.classes, dtype=object)
-    k = r.top_labels.shape[1]
-    table = pa.table(
-        {
-            "id": pa.array([a.ids[i] for i in rows], pa.string()),
-            "label": pa.array(names[r.label[rows]].tolist(), pa.string()),
-            "confidence": pa.array(r.confidence[rows].astype(np.float32)),
-            "margin": pa.array(r.margin[rows].astype(np.float32)),
-            "accepted": pa.array(accepted),
-            "top_labels": pa.array(names[r.top_labels[rows]].tolist(), pa.list_(pa.string(), k)),
-            "top_probs": pa.FixedSizeListArray.from_arrays(pa.array(r.top_probs[rows].astype(np.float32).reshape(-1)), k),
-        }
-    )
+    accepted = thresholds.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if len(rows) else np.zeros(0, bool)
+    label = r.label[rows]
     summary = {
         "n_unlabeled": int(len(rows)),
         "n_accepted": int(accepted.sum()),
@@ -91,10 +95,45 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
         "ece_uncalibrated": None if np.isnan(r.ece_uncalibrated) else round(float(r.ece_uncalibrated), 4),
         "n_calibration": int(r.n_calibration),
         "n_seeds_dropped": int(dropped.sum()),
-        "accepted_per_class": {c: int(n) for c, n in zip(a.classes, np.bincount(r.label[rows][accepted], minlength=len(a.classes)))},
+        "accepted_per_class": {c: int(n) for c, n in zip(a.classes, np.bincount(label[accepted], minlength=len(a.classes)))},
         "confidence_histogram": np.histogram(r.confidence[rows], bins=10, range=(0.0, 1.0))[0].tolist(),
         "priors": [round(float(v), 4) for v in r.priors],
     }
+    table = _table(a, r, rows, accepted)
+    del r
     meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model")}
     artifacts.write_table(ws.path(artifacts.PSEUDOLABELS), table, meta)
+    clock.lap("write")
+    summary["timings_s"] = clock.laps
     return summary
+
+
+def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray) -> pa.Table:
+    """The pseudolabels.parquet rows; class names by Arrow ``take`` (no Python objects per row)."""
+    names = pa.array(list(a.classes), pa.string())
+    k = r.top_labels.shape[1]
+    ids = a.ids if isinstance(a.ids, pa.Array) else pa.array(a.ids, pa.string())
+    return pa.table(
+        {
+            "id": ids.take(pa.array(rows)),
+            "label": names.take(pa.array(r.label[rows])),
+            "confidence": pa.array(r.confidence[rows].astype(np.float32)),
+            "margin": pa.array(r.margin[rows].astype(np.float32)),
+            "accepted": pa.array(accepted),
+            "top_labels": pa.FixedSizeListArray.from_arrays(names.take(pa.array(r.top_labels[rows].reshape(-1))), k),
+            "top_probs": pa.FixedSizeListArray.from_arrays(pa.array(r.top_probs[rows].astype(np.float32).reshape(-1)), k),
+        }
+    )
+
+
+class _Clock:
+    """Wall time of each phase, in seconds."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now_ = time.perf_counter()
+        self.laps[name] = round(now_ - self._last, 2)
+        self._last = now_

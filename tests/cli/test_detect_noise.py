@@ -1,4 +1,4 @@
-"""`labelkit detect-noise` through the CLI: digits end to end, --pred-probs, CI gates, bad input."""
+"""`labelkit detect-noise` through the CLI: digits end to end, --pred-probs, --dynamics, CI gates, bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from labelkit.cli import app
+from labelkit.workspace import file_fingerprint
 from tests.conftest import ROOT, write_csv
 
 COLUMNS = ["id", "given_label", "suggested_label", "label_quality", "is_issue", "issue_type", "rank"]
@@ -34,6 +35,12 @@ def test_digits_finds_flipped_labels_and_runs_embed_first(runner, digits):
     # The top of the ranking is mostly real errors.
     assert len(set(issues["id"][:10]) & flipped) >= 6
     assert out["n_issues"] == int(issues["is_issue"].sum())
+    assert out["issue_rate"] == round(out["n_issues"] / 179, 4)  # what --fail-above compares
+    # issue 4: --probs auto computed both sources and kept the one more accurate on the given labels
+    choice = out["probs_choice"]
+    assert choice["requested"] == "auto" and choice["by"] == "accuracy" and set(choice["scores"]) == {"crossval", "knn"}
+    assert choice["chosen"] == out["probs"] == max(choice["scores"], key=lambda k: choice["scores"][k]["accuracy"])
+    assert out["dynamics"] is None
 
 
 def test_second_run_is_skipped_but_gates_still_apply(runner, digits, tmp_path):
@@ -112,3 +119,116 @@ def test_real_mnist_pred_probs_finds_validated_errors(runner, tmp_path, shared_d
     issues = pq.read_table(ds / ".labelkit" / "label_issues.parquet").to_pandas()
     flagged = set(issues.loc[issues["is_issue"], "id"].astype(int))
     assert len(flagged & set(validated["validated_error_indices"])) == 7
+
+
+# -- --dynamics: a second pass after distill ---------------------------------------------------
+
+
+def test_dynamics_without_a_student_says_run_distill_first(runner, digits):
+    r = runner.invoke(app, ["detect-noise", str(digits), "--dynamics"])
+    assert r.exit_code == 1
+    assert "student/dynamics.parquet not found; run 'labelkit distill" in r.stderr
+    assert not (digits / ".labelkit" / "label_issues.parquet").exists()
+
+
+def _write_dynamics(path, issues: pd.DataFrame, hard: dict[str, str]) -> None:
+    """Confident, steady dynamics for every analysed sample; ``hard`` ids (-> their label) hard to learn."""
+    labels = issues.set_index("id")["given_label"].to_dict()
+    labels.update(hard)
+    ids = list(labels)
+    low = np.isin(ids, list(hard))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "id": ids + ["pseudo.png"], "label": [labels[i] for i in ids] + ["0"],
+        "confidence": np.r_[np.where(low, 0.02, 0.9), 0.01].astype(np.float32),
+        "variability": np.r_[np.where(low, 0.01, 0.1), 0.01].astype(np.float32),
+        "correctness": np.zeros(len(ids) + 1, np.float32), "is_pseudo": [False] * len(ids) + [True],
+    }).to_parquet(path)
+
+
+def test_dynamics_second_pass_adds_hard_to_learn_samples_and_is_kept_by_the_pipeline(runner, digits, tmp_path):
+    ws = digits / ".labelkit"
+    toml = tmp_path / "lk.toml"
+    toml.write_text('[detect-noise]\nprobs = "knn"\n')  # the fast source, for every call below
+
+    def invoke(*args):
+        return runner.invoke(app, [*args[:1], str(digits), *args[1:], "--config", str(toml)])
+
+    assert invoke("detect-noise").exit_code == 0
+    first = pq.read_table(ws / "label_issues.parquet").to_pandas()
+    clean = first.loc[~first["is_issue"] & first["issue_type"].isna()].reset_index(drop=True)
+    a, b, c = clean["id"][:3]
+    other = next(x for x in "0123456789" if x != clean["given_label"][2])
+    # a and b: the student never learned their given label; c's row follows another label (ignored)
+    dyn = ws / "student" / "dynamics.parquet"
+    _write_dynamics(dyn, first, {a: clean["given_label"][0], b: clean["given_label"][1], c: other})
+
+    r = invoke("detect-noise", "--dynamics", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 178, "n_hard_to_learn": 2}
+    issues = pq.read_table(ws / "label_issues.parquet").to_pandas().set_index("id")
+    assert issues.loc[[a, b], "issue_type"].tolist() == ["dynamics", "dynamics"] and issues.loc[[a, b], "is_issue"].all()
+    assert not issues.loc[c, "is_issue"]
+    # quality = min(p_y, 1 - (1 - 0.02)(1 - 0.01 / 0.5) = 0.0396)
+    assert (issues.loc[[a, b], "label_quality"] <= 0.0396 + 1e-6).all()
+    assert out["issues_by_type"]["dynamics"] == 2 and out["n_issues"] == int(first["is_issue"].sum()) + 2
+    manifest = json.loads((ws / "manifest.json").read_text())["stages"]["detect-noise"]
+    assert manifest["params"]["dynamics"] is True
+    assert manifest["params"]["dynamics_fingerprint"] == file_fingerprint(dyn)
+
+    r = invoke("detect-noise", "--dynamics")
+    assert "detect-noise: up to date, skipping" in r.stderr
+    _write_dynamics(dyn, first, {a: clean["given_label"][0]})  # the student retrained: b is learned now
+    r = invoke("detect-noise", "--dynamics", "--json")
+    assert json.loads(r.stdout)["reason"] == "dynamics.parquet changed"
+    assert json.loads(r.stdout)["dynamics"]["n_hard_to_learn"] == 1
+
+    # The pipeline never reads the dynamics (distill reads label_issues): it keeps the second pass.
+    r = invoke("run", "--from", "detect-noise", "--until", "detect-noise", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stages"][0]["skipped"] is True
+    assert pq.read_table(ws / "label_issues.parquet").to_pandas().set_index("id").loc[a, "issue_type"] == "dynamics"
+    states = {s["stage"]: s["state"] for s in json.loads(invoke("status", "--json").stdout)["stages"]}
+    assert states["detect-noise"] == "done"
+    # Asking for the first pass by hand reruns it.
+    r = invoke("detect-noise", "--json")
+    assert json.loads(r.stdout)["reason"] == "parameters changed" and json.loads(r.stdout)["dynamics"] is None
+
+
+def test_dynamics_file_with_pred_probs(runner, tmp_path):
+    # Sample 2 is labeled 'b' and the model agrees, but the student never learned it: dynamics flag it.
+    write_csv(tmp_path, "id,label\n0,a\n1,a\n2,b\n3,b\n4,b\n")
+    np.save(tmp_path / "p.npy", np.array([[.9, .1], [.8, .2], [.3, .7], [.2, .8], [.1, .9]]))
+    dyn = tmp_path / "dyn.parquet"
+    pd.DataFrame({"id": ["0", "1", "2", "3"], "label": ["a", "a", "b", "b"], "confidence": [0.9, 0.8, 0.1, 0.7],
+                  "variability": [0.1, 0.1, 0.05, 0.2], "is_pseudo": [False] * 4}).to_parquet(dyn)
+    args = ["detect-noise", str(tmp_path), "--pred-probs", str(tmp_path / "p.npy"), "--dynamics-file", str(dyn), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 4, "n_hard_to_learn": 1}
+    issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas()
+    assert issues.loc[issues["is_issue"], "id"].tolist() == ["2"] and issues["issue_type"][0] == "dynamics"
+    # quality = min(0.7, 1 - (1 - 0.1)(1 - 0.05 / 0.5)) = 0.19
+    assert issues["label_quality"][0] == pytest.approx(0.19, abs=1e-6)
+    pd.DataFrame({"id": ["0"], "confidence": [0.5]}).to_parquet(dyn)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    assert f"--dynamics {dyn}: cannot read id, label, confidence, variability, is_pseudo" in r.stderr
+
+
+@pytest.mark.slow
+def test_dynamics_workflow_with_a_real_student_settles(runner, digits):
+    """detect-noise, distill, detect-noise --dynamics, then `labelkit run` retrains once and settles."""
+    assert runner.invoke(app, ["detect-noise", str(digits)]).exit_code == 0
+    assert runner.invoke(app, ["distill", str(digits), "--epochs", "20"]).exit_code == 0
+    r = runner.invoke(app, ["detect-noise", str(digits), "--dynamics", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["dynamics"]["n_with_dynamics"] > 100
+    cfg = digits / "lk.toml"
+    cfg.write_text("[distill]\nepochs = 20\n")
+    stages = json.loads(runner.invoke(app, ["run", str(digits), "--until", "distill", "--config", str(cfg), "--json"]).stdout)["stages"]
+    assert {s["stage"]: s["skipped"] for s in stages} == {"embed": True, "prototype": True, "pseudolabel": True, "detect-noise": True, "distill": False}
+    stages = json.loads(runner.invoke(app, ["run", str(digits), "--until", "distill", "--config", str(cfg), "--json"]).stdout)["stages"]
+    assert all(s["skipped"] for s in stages)

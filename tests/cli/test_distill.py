@@ -94,7 +94,8 @@ def blobs(tmp_path: Path) -> Path:
 @pytest.fixture
 def fast(tmp_path: Path) -> Path:
     cfg = tmp_path / "fast.toml"
-    cfg.write_text("[distill]\nepochs = 15\nhidden = 16\nbatch_size = 32\nlr = 0.01\ndevice = \"cpu\"\n")
+    # Only the accepted pseudo-labels, as soft labels: these tests know exactly which samples those are.
+    cfg.write_text("[distill]\nepochs = 15\nhidden = 16\nbatch_size = 32\nlr = 0.01\ndevice = \"cpu\"\npseudolabels = \"accepted\"\nsoft = true\n")
     return cfg
 
 
@@ -107,7 +108,8 @@ def test_student_folder_contents_and_up_to_date(runner, blobs, fast):
     r = runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--json"])
     out = _json(r)
     assert out["skipped"] is False and out["outputs"] == ["student"]
-    assert (out["n_trusted"], out["n_pseudo"], out["n_dropped_issues"], out["n_val"]) == (30, 45, 0, 0)
+    assert (out["n_trusted"], out["n_pseudo"], out["n_dropped_issues"], out["n_val"]) == (30, 45, 0, 30)
+    assert (out["estimate"], out["folds"]) == ("crossfit", 5)  # 10% of 30 is too few to hold out
     assert [u["stage"] for u in out["upstream"]] == ["embed"]  # pseudolabels.parquet was there already
     student = blobs / ".labelkit" / "student"
     assert sorted(p.name for p in student.iterdir()) == ["config.json", "dynamics.parquet", "metrics.json", "model.safetensors"]
@@ -180,8 +182,9 @@ def test_every_label_flagged_is_a_clear_error(runner, blobs, fast):
 
 
 def test_hard_targets_and_validation_split(runner, tmp_path, fast):
-    # 3 x 40 labeled: 10% = 12 held-out labels is below the minimum (20), so nothing is held out;
-    # --config val_fraction 0.25 holds out 30 and early stopping has a validation curve.
+    # 3 x 40 labeled: 10% = 12 held-out labels is below the minimum (20), so nothing is held out
+    # (--folds 0: no metrics either); --config val_fraction 0.25 holds out 30 and early stopping
+    # has a validation curve.
     x, y = _blob_vectors(n_per=60)
     labels = [CLASSES[c] if i % 60 < 40 else None for i, c in enumerate(y)]
     data = write_vectors(tmp_path / "d", x, labels)
@@ -189,16 +192,58 @@ def test_hard_targets_and_validation_split(runner, tmp_path, fast):
     ws.mkdir()
     unl = [i for i in range(len(y)) if labels[i] is None]
     write_pseudolabels(ws, [f"s{i:03d}" for i in unl], [CLASSES[y[i]] for i in unl], np.full(len(unl), 0.96), np.ones(len(unl), bool))
-    out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(fast), "--hard", "--json"]))
+    out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(fast), "--hard", "--folds", "0", "--json"]))
     assert (out["n_val"], out["n_trusted"], out["n_pseudo"]) == (0, 120, 60) and out["val_accuracy"] is None
+    assert out["estimate"] == "none"
     cfg = tmp_path / "val.toml"
     cfg.write_text(fast.read_text() + "val_fraction = 0.25\n")
     out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(cfg), "--json"]))
     assert (out["n_val"], out["n_trusted"]) == (30, 90)
     metrics = json.loads((ws / "student" / "metrics.json").read_text())
+    assert (metrics["estimate"], metrics["folds"], metrics["crossfit"]) == ("holdout", None, [])
     assert metrics["n_val"] == 30 and metrics["accuracy"] > 0.9 and 0 <= metrics["ece"] <= 1 and metrics["macro_f1"] > 0.9
     assert set(metrics["per_class_accuracy"]) == set(CLASSES)
     assert all(v is not None for v in metrics["rounds"][0]["curve"]["val_loss"])
+
+
+def test_issue5_small_trusted_set_gets_crossfit_metrics(runner, blobs, fast):
+    """Issue 5: with too few trusted labels to hold out, metrics.json still has held-out accuracy, macro-F1,
+    ECE and per-class accuracy, estimated by K-fold cross-fitting, and says so."""
+    out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--folds", "3", "--json"]))
+    metrics = json.loads((blobs / ".labelkit" / "student" / "metrics.json").read_text())
+    assert (metrics["estimate"], metrics["folds"], metrics["n_val"]) == ("crossfit", 3, 30)
+    assert metrics["accuracy"] > 0.9 and metrics["macro_f1"] > 0.9 and 0 <= metrics["ece"] <= 1
+    assert set(metrics["per_class_accuracy"]) == set(CLASSES) and None not in metrics["per_class_accuracy"].values()
+    # Every trusted label is predicted once, by the fold student that did not train on it.
+    folds = metrics["crossfit"]
+    assert [f["fold"] for f in folds] == [1, 2, 3] and sum(f["n_val"] for f in folds) == 30
+    assert metrics["accuracy"] == pytest.approx(sum(f["accuracy"] * f["n_val"] for f in folds) / 30, abs=1e-5)
+    # The saved student trained on all 30 trusted labels and the 45 pseudo-labels, for the full budget.
+    assert (metrics["n_trusted"], metrics["n_pseudo"]) == (30, 45) and out["epochs_run"] == 15
+    assert out["val_accuracy"] == metrics["accuracy"] and out["estimate"] == "crossfit"
+
+
+def test_crossfit_folds_never_see_their_trusted_labels(monkeypatch, blobs, fast, runner):
+    """Each fold's training rows exclude exactly that fold's trusted rows; the pseudo-labeled rows stay in."""
+    from labelkit.distill import training
+    from labelkit.stages import distill as stage
+
+    seen = []
+    real = stage._fit_rounds
+
+    def spy(progress, cfg, ts, x, n_classes, device):
+        seen.append((set(ts.train_rows[~ts.is_pseudo].tolist()), set(ts.train_rows[ts.is_pseudo].tolist())))
+        return real(progress, cfg, ts, x, n_classes, device)
+
+    monkeypatch.setattr(stage, "_fit_rounds", spy)
+    assert training  # the compute is untouched; only the stage's fold loop is observed
+    _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--folds", "3", "--json"]))
+    *folds, final = seen
+    assert len(folds) == 3 and len(final[0]) == 30 and len(final[1]) == 45
+    for trusted, pseudo in folds:
+        assert pseudo == final[1] and trusted < final[0]
+    held = [final[0] - trusted for trusted, _ in folds]
+    assert sorted(len(h) for h in held) == [10, 10, 10] and set().union(*held) == final[0]
 
 
 def test_self_training_rounds_use_the_recorded_threshold(runner, blobs, fast):
@@ -211,6 +256,22 @@ def test_self_training_rounds_use_the_recorded_threshold(runner, blobs, fast):
     # The round-1 student is confident (>= 0.9, the recorded threshold) on most of the 60 unlabeled
     # blob points, also on many of the 15 the teacher left out: more are accepted in round 2.
     assert 50 <= r2["n_pseudo"] <= 60 and out["n_pseudo"] == r2["n_pseudo"]
+
+
+def test_defaults_train_on_every_pseudo_label_weighted_by_confidence(runner, blobs, tmp_path):
+    """Default: all 60 pseudo-labels (the 15 unaccepted at p=0.6 too), hard, weighted by their confidence."""
+    cfg = tmp_path / "defaults.toml"
+    cfg.write_text("[distill]\nepochs = 15\nhidden = 16\nbatch_size = 32\nlr = 0.01\ndevice = \"cpu\"\nfolds = 0\n")
+    out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(cfg), "--json"]))
+    assert (out["n_trusted"], out["n_pseudo"]) == (30, 60)
+    from labelkit.config import DistillConfig
+    from labelkit.stages import distill as stage
+
+    ts = stage._assemble(DistillConfig(), np.array([0, -1, -1]), 3, np.array([0]), np.array([1, 2]), np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.6]]),
+                         np.array([0.9, 0.6]), np.zeros(0, np.int64), np.array([1, 2]), 0, 0.95)
+    assert ts.hard.tolist() == [0, 0, 2] and ts.weight.tolist() == [1.0, 0.9, 0.6] and not ts.soft.any()
+    out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(cfg), "--pseudolabels", "accepted", "--json"]))
+    assert out["n_pseudo"] == 45
 
 
 def test_acceptance_threshold_from_metadata():

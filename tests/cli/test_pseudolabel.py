@@ -80,3 +80,21 @@ def test_no_labels_no_text_tower_is_bad_input(runner, tmp_path):
     assert r.exit_code == 1
     assert "no sample is labeled and model 'precomputed' has no text tower" in r.stderr
     assert not (tmp_path / ".labelkit" / "pseudolabels.parquet").exists()
+
+
+def test_propagation_knobs_reach_the_artifact_params_and_are_validated(runner, tmp_path):
+    write_csv(tmp_path, 'id,embedding,label\na,"[1, 0]",x\nb,"[0, 1]",y\nc,"[0.9, 0.1]",\nd,"[0.1, 0.9]",\n')
+    r = runner.invoke(app, ["pseudolabel", str(tmp_path), "--weights", "1", "0", "0", "--gamma", "2", "--one-way-weight", "0.5",
+                            "--reach-prior", "0", "--no-refine", "--calibration-samples", "0", "--no-clean-seeds", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out["timings_s"]) == {"knn_graph", "clean_seeds", "score", "write"}
+    params = artifacts.read_metadata(tmp_path / ".labelkit" / "pseudolabels.parquet")["params"]
+    assert params["weights"] == [1.0, 0.0, 0.0] and params["gamma"] == 2.0 and params["refine"] is False
+    assert params["calibration_samples"] == 0 and params["clean_seeds"] is False
+    assert pq.read_table(tmp_path / ".labelkit" / "pseudolabels.parquet").column("label").to_pylist() == ["x", "y"]
+    bad = runner.invoke(app, ["pseudolabel", str(tmp_path), "--weights", "0", "0", "0"])
+    assert bad.exit_code == 1
+    assert "'weights' value error, must be 3 non-negative numbers, not all zero" in bad.stderr
+    bad = runner.invoke(app, ["pseudolabel", str(tmp_path), "--one-way-weight", "1.5"])
+    assert bad.exit_code == 1 and "'one_way_weight' input should be less than or equal to 1" in bad.stderr

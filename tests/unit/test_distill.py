@@ -14,7 +14,6 @@ import torch
 from labelkit.distill import (
     FitResult,
     TrainConfig,
-    _prepare_targets,
     build_student,
     distillation_loss,
     fit_student,
@@ -22,6 +21,7 @@ from labelkit.distill import (
     predict_proba,
     student_state,
 )
+from labelkit.distill.targets import _prepare_targets
 from labelkit.metrics import accuracy
 from labelkit.errors import BadInputError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelkit import evidence, noise
+from labelkit import cartography, evidence, noise
 from labelkit.errors import BadInputError
 from tests.unit.test_noise import _noisy
 
@@ -75,6 +75,43 @@ def test_conflicting_duplicates_are_symmetric():
     assert not evidence.find_conflicting_duplicates(labels, sims, idx, threshold=0.995).is_issue.any()
 
 
+def test_conflicting_duplicates_flag_only_the_less_supported_member():
+    # issue 4: one of two conflicting labels is right, so flagging both halves the precision
+    labels = np.array([0, 1, 1, 0, 0])
+    idx = np.array([[1, 2], [0, 2], [1, 0], [4, 0], [3, 0]])
+    sims = np.array([[0.99, 0.5], [0.99, 0.9], [0.99, 0.5], [0.99, 0.1], [0.99, 0.1]], dtype=np.float32)
+    labels[4] = 1  # 3-4 is a second conflicting pair, tied below
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5], [0.4, 0.6], [0.6, 0.4]])
+    res = evidence.find_conflicting_duplicates(labels, sims, idx, probs=probs)
+    # 0 (p=.8) vs 1 (p=.7): 1 is flagged; 1-2 same label; 3 (p=.4) vs 4 (p=.4): a tie flags both
+    assert res.is_issue.tolist() == [False, True, False, True, True]
+    assert res.partner.tolist() == [-1, 0, -1, 4, 3]
+    both = evidence.find_conflicting_duplicates(labels, sims, idx)
+    assert both.is_issue.tolist() == [True, True, False, True, True]
+    with pytest.raises(BadInputError, match=r"'probs' must have shape \(5, n_classes > max label\)"):
+        evidence.find_conflicting_duplicates(labels, sims, idx, probs=probs[:4])
+
+
+def test_choose_probs_scores_and_rules():
+    labels = np.array([0, 0, 1, 1, -1])
+    sharp = np.array([[0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.01, 0.99], [0.5, 0.5]])  # 3/4 right, one confident miss
+    soft = np.array([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.4, 0.6], [0.5, 0.5]])  # 3/4 right, never sure
+    by_acc = evidence.choose_probs(labels, {"sharp": sharp, "soft": soft})
+    assert by_acc.by == "accuracy" and by_acc.chosen == "sharp"  # tie at 0.75: the first candidate
+    assert by_acc.scores["sharp"]["accuracy"] == by_acc.scores["soft"]["accuracy"] == 0.75
+    ll_sharp = (3 * np.log(0.99) + np.log(0.01)) / 4
+    ll_soft = (3 * np.log(0.6) + np.log(0.4)) / 4
+    assert by_acc.scores["sharp"]["log_likelihood"] == pytest.approx(ll_sharp)
+    assert by_acc.scores["soft"]["log_likelihood"] == pytest.approx(ll_soft)
+    assert evidence.choose_probs(labels, {"sharp": sharp, "soft": soft}, by="log_likelihood").chosen == "soft"
+    zero = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])  # an exact 0 is clipped at 1e-6
+    assert evidence.choose_probs(labels, {"zero": zero}).scores["zero"]["log_likelihood"] == pytest.approx(np.log(1e-6) / 4)
+    with pytest.raises(BadInputError, match="'by' must be one of 'accuracy', 'log_likelihood'"):
+        evidence.choose_probs(labels, {"sharp": sharp}, by="f1")
+    with pytest.raises(BadInputError, match="'candidates' must hold at least one"):
+        evidence.choose_probs(labels, {})
+
+
 def test_outliers_by_robust_knn_distance():
     rng = np.random.default_rng(41)
     sims = (0.9 + 0.01 * rng.standard_normal((50, 4))).astype(np.float32)
@@ -114,3 +151,24 @@ def test_combine_evidence_without_probs_keeps_the_given_label():
     np.testing.assert_allclose(res.label_quality, [1.0, 1.0])
     with pytest.raises(BadInputError, match="'label' evidence must have 2 rows"):
         evidence.combine_evidence(np.array([0, 1]), label_issues=np.array([True]))
+
+
+def test_combine_evidence_with_dynamics_and_doubted_outliers():
+    # issue 4: outliers count only when the label is doubted; hard-to-learn dynamics are issues
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7]])
+    dyn = cartography.dynamics_evidence(np.array([0.9, 0.05, 0.9, np.nan, 0.9, 0.9]),
+                                        np.array([0.1, 0.02, 0.1, np.nan, 0.1, 0.1]))
+    # score of row 1 = (1 - 0.05) * (1 - 0.02 / 0.5) = 0.912; rows 0, 2, 4, 5: 0.1 * 0.8 = 0.08
+    out = evidence.Outliers(np.zeros(6, np.float32), np.array([0, 0, 0, 0.6, 0.7, 0], np.float32),
+                            np.array([False, False, False, True, True, False]))
+    res = evidence.combine_evidence(labels, probs=probs, label_issues=np.array([False, False, False, False, False, True]),
+                                    outliers=out, dynamics=dyn, doubted=np.array([False, False, False, True, False, False]))
+    np.testing.assert_allclose(res.label_quality, [0.9, 0.088, 0.8, 0.4, 0.3, 0.7], rtol=1e-5)
+    assert res.issue_type.tolist() == [None, "dynamics", None, "outlier", "outlier", "label"]
+    assert res.is_issue.tolist() == [False, True, False, True, False, True]  # row 4: an outlier alone
+    assert res.rank.tolist() == [6, 1, 5, 2, 4, 3]
+    plain = evidence.combine_evidence(labels, probs=probs, outliers=out)  # no doubt given: no outlier is an issue
+    assert not plain.is_issue.any() and plain.issue_type.tolist()[3:5] == ["outlier", "outlier"]
+    with pytest.raises(BadInputError, match="'doubted' must have 6 rows"):
+        evidence.combine_evidence(labels, outliers=out, doubted=np.array([True]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelkit import pseudolabel
+from labelkit import calibration
 from labelkit.errors import BadInputError
 from labelkit.metrics import accuracy, expected_calibration_error, macro_f1, per_class_accuracy
 
@@ -38,8 +38,8 @@ def test_macro_f1_counts_predicted_only_classes():
     assert macro_f1([0, 1], [0, 2]) == pytest.approx((1.0 + 0.0 + 0.0) / 3)
 
 
-def test_expected_calibration_error_is_the_pseudolabel_one():
-    assert expected_calibration_error is pseudolabel.expected_calibration_error
+def test_expected_calibration_error_is_the_calibration_one():
+    assert expected_calibration_error is calibration.expected_calibration_error
     p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
     # Bins (10): {0.9, 0.9} acc 1/2 -> |0.5 - 0.9| * 2/3; {0.6} acc 1 -> |1 - 0.6| * 1/3.
     assert expected_calibration_error(p, np.array([0, 1, 0]), n_bins=10) == pytest.approx(0.4)

@@ -32,61 +32,7 @@ def _two_clusters(rng, n=40, spread=0.15):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
 
 
-def _five_node_affinity():
-    # A weighted path 0-1-2-3-4 plus a chord 1-3.
-    a = np.zeros((5, 5))
-    for i, j, w in [(0, 1, 1.0), (1, 2, 0.5), (2, 3, 0.5), (3, 4, 1.0), (1, 3, 0.2)]:
-        a[i, j] = a[j, i] = w
-    return a
-
-
-# ------------------------------------------------------------------ label spreading
-
-
-def test_spread_labels_matches_closed_form_on_five_nodes():
-    a = _five_node_affinity()
-    y = np.zeros((5, 2))
-    y[0, 0] = y[4, 1] = 1.0
-    alpha = 0.8
-    d = a.sum(axis=1)
-    s = a / np.sqrt(np.outer(d, d))
-    closed = (1 - alpha) * np.linalg.inv(np.eye(5) - alpha * s) @ y
-    f = pl.spread_labels(a, y, alpha=alpha, tol=1e-10)
-    np.testing.assert_allclose(f, closed, atol=1e-8)
-    assert f[:2].argmax(axis=1).tolist() == [0, 0] and f[3:].argmax(axis=1).tolist() == [1, 1]
-    np.testing.assert_allclose(f[2, 0], f[2, 1], atol=1e-12)  # the middle node is symmetric
-
-
-def test_spread_labels_is_the_limit_of_the_iteration():
-    a = _five_node_affinity()
-    y = np.eye(5)[:, :3]
-    alpha = 0.9
-    d = a.sum(axis=1)
-    s = a / np.sqrt(np.outer(d, d))
-    f = np.zeros_like(y)
-    for _ in range(2000):  # F <- alpha S F + (1 - alpha) Y (Zhou et al. 2004)
-        f = alpha * s @ f + (1 - alpha) * y
-    np.testing.assert_allclose(pl.spread_labels(a, y, alpha=alpha, tol=1e-12), f, atol=1e-9)
-
-
-def test_spread_labels_rejects_asymmetric_affinity():
-    a = _five_node_affinity()
-    a[0, 4] = 1.0
-    with pytest.raises(BadInputError, match="symmetric"):
-        pl.spread_labels(a, np.zeros((5, 2)))
-
-
-def test_knn_affinity_is_symmetric_powered_and_down_weights_one_way_edges():
-    sims = np.array([[0.5, 0.2], [0.5, -0.3], [0.4, 0.0]], dtype=np.float32)
-    idx = np.array([[1, 2], [0, 2], [1, -1]])
-    a = pl.knn_affinity(sims, idx, gamma=2.0, one_way_weight=0.1).toarray()
-    np.testing.assert_allclose(a, a.T)
-    assert a[0, 1] == pytest.approx(0.25)  # mutual: 0 -> 1 and 1 -> 0
-    assert a[0, 2] == pytest.approx(0.1 * 0.04)  # one-way 0 -> 2
-    assert a[1, 2] == pytest.approx(0.1 * 0.16)  # one-way 2 -> 1 (1 -> 2 has a negative cosine: weight 0)
-    assert np.all(np.diag(a) == 0)
-    mutual_only = pl.knn_affinity(sims, idx, gamma=2.0, one_way_weight=0.0).toarray()
-    assert np.count_nonzero(mutual_only) == 2
+# ------------------------------------------------------------------ label spreading scores
 
 
 def test_label_spreading_scores_two_components():
@@ -127,8 +73,9 @@ def test_reach_prior_demotes_a_cluster_no_label_reaches():
     labels = np.full(12, -1)
     labels[[0, 8]] = [0, 1]  # A and C labeled; B has no label of its own
     ctx = pl._Context(np.eye(12, dtype=np.float32), sims, idx, 2, None, None)
-    plain = pl._propagate(labels, ctx, pl.PseudolabelOptions(reach_prior=0.0, refine=False))[1]
-    shrunk = pl._propagate(labels, ctx, pl.PseudolabelOptions(reach_prior=0.3, refine=False))[1]
+    opts = {r: pl.PseudolabelOptions(reach_prior=r, refine=False) for r in (0.0, 0.3)}
+    plain = pl._propagate(labels, pl._graph(ctx, opts[0.0]), ctx, opts[0.0])[1]
+    shrunk = pl._propagate(labels, pl._graph(ctx, opts[0.3]), ctx, opts[0.3])[1]
     assert (plain[4:8].argmax(axis=1) == 0).all() and plain[4:8, 0].min() > 0.99  # spreading alone: sure of B
     assert (shrunk[4:8].argmax(axis=1) == 0).all()  # same label ...
     assert shrunk[4:8, 0].max() < shrunk[1:4, 0].min()  # ... but less sure than A's own samples
@@ -172,71 +119,6 @@ def test_knn_vote_weights_by_similarity():
     assert p3[0, 0] > p[0, 0]  # gamma favours the strongest neighbour
 
 
-# ------------------------------------------------------------------ thresholds
-
-
-PROBS = np.array(
-    [
-        [0.97, 0.02, 0.01],  # 0: class 0, very confident
-        [0.96, 0.03, 0.01],  # 1: class 0
-        [0.90, 0.05, 0.05],  # 2: class 0, below 0.95
-        [0.10, 0.80, 0.10],  # 3: class 1
-        [0.05, 0.15, 0.80],  # 4: class 2
-        [0.40, 0.35, 0.25],  # 5: class 0, ambiguous
-    ]
-)
-
-
-def test_threshold_fixed():
-    assert pl.threshold_fixed(PROBS, tau=0.95).tolist() == [True, True, False, False, False, False]
-    assert pl.threshold_fixed(PROBS, tau=0.8).tolist() == [True, True, True, True, True, False]
-
-
-def test_threshold_flexmatch_lowers_thresholds_of_unlearned_classes():
-    # sigma = [2, 0, 0]: without warm-up beta = [1, 0, 0], thresholds [0.95, 0, 0].
-    assert pl.threshold_flexmatch(PROBS, tau=0.95, warmup=False).tolist() == [True, True, False, True, True, False]
-    # With warm-up the 4 unconfident samples normalise: beta_0 = 2/4, M = 0.5/1.5, threshold 0.3167.
-    assert pl.threshold_flexmatch(PROBS, tau=0.95, warmup=True).tolist() == [True, True, True, True, True, True]
-    p = PROBS.copy()
-    p[5] = [0.30, 0.40, 0.30]  # now class 1, conf 0.4 >= threshold 0
-    assert pl.threshold_flexmatch(p, tau=0.95, warmup=True)[5]
-
-
-def test_threshold_flexmatch_mapping_value():
-    # 3 confident of class 0, 1 of class 1, 0 unused: beta = [1, 1/3], threshold_1 = (1/3)/(5/3) tau = 0.2 tau.
-    p = np.array([[0.99, 0.01]] * 3 + [[0.01, 0.99], [0.21, 0.79], [0.81, 0.19]])
-    tau = 0.99
-    # Row 4: class 1 with conf 0.79 >= 0.198; row 5: class 0, 0.81 < 0.99.
-    assert pl.threshold_flexmatch(p, tau=tau, warmup=False).tolist() == [True, True, True, True, True, False]
-
-
-def test_threshold_top_per_class():
-    assert pl.threshold_top_per_class(PROBS, n_per_class=1).tolist() == [True, False, False, True, True, False]
-    assert pl.threshold_top_per_class(PROBS, n_per_class=2).tolist() == [True, True, False, True, True, False]
-    assert pl.threshold_top_per_class(PROBS, n_per_class=0).sum() == 0
-
-
-def test_threshold_margin():
-    # margins: 0.95, 0.93, 0.85, 0.70, 0.65, 0.05
-    assert pl.threshold_margin(PROBS, min_margin=0.8).tolist() == [True, True, True, False, False, False]
-    assert pl.threshold_margin(PROBS, min_margin=0.0).all()
-
-
-def test_accept_dispatches_on_rule():
-    assert pl.accept(PROBS, rule="top_per_class", value=1).tolist() == pl.threshold_top_per_class(PROBS, n_per_class=1).tolist()
-    assert pl.accept(PROBS, rule=pl.ThresholdRule.MARGIN, value=0.8).tolist() == pl.threshold_margin(PROBS, min_margin=0.8).tolist()
-
-
-def test_accept_rejects_unknown_rule():
-    with pytest.raises(BadInputError, match="'rule' must be one of"):
-        pl.accept(PROBS, rule="entropy", value=0.5)
-
-
-def test_threshold_rejects_bad_tau():
-    with pytest.raises(BadInputError, match=r"'tau' must be in \[0, 1\]. Got 1.5 instead."):
-        pl.threshold_fixed(PROBS, tau=1.5)
-
-
 # ------------------------------------------------------------------ soft labels
 
 
@@ -256,79 +138,6 @@ def test_soft_labels_sharpening():
     np.testing.assert_allclose(sharp, [[0.36 / 0.45, 0.09 / 0.45]])
     _, k_big = pl.soft_labels(p, top_k=10)
     assert k_big.shape == (1, 3)
-
-
-# ------------------------------------------------------------------ calibration
-
-
-def test_ece_hand_computed():
-    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
-    y = np.array([0, 1, 0, 1])
-    # bins of width 0.1: {0.9, 0.9}: acc 0.5 gap 0.4; {0.6}: gap 0.4; {0.8}: gap 0.2.
-    assert pl.expected_calibration_error(p, y, n_bins=10) == pytest.approx((2 * 0.4 + 0.4 + 0.2) / 4)
-    assert pl.expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
-
-
-def _sample_from(logits, rng):
-    p = pl._softmax(logits)
-    return np.array([rng.choice(p.shape[1], p=row) for row in p])
-
-
-def test_fit_temperature_recovers_the_true_temperature(rng):
-    z = rng.normal(scale=2.0, size=(4000, 5))
-    y = _sample_from(z, rng)  # labels drawn from softmax(z): the true temperature of 3 z is 3
-    assert pl.fit_temperature(3.0 * z, y) == pytest.approx(3.0, rel=0.08)
-
-
-def test_calibration_reduces_ece_on_an_overconfident_toy(rng):
-    z = rng.normal(scale=2.0, size=(3000, 4))
-    y = _sample_from(z, rng)
-    over = 4.0 * z  # overconfident scores
-    fit, test = slice(0, 1500), slice(1500, None)
-    t = pl.fit_temperature(over[fit], y[fit])
-    before = pl.expected_calibration_error(pl._softmax(over[test]), y[test])
-    after = pl.expected_calibration_error(pl._softmax(over[test] / t), y[test])
-    assert t > 2.5 and before > 0.15 and after < 0.05
-
-
-def test_fit_temperature_smoothing_keeps_perfect_scores_finite():
-    z = np.array([[5.0, 0.0], [0.0, 5.0]] * 10)
-    y = np.array([0, 1] * 10)
-    assert pl.fit_temperature(z, y) == pytest.approx(1e-3)  # no prior: T -> lower bound
-    eps = pl._laplace_smoothing(20, 2)
-    t = pl.fit_temperature(z, y, smoothing=eps)
-    conf = pl._softmax(z / t).max(axis=1)
-    assert conf.mean() == pytest.approx(21 / 22, abs=1e-3)  # rule of succession (n+1)/(n+2)
-
-
-# ------------------------------------------------------------------ prior shift
-
-
-def test_em_prior_shift_recovers_a_known_shift(rng):
-    # Two unit-variance Gaussians at -1 and +1; posteriors computed under training priors 0.5/0.5.
-    n, pi_new = 20000, np.array([0.8, 0.2])
-    y = rng.choice(2, size=n, p=pi_new)
-    x = rng.normal(loc=np.where(y == 0, -1.0, 1.0))
-    lik = np.stack([np.exp(-0.5 * (x + 1) ** 2), np.exp(-0.5 * (x - 1) ** 2)], axis=1)
-    post = lik / lik.sum(axis=1, keepdims=True)
-    adjusted, priors = pl.em_prior_shift(post, np.array([0.5, 0.5]), max_iter=1000, tol=1e-8)
-    np.testing.assert_allclose(priors, pi_new, atol=0.02)
-    true_post = lik * pi_new / (lik * pi_new).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(adjusted, true_post, atol=0.03)
-    assert (adjusted.argmax(1) == y).mean() > (post.argmax(1) == y).mean()
-
-
-def test_em_prior_shift_without_shift_stays_put(rng):
-    p = rng.dirichlet(np.ones(3), size=300)
-    pri = p.mean(axis=0)
-    adjusted, priors = pl.em_prior_shift(p, pri, max_iter=50)
-    np.testing.assert_allclose(priors, pri, atol=1e-6)
-    np.testing.assert_allclose(adjusted, p, atol=1e-5)
-
-
-def test_em_prior_shift_rejects_bad_priors():
-    with pytest.raises(BadInputError, match="'train_priors' must be 2 positive values summing to 1"):
-        pl.em_prior_shift(np.array([[0.5, 0.5]]), np.array([1.0, 0.0]))
 
 
 # ------------------------------------------------------------------ the top level
@@ -409,16 +218,6 @@ def test_pseudolabel_is_deterministic(rng):
     b = pl.pseudolabel(x, labels, 2, graph)
     np.testing.assert_array_equal(a.probs, b.probs)
 
-
-def test_folds_are_stratified():
-    labels = np.array([0] * 10 + [1] * 5 + [-1] * 3)
-    fold = pl._folds(labels, 5, seed=0)
-    assert (fold[labels < 0] == -1).all()
-    for c in (0, 1):
-        counts = np.bincount(fold[labels == c], minlength=5)
-        assert counts.max() - counts.min() <= 1
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -482,3 +281,59 @@ def test_pseudolabel_needs_labels_or_text_prototypes(rng):
     # Zero-shot from class-name anchors alone works.
     r = pl.pseudolabel(x, np.full(y.size, -1), 2, graph, text_prototypes=np.eye(2, 8, dtype=np.float32))
     assert (r.label == y).all() and r.n_calibration == 0
+
+
+def test_soft_labels_equal_sharpening_every_class_then_keeping_the_top_k(rng):
+    p = rng.dirichlet(np.ones(7), size=30).astype(np.float32)
+    labels, probs = pl.soft_labels(p, top_k=3, temperature=0.7)
+    sharp = p.astype(np.float64) ** (1 / 0.7)
+    sharp /= sharp.sum(axis=1, keepdims=True)
+    order = np.argsort(-sharp, axis=1, kind="stable")[:, :3]
+    top = np.take_along_axis(sharp, order, axis=1)
+    np.testing.assert_array_equal(labels, order)
+    np.testing.assert_allclose(probs, top / top.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_heldout_calibration_covers_every_seed_and_calibration_samples_cap_the_final_pass(rng):
+    x, y = _two_clusters(rng, n=60)
+    labels = np.where(np.arange(60) % 2 == 0, y, -1)  # 30 seeds, 6 per fold
+    graph = _brute_knn(x, 6)
+    c = pl.heldout_calibration(x, labels, 2, graph, options=pl.PseudolabelOptions(calibration_samples=1))
+    rows, probs = c.rows, c.probs
+    assert rows.tolist() == np.flatnonzero(labels >= 0).tolist() and (probs.argmax(axis=1) == y[rows]).all()
+    capped = pl.pseudolabel(x, labels, 2, graph, options=pl.PseudolabelOptions(calibration_samples=10))
+    full = pl.pseudolabel(x, labels, 2, graph, options=pl.PseudolabelOptions(calibration_samples=None))
+    assert capped.heldout.sum() == 12 and full.heldout.sum() == 30  # two folds of 6 reach 10
+    assert (capped.label == y).all() and (full.label == y).all()
+    unl = labels < 0
+    np.testing.assert_allclose(full.probs[full.heldout], probs, atol=1e-6)  # the same out-of-fold scores
+    assert capped.probs.dtype == np.float32 and abs(capped.confidence[unl].mean() - full.confidence[unl].mean()) < 0.05
+
+
+def test_pseudolabel_reusing_a_heldout_calibration_gives_the_same_result(rng):
+    x, y = _two_clusters(rng, n=60)
+    labels = np.where(np.arange(60) % 2 == 0, y, -1)
+    graph = _brute_knn(x, 6)
+    opts = pl.PseudolabelOptions(calibration_samples=None)
+    cal = pl.heldout_calibration(x, labels, 2, graph, options=opts)
+    fresh, reused = pl.pseudolabel(x, labels, 2, graph, options=opts), pl.pseudolabel(x, labels, 2, graph, options=opts, calibration=cal)
+    np.testing.assert_allclose(reused.probs, fresh.probs, atol=1e-6)
+    assert reused.temperature == fresh.temperature and reused.ece == fresh.ece
+    other = labels.copy()
+    other[cal.rows[0]] = -1
+    with pytest.raises(BadInputError, match="not labeled here"):
+        pl.pseudolabel(x, other, 2, graph, options=opts, calibration=cal)
+
+
+def test_ensemble_without_refinement_keeps_the_propagation_scores_of_labeled_rows(rng):
+    # Without refinement the first and final rounds are one array; the ensemble's transductive
+    # prototypes set labeled rows one-hot in the first round, which must not leak into the final.
+    x, y = _two_clusters(rng, n=40, spread=1.0)  # overlapping: spread scores are never one-hot
+    labels = np.where(np.arange(40) % 4 == 0, y, -1)
+    opts = pl.PseudolabelOptions(refine=False, reach_prior=0.0)
+    ctx = pl._Context(x, *_brute_knn(x, 5), 2, None, None)
+    spreader = pl._graph(ctx, opts)
+    expected = pl._propagate(labels, spreader, ctx, opts)[1]
+    got = pl._components(labels, ctx, spreader, opts, heldout=False)["propagation"]
+    np.testing.assert_array_equal(got, expected)
+    assert got[labels >= 0].max() < 1.0  # spread scores, not one-hot

@@ -1,0 +1,117 @@
+"""The hyper-parameters of a student fit (:class:`TrainConfig`) and the student config they give."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from labelkit.distill.students import STUDENTS
+from labelkit.errors import BadInputError
+
+__all__ = ["TrainConfig", "student_config"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`fit_student` (defaults in one place; checked on construction).
+
+    Parameters
+    ----------
+    architecture : {"mlp", "linear", "cnn"}, default="mlp"
+    hidden : int, default=512
+        Hidden width of the MLP head.
+    width : int, default=32
+        Channels of the first CNN stage (then 2x, 4x).
+    dropout : float, default=0.1
+    epochs : int, default=100
+        Maximum number of epochs.
+    batch_size : int, default=256
+    lr : float, default=1e-3
+        Peak AdamW learning rate; cosine-annealed to 0 over ``epochs``.
+    weight_decay : float, default=1e-2
+        AdamW decoupled weight decay.
+    temperature : float, default=2.0
+        Distillation temperature T (Hinton et al. 2015); the KL term is scaled by T**2.
+    alpha : float, default=0.5
+        Weight of the soft (KL) term for samples that have both a soft target and a trusted hard
+        label; the hard cross-entropy gets ``1 - alpha``. Samples with only one kind of target
+        get weight 1 on it.
+    confidence_weighting : bool, default=True
+        Weight each pseudo-labeled sample (soft target, no hard label) by the teacher's
+        confidence max_k t_ik; trusted samples keep weight 1.
+    soften_below : float, default=0.5
+        FerKD-style target adaptation: a soft target whose confidence in its label (the trusted
+        label when there is one, else its argmax) is below this is replaced by a label-smoothed
+        one-hot of that label. 0 disables it.
+    label_smoothing : float, default=0.1
+        Smoothing epsilon of those replacement targets: (1 - eps) one-hot + eps / K.
+    val_fraction : float, default=0.1
+        Fraction of the trusted (hard-labeled) samples held out for early stopping when no
+        explicit ``val`` set is given. If it rounds to 0 samples, there is no early stopping.
+    patience : int, default=10
+        Stop after this many epochs without a lower validation loss; the best epoch's weights
+        are restored.
+    amp : bool, default=True
+        Mixed precision (torch.autocast, bf16 where supported else fp16 with loss scaling) on CUDA.
+        Ignored on CPU.
+    """
+
+    architecture: str = "mlp"
+    hidden: int = 512
+    width: int = 32
+    dropout: float = 0.1
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    temperature: float = 2.0
+    alpha: float = 0.5
+    confidence_weighting: bool = True
+    soften_below: float = 0.5
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    patience: int = 10
+    amp: bool = True
+
+    def __post_init__(self):
+        if self.architecture not in STUDENTS:
+            raise BadInputError(f"'architecture' must be one of {sorted(STUDENTS)}. Got {self.architecture!r} instead.")
+        for name in ("hidden", "width", "epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
+                raise BadInputError(f"'{name}' must be an int >= 1. Got {v!r} instead.")
+        for name in ("lr", "temperature"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise BadInputError(f"'{name}' must be > 0. Got {v!r} instead.")
+        ranges = {
+            "dropout": (0.0, 1.0, False),
+            "weight_decay": (0.0, math.inf, True),
+            "alpha": (0.0, 1.0, True),
+            "soften_below": (0.0, 1.0, True),
+            "label_smoothing": (0.0, 1.0, False),
+            "val_fraction": (0.0, 1.0, False),
+        }
+        for name, (lo, hi, hi_incl) in ranges.items():
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and lo <= v and (v <= hi if hi_incl else v < hi)
+            if not ok:
+                bracket = "]" if hi_incl else ")"
+                raise BadInputError(f"'{name}' must be in [{lo}, {hi}{bracket}. Got {v!r} instead.")
+
+
+
+def student_config(config: TrainConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
+    """The JSON-able :func:`build_student` config for ``config.architecture`` on inputs of ``input_shape`` (no batch axis)."""
+    arch = config.architecture
+    if arch == "cnn":
+        return {"architecture": "cnn", "in_channels": int(input_shape[0]), "n_classes": int(n_classes),
+                "width": config.width, "dropout": config.dropout}
+    out = {"architecture": arch, "in_dim": int(input_shape[0]), "n_classes": int(n_classes)}
+    if arch == "mlp":
+        out.update(hidden=config.hidden, dropout=config.dropout)
+    return out
+

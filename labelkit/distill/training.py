@@ -1,0 +1,340 @@
+"""The training loop: :func:`fit_student` (distillation, early stopping, training dynamics)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labelkit._progress import NULL, Progress
+from labelkit._validation import check_labels
+from labelkit.device import resolve_device
+from labelkit.distill.inference import _batched_logits
+from labelkit.distill.students import STUDENTS, _attach_generator, _reset_parameters, _set_standardize, build_student
+from labelkit.distill.targets import _check_soft, _check_weight, _distillation_loss, _prepare_targets
+from labelkit.distill.train_config import TrainConfig, student_config
+from labelkit.errors import BadInputError
+
+__all__ = ["FitResult", "fit_student"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit_student` returns.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The student with the best epoch's weights, in eval mode, on the training device.
+    student_config : dict
+        JSON-able config for :func:`build_student` (save it next to ``student_state(model)``).
+    train_loss, val_loss, val_acc : ndarray of shape (n_epochs_run,)
+        Per-epoch training loss (weighted mean of the distillation loss), validation
+        cross-entropy and accuracy (NaN when there is no validation set).
+    best_epoch : int
+        0-based index into the curves of the epoch whose weights were kept.
+    stopped_early : bool
+        True when patience ran out before ``config.epochs``.
+    val_indices : ndarray of shape (n_val,)
+        Rows of ``x`` held out for validation (empty when ``val`` was given or none were held out).
+    target_labels : ndarray of shape (n_samples,)
+        The label the dynamics follow: the trusted label, else the argmax of the soft target.
+    confidence, variability, correctness : ndarray of shape (n_samples,)
+        Training dynamics (Swayamdipta et al. 2020): mean and std over epochs of the model's
+        probability of ``target_labels`` at the end of each epoch, and the fraction of epochs
+        whose argmax equals it. NaN for held-out validation rows.
+    seconds : float
+        Wall time of the fit.
+    """
+
+    model: nn.Module
+    student_config: dict
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    val_acc: np.ndarray
+    best_epoch: int
+    stopped_early: bool
+    val_indices: np.ndarray
+    target_labels: np.ndarray
+    confidence: np.ndarray
+    variability: np.ndarray
+    correctness: np.ndarray
+    seconds: float = field(default=0.0)
+
+
+def _amp_dtype(device: str, enabled: bool) -> torch.dtype | None:
+    if not (enabled and device.startswith("cuda")):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+
+def _check_x(x, arch: str, name: str = "x") -> np.ndarray:
+    arr = np.asarray(x)
+    want = STUDENTS[arch].input_ndim
+    if arr.ndim != want:
+        shape = "(n_samples, dim)" if want == 2 else "(n_samples, channels, height, width)"
+        raise BadInputError(f"'{name}' must be {want}-D {shape} for architecture {arch!r}. Got shape {arr.shape} instead.")
+    if want == 4 and (arr.shape[2] < 4 or arr.shape[3] < 4):
+        raise BadInputError(f"'{name}' images must be at least 4x4. Got {arr.shape[2]}x{arr.shape[3]} instead.")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise BadInputError(f"'{name}' contains NaN or infinite values.")
+    return arr
+
+
+def fit_student(
+    x,
+    labels,
+    soft=None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    sample_weight=None,
+    val: tuple[Any, Any] | None = None,
+    progress: Progress | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> FitResult:
+    """Train a student on trusted hard labels and teacher soft targets (knowledge distillation).
+
+    Loss (see :func:`distillation_loss`): T²-scaled KL at temperature T on soft targets plus
+    cross-entropy on trusted hard labels, per-sample weighted. Before training:
+
+    * FerKD-style softening: a soft target whose probability of the sample's label (the trusted
+      label, else its own argmax) is below ``config.soften_below`` is replaced by
+      ``(1 - eps) onehot(label) + eps / K`` (``eps = config.label_smoothing``).
+    * Confidence weighting (``config.confidence_weighting``): pseudo-labeled samples (soft target,
+      no hard label) are weighted by the teacher's confidence max_k t_ik, times ``sample_weight``.
+
+    AdamW with a per-step cosine schedule from ``config.lr`` to 0 over ``config.epochs``. Early
+    stopping on the validation cross-entropy with ``config.patience``; the best epoch's weights are
+    kept. Seeded and deterministic on CPU: initialisation, data order and dropout masks come from
+    generators seeded with ``seed`` (global RNG state is neither read nor changed). On CUDA,
+    ``config.amp`` enables mixed precision (results may vary at the last bits there).
+
+    Training dynamics (Swayamdipta et al. 2020) are recorded for every training sample: after each
+    epoch the model (eval mode) gives p(target label | x_i); ``confidence`` is its mean over epochs,
+    ``variability`` its standard deviation, ``correctness`` the fraction of epochs whose argmax is
+    the target label.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, dim), or (n_samples, channels, height, width) for ``cnn``
+        Inputs (embeddings, or image tensors), float.
+    labels : ndarray of shape (n_samples,)
+        Trusted hard labels, -1 where the sample has only a soft target.
+    soft : ndarray of shape (n_samples, n_classes), default=None
+        Teacher probabilities (e.g. pseudo-labels' ``top_probs``); a row of zeros means "none".
+        None: hard labels only, and then ``n_classes = labels.max() + 1``.
+    config : TrainConfig, default=TrainConfig()
+    sample_weight : ndarray of shape (n_samples,), default=None
+        Non-negative per-sample weights.
+    val : tuple (x_val, labels_val), default=None
+        Explicit validation set for early stopping (hard labels). None: hold out
+        ``config.val_fraction`` of the trusted samples of ``x``.
+    progress : Progress, default=None
+        None reports nothing. Otherwise reports a ``"distill"`` task with ``total=config.epochs``, one advance per epoch and
+        ``loss``, ``val_loss``, ``val_acc`` fields.
+    seed : int, default=0
+    device : str, default="cpu"
+        "cpu", "cuda[:n]" or "auto".
+
+    Returns
+    -------
+    result : FitResult
+
+    References
+    ----------
+    Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015.
+    Zhang, Shen, Xing, "FerKD: Surgical Label Adaptation for Efficient Distillation", ICCV 2023.
+    Xu et al., "End-to-End Semi-Supervised Object Detection with Soft Teacher", ICCV 2021.
+    Swayamdipta et al., "Dataset Cartography: Mapping and Diagnosing Datasets with Training
+    Dynamics", EMNLP 2020.
+    Loshchilov, Hutter, "Decoupled Weight Decay Regularization" (AdamW) and "SGDR" (cosine), 2019/2017.
+
+    Examples
+    --------
+    >>> from labelkit.distill import predict_proba
+    >>> x = np.array([[-2.0, 0.0], [-1.0, 0.5], [1.0, 0.0], [2.0, 0.5]], dtype=np.float32)
+    >>> r = fit_student(x, np.array([0, 0, 1, 1]), config=TrainConfig(architecture="linear", epochs=30, lr=0.1))
+    >>> predict_proba(r.model, x).argmax(1).tolist()
+    [0, 0, 1, 1]
+    """
+    if not isinstance(config, TrainConfig):
+        raise BadInputError(f"'config' must be a TrainConfig. Got {type(config).__name__} instead.")
+    x = _check_x(x, config.architecture)
+    n = x.shape[0]
+    if soft is not None:
+        soft = np.asarray(soft)
+        n_classes = soft.shape[1] if soft.ndim == 2 else None
+        hard = check_labels(labels, n_classes=n_classes)
+        soft = _check_soft(soft, n, n_classes)
+    else:
+        hard = check_labels(labels)
+        if hard.size == 0 or hard.max() < 0:
+            raise BadInputError("'labels' has no labeled sample and no 'soft' targets were given; nothing to train on.")
+        n_classes = int(hard.max()) + 1
+    if hard.shape[0] != n:
+        raise BadInputError(f"'labels' must have length {n} (rows of x). Got {hard.shape[0]} instead.")
+    if n_classes < 2:
+        raise BadInputError(f"'n_classes' must be >= 2. Got {n_classes} instead.")
+    weight = _check_weight(sample_weight, n)
+    no_target = (hard < 0) & (np.zeros(n, bool) if soft is None else soft.sum(axis=1) == 0)
+    if no_target.any():
+        raise BadInputError(
+            f"{int(no_target.sum())} samples have neither a hard label nor a soft target "
+            f"(first: row {int(np.flatnonzero(no_target)[0])}); drop them or give them a target."
+        )
+    if val is not None:
+        if not (isinstance(val, tuple) and len(val) == 2):
+            raise BadInputError("'val' must be a tuple (x_val, labels_val).")
+        x_val = _check_x(val[0], config.architecture, name="val[0]")
+        y_val = check_labels(val[1], n_classes=n_classes, allow_unlabeled=False, name="val[1]")
+        if x_val.shape[1:] != x.shape[1:] or y_val.shape[0] != x_val.shape[0]:
+            raise BadInputError(f"'val' must hold x_val of shape (m, {', '.join(map(str, x.shape[1:]))}) and labels (m,).")
+        val = (x_val, y_val)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BadInputError(f"'seed' must be an int >= 0. Got {seed!r} instead.")
+    device = resolve_device(device)
+    progress = NULL if progress is None else progress
+    return _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, int(seed), device)
+
+
+def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, device) -> FitResult:
+    """Unchecked :func:`fit_student`."""
+    t0 = time.perf_counter()
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    targets = _prepare_targets(soft, hard, weight, n_classes, config)
+
+    # Validation split: a random part of the trusted labels, or the caller's set.
+    val_idx = np.zeros(0, dtype=np.int64)
+    if val is None:
+        trusted = np.flatnonzero(hard >= 0)
+        n_val = int(round(config.val_fraction * trusted.size))
+        if n_val >= 1 and trusted.size - n_val >= 1:
+            perm = torch.randperm(trusted.size, generator=gen).numpy()
+            val_idx = np.sort(trusted[perm[:n_val]])
+            val = (x[val_idx], hard[val_idx])
+        else:
+            val = None
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    n_train = train_idx.size
+
+    x_t = torch.from_numpy(x)
+    x_train = x_t[torch.from_numpy(train_idx)]
+    tg = {k: torch.from_numpy(getattr(targets, k)[train_idx]) for k in ("tempered", "hard", "a", "b", "w")}
+    if val is not None:
+        xv, yv = torch.from_numpy(val[0]), torch.from_numpy(val[1])
+
+    cfg = student_config(config, x.shape[1:], n_classes)
+    model = build_student(cfg)
+    _reset_parameters(model, gen)
+    _set_standardize(model, x[train_idx])
+    model.to(device)
+    dev_gen = torch.Generator(device=device).manual_seed(seed)
+    _attach_generator(model, dev_gen)
+
+    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for name, p in model.named_parameters() if p.ndim <= 1]  # biases, norms
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    amp_dtype = _amp_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=amp_dtype)
+
+    train_loss, val_loss, val_acc, dyn = [], [], [], []
+    best = (math.inf, -1, None)  # (val loss, epoch, state)
+    stopped_early = False
+    label_train = torch.from_numpy(targets.label[train_idx])
+    eval_bs = max(config.batch_size, 1024)
+    with progress.task("distill", total=config.epochs) as task:
+        for epoch in range(config.epochs):
+            model.train()
+            perm = torch.randperm(n_train, generator=gen)
+            tot, wsum = 0.0, 0.0
+            for s in range(0, n_train, config.batch_size):
+                bi = perm[s : s + config.batch_size]
+                xb = x_train[bi].to(device, non_blocking=True)
+                batch = [tg[k][bi].to(device, non_blocking=True) for k in ("tempered", "hard", "a", "b", "w")]
+                with autocast():
+                    logits = model(xb)
+                loss = _distillation_loss(logits, *batch, config.temperature)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                bw = float(batch[-1].sum())
+                tot += float(loss.detach()) * bw
+                wsum += bw
+            train_loss.append(tot / max(wsum, 1e-12))
+
+            # Dataset cartography: p(label | x) for each training sample at the end of the epoch.
+            probs = torch.softmax(_batched_logits(model, x_train, eval_bs, device), dim=1)
+            p_label = probs.gather(1, label_train.unsqueeze(1)).squeeze(1)
+            dyn.append(torch.stack([p_label, (probs.argmax(1) == label_train).float()]).numpy())
+
+            if val is not None:
+                vlog = _batched_logits(model, xv, eval_bs, device)
+                vl = float(F.cross_entropy(vlog, yv))
+                va = float((vlog.argmax(1) == yv).float().mean())
+            else:
+                vl, va = math.nan, math.nan
+            val_loss.append(vl)
+            val_acc.append(va)
+            task.advance()
+            task.update(loss=train_loss[-1], val_loss=vl, val_acc=va)
+
+            if val is None:
+                best = (math.nan, epoch, None)
+            elif vl < best[0]:
+                best = (vl, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            elif epoch - best[1] >= config.patience:
+                stopped_early = epoch + 1 < config.epochs
+                break
+
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    best_epoch = best[1] if best[1] >= 0 else len(train_loss) - 1  # val loss never finite: keep the last
+    _attach_generator(model, None)
+    model.eval()
+
+    dyn_arr = np.stack(dyn)  # (E, 2, n_train)
+    confidence = np.full(n, np.nan)
+    variability = np.full(n, np.nan)
+    correctness = np.full(n, np.nan)
+    confidence[train_idx] = dyn_arr[:, 0].mean(axis=0)
+    variability[train_idx] = dyn_arr[:, 0].std(axis=0)
+    correctness[train_idx] = dyn_arr[:, 1].mean(axis=0)
+    return FitResult(
+        model=model,
+        student_config=cfg,
+        train_loss=np.asarray(train_loss),
+        val_loss=np.asarray(val_loss),
+        val_acc=np.asarray(val_acc),
+        best_epoch=int(best_epoch),
+        stopped_early=stopped_early,
+        val_indices=val_idx,
+        target_labels=targets.label,
+        confidence=confidence,
+        variability=variability,
+        correctness=correctness,
+        seconds=time.perf_counter() - t0,
+    )
