@@ -20,6 +20,17 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and immune to a busy machine. Restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

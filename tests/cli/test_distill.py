@@ -22,13 +22,7 @@ from labelkit.stages.distill import acceptance_threshold
 N_PER, DIM, CLASSES = 30, 8, ("a", "b", "c")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and immune to a busy machine. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blob_vectors(seed: int = 0, n_per: int = N_PER) -> tuple[np.ndarray, np.ndarray]:

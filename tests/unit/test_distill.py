@@ -25,13 +25,7 @@ from labelkit.distill.targets import _prepare_targets
 from labelkit.metrics import accuracy
 from labelkit.errors import BadInputError
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread is faster, and immune to a busy machine. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = TrainConfig(architecture="mlp", hidden=32, epochs=30, batch_size=32, lr=1e-2)

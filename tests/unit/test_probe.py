@@ -10,13 +10,7 @@ from labelkit.errors import BadInputError
 from labelkit.probe import ProbeConfig, _fit_probe, _stratified_folds, cross_val_probs
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and immune to a busy machine. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n_per: int = 40, dim: int = 8, sep: float = 6.0, seed: int = 0):
