@@ -69,15 +69,21 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
     text = class_embeddings(ws, a.classes)
     options = _options(cfg)
     labels, dropped, cal = a.labels, np.zeros(len(a.labels), bool), None
-    with ctx.progress.task("pseudolabel", total=None):
+    # Two steps, each one or more label propagations: checking the seeds, then scoring.
+    with ctx.progress.task("pseudolabel", total=2) as task:
+        task.update(step="clean seeds")
         if cfg.clean_seeds and seeds.can_clean(a.labels, cfg.calibration_folds):
             cal = compute.heldout_calibration(a.vectors, a.labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
             labels, dropped = seeds.drop_doubted(a.labels, cal.rows, cal.probs)
         clock.lap("clean_seeds")
+        task.advance()
+        task.update(step="score")
         # With every seed kept, the folds just scored are those the final pass would score again.
         reuse = cal if cal is not None and not dropped.any() else None
         r = compute.pseudolabel(a.vectors, labels, len(a.classes), graph, protos, text_prototypes=text, options=options, calibration=reuse)
         clock.lap("score")
+        task.advance()
+        task.update(step="done")
     del graph
     rows = np.flatnonzero(a.labels < 0)
     # Accept among the rows written (doubted seeds were scored as unlabeled but are not written).
