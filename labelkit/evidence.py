@@ -322,7 +322,8 @@ def choose_probs(labels: np.ndarray, candidates: Mapping[str, np.ndarray], *,
 
     Both scores are computed for every candidate over the labeled rows: ``accuracy`` (share
     whose argmax is the given label) and ``log_likelihood`` (mean log p[i, y_i], p clipped
-    below at 1e-6). ``by`` picks the winner; ties go to the first candidate. The given labels
+    below at 1e-6). ``by`` picks the winner, the other score breaks a tie (then the first
+    candidate wins). The given labels
     are noisy, but under noise that flips a label to the other classes uniformly, accuracy
     against the given labels is (1 - eta) acc + eta (1 - acc) / (K - 1), increasing in the
     clean accuracy whenever eta < (K - 1) / K, so it ranks the sources as clean accuracy would.
@@ -365,7 +366,9 @@ def choose_probs(labels: np.ndarray, candidates: Mapping[str, np.ndarray], *,
             SelectBy.ACCURACY.value: float(np.mean(probs[lab].argmax(axis=1) == labels[lab])),
             SelectBy.LOG_LIKELIHOOD.value: float(np.mean(np.log(np.maximum(given, _LL_FLOOR)))),
         }
-    chosen = max(scores, key=lambda k: scores[k][by.value])  # max keeps the first of equals
+    other = next(m.value for m in SelectBy if m is not by)
+    # Accuracy ties often on few labels; then the likelihood still tells the sources apart.
+    chosen = max(scores, key=lambda k: (scores[k][by.value], scores[k][other]))  # max keeps the first of equals
     return ProbsChoice(chosen, by.value, scores)
 
 

@@ -97,7 +97,9 @@ def test_choose_probs_scores_and_rules():
     sharp = np.array([[0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.01, 0.99], [0.5, 0.5]])  # 3/4 right, one confident miss
     soft = np.array([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.4, 0.6], [0.5, 0.5]])  # 3/4 right, never sure
     by_acc = evidence.choose_probs(labels, {"sharp": sharp, "soft": soft})
-    assert by_acc.by == "accuracy" and by_acc.chosen == "sharp"  # tie at 0.75: the first candidate
+    assert by_acc.by == "accuracy" and by_acc.chosen == "soft"  # tie at 0.75: the likelihood breaks it
+    assert evidence.choose_probs(labels, {"soft": soft, "sharp": sharp}).chosen == "soft"  # whatever the order
+    assert evidence.choose_probs(labels, {"a": soft, "b": soft.copy()}).chosen == "a"  # a full tie: the first
     assert by_acc.scores["sharp"]["accuracy"] == by_acc.scores["soft"]["accuracy"] == 0.75
     ll_sharp = (3 * np.log(0.99) + np.log(0.01)) / 4
     ll_soft = (3 * np.log(0.6) + np.log(0.4)) / 4
