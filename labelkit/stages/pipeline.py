@@ -69,7 +69,7 @@ def run_pipeline(ctx: RunContext, *, start: str | None = None, until: str | None
         raise BadInputError(f"--from {start} comes after --until {until}")
     results = []
     for name in ORDER[lo:hi + 1]:
-        results.append(run_stage(ctx, name, force=force or name == "report"))
+        results.append(run_stage(ctx, name, force=force))
     return results
 
 
