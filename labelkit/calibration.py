@@ -18,6 +18,7 @@ import numpy as np
 from labelkit._probability import ROW_CHUNK, check_positive, check_unit, log_probs, normalize_rows, softmax
 from labelkit._validation import check_labels, check_probs
 from labelkit.errors import BadInputError
+from labelkit.folds import stratified_folds
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], "dict[str, np.ndarray]"]
 
@@ -229,13 +230,9 @@ def _mean_adjusted(probs, ratio) -> np.ndarray:
 
 def _folds(labels, n_folds: int, seed: int) -> np.ndarray:
     """Stratified fold id of each labeled sample (-1 for unlabeled)."""
-    rng = np.random.default_rng(seed)
     fold = np.full(labels.shape[0], -1, dtype=np.int64)
-    offset = 0
-    for c in np.unique(labels[labels >= 0]):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        fold[members] = (offset + np.arange(members.size)) % n_folds
-        offset += members.size  # continue the cycle so small classes spread over folds
+    lab = labels >= 0
+    fold[lab] = stratified_folds(labels[lab], n_folds, np.random.default_rng(seed))
     return fold
 
 

@@ -17,6 +17,7 @@ from labelkit._progress import NULL, Progress
 from labelkit._validation import check_embeddings, check_labels
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
+from labelkit.folds import stratified_folds
 
 __all__ = ["ProbeConfig", "cross_val_probs"]
 
@@ -45,19 +46,6 @@ class ProbeConfig:
             raise BadInputError(f"'C' must be > 0. Got {self.C!r} instead.")
         if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
             raise BadInputError(f"'max_iter' must be an int >= 1. Got {self.max_iter!r} instead.")
-
-
-def _stratified_folds(labels: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold id per sample: classes shuffled within, then dealt round-robin in one running sequence.
-
-    Dealing class after class from a running offset keeps every class spread over the folds
-    (a class with m samples lands in min(m, n_folds) folds) and fold sizes within one of each
-    other, even for classes with fewer samples than folds.
-    """
-    order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
-    folds = np.empty(labels.shape[0], dtype=np.int64)
-    folds[order] = np.arange(order.size) % n_folds
-    return folds
 
 
 def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, config: ProbeConfig):
@@ -170,7 +158,7 @@ def _cross_val_impl(x, y, n_classes, n_folds, seed, config, device, progress) ->
     """Unchecked :func:`cross_val_probs`."""
     labeled = np.flatnonzero(y >= 0)
     unlabeled = np.flatnonzero(y < 0)
-    folds = _stratified_folds(y[labeled], n_folds, np.random.default_rng(seed))
+    folds = stratified_folds(y[labeled], n_folds, np.random.default_rng(seed))
     xt = torch.from_numpy(x).to(device)
     yt = torch.from_numpy(y).to(device)
     out = np.zeros((x.shape[0], n_classes), dtype=np.float32)

@@ -36,7 +36,7 @@ from labelkit.config import DistillConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, DependencyError
-from labelkit.probe import _stratified_folds
+from labelkit.folds import stratified_folds
 from labelkit.stages import pipeline
 from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
 
@@ -417,7 +417,7 @@ def _cross_fit(part, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_class
 
     n = ts.n_trusted
     y = ts.hard[:n]
-    folds = _stratified_folds(y, n_folds, np.random.default_rng(cfg.seed))
+    folds = stratified_folds(y, n_folds, np.random.default_rng(cfg.seed))
     oof = np.zeros((n, n_classes))
     records = []
     for f in range(n_folds):

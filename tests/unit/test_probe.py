@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from labelkit.errors import BadInputError
-from labelkit.probe import ProbeConfig, _fit_probe, _stratified_folds, cross_val_probs
+from labelkit.folds import stratified_folds
+from labelkit.probe import ProbeConfig, _fit_probe, cross_val_probs
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,7 +28,7 @@ def _blobs(n_per: int = 40, dim: int = 8, sep: float = 6.0, seed: int = 0):
 
 def test_stratified_folds_spread_rare_classes_and_balance_sizes():
     labels = np.array([0] * 12 + [1] * 3 + [2] * 1 + [3] * 7)
-    folds = _stratified_folds(labels, 5, np.random.default_rng(0))
+    folds = stratified_folds(labels, 5, np.random.default_rng(0))
     assert set(np.unique(folds)) == set(range(5))
     sizes = np.bincount(folds, minlength=5)
     assert sizes.max() - sizes.min() <= 1
@@ -75,7 +76,7 @@ def test_cross_val_probs_matches_logistic_regression_on_digits():
     x, y = load_digits(return_X_y=True)
     x, y = x[:400], y[:400]
     xs = StandardScaler().fit_transform(x).astype(np.float32)
-    folds = _stratified_folds(y, 3, np.random.default_rng(0))
+    folds = stratified_folds(y, 3, np.random.default_rng(0))
     p = cross_val_probs(xs, y, 10, n_folds=3, seed=0, config=ProbeConfig(standardize=False, max_iter=300))
     ref = np.zeros_like(p)
     for f in range(3):
