@@ -146,6 +146,7 @@ def pseudolabel(
     calibration_folds: Annotated[Optional[int], typer.Option("--calibration-folds", help="folds for held-out temperature calibration, 0 = off [default: 5]")] = None,
     calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="held-out samples the final temperatures are fitted on, 0 = every fold [default: 2000]")] = None,
     clean_seeds: Annotated[Optional[bool], typer.Option("--clean-seeds/--no-clean-seeds", help="drop labeled samples confident learning doubts before propagating [default: clean-seeds]")] = None,
+    clean_seeds_odds: Annotated[Optional[float], typer.Option("--clean-seeds-odds", help="drop a doubted seed only if its held-out scores favour another class this many to 1, >= 1 [default: 5]")] = None,
     prior_correction: Annotated[Optional[bool], typer.Option("--prior-correction/--no-prior-correction", help="EM re-estimation of unlabeled class priors (label shift)")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the calibration folds")] = None,
     out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -157,7 +158,7 @@ def pseudolabel(
     cfg = ctx.config("pseudolabel", method=method, threshold_rule=threshold_rule, threshold=threshold, k=k, alpha=alpha, gamma=gamma,
                      one_way_weight=one_way_weight, reach_prior=reach_prior, refine=refine, weights=weights, top_k=top_k, sharpen=sharpen,
                      calibration_folds=calibration_folds, calibration_samples=calibration_samples, clean_seeds=clean_seeds,
-                     prior_correction=prior_correction, seed=seed)
+                     clean_seeds_odds=clean_seeds_odds, prior_correction=prior_correction, seed=seed)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

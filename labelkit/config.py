@@ -88,6 +88,7 @@ class PseudolabelConfig(StageConfig):
     )
     prior_correction: bool = Field(False, description="re-estimate the unlabeled class priors by EM (Saerens et al. 2002)")
     clean_seeds: bool = Field(True, description="first drop labeled samples that confident learning flags on their held-out scores")
+    clean_seeds_odds: float = Field(5.0, ge=1, description="drop a flagged seed only if its held-out scores favour another class at least this many to 1 (1 = every flagged seed)")
     seed: int = 0
 
     @field_validator("weights")

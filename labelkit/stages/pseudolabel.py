@@ -1,11 +1,11 @@
 """pseudolabel: a label, a calibrated confidence and a soft label for every unlabeled sample.
 
-Samples that are labeled but whose label confident learning rejects (``clean_seeds``) are not
-pseudo-labeled: their given label is in doubt, which is detect-noise's business. When it rejects
-none, the final pass reuses the seed-cleaning pass's held-out calibration (same labels, same
-folds) instead of scoring the folds again. The summary's
-``timings_s`` splits the wall time: kNN graph (read from knn.parquet, or built), seed cleaning,
-scoring, writing.
+Samples that are labeled but whose label confident learning rejects, with held-out odds of at
+least ``clean_seeds_odds`` to 1 against it (``clean_seeds``), are not pseudo-labeled: their
+given label is in doubt, which is detect-noise's business. When it rejects none, the final pass
+reuses the seed-cleaning pass's held-out calibration (same labels, same folds) instead of
+scoring the folds again. The summary's ``timings_s`` splits the wall time: kNN graph (read from
+knn.parquet, or built), seed cleaning, scoring, writing.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
         task.update(step="clean seeds")
         if cfg.clean_seeds and seeds.can_clean(a.labels, cfg.calibration_folds):
             cal = compute.heldout_calibration(a.vectors, a.labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
-            labels, dropped = seeds.drop_doubted(a.labels, cal.rows, cal.probs)
+            labels, dropped = seeds.drop_doubted(a.labels, cal.rows, cal.probs, odds=cfg.clean_seeds_odds)
         clock.lap("clean_seeds")
         task.advance()
         task.update(step="score")

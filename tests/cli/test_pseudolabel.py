@@ -98,3 +98,16 @@ def test_propagation_knobs_reach_the_artifact_params_and_are_validated(runner, t
     assert "'weights' value error, must be 3 non-negative numbers, not all zero" in bad.stderr
     bad = runner.invoke(app, ["pseudolabel", str(tmp_path), "--one-way-weight", "1.5"])
     assert bad.exit_code == 1 and "'one_way_weight' input should be less than or equal to 1" in bad.stderr
+
+
+def test_clean_seeds_odds_keeps_seeds_that_plain_confident_learning_would_drop(runner, digits):
+    r = runner.invoke(app, ["pseudolabel", str(digits), "--json"])
+    assert r.exit_code == 0, r.output
+    odds5 = json.loads(r.stdout)["n_seeds_dropped"]
+    r = runner.invoke(app, ["pseudolabel", str(digits), "--clean-seeds-odds", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    odds1 = json.loads(r.stdout)["n_seeds_dropped"]
+    assert 0 < odds5 < odds1  # examples/digits: 16 and 17 of 179 seeds (18 flipped)
+    assert artifacts.read_metadata(digits / ".labelkit" / "pseudolabels.parquet")["params"]["clean_seeds_odds"] == 1.0
+    bad = runner.invoke(app, ["pseudolabel", str(digits), "--clean-seeds-odds", "0.5"])
+    assert bad.exit_code == 1 and "'clean_seeds_odds' input should be greater than or equal to 1" in bad.stderr
