@@ -202,6 +202,7 @@ def distill(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="distillation temperature T [default: 2]")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="self-training rounds (the student becomes the teacher) [default: 1]")] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="cross-fitting folds for the metrics when too few trusted labels to hold out; 0 = off [default: 5]")] = None,
+    refit_teacher: Annotated[Optional[bool], typer.Option("--refit-teacher/--shared-teacher", help="recompute the pseudo-labels without the labels the metrics are measured on, so the metrics are honest [default: refit]")] = None,
     onnx: Annotated[Optional[bool], typer.Option("--onnx/--no-onnx", help="also export student/model.onnx")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda[:N]")] = None,
@@ -212,7 +213,7 @@ def distill(
 
     ctx = Context(data, out, config, classes, json_out)
     cfg = ctx.config("distill", student=student, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
-                     temperature=temperature, rounds=rounds, folds=folds, onnx=onnx, seed=seed, device=device)
+                     temperature=temperature, rounds=rounds, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

@@ -140,6 +140,7 @@ class DistillConfig(StageConfig):
     soften_below: float = Field(0.5, ge=0, le=1, description="targets less confident than this are softened toward the hard label (FerKD)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share of the trusted labels for early stopping and metrics")
     folds: int = Field(5, ge=0, description="folds of cross-fitting that estimate the metrics when the trusted labels are too few to hold out (0 = off)")
+    refit_teacher: bool = Field(True, description="recompute the pseudo-labels without the labels the metrics are measured on (held-out part, or each fold), so that they never reach the student through its teacher")
     patience: int = Field(10, ge=1, description="epochs without improvement before early stopping")
     rounds: int = Field(1, ge=1, description="self-training rounds: after each, the student becomes the teacher")
     onnx: bool = Field(False, description="also export student/model.onnx")

@@ -405,13 +405,14 @@ def _n_folds(cfg: DistillConfig, ts: TrainingSet) -> int:
     return k if k >= 2 else 0
 
 
-def _cross_fit(part, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_classes: int, device: str, n_folds: int):
+def _cross_fit(part, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_classes: int, device: str, n_folds: int, teacher=None):
     """Out-of-fold probabilities (n_trusted, K) of the trusted rows, and per-fold records.
 
     Fold f's student runs the whole procedure (every self-training round, the fixed epoch budget)
-    on the training set minus fold f's trusted rows, so it never sees their labels; the
-    pseudo-labels stay in every fold's training set. Folds are stratified by trusted label.
-    ``part(name)`` gives the progress each fold's fits report to.
+    on the training set minus fold f's trusted rows, so it never sees their labels. Its
+    pseudo-labels come from ``teacher(hidden rows)`` (a teacher that did not see them either), or,
+    without one, are the shared ones. Folds are stratified by trusted label. ``part(name)`` gives
+    the progress each fold's fits report to.
     """
     from labelkit.distill import predict_proba
 
@@ -422,12 +423,50 @@ def _cross_fit(part, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_class
     records = []
     for f in range(n_folds):
         held = np.r_[folds == f, np.zeros(ts.train_rows.size - n, bool)]
+        hidden = ts.train_rows[held]
         t0 = time.perf_counter()
-        fit, _, _ = _fit_rounds(part(f"fold {f + 1}/{n_folds}"), cfg, ts.without(held), x, n_classes, device)
-        oof[held[:n]] = predict_proba(fit.model, x[ts.train_rows[held]], device=device)
+        if teacher is not None:
+            part(f"fold {f + 1}/{n_folds}: teacher").update()
+        fold_set = teacher(hidden) if teacher is not None else ts.without(held)
+        fit, _, _ = _fit_rounds(part(f"fold {f + 1}/{n_folds}"), cfg, fold_set, x, n_classes, device)
+        oof[held[:n]] = predict_proba(fit.model, x[hidden], device=device)
         acc = float(np.mean(oof[held[:n]].argmax(1) == y[held[:n]]))
         records.append({"fold": f + 1, "n_val": int(held.sum()), "accuracy": round(acc, 6), "seconds": round(time.perf_counter() - t0, 2)})
     return oof, records
+
+
+def _teacher_note(ctx: RunContext, cfg: DistillConfig, evaluated: int) -> str:
+    """"refit" when the metrics' labels get a teacher of their own, else why the shared one is used."""
+    from labelkit.stages.pseudolabel import replay_configs
+
+    if not cfg.use_pseudolabels or not evaluated:
+        return "shared"
+    if not cfg.refit_teacher:
+        return "shared (--shared-teacher)"
+    why = replay_configs(ctx.ws)
+    return f"shared ({why})" if isinstance(why, str) else "refit"
+
+
+def _refit_teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, ts: TrainingSet, has_input: np.ndarray):
+    """``teacher(hidden rows) -> TrainingSet``: ``ts`` minus those trusted rows, with pseudo-labels
+    recomputed by the prototype and pseudolabel stages' recipe without their labels."""
+    from labelkit.stages.pseudolabel import relabel
+
+    ids = samples.table["id"].astype(str).to_numpy()
+    n = ts.n_trusted
+
+    def teacher(hidden: np.ndarray) -> TrainingSet:
+        rel = relabel(ctx.ws, samples, ids[hidden])
+        pos = pd.Index(rel.ids).get_indexer(ids)  # samples row -> relabeled row (-1: none)
+        taken = np.ones(len(rel.ids), bool) if cfg.pseudolabels == "all" else rel.accepted
+        chosen = np.zeros(len(ids), dtype=bool)
+        chosen[pos >= 0] = taken[pos[pos >= 0]]
+        rows = np.flatnonzero(chosen & (ts.codes < 0) & has_input)
+        trusted = ts.train_rows[:n]
+        return _assemble(cfg, ts.codes, ts.soft.shape[1], trusted[~np.isin(trusted, hidden)], rows, rel.soft[pos[rows]],
+                         rel.confidence[pos[rows]], ts.val_rows, ts.unlabeled_rows, ts.n_dropped_issues, ts.threshold)
+
+    return teacher
 
 
 class _FitPart:
@@ -482,10 +521,16 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
     classes = list(samples.classes)
     n_folds = _n_folds(cfg, ts)
     fold_records: list[dict[str, Any]] = []
+    teacher_note = _teacher_note(ctx, cfg, n_folds or ts.val_rows.size)
+    teacher = _refit_teacher(ctx, cfg, samples, ts, has_input) if teacher_note == "refit" else None
     with _torch_threads(cfg), ctx.progress.task(STAGE, total=(n_folds + 1) * cfg.rounds * cfg.epochs) as task:
         part = lambda name: _FitPart(task, name, cfg.epochs)  # noqa: E731
         if n_folds:
-            oof, fold_records = _cross_fit(part, cfg, ts, x, len(classes), device, n_folds)
+            oof, fold_records = _cross_fit(part, cfg, ts, x, len(classes), device, n_folds, teacher)
+        elif teacher is not None:
+            part("train: teacher").update()
+            ts = teacher(ts.val_rows)  # the held-out labels must not reach the student through its pseudo-labels
+            first_pseudo = int(ts.is_pseudo.sum())
         fit, ts, rounds = _fit_rounds(part("final" if n_folds else "train"), cfg, ts, x, len(classes), device)
     if n_folds:
         held_out = {"estimate": "crossfit", "folds": n_folds, **_metrics(oof, ts.hard[: ts.n_trusted], classes)}
@@ -507,6 +552,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "n_val": held_out["n_val"],
         "estimate": held_out["estimate"],
         "folds": held_out["folds"],
+        "teacher": teacher_note,
         "rounds": cfg.rounds,
         "accept_threshold": ts.threshold,
         "epochs_run": last["epochs_run"],
@@ -518,7 +564,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "model_dir": str(ctx.ws.path(STUDENT)),
         "onnx": cfg.onnx,
     }
-    metrics = {**held_out, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
+    metrics = {**held_out, "teacher": teacher_note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
                "crossfit": fold_records, "rounds": rounds, "summary": summary}
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__,

@@ -38,39 +38,48 @@ def run(ctx: RunContext, cfg: PrototypeConfig, *, force: bool = False) -> StageR
 def _build(ctx: RunContext, cfg: PrototypeConfig, samples) -> dict[str, Any]:
     ws = ctx.ws
     a = aligned(ws, samples)
-    k_classes = len(a.classes)
     text = class_embeddings(ws, a.classes)
-    labeled = a.labels >= 0
+    protos, n_dropped, n_iter = build_prototypes(a.vectors, a.labels, len(a.classes), cfg, text, model=a.meta.get("model"))
+    spread = prototypes.class_spread(a.vectors, a.labels, protos)
+    pairs = prototypes.confusable_pairs(protos, top=5)
+    _write(ws, protos, a.classes, cfg, summary := _summary(protos, a.classes, spread, pairs, n_dropped, n_iter, text is not None))
+    return summary
+
+
+def build_prototypes(vectors: np.ndarray, labels: np.ndarray, k_classes: int, cfg: PrototypeConfig, text: np.ndarray | None,
+                     *, model: str | None = None) -> tuple[prototypes.Prototypes, int, int]:
+    """(prototypes, labeled samples the clean check dropped, refinement iterations) from ``labels`` (-1 = unlabeled).
+
+    The stage's whole recipe, also replayed by distill with some labels hidden.
+    """
+    labeled = labels >= 0
     n_dropped = 0
     if labeled.any():
-        labels = a.labels
+        kept = labels
         if cfg.clean and labeled.sum() > 2:
-            keep = prototypes.select_clean(a.vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement)
+            keep = prototypes.select_clean(vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement)
             n_dropped = int((labeled & ~keep).sum())
-            labels = np.where(keep, labels, -1)
-        protos = prototypes.class_prototypes(a.vectors, labels, k_classes, n_per_class=cfg.n_per_class, seed=cfg.seed)
+            kept = np.where(keep, labels, -1)
+        protos = prototypes.class_prototypes(vectors, kept, k_classes, n_per_class=cfg.n_per_class, seed=cfg.seed)
         if text is not None and cfg.text_weight > 0:
             protos = prototypes.fuse_text(protos, text, weight=cfg.text_weight)
     elif text is not None:
         protos = prototypes.text_prototypes(text)  # zero-shot: class names only
     else:
         raise BadInputError(
-            f"{STAGE}: no sample is labeled and model '{a.meta.get('model')}' has no text tower for class names; "
+            f"{STAGE}: no sample is labeled and model '{model}' has no text tower for class names; "
             "label some samples, or embed with a text-tower model (minilm, clip:...) for zero-shot"
         )
     missing = sorted(set(range(k_classes)) - set(protos.classes.tolist()))
     if missing and text is not None:
         protos = prototypes.fuse_text(protos, text, weight=0.0)  # adds text prototypes for classes with none
     n_iter = 0
-    unlabeled = a.vectors[a.labels < 0]
+    unlabeled = vectors[labels < 0]
     if cfg.refine and len(unlabeled) and cfg.max_iter > 0:
         protos, n_iter = prototypes.refine_transductive(
             protos, unlabeled, temperature=cfg.refine_temperature, min_confidence=cfg.min_confidence, max_iter=cfg.max_iter
         )
-    spread = prototypes.class_spread(a.vectors, a.labels, protos)
-    pairs = prototypes.confusable_pairs(protos, top=5)
-    _write(ws, protos, a.classes, cfg, summary := _summary(protos, a.classes, spread, pairs, n_dropped, n_iter, text is not None))
-    return summary
+    return protos, n_dropped, n_iter
 
 
 def _summary(protos, classes, spread, pairs, n_dropped, n_iter, has_text) -> dict[str, Any]:

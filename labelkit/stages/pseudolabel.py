@@ -11,6 +11,7 @@ knn.parquet, or built), seed cleaning, scoring, writing.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from labelkit import pseudolabel as compute
 from labelkit import seeds
 from labelkit import thresholds
 from labelkit.config import PseudolabelConfig
+from labelkit.errors import BadInputError
 from labelkit.stages import pipeline
 from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
@@ -67,22 +69,9 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
     clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)
-    options = _options(cfg)
-    labels, dropped, cal = a.labels, np.zeros(len(a.labels), bool), None
     # Two steps, each one or more label propagations: checking the seeds, then scoring.
     with ctx.progress.task("pseudolabel", total=2) as task:
-        task.update(step="clean seeds")
-        if cfg.clean_seeds and seeds.can_clean(a.labels, cfg.calibration_folds):
-            cal = compute.heldout_calibration(a.vectors, a.labels, len(a.classes), graph, protos, text_prototypes=text, options=options)
-            labels, dropped = seeds.drop_doubted(a.labels, cal.rows, cal.probs, odds=cfg.clean_seeds_odds)
-        clock.lap("clean_seeds")
-        task.advance()
-        task.update(step="score")
-        # With every seed kept, the folds just scored are those the final pass would score again.
-        reuse = cal if cal is not None and not dropped.any() else None
-        r = compute.pseudolabel(a.vectors, labels, len(a.classes), graph, protos, text_prototypes=text, options=options, calibration=reuse)
-        clock.lap("score")
-        task.advance()
+        r, dropped = teach(a.vectors, a.labels, len(a.classes), graph, protos, text, cfg, task=task, clock=clock)
         task.update(step="done")
     del graph
     rows = np.flatnonzero(a.labels < 0)
@@ -112,6 +101,93 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
     clock.lap("write")
     summary["timings_s"] = clock.laps
     return summary
+
+
+def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: PseudolabelConfig, *, task=None, clock=None):
+    """(PseudolabelResult, dropped seeds mask): seed cleaning, then the scoring pass.
+
+    The stage's compute, also replayed by distill with some labels hidden (:func:`relabel`).
+    """
+    options = _options(cfg)
+    dropped, cal = np.zeros(len(labels), bool), None
+    if task is not None:
+        task.update(step="clean seeds")
+    if cfg.clean_seeds and seeds.can_clean(labels, cfg.calibration_folds):
+        cal = compute.heldout_calibration(vectors, labels, n_classes, graph, protos, text_prototypes=text, options=options)
+        labels, dropped = seeds.drop_doubted(labels, cal.rows, cal.probs, odds=cfg.clean_seeds_odds)
+    if clock is not None:
+        clock.lap("clean_seeds")
+    if task is not None:
+        task.advance()
+        task.update(step="score")
+    # With every seed kept, the folds just scored are those the final pass would score again.
+    reuse = cal if cal is not None and not dropped.any() else None
+    r = compute.pseudolabel(vectors, labels, n_classes, graph, protos, text_prototypes=text, options=options, calibration=reuse)
+    if clock is not None:
+        clock.lap("score")
+    if task is not None:
+        task.advance()
+    return r, dropped
+
+
+@dataclass
+class Relabeled:
+    """Pseudo-labels recomputed with some labels hidden, for the rows that are unlabeled then."""
+
+    ids: list[str]  # those rows' sample ids
+    probs: np.ndarray  # (n, K) calibrated class probabilities
+    soft: np.ndarray  # (n, K) the soft label (top-k, renormalised), as pseudolabels.parquet holds it
+    confidence: np.ndarray  # (n,)
+    accepted: np.ndarray  # (n,) bool, by the stage's threshold rule
+
+
+def replay_configs(ws):
+    """(PseudolabelConfig, PrototypeConfig) that made pseudolabels.parquet and prototypes.parquet,
+    or why they cannot be replayed (a missing artifact, parameters this version cannot read)."""
+    from pydantic import ValidationError
+
+    from labelkit.config import PrototypeConfig
+
+    made = []
+    for name, cls in ((artifacts.PSEUDOLABELS, PseudolabelConfig), (artifacts.PROTOTYPES, PrototypeConfig)):
+        path = ws.path(name)
+        if not path.exists():
+            return f"{name} is missing"
+        params = artifacts.read_metadata(path).get("params")
+        try:
+            made.append(cls(**params))
+        except (TypeError, ValidationError):
+            return f"{name} does not record parameters this version of labelkit can replay"
+    return made[0], made[1]
+
+
+def relabel(ws, samples, hide_ids) -> Relabeled:
+    """The prototype and pseudolabel stages replayed in memory with the labels of ``hide_ids`` hidden.
+
+    Both stages' recorded parameters are reused (from their artifacts' metadata) and the kNN graph
+    comes from its cache, so this costs the seed cleaning and scoring passes (and the prototype
+    recipe). Distill calls it so that the labels it evaluates the student on never reached the
+    student through its teacher's pseudo-labels.
+    """
+    from labelkit.stages.prototype import build_prototypes
+
+    configs = replay_configs(ws)
+    if isinstance(configs, str):
+        raise BadInputError(f"cannot recompute the pseudo-labels: {configs}")
+    cfg, pcfg = configs
+    a = aligned(ws, samples)
+    ids = a.ids.to_pylist() if isinstance(a.ids, pa.Array) else list(a.ids)
+    labels = np.where(np.isin(np.asarray(ids, dtype=object), list(hide_ids)), -1, a.labels)
+    text = class_embeddings(ws, a.classes)
+    graph = knn_graph(ws, a.vectors, k=cfg.k)
+    protos, _, _ = build_prototypes(a.vectors, labels, len(a.classes), pcfg, text, model=a.meta.get("model"))
+    r, _ = teach(a.vectors, labels, len(a.classes), graph, protos, text, cfg)
+    rows = np.flatnonzero(labels < 0)
+    soft = np.zeros((rows.size, len(a.classes)))
+    np.put_along_axis(soft, r.top_labels[rows], r.top_probs[rows], axis=1)
+    soft /= np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
+    accepted = thresholds.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if rows.size else np.zeros(0, bool)
+    return Relabeled([ids[i] for i in rows], r.probs[rows], soft, r.confidence[rows], accepted)
 
 
 def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray) -> pa.Table:

@@ -366,3 +366,32 @@ def test_cnn_student_on_digit_images(runner, digits, tmp_path):
     assert pred["n_predicted"] == 1797 and pred["student"] == "cnn"
     t = pq.read_table(tmp_path / "pred" / "predictions.parquet")
     assert t.num_rows == 1797
+
+
+def test_refit_teacher_hides_each_folds_labels_from_the_pseudo_labels(monkeypatch, runner, tmp_path, fast):
+    """With the real upstream stages, each cross-fitting fold gets pseudo-labels propagated without
+    its own trusted labels (the labels it is scored on never reach the student through its teacher)."""
+    from labelkit.stages import pseudolabel as pl_stage
+
+    x, y = _blob_vectors()
+    labels = [CLASSES[c] if i % 3 == 0 else None for i, c in enumerate(y)]  # 10 labeled per class
+    data = write_vectors(tmp_path / "real", x, labels)
+    seeds_seen = []
+    real_teach = pl_stage.teach
+
+    def spy(vectors, labels, *args, **kwargs):
+        seeds_seen.append(set(np.flatnonzero(labels >= 0).tolist()))
+        return real_teach(vectors, labels, *args, **kwargs)
+
+    monkeypatch.setattr(pl_stage, "teach", spy)
+    out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(fast), "--folds", "3", "--json"]))
+    assert (out["estimate"], out["folds"], out["teacher"]) == ("crossfit", 3, "refit")
+    stage_seeds, *fold_seeds = seeds_seen  # the pseudolabel stage's own pass, then one per fold
+    assert stage_seeds == set(range(0, 90, 3)) and len(fold_seeds) == 3
+    hidden = [stage_seeds - s for s in fold_seeds]
+    assert sorted(len(h) for h in hidden) == [10, 10, 10] and set().union(*hidden) == stage_seeds
+    assert out["val_accuracy"] > 0.9  # separated blobs
+
+    seeds_seen.clear()
+    out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(fast), "--folds", "3", "--shared-teacher", "--json"]))
+    assert out["teacher"] == "shared (--shared-teacher)" and seeds_seen == []
