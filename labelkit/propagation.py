@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from labelkit._probability import EPS, ROW_CHUNK, check_positive, check_unit, log_probs, normalize_rows_
@@ -169,13 +168,21 @@ class Spreader:
             s = s[self.order][:, self.order].tocsr()
         s.sort_indices()
         self._scipy = s.astype(self.dtype)
-        index = np.int32 if s.nnz < 2**31 and self.n_nodes < 2**31 else np.int64
-        with warnings.catch_warnings():  # torch calls CSR support "beta"; labelkit's tests pin the results
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-            self._s = torch.sparse_csr_tensor(
-                torch.from_numpy(s.indptr.astype(index)), torch.from_numpy(s.indices.astype(index)),
-                torch.from_numpy(s.data.astype(self.dtype)), size=s.shape, check_invariants=False,
-            )
+        self._torch = None  # the same matrix as a torch CSR tensor, made on the first large product
+
+    def _torch_matrix(self):
+        import torch  # only for large graphs: importing torch costs seconds
+
+        if self._torch is None:
+            s = self._scipy
+            index = np.int32 if s.nnz < 2**31 and self.n_nodes < 2**31 else np.int64
+            with warnings.catch_warnings():  # torch calls CSR support "beta"; labelkit's tests pin the results
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+                self._torch = torch.sparse_csr_tensor(
+                    torch.from_numpy(s.indptr.astype(index)), torch.from_numpy(s.indices.astype(index)),
+                    torch.from_numpy(s.data), size=s.shape, check_invariants=False,
+                )
+        return self._torch
 
     def solve(self, y: np.ndarray, alpha: float, *, tol: float = CG_TOL, max_iter: int = CG_MAX_ITER) -> np.ndarray:
         """``F = (1 - alpha) (I - alpha S)^-1 Y`` for ``y`` of shape (n_nodes, c), in column blocks."""
@@ -203,8 +210,12 @@ class Spreader:
             def product(p: np.ndarray, out: np.ndarray) -> None:
                 out[...] = self._scipy @ p
         else:
+            import torch
+
+            matrix = self._torch_matrix()
+
             def product(p: np.ndarray, out: np.ndarray) -> None:
-                torch.mm(self._s, torch.from_numpy(p), out=torch.from_numpy(out))
+                torch.mm(matrix, torch.from_numpy(p), out=torch.from_numpy(out))
         return product
 
 

@@ -106,3 +106,13 @@ def test_certainty_seeds_weight_the_argmax_by_one_minus_normalised_entropy():
     probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]], dtype=np.float32)
     y = pg.certainty_seeds(np.array([-1, -1, 1]), probs)
     np.testing.assert_allclose(y, [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], atol=1e-6)  # row 2 is labeled 1
+
+
+def test_importing_the_numpy_compute_does_not_import_torch():
+    """labelkit.pseudolabel is numpy in, numpy out: torch loads only for a large graph's products."""
+    import subprocess
+    import sys
+
+    code = "import sys, labelkit.pseudolabel, labelkit.seeds, labelkit.propagation; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
