@@ -166,7 +166,7 @@ def pseudolabel(
 @handles_errors
 def detect_noise(
     data: DataArg,
-    probs: Annotated[Optional[str], typer.Option("--probs", help="out-of-sample probabilities: auto, crossval (K-fold softmax head), knn (leave-one-out vote)")] = None,
+    probs: Annotated[Optional[str], typer.Option("--probs", help="out-of-sample probabilities: auto, crossval (K-fold softmax head), knn (leave-one-out vote), propagation (K-fold label spreading over all samples)")] = None,
     pred_probs: Annotated[Optional[str], typer.Option("--pred-probs", help="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + a column per class); needs no embeddings")] = None,
     filter_by: Annotated[Optional[str], typer.Option("--filter-by", help="prune_by_noise_rate, prune_by_class, both, confident_learning, predicted_neq_given")] = None,
     rank_by: Annotated[Optional[str], typer.Option("--rank-by", help="self_confidence, normalized_margin, confidence_weighted_entropy")] = None,

@@ -102,8 +102,8 @@ class PseudolabelConfig(StageConfig):
 class DetectNoiseConfig(StageConfig):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top"})
 
-    probs: Literal["auto", "crossval", "knn"] = Field(
-        "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote); auto = both, keep the one more accurate on the given labels"
+    probs: Literal["auto", "crossval", "knn", "propagation"] = Field(
+        "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote), propagation (K-fold label spreading over every sample, labeled or not); auto = each that applies (propagation when some samples are unlabeled), keep the one more accurate on the given labels"
     )
     pred_probs: str | None = Field(None, description="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + one column per class)")
     filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = "prune_by_noise_rate"

@@ -187,13 +187,39 @@ def _crossval_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray,
     return cross_val_probs(vecs, labels, k_classes, n_folds=folds, seed=cfg.seed, device=resolve_device(cfg.device), progress=ctx.progress)
 
 
-def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, graph, k_classes: int) -> tuple[np.ndarray, dict]:
-    """The probabilities --probs asks for; auto computes both and keeps the better (evidence.choose_probs)."""
+def _propagation_probs(ctx: RunContext, cfg: DetectNoiseConfig, emb_labels: np.ndarray, emb_rows: np.ndarray, vecs: np.ndarray,
+                       full_graph, classes: list[str]) -> np.ndarray:
+    """Held-out label spreading over the graph of every sample, labeled or not: (len(emb_rows), K).
+
+    Each labeled sample's probabilities come from the fold of labels that hides its own (the
+    pseudolabel stage's calibrated ensemble, labelkit.pseudolabel.heldout_calibration).
+    """
+    from labelkit import pseudolabel as compute
+    from labelkit.stages._inputs import class_embeddings
+
+    options = compute.PseudolabelOptions(n_neighbors=cfg.k, n_folds=max(2, cfg.folds), seed=cfg.seed)
+    text = class_embeddings(ctx.ws, classes)  # class-name anchors, when the embedder has a text tower
+    cal = compute.heldout_calibration(vecs, emb_labels, len(classes), full_graph, None, text_prototypes=text, options=options)
+    at = np.full(len(vecs), -1)
+    at[cal.rows] = np.arange(cal.rows.size)
+    if (at[emb_rows] < 0).any():
+        raise BadInputError(f"{STAGE} --probs propagation needs at least 2 labeled samples and --folds >= 2")
+    return cal.probs[at[emb_rows]].astype(np.float64)
+
+
+def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, graph, k_classes: int,
+                 propagation, transductive: bool) -> tuple[np.ndarray, dict]:
+    """The probabilities --probs asks for; auto computes the sources that apply and keeps the most
+    accurate (evidence.choose_probs). ``propagation()`` gives the propagation source, which auto
+    uses when some samples are unlabeled (``transductive``): without them it sees what the kNN
+    vote sees."""
     candidates = {}
     if cfg.probs in ("auto", "crossval"):
         candidates["crossval"] = _crossval_probs(ctx, cfg, labels, vecs, k_classes)
     if cfg.probs in ("auto", "knn"):
         candidates["knn"] = evidence.knn_vote_probs(labels, *graph, k_classes)
+    if cfg.probs == "propagation" or (cfg.probs == "auto" and transductive):
+        candidates["propagation"] = propagation()
     choice = evidence.choose_probs(labels, candidates, by=SELECT_BY)
     scores = {src: {m: round(v, 4) for m, v in sc.items()} for src, sc in choice.scores.items()}
     return candidates[choice.chosen], {"requested": cfg.probs, "chosen": choice.chosen, "by": choice.by, "scores": scores}
@@ -238,11 +264,15 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
         if len(rows) < 2:
             raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
         lab_vecs = vecs[pos[rows]]
-        # One graph among the labeled samples serves the kNN vote and the duplicates.
+        # One graph among the labeled samples serves the kNN vote and the duplicates; the graph of
+        # every sample, the outliers and the propagation.
         graph = knn.knn_graph(lab_vecs, min(cfg.k, len(rows) - 1), exclude_self=True)
-        probs, choice = _model_probs(ctx, cfg, codes[rows], lab_vecs, graph, len(classes))
+        fs, fi = knn_graph(ws, vecs, k=cfg.k, progress=ctx.progress)
+        emb_labels = np.full(len(vecs), -1, dtype=np.int64)
+        emb_labels[pos[rows]] = codes[rows]
+        propagation = lambda: _propagation_probs(ctx, cfg, emb_labels, pos[rows], vecs, (fs, fi), classes)  # noqa: E731
+        probs, choice = _model_probs(ctx, cfg, codes[rows], lab_vecs, graph, len(classes), propagation, len(rows) < len(vecs))
         dup = evidence.find_conflicting_duplicates(codes[rows], *graph, threshold=cfg.duplicate_threshold, probs=probs)
-        fs, fi = knn_graph(ws, vecs, k=cfg.k, progress=ctx.progress)  # outliers among all samples
         full = evidence.find_outliers(fs, fi, cut=cfg.outlier_cut)
         out = type(full)(*(field[pos[rows]] for field in full))
     labels = codes[rows]

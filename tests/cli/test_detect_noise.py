@@ -36,9 +36,11 @@ def test_digits_finds_flipped_labels_and_runs_embed_first(runner, digits):
     assert len(set(issues["id"][:10]) & flipped) >= 6
     assert out["n_issues"] == int(issues["is_issue"].sum())
     assert out["issue_rate"] == round(out["n_issues"] / 179, 4)  # what --fail-above compares
-    # issue 4: --probs auto computed both sources and kept the one more accurate on the given labels
+    assert len(found) >= 0.8 * out["n_issues"]  # precision: 16 of 17 with the propagation source (16 of 25 without)
+    # --probs auto computed every source (propagation: 1,618 samples are unlabeled) and kept the one
+    # more accurate on the given labels
     choice = out["probs_choice"]
-    assert choice["requested"] == "auto" and choice["by"] == "accuracy" and set(choice["scores"]) == {"crossval", "knn"}
+    assert choice["requested"] == "auto" and choice["by"] == "accuracy" and set(choice["scores"]) == {"crossval", "knn", "propagation"}
     assert choice["chosen"] == out["probs"] == max(choice["scores"], key=lambda k: choice["scores"][k]["accuracy"])
     assert out["dynamics"] is None
 
@@ -232,3 +234,22 @@ def test_dynamics_workflow_with_a_real_student_settles(runner, digits):
     assert {s["stage"]: s["skipped"] for s in stages} == {"embed": True, "prototype": True, "pseudolabel": True, "detect-noise": True, "distill": False}
     stages = json.loads(runner.invoke(app, ["run", str(digits), "--until", "distill", "--config", str(cfg), "--json"]).stdout)["stages"]
     assert all(s["skipped"] for s in stages)
+
+
+def test_auto_skips_propagation_when_every_sample_is_labeled_but_it_can_be_asked_for(runner, tmp_path):
+    rng = np.random.default_rng(0)
+    centres = 4.0 * np.eye(3, 6)
+    y = np.repeat(np.arange(3), 12)
+    x = centres[y] + rng.normal(size=(36, 6))
+    given = y.copy()
+    given[[0, 13]] = [1, 2]  # two flipped labels
+    rows = "".join(f'{i},"{json.dumps(v.round(4).tolist())}",{"abc"[g]}\n' for i, (v, g) in enumerate(zip(x, given)))
+    write_csv(tmp_path, "id,embedding,label\n" + rows)
+    out = json.loads(runner.invoke(app, ["detect-noise", str(tmp_path), "--json"]).stdout)
+    assert set(out["probs_choice"]["scores"]) == {"crossval", "knn"}  # nothing unlabeled: propagation sees what knn sees
+    r = runner.invoke(app, ["detect-noise", str(tmp_path), "--probs", "propagation", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["probs"] == "propagation" and set(out["probs_choice"]["scores"]) == {"propagation"}
+    issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas()
+    assert {"0", "13"} <= set(issues.loc[issues["is_issue"], "id"].astype(str))
