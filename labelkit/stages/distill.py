@@ -450,13 +450,14 @@ def _teacher_note(ctx: RunContext, cfg: DistillConfig, evaluated: int) -> str:
 def _refit_teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, ts: TrainingSet, has_input: np.ndarray):
     """``teacher(hidden rows) -> TrainingSet``: ``ts`` minus those trusted rows, with pseudo-labels
     recomputed by the prototype and pseudolabel stages' recipe without their labels."""
-    from labelkit.stages.pseudolabel import relabel
+    from labelkit.stages.pseudolabel import Relabeler
 
+    relabel = Relabeler(ctx.ws, samples)
     ids = samples.table["id"].astype(str).to_numpy()
     n = ts.n_trusted
 
     def teacher(hidden: np.ndarray) -> TrainingSet:
-        rel = relabel(ctx.ws, samples, ids[hidden])
+        rel = relabel(ids[hidden])
         pos = pd.Index(rel.ids).get_indexer(ids)  # samples row -> relabeled row (-1: none)
         taken = np.ones(len(rel.ids), bool) if cfg.pseudolabels == "all" else rel.accepted
         chosen = np.zeros(len(ids), dtype=bool)

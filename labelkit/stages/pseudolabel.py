@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from labelkit import artifacts
@@ -27,7 +28,7 @@ from labelkit.stages import pipeline
 from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
 from labelkit.stages._knn import knn_graph
-from labelkit.stages.prototype import read_prototypes
+from labelkit.stages.prototype import build_prototypes, read_prototypes
 
 STAGE = "pseudolabel"
 
@@ -106,7 +107,7 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
 def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: PseudolabelConfig, *, task=None, clock=None):
     """(PseudolabelResult, dropped seeds mask): seed cleaning, then the scoring pass.
 
-    The stage's compute, also replayed by distill with some labels hidden (:func:`relabel`).
+    The stage's compute, also replayed by distill with some labels hidden (:class:`Relabeler`).
     """
     options = _options(cfg)
     dropped, cal = np.zeros(len(labels), bool), None
@@ -161,33 +162,40 @@ def replay_configs(ws):
     return made[0], made[1]
 
 
-def relabel(ws, samples, hide_ids) -> Relabeled:
-    """The prototype and pseudolabel stages replayed in memory with the labels of ``hide_ids`` hidden.
+class Relabeler:
+    """The prototype and pseudolabel stages, replayed in memory with some labels hidden.
 
-    Both stages' recorded parameters are reused (from their artifacts' metadata) and the kNN graph
-    comes from its cache, so this costs the seed cleaning and scoring passes (and the prototype
-    recipe). Distill calls it so that the labels it evaluates the student on never reached the
-    student through its teacher's pseudo-labels.
+    Both stages' recorded parameters are reused (from their artifacts' metadata); the embeddings,
+    class-name embeddings and the cached kNN graph are read once, so each call costs the
+    prototype recipe, the seed cleaning and the scoring passes. Distill calls it so that the
+    labels it evaluates the student on never reached the student through its teacher's
+    pseudo-labels.
     """
-    from labelkit.stages.prototype import build_prototypes
 
-    configs = replay_configs(ws)
-    if isinstance(configs, str):
-        raise BadInputError(f"cannot recompute the pseudo-labels: {configs}")
-    cfg, pcfg = configs
-    a = aligned(ws, samples)
-    ids = a.ids.to_pylist() if isinstance(a.ids, pa.Array) else list(a.ids)
-    labels = np.where(np.isin(np.asarray(ids, dtype=object), list(hide_ids)), -1, a.labels)
-    text = class_embeddings(ws, a.classes)
-    graph = knn_graph(ws, a.vectors, k=cfg.k)
-    protos, _, _ = build_prototypes(a.vectors, labels, len(a.classes), pcfg, text, model=a.meta.get("model"))
-    r, _ = teach(a.vectors, labels, len(a.classes), graph, protos, text, cfg)
-    rows = np.flatnonzero(labels < 0)
-    soft = np.zeros((rows.size, len(a.classes)))
-    np.put_along_axis(soft, r.top_labels[rows], r.top_probs[rows], axis=1)
-    soft /= np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
-    accepted = thresholds.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if rows.size else np.zeros(0, bool)
-    return Relabeled([ids[i] for i in rows], r.probs[rows], soft, r.confidence[rows], accepted)
+    def __init__(self, ws, samples) -> None:
+        configs = replay_configs(ws)
+        if isinstance(configs, str):
+            raise BadInputError(f"cannot recompute the pseudo-labels: {configs}")
+        self.cfg, self.proto_cfg = configs
+        self.a = aligned(ws, samples)
+        self.ids = self.a.ids.to_pylist() if isinstance(self.a.ids, pa.Array) else list(self.a.ids)
+        self.text = class_embeddings(ws, self.a.classes)
+        self.graph = knn_graph(ws, self.a.vectors, k=self.cfg.k)
+
+    def __call__(self, hide_ids) -> Relabeled:
+        """Pseudo-labels for the rows that are unlabeled once the labels of ``hide_ids`` are hidden."""
+        a, cfg, k = self.a, self.cfg, len(self.a.classes)
+        at = pd.Index(self.ids).get_indexer(list(hide_ids))
+        labels = a.labels.copy()
+        labels[at[at >= 0]] = -1
+        protos, _, _ = build_prototypes(a.vectors, labels, k, self.proto_cfg, self.text, model=a.meta.get("model"))
+        r, _ = teach(a.vectors, labels, k, self.graph, protos, self.text, cfg)
+        rows = np.flatnonzero(labels < 0)
+        soft = np.zeros((rows.size, k))
+        np.put_along_axis(soft, r.top_labels[rows], r.top_probs[rows], axis=1)
+        soft /= np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
+        accepted = thresholds.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if rows.size else np.zeros(0, bool)
+        return Relabeled([self.ids[i] for i in rows], r.probs[rows], soft, r.confidence[rows], accepted)
 
 
 def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray) -> pa.Table:
