@@ -193,7 +193,8 @@ def detect_noise(
 @handles_errors
 def distill(
     data: DataArg,
-    student: Annotated[Optional[str], typer.Option("--student", help="mlp or linear head on the embeddings; cnn: a small image network trained end to end (use a GPU)")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", help="mlp or linear head on the embeddings; on the pixels, end to end (use a GPU): cnn (small, from scratch) or finetune (EfficientNet-Lite0 from ImageNet weights)")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="cnn/finetune: side the images are resized to; 0 = auto (cnn: largest side clipped to 8-64; finetune: 224) [default: 0]")] = None,
     keep_issues: Annotated[Optional[bool], typer.Option("--keep-issues/--drop-issues", help="keep labeled samples that detect-noise flagged [default: drop]")] = None,
     pseudolabels: Annotated[Optional[str], typer.Option("--pseudolabels", help="all (each weighted by its confidence) or accepted [default: all]")] = None,
     soft: Annotated[Optional[bool], typer.Option("--soft/--hard", help="distil soft pseudo-labels (KL at --temperature) or their hard labels [default: hard]")] = None,
@@ -212,7 +213,7 @@ def distill(
     from labelkit.stages import distill as stage
 
     ctx = Context(data, out, config, classes, json_out)
-    cfg = ctx.config("distill", student=student, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
+    cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
                      temperature=temperature, rounds=rounds, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 

@@ -124,7 +124,10 @@ class DetectNoiseConfig(StageConfig):
 class DistillConfig(StageConfig):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "threads"})
 
-    student: Literal["mlp", "linear", "cnn"] = Field("mlp", description="mlp or linear head on the embeddings; cnn = a small image network trained end to end on the pixels (use a GPU)")
+    student: Literal["mlp", "linear", "cnn", "finetune"] = Field(
+        "mlp", description="mlp or linear head on the embeddings; on the images' pixels, trained end to end (use a GPU): cnn = a small network from scratch, finetune = EfficientNet-Lite0 from its ImageNet weights"
+    )
+    image_size: int = Field(0, ge=0, description="cnn and finetune: side of the square the images are resized to (0 = their largest side clipped to 8-64 for cnn, 224 for finetune)")
     keep_issues: bool = Field(False, description="keep labeled samples that detect-noise flagged")
     use_pseudolabels: bool = Field(True, description="train on the pseudo-labels too")
     pseudolabels: Literal["all", "accepted"] = Field("all", description="which pseudo-labels to train on: all (each weighted by its confidence) or only those the pseudolabel stage accepted")
@@ -146,7 +149,7 @@ class DistillConfig(StageConfig):
     onnx: bool = Field(False, description="also export student/model.onnx")
     seed: int = 0
     device: str = "auto"
-    threads: int = Field(0, ge=0, description="CPU threads while training (0 = 1 for mlp and linear, whose small matrices gain nothing from more and lose much on a busy machine; torch's default for cnn)")
+    threads: int = Field(0, ge=0, description="CPU threads while training (0 = 1 for mlp and linear, whose small matrices gain nothing from more and lose much on a busy machine; torch's default for cnn and finetune)")
 
 
 class PredictConfig(StageConfig):

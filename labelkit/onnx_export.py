@@ -43,7 +43,7 @@ def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int |
     f : path-like or binary file object (e.g. io.BytesIO)
         Where to write the ``.onnx`` bytes.
     in_dim : int or tuple of int
-        Input shape without the batch axis: ``D`` for heads on embeddings, ``(C, H, W)`` for ``cnn``.
+        Input shape without the batch axis: ``D`` for heads on embeddings, ``(C, H, W)`` for ``cnn`` and ``finetune``.
     opset : int, default=17
 
     Raises
@@ -67,6 +67,8 @@ def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int |
         # The TorchScript-based exporter is deprecated in favour of dynamo (which needs onnxscript);
         # it is exact for these small graphs and needs only 'onnx'.
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        # EfficientNet's 'SAME' padding slices cannot be constant-folded; the graph is still exact.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             wrapped,
             (example,),

@@ -14,8 +14,12 @@ Architectures (the registry :data:`STUDENTS`):
     BANKING77 MiniLM embeddings (0.922 vs 0.919 with all 10k labels, 0.837 vs 0.828 with 1k) and
     on digits pixels (0.978 vs 0.972; 0.849 vs 0.843 with 120 labels), at 1 to 4x the CPU time.
 ``cnn``
-    A small convolutional network on image tensors (N, C, H, W), trained end to end. Meant for a
-    GPU (mixed precision is used there); it runs on CPU too, slowly.
+    A small convolutional network on image tensors (N, C, H, W), trained end to end from scratch.
+    Meant for a GPU (mixed precision is used there); it runs on CPU too, slowly.
+``finetune``
+    EfficientNet-Lite0 started from its ImageNet weights (the packaged ones the default image
+    embedder uses) with a new linear head, fine-tuned end to end on RGB image tensors. Meant for a
+    GPU; on CPU a step at 224 x 224 takes seconds.
 
 Every student starts with a :class:`Standardize` layer whose mean and std buffers are set from the
 training rows at fit time: they are saved in the state dict and exported to ONNX with the model,
@@ -134,6 +138,46 @@ class SmallCNN(nn.Module):
         return self.fc(self.drop(self.features(self.norm(x))))
 
 
+BACKBONE = "efficientnet-lite0"
+BACKBONE_DIM = 1280
+
+
+class FinetuneNet(nn.Module):
+    """EfficientNet-Lite0 + dropout + a new linear head, for (N, 3, H, W) pixels in [0, 1].
+
+    The input scaling is fixed to the one the Lite models were trained with, ``(255 x - 127) /
+    128``, in the ``norm`` buffers (:meth:`init_pretrained` sets them; training does not refit
+    them). Drop-connect is off: its masks would come from the global RNG.
+    """
+
+    fixed_norm = True
+
+    def __init__(self, n_classes: int, dropout: float):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise BadInputError("the finetune student needs 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)") from e
+        self.norm = Standardize((3, 1, 1))
+        self.backbone = EfficientNet.from_name(BACKBONE, drop_connect_rate=0.0)
+        self.backbone._fc = nn.Identity()  # its ImageNet head: replaced by ``fc``
+        self.drop = SeededDropout(dropout)
+        self.fc = nn.Linear(BACKBONE_DIM, n_classes)
+
+    def init_pretrained(self) -> None:
+        """Load the packaged ImageNet weights into the backbone and set the fixed input scaling."""
+        from labelkit.embedders.efficientnet import _read_state_dict, packaged_weights
+
+        state = {k: v for k, v in _read_state_dict(packaged_weights()).items() if not k.startswith("_fc.")}
+        self.backbone.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            self.norm.mean.fill_(127.0 / 255.0)
+            self.norm.std.fill_(128.0 / 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.backbone.extract_features(self.norm(x)).mean(dim=(2, 3))))
+
+
 @dataclass(frozen=True)
 class _Arch:
     build: Callable[[dict], nn.Module]
@@ -153,6 +197,7 @@ STUDENTS: dict[str, _Arch] = {
         ("in_channels", "n_classes", "width", "dropout"),
         4,
     ),
+    "finetune": _Arch(lambda c: FinetuneNet(c["n_classes"], c["dropout"]), ("n_classes", "dropout"), 4),
 }
 """Registry of student architectures: name -> builder, required config keys, input rank."""
 
@@ -165,8 +210,9 @@ def build_student(config: dict[str, Any]) -> nn.Module:
     config : dict
         ``{"architecture": "linear", "in_dim": D, "n_classes": K}``,
         ``{"architecture": "mlp", "in_dim": D, "n_classes": K, "hidden": H, "dropout": p}`` or
-        ``{"architecture": "cnn", "in_channels": C, "n_classes": K, "width": W, "dropout": p}``,
-        as returned in :attr:`FitResult.student_config`. Extra keys are ignored (so a config.json
+        ``{"architecture": "cnn", "in_channels": C, "n_classes": K, "width": W, "dropout": p}`` or
+        ``{"architecture": "finetune", "n_classes": K, "dropout": p}`` (untrained: its ImageNet
+        weights are loaded by :func:`init_weights`), as returned in :attr:`FitResult.student_config`. Extra keys are ignored (so a config.json
         may also carry class names or the embedder).
 
     Returns
@@ -233,8 +279,19 @@ def _reset_parameters(model: nn.Module, gen: torch.Generator) -> None:
             m.reset_parameters()
 
 
+def init_weights(model: nn.Module, gen: torch.Generator) -> None:
+    """A fresh student's starting weights: every layer from ``gen``, then pretrained weights where the
+    architecture has them (``finetune``)."""
+    _reset_parameters(model, gen)
+    if hasattr(model, "init_pretrained"):
+        model.init_pretrained()
+
+
 def _set_standardize(model: nn.Module, x: np.ndarray) -> None:
-    """Fit the Standardize buffers on the training rows (features, or channels for images)."""
+    """Fit the Standardize buffers on the training rows (features, or channels for images); a
+    student with a fixed input scaling (``fixed_norm``) keeps its own."""
+    if getattr(model, "fixed_norm", False):
+        return
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     mean = x.mean(axis=axes, dtype=np.float64)
     std = x.std(axis=axes, dtype=np.float64)

@@ -20,7 +20,7 @@ class TrainConfig:
 
     Parameters
     ----------
-    architecture : {"mlp", "linear", "cnn"}, default="mlp"
+    architecture : {"mlp", "linear", "cnn", "finetune"}, default="mlp"
     hidden : int, default=512
         Hidden width of the MLP head.
     width : int, default=32
@@ -110,6 +110,10 @@ def student_config(config: TrainConfig, input_shape: tuple[int, ...], n_classes:
     if arch == "cnn":
         return {"architecture": "cnn", "in_channels": int(input_shape[0]), "n_classes": int(n_classes),
                 "width": config.width, "dropout": config.dropout}
+    if arch == "finetune":
+        if int(input_shape[0]) != 3:
+            raise BadInputError(f"the finetune student reads RGB images (3 channels). Got {int(input_shape[0])} channels.")
+        return {"architecture": "finetune", "n_classes": int(n_classes), "dropout": config.dropout}
     out = {"architecture": arch, "in_dim": int(input_shape[0]), "n_classes": int(n_classes)}
     if arch == "mlp":
         out.update(hidden=config.hidden, dropout=config.dropout)

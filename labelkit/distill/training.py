@@ -17,7 +17,7 @@ from labelkit._progress import NULL, Progress
 from labelkit._validation import check_labels
 from labelkit.device import resolve_device
 from labelkit.distill.inference import _batched_logits
-from labelkit.distill.students import STUDENTS, _attach_generator, _reset_parameters, _set_standardize, build_student
+from labelkit.distill.students import STUDENTS, _attach_generator, _set_standardize, build_student, init_weights
 from labelkit.distill.targets import _check_soft, _check_weight, _distillation_loss, _prepare_targets
 from labelkit.distill.train_config import TrainConfig, student_config
 from labelkit.errors import BadInputError
@@ -126,7 +126,7 @@ def fit_student(
 
     Parameters
     ----------
-    x : ndarray of shape (n_samples, dim), or (n_samples, channels, height, width) for ``cnn``
+    x : ndarray of shape (n_samples, dim), or (n_samples, channels, height, width) for ``cnn`` and ``finetune``
         Inputs (embeddings, or image tensors), float.
     labels : ndarray of shape (n_samples,)
         Trusted hard labels, -1 where the sample has only a soft target.
@@ -236,7 +236,7 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
 
     cfg = student_config(config, x.shape[1:], n_classes)
     model = build_student(cfg)
-    _reset_parameters(model, gen)
+    init_weights(model, gen)
     _set_standardize(model, x[train_idx])
     model.to(device)
     dev_gen = torch.Generator(device=device).manual_seed(seed)

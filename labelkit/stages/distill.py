@@ -51,8 +51,10 @@ FORMAT = "labelkit-student"
 FORMAT_VERSION = 1
 DEFAULT_ACCEPT = 0.95  # self-training acceptance when pseudolabels.parquet records no confidence threshold
 ECE_BINS = 15
+IMAGE_STUDENTS = ("cnn", "finetune")  # trained end to end on pixels, not on the embeddings
 # cnn inputs: images resized to a square side between these (their largest side, clipped).
 CNN_MIN_SIDE, CNN_MAX_SIDE = 8, 64
+FINETUNE_SIDE = 224  # EfficientNet-Lite0's training resolution
 MIN_HELD_OUT = 20  # fewer held-out labels than this (or 2 per class): no hold-out, no early stopping
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
@@ -64,8 +66,8 @@ def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageRes
     samples.require_labels(STAGE)
     if samples.n_labeled == 0:
         raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
-    if cfg.student == "cnn" and samples.kind != "image":
-        raise BadInputError(f"--student cnn trains on image pixels, but DATA holds {samples.kind}; use --student mlp or linear")
+    if cfg.student in IMAGE_STUDENTS and samples.kind != "image":
+        raise BadInputError(f"--student {cfg.student} trains on image pixels, but DATA holds {samples.kind}; use --student mlp or linear")
     if cfg.onnx:
         _require_onnx()
     upstream = pipeline.ensure(ctx, "embed")
@@ -246,8 +248,9 @@ def _assemble(cfg, codes, k, trusted, pseudo_rows, pseudo_soft, pseudo_conf, val
 # -- inputs: embeddings or pixels -----------------------------------------------------------
 
 
-def pixel_spec(root: Path, sources: list[str], n: int = 32) -> dict[str, Any]:
-    """How a cnn student reads images: grayscale or RGB, and one square size, from the first readable ones."""
+def pixel_spec(root: Path, sources: list[str], n: int = 32, *, student: str = "cnn", size: int = 0) -> dict[str, Any]:
+    """How an image student reads images: grayscale or RGB, and one square side (``size``, else
+    from the first readable images for cnn, 224 for finetune, which always reads RGB)."""
     from PIL import Image
 
     sides, modes = [], []
@@ -261,9 +264,12 @@ def pixel_spec(root: Path, sources: list[str], n: int = 32) -> dict[str, Any]:
         if len(sides) >= n:
             break
     if not sides:
-        raise BadInputError("--student cnn: none of the images could be read")
-    side = int(min(CNN_MAX_SIDE, max(CNN_MIN_SIDE, max(sides))))
-    mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
+        raise BadInputError(f"--student {student}: none of the images could be read")
+    if student == "finetune":
+        side, mode = size or FINETUNE_SIDE, "RGB"
+    else:
+        side = size or int(min(CNN_MAX_SIDE, max(CNN_MIN_SIDE, max(sides))))
+        mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
     return {"kind": "pixels", "mode": mode, "channels": 1 if mode == "L" else 3, "size": [side, side], "resample": "bilinear", "scale": "x / 255"}
 
 
@@ -303,13 +309,13 @@ def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.n
     has = pos >= 0
     embedder = {k: meta.get(k) for k in ("model", "dim", "preprocessing", "normalized")}
     embedder["params"] = meta.get("params", {})
-    if cfg.student != "cnn":
+    if cfg.student not in IMAGE_STUDENTS:
         x = np.zeros((len(pos), vecs.shape[1]), dtype=np.float32)
         x[has] = vecs[pos[has]]
         return x, has, {"kind": "embedding", "dim": int(vecs.shape[1]), "normalized": "l2"}, embedder
     root = ctx.ws.data
     sources = samples.table["source"].tolist()
-    spec = pixel_spec(root, [s for s, h in zip(sources, has) if h])
+    spec = pixel_spec(root, [s for s, h in zip(sources, has) if h], student=cfg.student, size=cfg.image_size)
     rows = np.flatnonzero(has)
     px, ok = load_pixels([str(root / sources[r]) for r in rows], spec, ctx.progress)
     x = np.zeros((len(pos), spec["channels"], *spec["size"]), dtype=np.float32)
@@ -504,7 +510,7 @@ def _torch_threads(cfg: DistillConfig):
     import torch
 
     before = torch.get_num_threads()
-    n = cfg.threads or (before if cfg.student == "cnn" else 1)
+    n = cfg.threads or (before if cfg.student in IMAGE_STUDENTS else 1)
     torch.set_num_threads(n)
     try:
         yield

@@ -2,7 +2,7 @@
 
 DATA's inputs are turned into what the student was trained on, straight from the files: the
 student's own embedder (config.json) embeds images or texts, a manifest's ``embedding`` column is
-used as it is (its dimension checked), and a ``cnn`` student gets pixels read as at training.
+used as it is (its dimension checked), and a ``cnn`` or ``finetune`` student gets pixels read as at training.
 The embed stage's artifacts in DATA's workspace are not used: the student fixes the embedder,
 whatever DATA's workspace holds. DATA needs no labels; where it has some, the summary reports
 the student's accuracy on them.
@@ -106,7 +106,7 @@ def _inputs(ctx: RunContext, samples: Samples, student: dict[str, Any], device: 
     table = samples.table
     if spec.get("kind") == "pixels":
         if samples.kind != "image":
-            raise BadInputError(f"this student (cnn) reads images, but DATA holds {samples.kind}; give it a folder or a manifest of image paths")
+            raise BadInputError(f"this student ({student['config'].get('architecture')}) reads images, but DATA holds {samples.kind}; give it a folder or a manifest of image paths")
         paths = [str(ctx.ws.data / s) for s in table["source"]]
         x, ok = load_pixels(paths, spec, ctx.progress, "read images")
         return x, np.flatnonzero(ok), {i: "unreadable image" for i in table["id"][~ok]}

@@ -368,6 +368,47 @@ def test_cnn_student_on_digit_images(runner, digits, tmp_path):
     assert t.num_rows == 1797
 
 
+def test_finetune_student_starts_from_imagenet_weights_and_runs_end_to_end(runner, digits, tmp_path):
+    """issue 5's finetune student on CPU: EfficientNet-Lite0 from its packaged weights, one epoch
+    at 32 x 32 over 219 digit images; predict reads the pixels the same way, ONNX gives torch's outputs."""
+    from safetensors.torch import load_file
+
+    from labelkit.distill import load_student
+    from labelkit.embedders.efficientnet import _read_state_dict, packaged_weights
+
+    _digits_pseudolabels(digits, n=40)
+    cfg = tmp_path / "ft.toml"
+    cfg.write_text('[embed]\nmodel = "pixels:8"\n[distill]\nepochs = 1\nbatch_size = 64\ndevice = "cpu"\nfolds = 0\nlr = 1e-4\n')
+    onnx = ["--onnx"] if _has("onnx") and _has("onnxruntime") else []
+    out = _json(runner.invoke(app, ["distill", str(digits), "--student", "finetune", "--image-size", "32", "--keep-issues",
+                                    "--config", str(cfg), "--json", *onnx]))
+    assert (out["student"], out["n_trusted"], out["n_pseudo"], out["epochs_run"]) == ("finetune", 179, 40, 1)
+    student = digits / ".labelkit" / "student"
+    config = json.loads((student / "config.json").read_text())
+    assert config["input"] == {"kind": "pixels", "mode": "RGB", "channels": 3, "size": [32, 32], "resample": "bilinear", "scale": "x / 255"}
+    assert config["student_config"] == {"architecture": "finetune", "n_classes": 10, "dropout": 0.1}
+    model = load_student(config["student_config"], load_file(student / "model.safetensors"))
+    # Fine-tuned from the ImageNet weights (one epoch at lr 1e-4 moves them a little), not from scratch.
+    ref = _read_state_dict(packaged_weights())["_conv_stem.weight"]
+    moved = (model.backbone._conv_stem.weight - ref).abs().max().item()
+    assert 0 < moved < 0.05 * ref.abs().max().item()
+    pred = _json(runner.invoke(app, ["predict", str(student), str(digits), "--out", str(tmp_path / "pred"), "--json"]))
+    assert pred["n_predicted"] == 1797 and pred["student"] == "finetune"
+    if onnx:
+        import onnxruntime as ort
+
+        x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+        logits, _ = ort.InferenceSession(str(student / "model.onnx")).run(["logits", "probs"], {"input": x})
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, model(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def test_refit_teacher_hides_each_folds_labels_from_the_pseudo_labels(monkeypatch, runner, tmp_path, fast):
     """With the real upstream stages, each cross-fitting fold gets pseudo-labels propagated without
     its own trusted labels (the labels it is scored on never reach the student through its teacher)."""
