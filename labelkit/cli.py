@@ -202,6 +202,7 @@ def distill(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="maximum epochs [default: 100]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="distillation temperature T [default: 2]")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="self-training rounds (the student becomes the teacher) [default: 1]")] = None,
+    vat: Annotated[Optional[float], typer.Option("--vat", help="virtual adversarial training radius, relative to the median nearest-neighbour distance, e.g. 0.5; 0 = off [default: 0]")] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="cross-fitting folds for the metrics when too few trusted labels to hold out; 0 = off [default: 5]")] = None,
     refit_teacher: Annotated[Optional[bool], typer.Option("--refit-teacher/--shared-teacher", help="recompute the pseudo-labels without the labels the metrics are measured on, so the metrics are honest [default: refit]")] = None,
     onnx: Annotated[Optional[bool], typer.Option("--onnx/--no-onnx", help="also export student/model.onnx")] = None,
@@ -214,7 +215,7 @@ def distill(
 
     ctx = Context(data, out, config, classes, json_out)
     cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
-                     temperature=temperature, rounds=rounds, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
+                     temperature=temperature, rounds=rounds, vat=vat, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

@@ -54,6 +54,11 @@ class TrainConfig:
     patience : int, default=10
         Stop after this many epochs without a lower validation loss; the best epoch's weights
         are restored.
+    vat : float, default=0.0
+        Virtual adversarial training (:mod:`labelkit.distill.vat`): the radius of the adversarial
+        perturbation as a multiple of the median nearest-neighbour distance between training rows
+        (standardised); each batch adds ``KL(p(x) || p(x + r_adv))`` to the loss, at the cost of
+        two more forward and one more backward pass. 0 disables it (the distill stage's default too).
     amp : bool, default=True
         Mixed precision (torch.autocast, bf16 where supported else fp16 with loss scaling) on CUDA.
         Ignored on CPU.
@@ -74,6 +79,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
     patience: int = 10
+    vat: float = 0.0
     amp: bool = True
 
     def __post_init__(self):
@@ -94,6 +100,7 @@ class TrainConfig:
             "soften_below": (0.0, 1.0, True),
             "label_smoothing": (0.0, 1.0, False),
             "val_fraction": (0.0, 1.0, False),
+            "vat": (0.0, math.inf, False),
         }
         for name, (lo, hi, hi_incl) in ranges.items():
             v = getattr(self, name)

@@ -16,6 +16,7 @@ from torch import nn
 from labelkit._progress import NULL, Progress
 from labelkit._validation import check_labels
 from labelkit.device import resolve_device
+from labelkit.distill import vat
 from labelkit.distill.inference import _batched_logits
 from labelkit.distill.students import STUDENTS, _attach_generator, _set_standardize, build_student, init_weights
 from labelkit.distill.targets import _check_soft, _check_weight, _distillation_loss, _prepare_targets
@@ -238,6 +239,7 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
     model = build_student(cfg)
     init_weights(model, gen)
     _set_standardize(model, x[train_idx])
+    eps = vat.radius(model, x[train_idx], config.vat, gen) if config.vat > 0 else 0.0
     model.to(device)
     dev_gen = torch.Generator(device=device).manual_seed(seed)
     _attach_generator(model, dev_gen)
@@ -276,6 +278,9 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
                 with autocast():
                     logits = model(xb)
                 loss = _distillation_loss(logits, *batch, config.temperature)
+                if eps > 0:
+                    with autocast():
+                        loss = loss + vat.vat_loss(model, xb, eps, dev_gen)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -334,7 +334,7 @@ def train_config(cfg: DistillConfig):
     return TrainConfig(
         architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
-        soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience,
+        soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience, vat=cfg.vat,
     )
 
 

@@ -436,3 +436,11 @@ def test_refit_teacher_hides_each_folds_labels_from_the_pseudo_labels(monkeypatc
     seeds_seen.clear()
     out = _json(runner.invoke(app, ["distill", str(data), "--keep-issues", "--config", str(fast), "--folds", "3", "--shared-teacher", "--json"]))
     assert out["teacher"] == "shared (--shared-teacher)" and seeds_seen == []
+
+
+def test_vat_option_trains_and_is_recorded(runner, blobs, fast):
+    out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--vat", "0.5", "--folds", "0", "--json"]))
+    config = json.loads((blobs / ".labelkit" / "student" / "config.json").read_text())
+    assert config["train_params"]["vat"] == 0.5 and out["n_pseudo"] == 45
+    bad = runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--vat", "-1"])
+    assert bad.exit_code == 1 and "'vat' input should be greater than or equal to 0" in bad.stderr
