@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelkit.errors import BadInputError
+from labelkit.errors import BadInputError, DependencyError
 
 __all__ = ["STUDENTS", "build_student", "load_student", "student_state"]
 
@@ -157,7 +157,7 @@ class FinetuneNet(nn.Module):
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
-            raise BadInputError("the finetune student needs 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)") from e
+            raise DependencyError("the finetune student needs 'efficientnet-lite-pytorch' (pip install efficientnet-lite-pytorch)") from e
         self.norm = Standardize((3, 1, 1))
         self.backbone = EfficientNet.from_name(BACKBONE, drop_connect_rate=0.0)
         self.backbone._fc = nn.Identity()  # its ImageNet head: replaced by ``fc``
@@ -212,7 +212,8 @@ def build_student(config: dict[str, Any]) -> nn.Module:
         ``{"architecture": "mlp", "in_dim": D, "n_classes": K, "hidden": H, "dropout": p}`` or
         ``{"architecture": "cnn", "in_channels": C, "n_classes": K, "width": W, "dropout": p}`` or
         ``{"architecture": "finetune", "n_classes": K, "dropout": p}`` (untrained: its ImageNet
-        weights are loaded by :func:`init_weights`), as returned in :attr:`FitResult.student_config`. Extra keys are ignored (so a config.json
+        weights are loaded by :func:`init_weights`), as returned in
+        :attr:`FitResult.student_config`. Extra keys are ignored (so a config.json
         may also carry class names or the embedder).
 
     Returns

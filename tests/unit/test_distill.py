@@ -112,6 +112,21 @@ def test_cnn_two_steps_on_cpu():
         fit_student(x.reshape(8, -1), y, config=cfg)
 
 
+def test_finetune_two_steps_on_cpu_from_the_packaged_weights_and_rgb_only():
+    from labelkit.embedders.efficientnet import _read_state_dict, packaged_weights
+
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    y = np.array([0, 1] * 4)
+    cfg = TrainConfig(architecture="finetune", epochs=1, batch_size=4, val_fraction=0.0, lr=1e-4)
+    r = fit_student(x, y, config=cfg, seed=0)
+    assert r.student_config == {"architecture": "finetune", "n_classes": 2, "dropout": 0.1}
+    ref = _read_state_dict(packaged_weights())["_blocks.0._depthwise_conv.weight"]
+    assert torch.allclose(r.model.backbone._blocks[0]._depthwise_conv.weight, ref, atol=0.01)  # fine-tuned, not re-drawn
+    np.testing.assert_allclose(r.model.norm.mean.flatten().numpy(), 127 / 255, rtol=1e-6)  # fixed input scaling
+    with pytest.raises(BadInputError, match="reads RGB images"):
+        fit_student(x[:, :1], y, config=cfg)
+
+
 # --- loss ----------------------------------------------------------------------------------------
 
 
