@@ -62,11 +62,20 @@ def clean_seeds(embeddings, labels, n_classes: int, graph, prototypes=None, *, t
     >>> clean_seeds(x, np.array([0, 0, 1, 1, 1, -1]), 2, (sims, idx), options=pl.PseudolabelOptions(n_folds=2))[1].tolist()
     [False, False, True, False, False, False]
     """
+    return clean_and_calibrate(embeddings, labels, n_classes, graph, prototypes, text_prototypes=text_prototypes,
+                               options=options, odds=odds)[:2]
+
+
+def clean_and_calibrate(embeddings, labels, n_classes: int, graph, prototypes=None, *, text_prototypes=None,
+                        options: pl.PseudolabelOptions = pl.PseudolabelOptions(), odds: float = DEFAULT_ODDS):
+    """:func:`clean_seeds`, plus the held-out calibration it judged the seeds on (None when
+    :func:`can_clean` says the seeds are too few): the final pass can reuse it when no seed was
+    dropped (same labels, same folds)."""
     labels = np.asarray(labels, dtype=np.int64)
     if not can_clean(labels, options.n_folds):
-        return labels.copy(), np.zeros(len(labels), dtype=bool)
+        return labels.copy(), np.zeros(len(labels), dtype=bool), None
     cal = pl.heldout_calibration(embeddings, labels, n_classes, graph, prototypes, text_prototypes=text_prototypes, options=options)
-    return drop_doubted(labels, cal.rows, cal.probs, odds=odds)
+    return (*drop_doubted(labels, cal.rows, cal.probs, odds=odds), cal)
 
 
 def can_clean(labels: np.ndarray, n_folds: int) -> bool:

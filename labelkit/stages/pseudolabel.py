@@ -113,9 +113,9 @@ def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: Pseudolabel
     dropped, cal = np.zeros(len(labels), bool), None
     if task is not None:
         task.update(step="clean seeds")
-    if cfg.clean_seeds and seeds.can_clean(labels, cfg.calibration_folds):
-        cal = compute.heldout_calibration(vectors, labels, n_classes, graph, protos, text_prototypes=text, options=options)
-        labels, dropped = seeds.drop_doubted(labels, cal.rows, cal.probs, odds=cfg.clean_seeds_odds)
+    if cfg.clean_seeds:
+        labels, dropped, cal = seeds.clean_and_calibrate(vectors, labels, n_classes, graph, protos, text_prototypes=text,
+                                                         options=options, odds=cfg.clean_seeds_odds)
     if clock is not None:
         clock.lap("clean_seeds")
     if task is not None:
