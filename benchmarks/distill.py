@@ -1,6 +1,7 @@
 """Student quality: labelkit's pipeline (detect-noise, pseudolabel, distill, predict) from few noisy labels.
 
     python benchmarks/distill.py [--seeds 5] [--datasets digits,mnist] [--mnist-n 4000] [--rounds 1] [--epochs 100]
+    python benchmarks/distill.py --student cnn [--fixmatch 1] [--fixmatch-rule flexmatch] [--image-size 0] [--jobs 1] ...
 
 For each dataset and seed: a stratified split into train and test halves (the test half is seen
 by no stage); in train, 5 % of the labels kept (stratified, at least one per class) and 10 % of
@@ -19,6 +20,12 @@ metrics.json estimated (cross-fitting here: the trusted labels are too few to ho
 wall time of each stage. It exits non-zero unless, on every dataset, the defaults' student is
 within 2 points of the ceiling and beats the noisy-labeled-part student by at least 5 points.
 Torch runs on one thread (the distill stage's own choice for mlp students).
+
+``--student cnn`` runs the same protocol on the datasets' images: each split is written as
+grayscale PNGs with a labels.csv, embedded with ``pixels:SIDE`` (for detect-noise), and the cnn
+student is trained end to end with FixMatch (``--fixmatch 1 --without-pseudolabels``, batch 64,
+400 epochs, no cross-fitting); the references are the same cnn config fitted on the true labels
+and on the noisy labeled part (each with only its own images for the consistency term).
 
 Vectors:
 - digits (scikit-learn ``load_digits``, 1,797 x 64): pixels standardised per feature
@@ -39,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -65,18 +73,20 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(b[4 + 4 * nd :], dtype=np.uint8).reshape(shape)
 
 
-def load_datasets(names: set[str], *, mnist_n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_datasets(names: set[str], *, mnist_n: int, images: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, x, y): x standardised vectors (digits) or pixels / 255 (MNIST); with ``images``, uint8 images (n, H, W)."""
     from sklearn.datasets import load_digits
     from sklearn.preprocessing import StandardScaler
 
     out = []
     if "digits" in names:
         d = load_digits()
-        out.append(("digits", StandardScaler().fit_transform(d.data).astype(np.float32), d.target.astype(np.int64)))
+        x = np.round(d.images * (255 / 16)).astype(np.uint8) if images else StandardScaler().fit_transform(d.data).astype(np.float32)
+        out.append(("digits", x, d.target.astype(np.int64)))
     mnist = "mnist" in names
-    images, labels = DATA / "mnist" / "t10k-images-idx3-ubyte.gz", DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
-    if mnist and images.exists() and labels.exists():
-        x = _idx(images).reshape(-1, 784).astype(np.float32) / 255.0
+    image_file, labels = DATA / "mnist" / "t10k-images-idx3-ubyte.gz", DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    if mnist and image_file.exists() and labels.exists():
+        x = _idx(image_file) if images else _idx(image_file).reshape(-1, 784).astype(np.float32) / 255.0
         y = _idx(labels).astype(np.int64)
         if mnist_n < len(y):  # a fixed subsample, the same for every seed
             keep = np.sort(np.random.default_rng(12345).choice(len(y), mnist_n, replace=False))
@@ -121,6 +131,25 @@ def write_manifest(folder: Path, x: np.ndarray, labels: list[str | None]) -> Non
     pq.write_table(t, folder / "labels.parquet")
 
 
+def write_images(folder: Path, imgs: np.ndarray, labels: list[str | None]) -> None:
+    """One grayscale PNG per image and a labels.csv manifest (path, label; empty = unlabeled)."""
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im, mode="L").save(folder / "img" / f"s{i:05d}.png")
+    pd.DataFrame({"path": [f"img/s{i:05d}.png" for i in range(len(imgs))], "label": [v or "" for v in labels]}).to_csv(folder / "labels.csv", index=False)
+
+
+def _pixels(imgs: np.ndarray, side: int) -> np.ndarray:
+    """(n, 1, side, side) float32 in [0, 1], resized as the distill stage's load_pixels does (PIL bilinear)."""
+    from PIL import Image
+
+    if not side or side == imgs.shape[1]:
+        return imgs[:, None].astype(np.float32) / 255.0
+    return np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.BILINEAR), np.float32) for im in imgs])[:, None] / 255.0
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -138,7 +167,7 @@ def reference_student(x_train, y_train, x_test, y_test, cfg: DistillConfig, seed
     return float(np.mean(predict_proba(fit.model, x_test).argmax(1) == y_test))
 
 
-PIPELINE = "labelkit (defaults)"
+PIPELINE = "labelkit"
 REFERENCES = ("all true labels", "noisy labeled part")
 STAGES = ("embed", "detect-noise", "pseudolabel", "distill", "predict")
 
@@ -162,29 +191,39 @@ def _stage_seconds(*workspaces: Path) -> dict[str, float]:
 
 
 def run_one(x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConfig) -> dict[str, dict]:
-    """The pipeline and both references on one split: {method: {"acc": test accuracy, ...}}."""
+    """The pipeline and both references on one split: {method: {"acc": test accuracy, ...}}.
+
+    ``x`` holds vectors for the embedding students; for the image students (cnn) uint8 images
+    (n, H, W), written as PNGs and embedded by ``pixels:H`` for detect-noise and pseudolabel.
+    """
     train, test = split(y, seed)
     given, flipped = noisy_labels(y[train], seed)
+    images = cfg.student in distill_stage.IMAGE_STUDENTS
+    file_config = {"embed": {"model": f"pixels:{x.shape[1]}"}} if images else {}
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tr, te = Path(tmp) / "train", Path(tmp) / "test"
-        write_manifest(tr, x[train], [str(v) if v >= 0 else None for v in given])
-        write_manifest(te, x[test], [str(v) for v in y[test]])
-        ctx = RunContext(Workspace.open(tr), DatasetConfig())
+        write = write_images if images else write_manifest
+        write(tr, x[train], [str(v) if v >= 0 else None for v in given])
+        write(te, x[test], [str(v) for v in y[test]])
+        ctx = RunContext(Workspace.open(tr), DatasetConfig(), file_config)
         t0 = time.perf_counter()
-        res = distill_stage.run(ctx, cfg)  # runs embed (precomputed), detect-noise and pseudolabel first
+        res = distill_stage.run(ctx, cfg)  # runs embed, detect-noise and (unless told not to) pseudolabel first
         seconds = time.perf_counter() - t0
-        pred = predict_stage.run(tr / ".labelkit" / "student", RunContext(Workspace.open(te), DatasetConfig()), PredictConfig(device="cpu"))
+        pred = predict_stage.run(tr / ".labelkit" / "student", RunContext(Workspace.open(te), DatasetConfig(), file_config), PredictConfig(device="cpu"))
         s = res.summary
-        pl_all, pl_acc = _pseudo_accuracy(tr / ".labelkit", y[train])
+        pl_all, pl_acc = _pseudo_accuracy(tr / ".labelkit", y[train]) if cfg.use_pseudolabels else (float("nan"), float("nan"))
         out[PIPELINE] = {"acc": pred.summary["accuracy"], "n_trusted": s["n_trusted"], "n_pseudo": s["n_pseudo"], "n_dropped": s["n_dropped_issues"],
                          "pseudo_all": pl_all, "pseudo_accepted": pl_acc, "estimate": s["val_accuracy"], "seconds": seconds,
                          "stages": _stage_seconds(tr / ".labelkit", te / ".labelkit")}
-    xu_train, xu_test = _unit(x[train]), _unit(x[test])  # what the embed stage gives the student
+    if images:  # what load_pixels gives the student: (n, 1, H, W) in [0, 1]
+        xs_train, xs_test = (_pixels(x[rows], cfg.image_size) for rows in (train, test))
+    else:  # what the embed stage gives the student
+        xs_train, xs_test = _unit(x[train]), _unit(x[test])
     lab = given >= 0
     for name, rows, labels in (("all true labels", np.arange(train.size), y[train]), ("noisy labeled part", np.flatnonzero(lab), given)):
         t0 = time.perf_counter()
-        acc = reference_student(xu_train[rows], labels[rows], xu_test, y[test], cfg, seed)
+        acc = reference_student(xs_train[rows], labels[rows], xs_test, y[test], cfg, seed)
         out[name] = {"acc": acc, "n_trusted": rows.size, "n_pseudo": 0, "n_dropped": 0, "seconds": time.perf_counter() - t0}
     out["_split"] = {"n_train": train.size, "n_test": test.size, "n_labeled": int(lab.sum()), "n_flipped": int(flipped.sum()),
                      "estimate": s["estimate"], "folds": s["folds"]}
@@ -201,30 +240,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="digits,mnist", help="comma-separated: digits, mnist")
     ap.add_argument("--mnist-n", type=int, default=4000, help="MNIST test images used (a fixed subsample; 10000 = all)")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=None, help="[default: 100 for mlp, 400 for cnn]")
+    ap.add_argument("--student", choices=("mlp", "cnn"), default="mlp",
+                    help="cnn: the pipeline on the datasets' images (PNG), the cnn student with FixMatch, without the pseudo-labels")
+    ap.add_argument("--fixmatch", type=float, default=1.0, help="cnn: FixMatch weight (0 = the pseudo-labels instead)")
+    ap.add_argument("--fixmatch-rule", choices=("fixed", "flexmatch"), default="flexmatch")
+    ap.add_argument("--image-size", type=int, default=0, help="cnn: side the images are resized to (0 = their own)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (one torch thread each)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)  # the references; the distill stage itself trains mlp students on one thread
-    cfg = DistillConfig(rounds=args.rounds, epochs=args.epochs, device="cpu")
+    if args.student == "cnn":
+        epochs = args.epochs or 400
+        # batch 64 + 128 unlabeled: FixMatch's mu = 2; crossfit (6 fits) is off to keep the run short
+        cfg = DistillConfig(student="cnn", epochs=epochs, batch_size=64, fixmatch=args.fixmatch, use_pseudolabels=args.fixmatch == 0,
+                            fixmatch_rule=args.fixmatch_rule, image_size=args.image_size, rounds=args.rounds, folds=0, device="cpu", threads=1)
+        what = (f"cnn student on the images, --fixmatch {args.fixmatch:g} --fixmatch-rule {args.fixmatch_rule}"
+                + (" --without-pseudolabels" if args.fixmatch else "") + f", --batch-size 64, --image-size {args.image_size}, --folds 0")
+    else:
+        epochs = args.epochs or 100
+        cfg = DistillConfig(rounds=args.rounds, epochs=epochs, device="cpu")
+        what = "mlp student, distill defaults"
     quality = [
-        f"Test accuracy of the mlp student, mean ± std over seeds 0..{args.seeds - 1}: train/test halves, {SHARE:.0%} of the "
-        f"train labels kept, {FLIP:.0%} of those flipped; distill defaults, rounds={args.rounds}, epochs={args.epochs}.",
+        f"Test accuracy, mean ± std over seeds 0..{args.seeds - 1}: train/test halves, {SHARE:.0%} of the "
+        f"train labels kept, {FLIP:.0%} of those flipped; {what}, rounds={args.rounds}, epochs={epochs}.",
         "",
         "| dataset | train / test | labeled (flipped) | student trained on | test accuracy | trusted + pseudo (dropped issues) | s/run |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     teacher = [
-        "Where the gap comes from, and how well metrics.json predicts test accuracy (labelkit defaults, same runs):",
+        "Where the gap comes from, and how well metrics.json predicts test accuracy (same runs):",
         "",
         "| dataset | pseudo-label accuracy: all / accepted | student test accuracy | metrics.json accuracy (estimate, n) | estimate − test |",
         "| --- | --- | --- | --- | --- |",
     ]
-    timing = ["Seconds per run by stage (labelkit defaults, wall time from manifest.json; shared, loaded 2-core machine):", "",
+    timing = ["Seconds per run by stage (labelkit, wall time from manifest.json; shared, loaded 2-core machine):", "",
               "| dataset | " + " | ".join(STAGES) + " |", "| --- |" + " --- |" * len(STAGES)]
     verdicts = []
-    for name, x, y in load_datasets(set(args.datasets.split(",")), mnist_n=args.mnist_n):
-        runs = [run_one(x, y, seed, cfg) for seed in range(args.seeds)]
+    for name, x, y in load_datasets(set(args.datasets.split(",")), mnist_n=args.mnist_n, images=args.student == "cnn"):
+        if args.jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.jobs) as pool:
+                runs = list(pool.map(run_one, *zip(*[(x, y, seed, cfg) for seed in range(args.seeds)])))
+        else:
+            runs = [run_one(x, y, seed, cfg) for seed in range(args.seeds)]
         sp = {k: np.mean([r["_split"][k] for r in runs]) for k in ("n_train", "n_test", "n_labeled", "n_flipped")}
         for method in (PIPELINE, *REFERENCES):
             quality.append(

@@ -196,13 +196,18 @@ def distill(
     student: Annotated[Optional[str], typer.Option("--student", help="mlp or linear head on the embeddings; on the pixels, end to end (use a GPU): cnn (small, from scratch) or finetune (EfficientNet-Lite0 from ImageNet weights)")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="cnn/finetune: side the images are resized to; 0 = auto (cnn: largest side clipped to 8-64; finetune: 224) [default: 0]")] = None,
     keep_issues: Annotated[Optional[bool], typer.Option("--keep-issues/--drop-issues", help="keep labeled samples that detect-noise flagged [default: drop]")] = None,
+    use_pseudolabels: Annotated[Optional[bool], typer.Option("--with-pseudolabels/--without-pseudolabels", help="train on the pseudolabel stage's labels too, or on the trusted labels alone (with --fixmatch the student makes its own) [default: with]")] = None,
     pseudolabels: Annotated[Optional[str], typer.Option("--pseudolabels", help="all (each weighted by its confidence) or accepted [default: all]")] = None,
     soft: Annotated[Optional[bool], typer.Option("--soft/--hard", help="distil soft pseudo-labels (KL at --temperature) or their hard labels [default: hard]")] = None,
     confidence_weighting: Annotated[Optional[bool], typer.Option("--confidence-weighting/--no-confidence-weighting", help="weight pseudo-labeled samples by confidence [default: on]")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="maximum epochs [default: 100]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="labeled samples per step (--fixmatch adds twice as many unlabeled images) [default: 256]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="distillation temperature T [default: 2]")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="self-training rounds (the student becomes the teacher) [default: 1]")] = None,
     vat: Annotated[Optional[float], typer.Option("--vat", help="virtual adversarial training radius, relative to the median nearest-neighbour distance, e.g. 0.5; 0 = off [default: 0]")] = None,
+    fixmatch: Annotated[Optional[float], typer.Option("--fixmatch", help="cnn/finetune: weight of the FixMatch consistency term on augmented unlabeled images, e.g. 1; 0 = off [default: 0]")] = None,
+    fixmatch_threshold: Annotated[Optional[float], typer.Option("--fixmatch-threshold", help="confidence a weakly augmented view needs to become a FixMatch target [default: 0.95]")] = None,
+    fixmatch_rule: Annotated[Optional[str], typer.Option("--fixmatch-rule", help="fixed (one threshold) or flexmatch (per class, lower for classes learned late) [default: flexmatch]")] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="cross-fitting folds for the metrics when too few trusted labels to hold out; 0 = off [default: 5]")] = None,
     refit_teacher: Annotated[Optional[bool], typer.Option("--refit-teacher/--shared-teacher", help="recompute the pseudo-labels without the labels the metrics are measured on, so the metrics are honest [default: refit]")] = None,
     onnx: Annotated[Optional[bool], typer.Option("--onnx/--no-onnx", help="also export student/model.onnx")] = None,
@@ -214,8 +219,9 @@ def distill(
     from labelkit.stages import distill as stage
 
     ctx = Context(data, out, config, classes, json_out)
-    cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, pseudolabels=pseudolabels, soft=soft, confidence_weighting=confidence_weighting, epochs=epochs,
-                     temperature=temperature, rounds=rounds, vat=vat, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
+    cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, use_pseudolabels=use_pseudolabels, pseudolabels=pseudolabels, soft=soft,
+                     confidence_weighting=confidence_weighting, epochs=epochs, batch_size=batch_size, temperature=temperature, rounds=rounds, vat=vat,
+                     fixmatch=fixmatch, fixmatch_threshold=fixmatch_threshold, fixmatch_rule=fixmatch_rule, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

@@ -146,6 +146,9 @@ class DistillConfig(StageConfig):
     refit_teacher: bool = Field(True, description="recompute the pseudo-labels without the labels the metrics are measured on (held-out part, or each fold), so that they never reach the student through its teacher")
     patience: int = Field(10, ge=1, description="epochs without improvement before early stopping")
     vat: float = Field(0.0, ge=0, description="virtual adversarial training: perturbation radius as a multiple of the median nearest-neighbour distance between training samples (0 = off; 0.5 gained 1-2 points on pixel and text embeddings, lost 1.4 on CIFAR EfficientNet features, and costs 2.5x the training time)")
+    fixmatch: float = Field(0.0, ge=0, description="cnn and finetune: weight of the FixMatch consistency term (Sohn et al. 2020): each step also draws 2x --batch-size images without a trusted label, labels a shifted view of each where the student is at least --fixmatch-threshold confident, and trains a strongly augmented view (affine warp, contrast, cutout) on that label (0 = off)")
+    fixmatch_threshold: float = Field(0.95, ge=0, le=1, description="confidence a weakly augmented view needs before its label becomes a FixMatch target")
+    fixmatch_rule: Literal["fixed", "flexmatch"] = Field("flexmatch", description="FixMatch thresholds: fixed (--fixmatch-threshold for every class) or flexmatch (per class, lower for the classes the student is confident about on fewer images; Zhang et al. 2021)")
     rounds: int = Field(1, ge=1, description="self-training rounds: after each, the student becomes the teacher")
     onnx: bool = Field(False, description="also export student/model.onnx")
     seed: int = 0

@@ -100,11 +100,18 @@ def threshold_flexmatch(probs, *, tau: float = 0.95, warmup: bool = True) -> np.
 
 
 def _flexmatch_impl(conf, pred, n_classes, tau, warmup) -> np.ndarray:
-    sigma = np.bincount(pred[conf >= tau], minlength=n_classes).astype(np.float64)
-    norm = max(sigma.max(initial=0.0), conf.shape[0] - sigma.sum()) if warmup else sigma.max(initial=0.0)
+    sigma = np.bincount(pred[conf >= tau], minlength=n_classes)
+    return conf >= flexmatch_class_thresholds(sigma, conf.shape[0] - int(sigma.sum()), tau, warmup)[pred]
+
+
+def flexmatch_class_thresholds(sigma: np.ndarray, n_unused: int, tau: float, warmup: bool = True) -> np.ndarray:
+    """FlexMatch's per-class thresholds ``M(beta_c) tau`` from ``sigma`` (n_classes,), the count of
+    samples confidently predicted as each class, and ``n_unused``, those confident for none.
+    Unchecked: the training loop calls it every step."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    norm = max(sigma.max(initial=0.0), float(n_unused)) if warmup else sigma.max(initial=0.0)
     beta = sigma / norm if norm > 0 else np.zeros_like(sigma)
-    thresholds = beta / (2.0 - beta) * tau
-    return conf >= thresholds[pred]
+    return beta / (2.0 - beta) * tau
 
 
 def threshold_top_per_class(probs, *, n_per_class: int) -> np.ndarray:

@@ -13,6 +13,9 @@ package is split by what each module owns:
     :func:`distillation_loss`.
 :mod:`~labelkit.distill.training`
     :func:`fit_student` and :class:`FitResult`: the loop, early stopping, training dynamics.
+:mod:`~labelkit.distill.fixmatch`
+    FixMatch for image students: weak and strong augmentations, FlexMatch thresholds, the
+    consistency loss. :mod:`~labelkit.distill.vat` is its counterpart for embeddings.
 :mod:`~labelkit.distill.inference`
     :func:`predict_proba`.
 

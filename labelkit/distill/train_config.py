@@ -13,6 +13,8 @@ from labelkit.errors import BadInputError
 
 __all__ = ["TrainConfig", "student_config"]
 
+FIXMATCH_RULES = ("fixed", "flexmatch")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -59,6 +61,20 @@ class TrainConfig:
         perturbation as a multiple of the median nearest-neighbour distance between training rows
         (standardised); each batch adds ``KL(p(x) || p(x + r_adv))`` to the loss, at the cost of
         two more forward and one more backward pass. 0 disables it (the distill stage's default too).
+    fixmatch : float, default=0.0
+        ``cnn`` and ``finetune``: weight of the FixMatch consistency term
+        (:mod:`labelkit.distill.fixmatch`). Each step then also draws ``2 * batch_size`` images
+        from the unlabeled pool (the ``unlabeled`` images given to :func:`fit_student` plus the
+        training images), labels a weakly augmented view of each where the student is at least
+        ``fixmatch_threshold`` confident, and trains a strongly augmented view on that label; the
+        labeled batch gets the weak view too. An epoch is then the larger of a pass over the
+        training rows and a pass over the pool. 0 disables it.
+    fixmatch_threshold : float, default=0.95
+        Confidence a weak view needs before its label becomes a target (FixMatch's tau).
+    fixmatch_rule : {"fixed", "flexmatch"}, default="flexmatch"
+        ``fixed``: that threshold for every class (FixMatch); ``flexmatch``: per class, scaled
+        down for the classes few pool images are yet confidently predicted as (FlexMatch,
+        Zhang et al. 2021; :class:`labelkit.distill.fixmatch.FlexMatchThresholds`).
     amp : bool, default=True
         Mixed precision (torch.autocast, bf16 where supported else fp16 with loss scaling) on CUDA.
         Ignored on CPU.
@@ -80,6 +96,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     patience: int = 10
     vat: float = 0.0
+    fixmatch: float = 0.0
+    fixmatch_threshold: float = 0.95
+    fixmatch_rule: str = "flexmatch"
     amp: bool = True
 
     def __post_init__(self):
@@ -101,6 +120,8 @@ class TrainConfig:
             "label_smoothing": (0.0, 1.0, False),
             "val_fraction": (0.0, 1.0, False),
             "vat": (0.0, math.inf, False),
+            "fixmatch": (0.0, math.inf, False),
+            "fixmatch_threshold": (0.0, 1.0, True),
         }
         for name, (lo, hi, hi_incl) in ranges.items():
             v = getattr(self, name)
@@ -108,6 +129,10 @@ class TrainConfig:
             if not ok:
                 bracket = "]" if hi_incl else ")"
                 raise BadInputError(f"'{name}' must be in [{lo}, {hi}{bracket}. Got {v!r} instead.")
+        if self.fixmatch_rule not in FIXMATCH_RULES:
+            raise BadInputError(f"'fixmatch_rule' must be one of {list(FIXMATCH_RULES)}. Got {self.fixmatch_rule!r} instead.")
+        if self.fixmatch > 0 and STUDENTS[self.architecture].input_ndim != 4:
+            raise BadInputError(f"'fixmatch' augments images: it needs the cnn or finetune architecture. Got {self.architecture!r} instead.")
 
 
 

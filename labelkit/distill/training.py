@@ -16,7 +16,7 @@ from torch import nn
 from labelkit._progress import NULL, Progress
 from labelkit._validation import check_labels
 from labelkit.device import resolve_device
-from labelkit.distill import vat
+from labelkit.distill import fixmatch, vat
 from labelkit.distill.inference import _batched_logits
 from labelkit.distill.students import STUDENTS, _attach_generator, _set_standardize, build_student, init_weights
 from labelkit.distill.targets import _check_soft, _check_weight, _distillation_loss, _prepare_targets
@@ -99,6 +99,7 @@ def fit_student(
     config: TrainConfig = TrainConfig(),
     sample_weight=None,
     val: tuple[Any, Any] | None = None,
+    unlabeled=None,
     progress: Progress | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -140,6 +141,9 @@ def fit_student(
     val : tuple (x_val, labels_val), default=None
         Explicit validation set for early stopping (hard labels). None: hold out
         ``config.val_fraction`` of the trusted samples of ``x``.
+    unlabeled : ndarray of shape (n_unlabeled, channels, height, width), default=None
+        Images without a target, for the FixMatch term (``config.fixmatch > 0``); the training
+        images join them in the pool it draws from. Ignored when ``config.fixmatch`` is 0.
     progress : Progress, default=None
         None reports nothing. Otherwise reports a ``"distill"`` task with ``total=config.epochs``, one advance per epoch and
         ``loss``, ``val_loss``, ``val_acc`` fields.
@@ -158,6 +162,8 @@ def fit_student(
     Xu et al., "End-to-End Semi-Supervised Object Detection with Soft Teacher", ICCV 2021.
     Swayamdipta et al., "Dataset Cartography: Mapping and Diagnosing Datasets with Training
     Dynamics", EMNLP 2020.
+    Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and
+    Confidence", NeurIPS 2020.
     Loshchilov, Hutter, "Decoupled Weight Decay Regularization" (AdamW) and "SGDR" (cosine), 2019/2017.
 
     Examples
@@ -201,14 +207,31 @@ def fit_student(
         if x_val.shape[1:] != x.shape[1:] or y_val.shape[0] != x_val.shape[0]:
             raise BadInputError(f"'val' must hold x_val of shape (m, {', '.join(map(str, x.shape[1:]))}) and labels (m,).")
         val = (x_val, y_val)
+    if config.fixmatch > 0 and unlabeled is not None:
+        unlabeled = _check_x(unlabeled, config.architecture, name="unlabeled")
+        if unlabeled.shape[1:] != x.shape[1:]:
+            raise BadInputError(f"'unlabeled' images must have the shape of x's, {x.shape[1:]}. Got {unlabeled.shape[1:]} instead.")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise BadInputError(f"'seed' must be an int >= 0. Got {seed!r} instead.")
     device = resolve_device(device)
     progress = NULL if progress is None else progress
-    return _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, int(seed), device)
+    return _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled if config.fixmatch > 0 else None, progress, int(seed), device)
 
 
-def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, device) -> FitResult:
+UNLABELED_RATIO = 2  # FixMatch's mu: unlabeled images per labeled one in a step (the paper's 7 costs 3x more on a CPU)
+
+
+def _index_stream(n: int, size: int, gen: torch.Generator):
+    """Batches of ``size`` indices into range(n) from consecutive random permutations (an epoch may wrap)."""
+    buf = torch.zeros(0, dtype=torch.int64)
+    while True:
+        while buf.numel() < size:
+            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
+        yield buf[:size]
+        buf = buf[size:]
+
+
+def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress, seed, device) -> FitResult:
     """Unchecked :func:`fit_student`."""
     t0 = time.perf_counter()
     n = x.shape[0]
@@ -250,7 +273,14 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
     )
+    pool = None
+    if config.fixmatch > 0:  # the unlabeled images and the training ones (their labels unused here)
+        pool = x_train if unlabeled is None or unlabeled.shape[0] == 0 else torch.cat([x_train, torch.from_numpy(unlabeled)])
+        pool_batches = _index_stream(pool.shape[0], UNLABELED_RATIO * config.batch_size, gen)
+        flex = fixmatch.FlexMatchThresholds(pool.shape[0], n_classes, config.fixmatch_threshold) if config.fixmatch_rule == "flexmatch" else None
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    if pool is not None:
+        steps_per_epoch = max(steps_per_epoch, math.ceil(pool.shape[0] / (UNLABELED_RATIO * config.batch_size)))
     total_steps = config.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     amp_dtype = _amp_dtype(device, config.amp)
@@ -266,21 +296,34 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
     stopped_early = False
     label_train = torch.from_numpy(targets.label[train_idx])
     eval_bs = max(config.batch_size, 1024)
+    labeled_batches = _index_stream(n_train, config.batch_size, gen) if pool is not None else None
     with progress.task("distill", total=config.epochs) as task:
         for epoch in range(config.epochs):
             model.train()
-            perm = torch.randperm(n_train, generator=gen)
-            tot, wsum = 0.0, 0.0
-            for s in range(0, n_train, config.batch_size):
-                bi = perm[s : s + config.batch_size]
+            if labeled_batches is None:  # one pass over the training rows
+                perm = torch.randperm(n_train, generator=gen)
+                epoch_batches = [perm[s : s + config.batch_size] for s in range(0, n_train, config.batch_size)]
+            else:  # FixMatch: labeled batches cycle while the pool is passed over
+                epoch_batches = [next(labeled_batches) for _ in range(steps_per_epoch)]
+            tot, wsum, masked = 0.0, 0.0, []
+            for bi in epoch_batches:
                 xb = x_train[bi].to(device, non_blocking=True)
                 batch = [tg[k][bi].to(device, non_blocking=True) for k in ("tempered", "hard", "a", "b", "w")]
+                if pool is not None:
+                    xb = fixmatch.weak_view(xb, dev_gen)
                 with autocast():
                     logits = model(xb)
                 loss = _distillation_loss(logits, *batch, config.temperature)
                 if eps > 0:
                     with autocast():
                         loss = loss + vat.vat_loss(model, xb, eps, dev_gen)
+                if pool is not None:
+                    ui = next(pool_batches)
+                    xu = pool[ui].to(device, non_blocking=True)
+                    with autocast():
+                        lu, frac = fixmatch.consistency_loss(model, xu, dev_gen, config.fixmatch_threshold, flex, ui.numpy())
+                    loss = loss + config.fixmatch * lu
+                    masked.append(float(frac))
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -305,7 +348,7 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, progress, seed, dev
             val_loss.append(vl)
             val_acc.append(va)
             task.advance()
-            task.update(loss=train_loss[-1], val_loss=vl, val_acc=va)
+            task.update(loss=train_loss[-1], val_loss=vl, val_acc=va, **({"confident": float(np.mean(masked))} if masked else {}))
 
             if val is None:
                 best = (math.nan, epoch, None)

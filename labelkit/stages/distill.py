@@ -68,6 +68,8 @@ def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageRes
         raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
     if cfg.student in IMAGE_STUDENTS and samples.kind != "image":
         raise BadInputError(f"--student {cfg.student} trains on image pixels, but DATA holds {samples.kind}; use --student mlp or linear")
+    if cfg.fixmatch > 0 and cfg.student not in IMAGE_STUDENTS:
+        raise BadInputError(f"--fixmatch augments images: use --student cnn or finetune (got --student {cfg.student})")
     if cfg.onnx:
         _require_onnx()
     upstream = pipeline.ensure(ctx, "embed")
@@ -335,6 +337,7 @@ def train_config(cfg: DistillConfig):
         architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
         soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience, vat=cfg.vat,
+        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule,
     )
 
 
@@ -367,7 +370,8 @@ def _fit_rounds(progress, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_
             unl = ts.unlabeled_rows
             probs = predict_proba(fit.model, x[unl], device=device) if unl.size else np.zeros((0, n_classes))
             ts = _self_training(ts, probs, cfg)
-        fit = fit_student(x[ts.train_rows], ts.hard, ts.soft, config=tc, sample_weight=ts.weight, val=val,
+        unlabeled = x[ts.unlabeled_rows] if cfg.fixmatch > 0 else None
+        fit = fit_student(x[ts.train_rows], ts.hard, ts.soft, config=tc, sample_weight=ts.weight, val=val, unlabeled=unlabeled,
                           progress=progress, seed=cfg.seed + r, device=device)
         rounds.append(_round_record(r, ts, fit))
     return fit, ts, rounds

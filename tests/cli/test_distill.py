@@ -368,6 +368,25 @@ def test_cnn_student_on_digit_images(runner, digits, tmp_path):
     assert t.num_rows == 1797
 
 
+def test_cnn_student_with_fixmatch_trains_on_trusted_labels_and_unlabeled_images(runner, digits, tmp_path):
+    """--fixmatch without the pseudo-labels: the pseudolabel stage does not run; every unlabeled
+    image feeds the consistency term."""
+    cfg = tmp_path / "fm.toml"
+    cfg.write_text('[embed]\nmodel = "pixels:8"\n[distill]\nepochs = 1\nbatch_size = 32\ndevice = "cpu"\n')
+    r = runner.invoke(app, ["distill", str(digits), "--student", "cnn", "--fixmatch", "1", "--without-pseudolabels", "--keep-issues", "--config", str(cfg), "--json"])
+    out = _json(r)
+    assert (out["student"], out["n_trusted"], out["n_pseudo"], out["epochs_run"]) == ("cnn", 179, 0, 1)
+    assert not (digits / ".labelkit" / "pseudolabels.parquet").exists()
+    params = json.loads((digits / ".labelkit" / "student" / "config.json").read_text())["train_params"]
+    assert (params["fixmatch"], params["fixmatch_threshold"], params["use_pseudolabels"]) == (1.0, 0.95, False)
+
+
+def test_fixmatch_needs_an_image_student(runner, blobs, fast):
+    r = runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--fixmatch", "1"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().endswith("--fixmatch augments images: use --student cnn or finetune (got --student mlp)")
+
+
 def test_finetune_student_starts_from_imagenet_weights_and_runs_end_to_end(runner, digits, tmp_path):
     """issue 5's finetune student on CPU: EfficientNet-Lite0 from its packaged weights, one epoch
     at 32 x 32 over 219 digit images; predict reads the pixels the same way, ONNX gives torch's outputs."""

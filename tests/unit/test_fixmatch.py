@@ -1,0 +1,118 @@
+"""FixMatch: the augmentations, the consistency loss, and fit_student's use of unlabeled images."""
+
+import numpy as np
+import pytest
+import torch
+
+from labelkit.distill import TrainConfig, fit_student, predict_proba
+from labelkit.distill.fixmatch import consistency_loss, strong_view, weak_view
+from labelkit.errors import BadInputError
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_weak_view_shifts_by_at_most_an_eighth_and_keeps_a_flat_image_flat():
+    flat = torch.full((4, 1, 16, 16), 0.3)
+    assert torch.allclose(weak_view(flat, _gen()), flat, atol=1e-6)  # border padding: no black frame
+    dot = torch.zeros(64, 1, 16, 16)
+    dot[:, :, 8, 8] = 1.0
+    out = weak_view(dot, _gen())
+    rows, cols = torch.arange(16).view(16, 1), torch.arange(16).view(1, 16)
+    mass = out[:, 0].sum(dim=(1, 2))
+    cy = (out[:, 0] * rows).sum(dim=(1, 2)) / mass
+    cx = (out[:, 0] * cols).sum(dim=(1, 2)) / mass
+    # 12.5 % of 16 px = 2 px each way; the pixel centre sits at 8
+    assert (cy - 8).abs().max() <= 2.01 and (cx - 8).abs().max() <= 2.01
+    assert (cy - 8).abs().max() > 0.5  # it does move
+    assert torch.equal(out, weak_view(dot, _gen()))  # seeded
+
+
+def test_strong_view_stays_in_range_and_cuts_a_gray_square():
+    x = torch.rand(32, 3, 12, 12, generator=_gen(1))
+    out = strong_view(x, _gen(2))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    gray = (out == 0.5).all(dim=1)  # every channel 0.5: the cutout
+    assert all(gray[i].sum() >= 9 for i in range(32))  # a hole of side >= 3 px, clipped at the edges
+    assert torch.equal(out, strong_view(x, _gen(2)))
+    assert not torch.equal(out, strong_view(x, _gen(3)))
+
+
+class _Fixed(torch.nn.Module):
+    """Logits that ignore the input: class 0 with probability p."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([np.log(p), np.log(1 - p)], dtype=torch.float32))
+
+    def forward(self, x):
+        return self.w.expand(x.shape[0], 2)
+
+
+def test_consistency_loss_is_cross_entropy_on_confident_images_only():
+    x = torch.rand(8, 1, 8, 8, generator=_gen())
+    loss, frac = consistency_loss(_Fixed(0.9), x, _gen(), threshold=0.8)
+    assert float(frac) == 1.0
+    assert float(loss.detach()) == pytest.approx(-np.log(0.9), rel=1e-5)
+    loss, frac = consistency_loss(_Fixed(0.9), x, _gen(), threshold=0.95)
+    assert float(frac) == 0.0 and float(loss.detach()) == 0.0
+
+
+def _two_bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 images: class 0 a vertical bar, class 1 a horizontal bar, at random positions, with noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 0.2, size=(n, 1, 8, 8)).astype(np.float32)
+    y = np.arange(n) % 2
+    pos = rng.integers(1, 7, n)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, :, pos[i]] = 1.0
+        else:
+            x[i, 0, pos[i], :] = 1.0
+    return x, y
+
+
+def test_fit_student_with_fixmatch_learns_from_unlabeled_images_and_is_seeded():
+    x, y = _two_bars(4, 0)
+    xu, yu = _two_bars(200, 1)
+    cfg = TrainConfig(architecture="cnn", width=8, epochs=6, batch_size=8, lr=3e-3, val_fraction=0.0, fixmatch=1.0, fixmatch_threshold=0.7)
+    a = fit_student(x, y, config=cfg, unlabeled=xu, seed=3)
+    b = fit_student(x, y, config=cfg, unlabeled=xu, seed=3)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    # an epoch passes over the 204-image pool at 2 x 8 a step: 13 steps, so 6 epochs are 78 steps
+    assert a.train_loss.size == 6
+    plain = fit_student(x, y, config=TrainConfig(architecture="cnn", width=8, epochs=78, batch_size=8, lr=3e-3, val_fraction=0.0), seed=3)
+    assert not torch.equal(a.model.fc.weight, plain.model.fc.weight)
+    assert np.mean(predict_proba(a.model, xu).argmax(1) == yu) >= 0.9
+
+
+def test_fixmatch_needs_an_image_student_and_matching_unlabeled_images():
+    with pytest.raises(BadInputError, match="'fixmatch' augments images: it needs the cnn or finetune architecture"):
+        TrainConfig(architecture="mlp", fixmatch=1.0)
+    with pytest.raises(BadInputError, match="'fixmatch_threshold' must be in"):
+        TrainConfig(architecture="cnn", fixmatch=1.0, fixmatch_threshold=1.5)
+    x, y = _two_bars(4, 0)
+    cfg = TrainConfig(architecture="cnn", width=4, epochs=1, batch_size=4, val_fraction=0.0, fixmatch=1.0)
+    with pytest.raises(BadInputError, match="'unlabeled' images must have the shape of x's"):
+        fit_student(x, y, config=cfg, unlabeled=np.zeros((3, 1, 6, 6), np.float32))
+
+
+def test_flexmatch_thresholds_follow_each_class_learning_status():
+    from labelkit.distill.fixmatch import FlexMatchThresholds
+
+    flex = FlexMatchThresholds(6, 2, tau=0.95)
+    assert flex.thresholds().tolist() == [0.0, 0.0]  # nothing confident yet: warm-up lets everything through
+    flex.update(np.arange(6), np.array([0.99, 0.97, 0.96, 0.99, 0.5, 0.94]), np.array([0, 0, 0, 1, 1, 0]))
+    assert flex.last.tolist() == [0, 0, 0, 1, -1, -1]
+    # sigma = [3, 1], 2 unused: beta = [1, 1/3]; M(b) = b / (2 - b) = [1, 0.2]
+    assert np.allclose(flex.thresholds(), [0.95, 0.19])
+    flex.update(np.array([0]), np.array([0.99]), np.array([1]))  # an image's latest confident class replaces its old one
+    assert flex.last.tolist() == [1, 0, 0, 1, -1, -1]
+    assert np.allclose(flex.thresholds(), [0.95, 0.95])  # sigma = [2, 2], 2 unused
+
+
+def test_fit_student_rejects_an_unknown_fixmatch_rule():
+    with pytest.raises(BadInputError, match="'fixmatch_rule' must be one of"):
+        TrainConfig(architecture="cnn", fixmatch=1.0, fixmatch_rule="softmatch")
