@@ -42,6 +42,16 @@ def normalize_rows_(f: np.ndarray) -> np.ndarray:
     return f
 
 
+def topk_to_dense(n_rows: int, n_classes: int, rows: np.ndarray, cols: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(n_rows, n_classes) float64 soft labels from top-k entries (row, class, probability) in
+    flat arrays; repeated (row, class) pairs add up; each row renormalised to sum to one (rows
+    without an entry stay zero: "no soft label")."""
+    out = np.zeros((n_rows, n_classes))
+    np.add.at(out, (rows, cols), probs)
+    s = out.sum(axis=1, keepdims=True)
+    return np.divide(out, s, out=out, where=s > 0)
+
+
 def margin(probs: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 probability of each row (the top-1 probability with one class)."""
     if probs.shape[1] < 2:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit import __version__, artifacts
+from labelkit._probability import topk_to_dense
 from labelkit.config import DistillConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
@@ -160,31 +161,35 @@ def acceptance_threshold(metadata: dict[str, Any]) -> float:
     return DEFAULT_ACCEPT
 
 
-def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pa.Table, dict[str, Any]]:
     path = artifacts.require(ctx.ws.path(artifacts.PSEUDOLABELS), f"labelkit pseudolabel {ctx.ws.data}")
+    cols = ["id", "label", "confidence", "accepted", "top_labels", "top_probs"]
     try:
-        t = pq.read_table(path)
+        names = pq.read_schema(path).names
+        missing = [c for c in cols if c not in names]
+        if missing:
+            raise BadInputError(f"{path.name}: missing column '{missing[0]}'; rerun 'labelkit pseudolabel {ctx.ws.data} --force'")
+        t = pq.read_table(path, columns=cols)
     except (OSError, pa.ArrowInvalid) as e:
         raise BadInputError(f"{path.name}: cannot read ({e}); rerun 'labelkit pseudolabel {ctx.ws.data} --force'") from None
-    missing = [c for c in ("id", "label", "confidence", "accepted", "top_labels", "top_probs") if c not in t.column_names]
-    if missing:
-        raise BadInputError(f"{path.name}: missing column '{missing[0]}'; rerun 'labelkit pseudolabel {ctx.ws.data} --force'")
-    df = pd.DataFrame({c: t.column(c).to_pylist() for c in ("id", "label", "confidence", "accepted", "top_labels", "top_probs")})
-    df["id"] = df["id"].astype(str)
-    return df, artifacts.read_metadata(path)
+    return t, artifacts.read_metadata(path)
 
 
-def _soft_matrix(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """(n, K) soft labels from top_labels/top_probs (renormalised over the classes kept)."""
-    index = {c: i for i, c in enumerate(classes)}
-    out = np.zeros((len(df), len(classes)))
-    for r, (labs, probs) in enumerate(zip(df["top_labels"], df["top_probs"])):
-        for lab, p in zip(labs or [], probs or []):
-            if lab not in index:
-                raise BadInputError(f"pseudolabels.parquet names class '{lab}', which is not among the dataset's classes; rerun 'labelkit pseudolabel --force'")
-            out[r, index[lab]] += float(p)
-    s = out.sum(axis=1, keepdims=True)
-    return np.divide(out, s, out=np.zeros_like(out), where=s > 0)
+def _soft_matrix(t: pa.Table, classes: list[str]) -> np.ndarray:
+    """(n, K) soft labels from the rows' top_labels/top_probs (renormalised over the classes kept)."""
+    import pyarrow.compute as pc
+
+    labels, probs = (t.column(c).combine_chunks() for c in ("top_labels", "top_probs"))
+    lengths = [pc.list_value_length(a).fill_null(0).to_numpy(zero_copy_only=False) for a in (labels, probs)]
+    if not np.array_equal(*lengths):
+        raise BadInputError("pseudolabels.parquet: top_labels and top_probs differ in length; rerun 'labelkit pseudolabel --force'")
+    flat = labels.flatten().to_numpy(zero_copy_only=False).astype(str)
+    p = probs.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    cols = pd.Index(classes).get_indexer(flat)
+    if (cols < 0).any():
+        raise BadInputError(f"pseudolabels.parquet names class '{flat[cols < 0][0]}', which is not among the dataset's classes; rerun 'labelkit pseudolabel --force'")
+    rows = pc.list_parent_indices(labels).to_numpy()
+    return topk_to_dense(t.num_rows, len(classes), rows, cols, p)
 
 
 def min_held_out(n_classes: int) -> int:
@@ -218,16 +223,16 @@ def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, ha
     pseudo_soft = np.zeros((0, k))
     pseudo_conf = np.zeros(0)
     if cfg.use_pseudolabels:
-        df, meta = _pseudolabels(ctx, samples)
+        t, meta = _pseudolabels(ctx, samples)
         threshold = acceptance_threshold(meta)
-        pos = pd.Index(df["id"]).get_indexer(ids)  # samples row -> pseudolabels row (-1: none)
+        pos = pd.Index(t.column("id").to_numpy(zero_copy_only=False).astype(str)).get_indexer(ids)  # samples row -> pseudolabels row (-1: none)
         accepted = np.zeros(len(ids), dtype=bool)
-        taken = np.ones(len(df), bool) if cfg.pseudolabels == "all" else df["accepted"].to_numpy(dtype=bool)
+        taken = np.ones(t.num_rows, bool) if cfg.pseudolabels == "all" else t.column("accepted").to_numpy(zero_copy_only=False).astype(bool)
         accepted[pos >= 0] = taken[pos[pos >= 0]]
         pseudo_rows = np.flatnonzero(accepted & (codes < 0) & has_input)
-        rows_df = df.iloc[pos[pseudo_rows]]
-        pseudo_soft = _soft_matrix(rows_df, samples.classes)
-        pseudo_conf = rows_df["confidence"].to_numpy(dtype=np.float64)
+        chosen = t.take(pa.array(pos[pseudo_rows]))
+        pseudo_soft = _soft_matrix(chosen, samples.classes)
+        pseudo_conf = chosen.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
     return _assemble(cfg, codes, k, fit_trusted, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, int(dropped.sum()), threshold)
 
 

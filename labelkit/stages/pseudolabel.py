@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from labelkit import artifacts
+from labelkit._probability import topk_to_dense
 from labelkit import pseudolabel as compute
 from labelkit import seeds
 from labelkit import thresholds
@@ -191,9 +192,8 @@ class Relabeler:
         protos, _, _ = build_prototypes(a.vectors, labels, k, self.proto_cfg, self.text, model=a.meta.get("model"))
         r, _ = teach(a.vectors, labels, k, self.graph, protos, self.text, cfg)
         rows = np.flatnonzero(labels < 0)
-        soft = np.zeros((rows.size, k))
-        np.put_along_axis(soft, r.top_labels[rows], r.top_probs[rows], axis=1)
-        soft /= np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
+        top = r.top_labels[rows]
+        soft = topk_to_dense(rows.size, k, np.repeat(np.arange(rows.size), top.shape[1]), top.ravel(), r.top_probs[rows].ravel())
         accepted = thresholds.accept(r.probs[rows], cfg.threshold_rule, cfg.threshold) if rows.size else np.zeros(0, bool)
         return Relabeled([self.ids[i] for i in rows], r.probs[rows], soft, r.confidence[rows], accepted)
 

@@ -337,3 +337,10 @@ def test_ensemble_without_refinement_keeps_the_propagation_scores_of_labeled_row
     got = pl._components(labels, ctx, spreader, opts, heldout=False)["propagation"]
     np.testing.assert_array_equal(got, expected)
     assert got[labels >= 0].max() < 1.0  # spread scores, not one-hot
+
+
+def test_topk_to_dense_adds_renormalises_and_leaves_empty_rows_zero():
+    from labelkit._probability import topk_to_dense
+
+    out = topk_to_dense(3, 4, np.array([0, 0, 2, 2, 2]), np.array([1, 3, 0, 0, 2]), np.array([0.6, 0.2, 0.25, 0.25, 0.5]))
+    assert np.allclose(out, [[0, 0.75, 0, 0.25], [0, 0, 0, 0], [0.5, 0, 0.5, 0]])
