@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="cnn: the pipeline on the datasets' images (PNG), the cnn student with FixMatch, without the pseudo-labels")
     ap.add_argument("--fixmatch", type=float, default=1.0, help="cnn: FixMatch weight (0 = the pseudo-labels instead)")
     ap.add_argument("--fixmatch-rule", choices=("fixed", "flexmatch"), default="flexmatch")
+    ap.add_argument("--ema", type=float, default=0.0, help="cnn: EMA decay of the weights (0 = off)")
     ap.add_argument("--image-size", type=int, default=0, help="cnn: side the images are resized to (0 = their own)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (one torch thread each)")
     args = ap.parse_args(argv)
@@ -255,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         epochs = args.epochs or 400
         # batch 64 + 128 unlabeled: FixMatch's mu = 2; crossfit (6 fits) is off to keep the run short
         cfg = DistillConfig(student="cnn", epochs=epochs, batch_size=64, fixmatch=args.fixmatch, use_pseudolabels=args.fixmatch == 0,
-                            fixmatch_rule=args.fixmatch_rule, image_size=args.image_size, rounds=args.rounds, folds=0, device="cpu", threads=1)
+                            fixmatch_rule=args.fixmatch_rule, ema=args.ema, image_size=args.image_size, rounds=args.rounds, folds=0, device="cpu", threads=1)
         what = (f"cnn student on the images, --fixmatch {args.fixmatch:g} --fixmatch-rule {args.fixmatch_rule}"
-                + (" --without-pseudolabels" if args.fixmatch else "") + f", --batch-size 64, --image-size {args.image_size}, --folds 0")
+                + (" --without-pseudolabels" if args.fixmatch else "") + f", --ema {args.ema:g}, --batch-size 64, --image-size {args.image_size}, --folds 0")
     else:
         epochs = args.epochs or 100
         cfg = DistillConfig(rounds=args.rounds, epochs=epochs, device="cpu")

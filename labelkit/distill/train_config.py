@@ -75,6 +75,10 @@ class TrainConfig:
         ``fixed``: that threshold for every class (FixMatch); ``flexmatch``: per class, scaled
         down for the classes few pool images are yet confidently predicted as (FlexMatch,
         Zhang et al. 2021; :class:`labelkit.distill.fixmatch.FlexMatchThresholds`).
+    ema : float, default=0.0
+        Decay of an exponential moving average of the weights, updated after every step (0.999 in
+        FixMatch); when > 0 the average is what is validated, kept at the best epoch and
+        returned. 0 disables it.
     amp : bool, default=True
         Mixed precision (torch.autocast, bf16 where supported else fp16 with loss scaling) on CUDA.
         Ignored on CPU.
@@ -99,6 +103,7 @@ class TrainConfig:
     fixmatch: float = 0.0
     fixmatch_threshold: float = 0.95
     fixmatch_rule: str = "flexmatch"
+    ema: float = 0.0
     amp: bool = True
 
     def __post_init__(self):
@@ -122,6 +127,7 @@ class TrainConfig:
             "vat": (0.0, math.inf, False),
             "fixmatch": (0.0, math.inf, False),
             "fixmatch_threshold": (0.0, 1.0, True),
+            "ema": (0.0, 1.0, False),
         }
         for name, (lo, hi, hi_incl) in ranges.items():
             v = getattr(self, name)

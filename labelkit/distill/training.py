@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -231,6 +232,15 @@ def _index_stream(n: int, size: int, gen: torch.Generator):
         buf = buf[size:]
 
 
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for the parameters; buffers (batch-norm statistics) copied."""
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1.0 - decay)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
 def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress, seed, device) -> FitResult:
     """Unchecked :func:`fit_student`."""
     t0 = time.perf_counter()
@@ -264,6 +274,9 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
     _set_standardize(model, x[train_idx])
     eps = vat.radius(model, x[train_idx], config.vat, gen) if config.vat > 0 else 0.0
     model.to(device)
+    # The weights' exponential moving average is what gets scored, kept and returned (FixMatch's EMA).
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema > 0 else None
+    scored = model if ema is None else ema
     dev_gen = torch.Generator(device=device).manual_seed(seed)
     _attach_generator(model, dev_gen)
 
@@ -329,18 +342,20 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    _ema_update(ema, model, config.ema)
                 bw = float(batch[-1].sum())
                 tot += float(loss.detach()) * bw
                 wsum += bw
             train_loss.append(tot / max(wsum, 1e-12))
 
             # Dataset cartography: p(label | x) for each training sample at the end of the epoch.
-            probs = torch.softmax(_batched_logits(model, x_train, eval_bs, device), dim=1)
+            probs = torch.softmax(_batched_logits(scored, x_train, eval_bs, device), dim=1)
             p_label = probs.gather(1, label_train.unsqueeze(1)).squeeze(1)
             dyn.append(torch.stack([p_label, (probs.argmax(1) == label_train).float()]).numpy())
 
             if val is not None:
-                vlog = _batched_logits(model, xv, eval_bs, device)
+                vlog = _batched_logits(scored, xv, eval_bs, device)
                 vl = float(F.cross_entropy(vlog, yv))
                 va = float((vlog.argmax(1) == yv).float().mean())
             else:
@@ -353,15 +368,16 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
             if val is None:
                 best = (math.nan, epoch, None)
             elif vl < best[0]:
-                best = (vl, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best = (vl, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()})
             elif epoch - best[1] >= config.patience:
                 stopped_early = epoch + 1 < config.epochs
                 break
 
+    _attach_generator(model, None)
+    model = scored
     if best[2] is not None:
         model.load_state_dict(best[2])
     best_epoch = best[1] if best[1] >= 0 else len(train_loss) - 1  # val loss never finite: keep the last
-    _attach_generator(model, None)
     model.eval()
 
     dyn_arr = np.stack(dyn)  # (E, 2, n_train)

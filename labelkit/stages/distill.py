@@ -342,7 +342,7 @@ def train_config(cfg: DistillConfig):
         architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
         soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience, vat=cfg.vat,
-        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule,
+        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule, ema=cfg.ema,
     )
 
 

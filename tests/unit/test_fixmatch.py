@@ -116,3 +116,19 @@ def test_flexmatch_thresholds_follow_each_class_learning_status():
 def test_fit_student_rejects_an_unknown_fixmatch_rule():
     with pytest.raises(BadInputError, match="'fixmatch_rule' must be one of"):
         TrainConfig(architecture="cnn", fixmatch=1.0, fixmatch_rule="softmatch")
+
+
+def test_ema_returns_the_moving_average_of_the_weights():
+    x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    base = dict(architecture="linear", epochs=3, batch_size=8, lr=0.1, val_fraction=0.0)
+    plain = fit_student(x, y, config=TrainConfig(**base), seed=1)
+    # decay ~0: the average is the last weights
+    fast = fit_student(x, y, config=TrainConfig(**base, ema=1e-9), seed=1)
+    for a, b in zip(plain.model.state_dict().values(), fast.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # decay ~1: the average has barely left the initial weights (15 steps)
+    slow = fit_student(x, y, config=TrainConfig(**base, ema=0.999999), seed=1)
+    untrained = fit_student(x, y, config=TrainConfig(**{**base, "lr": 1e-12}), seed=1)
+    assert torch.allclose(slow.model.fc.weight, untrained.model.fc.weight, atol=1e-3)
+    assert not torch.allclose(plain.model.fc.weight, untrained.model.fc.weight, atol=1e-2)
