@@ -34,7 +34,8 @@ class FitResult:
     Attributes
     ----------
     model : torch.nn.Module
-        The student with the best epoch's weights, in eval mode, on the training device.
+        The student with the best epoch's weights (their moving average with ``config.ema``), in
+        eval mode, on the training device.
     student_config : dict
         JSON-able config for :func:`build_student` (save it next to ``student_state(model)``).
     train_loss, val_loss, val_acc : ndarray of shape (n_epochs_run,)
@@ -115,6 +116,9 @@ def fit_student(
       ``(1 - eps) onehot(label) + eps / K`` (``eps = config.label_smoothing``).
     * Confidence weighting (``config.confidence_weighting``): pseudo-labeled samples (soft target,
       no hard label) are weighted by the teacher's confidence max_k t_ik, times ``sample_weight``.
+
+    With ``config.fixmatch > 0`` (image students) each step also adds FixMatch's consistency term
+    on a batch from the ``unlabeled`` images plus the training ones (:mod:`labelkit.distill.fixmatch`).
 
     AdamW with a per-step cosine schedule from ``config.lr`` to 0 over ``config.epochs``. Early
     stopping on the validation cross-entropy with ``config.patience``; the best epoch's weights are
