@@ -77,8 +77,8 @@ class TrainConfig:
         Zhang et al. 2021; :class:`labelkit.distill.fixmatch.FlexMatchThresholds`).
     ema : float, default=0.0
         Decay of an exponential moving average of the weights, updated after every step (0.999 in
-        FixMatch); when > 0 the average is what is validated, kept at the best epoch and
-        returned. 0 disables it.
+        FixMatch), warmed up as ``min(ema, (1 + step) / (10 + step))``; when > 0 the average is
+        what is validated, kept at the best epoch and returned. 0 disables it.
     amp : bool, default=True
         Mixed precision (torch.autocast, bf16 where supported else fp16 with loss scaling) on CUDA.
         Ignored on CPU.

@@ -236,8 +236,15 @@ def _index_stream(n: int, size: int, gen: torch.Generator):
         buf = buf[size:]
 
 
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for the parameters; buffers (batch-norm statistics) copied."""
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model for the parameters, d = min(decay, (1 + step) / (10 + step));
+    buffers (batch-norm statistics) copied.
+
+    The warm-up keeps the average close to the live weights early on: at 0.999 it would otherwise
+    need thousands of steps to leave the random initialisation, and a short fit (or one stopped
+    early) would return, and validate, a model whose weights do not match its batch-norm statistics.
+    """
+    decay = min(decay, (1.0 + step) / (10.0 + step))
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), model.parameters()):
             pe.lerp_(p.detach(), 1.0 - decay)
@@ -314,6 +321,7 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
     label_train = torch.from_numpy(targets.label[train_idx])
     eval_bs = max(config.batch_size, 1024)
     labeled_batches = _index_stream(n_train, config.batch_size, gen) if pool is not None else None
+    n_steps = 0
     with progress.task("distill", total=config.epochs) as task:
         for epoch in range(config.epochs):
             model.train()
@@ -347,7 +355,8 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
                 scaler.update()
                 sched.step()
                 if ema is not None:
-                    _ema_update(ema, model, config.ema)
+                    _ema_update(ema, model, config.ema, n_steps)
+                n_steps += 1
                 bw = float(batch[-1].sum())
                 tot += float(loss.detach()) * bw
                 wsum += bw

@@ -127,8 +127,26 @@ def test_ema_returns_the_moving_average_of_the_weights():
     fast = fit_student(x, y, config=TrainConfig(**base, ema=1e-9), seed=1)
     for a, b in zip(plain.model.state_dict().values(), fast.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
-    # decay ~1: the average has barely left the initial weights (15 steps)
-    slow = fit_student(x, y, config=TrainConfig(**base, ema=0.999999), seed=1)
+    # the average by hand: d_t = min(decay, (1 + t) / (10 + t)) over the 15 steps' weights
+    from labelkit.distill import training
+
+    seen = []
+    real = training._ema_update
+
+    def spy(ema, model, decay, step):
+        seen.append(model.fc.weight.detach().clone())
+        real(ema, model, decay, step)
+
+    training._ema_update = spy
+    try:
+        avg = fit_student(x, y, config=TrainConfig(**base, ema=0.5), seed=1)
+    finally:
+        training._ema_update = real
+    assert len(seen) == 15
     untrained = fit_student(x, y, config=TrainConfig(**{**base, "lr": 1e-12}), seed=1)
-    assert torch.allclose(slow.model.fc.weight, untrained.model.fc.weight, atol=1e-3)
-    assert not torch.allclose(plain.model.fc.weight, untrained.model.fc.weight, atol=1e-2)
+    want = untrained.model.fc.weight.detach().clone()
+    for t, w in enumerate(seen):
+        d = min(0.5, (1 + t) / (10 + t))
+        want = d * want + (1 - d) * w
+    assert torch.allclose(avg.model.fc.weight, want, atol=1e-5)
+    assert not torch.allclose(avg.model.fc.weight, plain.model.fc.weight, atol=1e-4)
