@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import struct
 import sys
 import tempfile
@@ -172,10 +173,15 @@ REFERENCES = ("all true labels", "noisy labeled part")
 STAGES = ("embed", "detect-noise", "pseudolabel", "distill", "predict")
 
 
+def _rows(ids) -> np.ndarray:
+    """Train rows of sample ids: s00012 (vectors) or img/s00012.png (images) is row 12."""
+    return np.array([int(re.search(r"s(\d+)", i).group(1)) for i in ids], dtype=np.int64)
+
+
 def _pseudo_accuracy(ws: Path, y_train: np.ndarray) -> tuple[float, float]:
     """Accuracy of every pseudo-label, and of the accepted ones, against the true labels (which no stage sees)."""
     pl = pq.read_table(ws / artifacts.PSEUDOLABELS, columns=["id", "label", "accepted"]).to_pandas()
-    right = y_train[[int(i[1:]) for i in pl["id"]]].astype(str) == pl["label"].to_numpy()
+    right = y_train[_rows(pl["id"])].astype(str) == pl["label"].to_numpy()
     acc = pl["accepted"].to_numpy(bool)
     return float(right.mean()), float(right[acc].mean()) if acc.any() else float("nan")
 
@@ -213,7 +219,10 @@ def run_one(x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConfig) -> dict
         pred = predict_stage.run(tr / ".labelkit" / "student", RunContext(Workspace.open(te), DatasetConfig(), file_config), PredictConfig(device="cpu"))
         s = res.summary
         pl_all, pl_acc = _pseudo_accuracy(tr / ".labelkit", y[train]) if cfg.use_pseudolabels else (float("nan"), float("nan"))
-        out[PIPELINE] = {"acc": pred.summary["accuracy"], "n_trusted": s["n_trusted"], "n_pseudo": s["n_pseudo"], "n_dropped": s["n_dropped_issues"],
+        dyn = pq.read_table(tr / ".labelkit" / "student" / "dynamics.parquet", columns=["id", "is_pseudo", "set_aside"]).to_pandas()
+        trusted_rows, aside_rows = _rows(dyn.loc[~dyn["is_pseudo"], "id"]), _rows(dyn.loc[dyn["set_aside"], "id"])
+        out[PIPELINE] = {"acc": pred.summary["accuracy"], "flipped_trusted": int(flipped[trusted_rows].sum()),
+                         "set_aside": aside_rows.size, "set_aside_flipped": int(flipped[aside_rows].sum()), "n_trusted": s["n_trusted"], "n_pseudo": s["n_pseudo"], "n_dropped": s["n_dropped_issues"],
                          "pseudo_all": pl_all, "pseudo_accepted": pl_acc, "estimate": s["val_accuracy"], "seconds": seconds,
                          "stages": _stage_seconds(tr / ".labelkit", te / ".labelkit")}
     if images:  # what load_pixels gives the student: (n, 1, H, W) in [0, 1]
@@ -273,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = [
         "Where the gap comes from, and how well metrics.json predicts test accuracy (same runs):",
         "",
-        "| dataset | pseudo-label accuracy: all / accepted | student test accuracy | metrics.json accuracy (estimate, n) | estimate − test |",
-        "| --- | --- | --- | --- | --- |",
+        "| dataset | pseudo-label accuracy: all / accepted | flipped labels trusted / set aside by distill (flipped) | student test accuracy | metrics.json accuracy (estimate, n) | estimate − test |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     timing = ["Seconds per run by stage (labelkit, wall time from manifest.json; shared, loaded 2-core machine):", "",
               "| dataset | " + " | ".join(STAGES) + " |", "| --- |" + " --- |" * len(STAGES)]
@@ -300,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         est_text = "n/a" if None in est else f"{np.mean(est):.4f} ({how}, {_mean(runs, PIPELINE, 'n_trusted'):.0f})"
         diff = "n/a" if None in est else f"{np.mean(np.subtract(est, [r[PIPELINE]['acc'] for r in runs])):+.4f}"
         teacher.append(f"| {name} | {_mean(runs, PIPELINE, 'pseudo_all'):.4f} / {_mean(runs, PIPELINE, 'pseudo_accepted'):.4f} | "
+                       f"{_mean(runs, PIPELINE, 'flipped_trusted'):.1f} / {_mean(runs, PIPELINE, 'set_aside'):.1f} ({_mean(runs, PIPELINE, 'set_aside_flipped'):.1f}) | "
                        f"{_mean(runs, PIPELINE, 'acc'):.4f} | {est_text} | {diff} |")
         timing.append(f"| {name} | " + " | ".join(f"{np.mean([r[PIPELINE]['stages'].get(st, 0.0) for r in runs]):.1f}" for st in STAGES) + " |")
         ours, ceiling, noisy = (_mean(runs, m, "acc") for m in (PIPELINE, *REFERENCES))

@@ -208,6 +208,7 @@ def distill(
     fixmatch: Annotated[Optional[float], typer.Option("--fixmatch", help="cnn/finetune: weight of the FixMatch consistency term on augmented unlabeled images, e.g. 1; 0 = off [default: 0]")] = None,
     fixmatch_threshold: Annotated[Optional[float], typer.Option("--fixmatch-threshold", help="confidence a weakly augmented view needs to become a FixMatch target [default: 0.95]")] = None,
     fixmatch_rule: Annotated[Optional[str], typer.Option("--fixmatch-rule", help="fixed (one threshold) or flexmatch (per class, lower for classes learned late) [default: flexmatch]")] = None,
+    label_filter: Annotated[Optional[bool], typer.Option("--label-filter/--no-label-filter", help="with --fixmatch: set aside the trusted labels the student contradicts on strongly augmented views of their image [default: on]")] = None,
     ema: Annotated[Optional[float], typer.Option("--ema", help="decay of a moving average of the weights that is validated and saved instead of the last ones, e.g. 0.999; 0 = off [default: 0]")] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="cross-fitting folds for the metrics when too few trusted labels to hold out; 0 = off [default: 5]")] = None,
     refit_teacher: Annotated[Optional[bool], typer.Option("--refit-teacher/--shared-teacher", help="recompute the pseudo-labels without the labels the metrics are measured on, so the metrics are honest [default: refit]")] = None,
@@ -222,7 +223,7 @@ def distill(
     ctx = Context(data, out, config, classes, json_out)
     cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, use_pseudolabels=use_pseudolabels, pseudolabels=pseudolabels, soft=soft,
                      confidence_weighting=confidence_weighting, epochs=epochs, batch_size=batch_size, temperature=temperature, rounds=rounds, vat=vat,
-                     fixmatch=fixmatch, fixmatch_threshold=fixmatch_threshold, fixmatch_rule=fixmatch_rule, ema=ema, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
+                     fixmatch=fixmatch, fixmatch_threshold=fixmatch_threshold, fixmatch_rule=fixmatch_rule, label_filter=label_filter, ema=ema, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force))
 
 

@@ -149,6 +149,7 @@ class DistillConfig(StageConfig):
     fixmatch: float = Field(0.0, ge=0, description="cnn and finetune: weight of the FixMatch consistency term (Sohn et al. 2020): each step also draws 2x --batch-size images without a trusted label, labels a shifted view of each where the student is at least --fixmatch-threshold confident, and trains a strongly augmented view (affine warp, contrast, cutout) on that label (0 = off)")
     fixmatch_threshold: float = Field(0.95, ge=0, le=1, description="confidence a weakly augmented view needs before its label becomes a FixMatch target")
     fixmatch_rule: Literal["fixed", "flexmatch"] = Field("flexmatch", description="FixMatch thresholds: fixed (--fixmatch-threshold for every class) or flexmatch (per class, lower for the classes the student is confident about on fewer images; Zhang et al. 2021)")
+    label_filter: bool = Field(True, description="with --fixmatch: set aside (train as unlabeled) the trusted labels that the student's predictions on strongly augmented views of their image contradict, re-checked every epoch after the first fifth; they are listed in metrics.json and dynamics.parquet")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the student's weights, updated every step, which is what gets validated and saved (FixMatch uses 0.999; 0 = off)")
     rounds: int = Field(1, ge=1, description="self-training rounds: after each, the student becomes the teacher")
     onnx: bool = Field(False, description="also export student/model.onnx")

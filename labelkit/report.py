@@ -538,6 +538,7 @@ _PERCENT_KEYS = {"accuracy", "macro_f1", "val_accuracy", "val_acc", "val_macro_f
 _METRIC_NAMES = {
     "accuracy": "held-out accuracy", "macro_f1": "macro-F1", "ece": "ECE (calibration error)", "n_val": "held-out samples",
     "n_trusted": "trusted labels", "n_pseudo": "pseudo-labels used", "n_dropped_issues": "issues dropped",
+    "n_set_aside": "labels set aside by the student",
     "val_accuracy": "val accuracy", "val_macro_f1": "val macro-F1", "val_ece": "val ECE", "epochs_run": "epochs", "best_epoch": "best epoch",
 }
 
@@ -578,7 +579,7 @@ def _is_series(v: Any) -> bool:
 
 def metrics_html(metrics: Mapping[str, Any], classes: Sequence[str] | None = None) -> str:
     """The student's metrics: headline numbers, per-class accuracy, and the training curves; shows what is there."""
-    order = ["accuracy", "macro_f1", "ece", "n_val", "n_trusted", "n_pseudo", "n_dropped_issues"]
+    order = ["accuracy", "macro_f1", "ece", "n_val", "n_trusted", "n_pseudo", "n_dropped_issues", "n_set_aside"]
     scalars = [(k, metrics[k]) for k in order if isinstance(metrics.get(k), (int, float, str, bool))]
     scalars += [(k, v) for k, v in metrics.items() if k not in order and isinstance(v, (int, float, str, bool))]
     parts = []

@@ -6,6 +6,11 @@ is at least ``threshold`` confident that label becomes the cross-entropy target 
 augmented view of the same image. The augmentations are batched tensor ops (one affine warp,
 a contrast/brightness jitter, a cutout square), drawn from a seeded generator on the images'
 device. There is no horizontal flip: it changes the class of digits and text.
+
+:class:`LabelFilter` uses the same strong views to set aside trusted labels the student keeps
+contradicting (after Nguyen et al., "SELF: Learning to Filter Noisy Labels with Self-Ensembling",
+ICLR 2020): a student memorises a wrong label on the image itself within a few steps, but its
+predictions on strong views of that image follow the image's neighbours in the pool.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import torch.nn.functional as F
 
 from labelkit.thresholds import flexmatch_class_thresholds
 
-__all__ = ["weak_view", "strong_view", "consistency_loss", "FlexMatchThresholds"]
+__all__ = ["weak_view", "strong_view", "consistency_loss", "FlexMatchThresholds", "LabelFilter"]
 
 WEAK_SHIFT = 0.125  # FixMatch's weak view: translation by up to 12.5 % of the side
 STRONG_ROTATE, STRONG_SCALE, STRONG_SHEAR, STRONG_SHIFT = 20.0, 0.15, 0.2, 0.15
 JITTER = 0.4  # brightness offset in [-0.2, 0.2]; contrast factor in [0.6, 1.4]
-CUTOUT = 0.5  # side of the cutout square, as a fraction of the image side (FixMatch: up to 0.5)
+CUTOUT = 0.5  # largest side of the cutout square, as a fraction of the image side (FixMatch: up to 0.5)
+FILTER_VIEWS = 4  # strong views of each trusted image per epoch
+FILTER_DECAY = 0.7  # running average of their probabilities across epochs
+FILTER_WARMUP = 0.2  # share of the epochs before the filter acts: the student must first learn the pool
+FILTER_MAX_SHARE = 0.25  # a student contradicting more of the labels than this is not yet a judge of them
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -50,7 +59,7 @@ def weak_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Images in [0, 1] rotated, scaled, sheared and shifted, contrast- and brightness-jittered,
-    with a gray square (half the side) cut out at a random place."""
+    with a gray square of random size (up to ``CUTOUT`` of the side) cut out at a random place."""
     n, _, h, w = x.shape
     dev = x.device
     x = _affine(x, gen, STRONG_ROTATE, STRONG_SCALE, STRONG_SHEAR, STRONG_SHIFT)
@@ -58,12 +67,12 @@ def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     brightness = _uniform(n, -JITTER / 2, JITTER / 2, gen, dev).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
-    half_h, half_w = max(1, round(CUTOUT * h)) // 2, max(1, round(CUTOUT * w)) // 2
-    cy = torch.randint(0, h, (n, 1, 1), generator=gen, device=dev)
-    cx = torch.randint(0, w, (n, 1, 1), generator=gen, device=dev)
-    rows = torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    hole = ((rows - cy).abs() <= half_h) & ((cols - cx).abs() <= half_w)
+    side = _uniform(n, 0.0, CUTOUT, gen, dev).view(n, 1, 1)  # as RandAugment's cutout: a random size
+    cy = _uniform(n, 0.0, h, gen, dev).view(n, 1, 1)
+    cx = _uniform(n, 0.0, w, gen, dev).view(n, 1, 1)
+    rows = torch.arange(h, device=dev).view(1, h, 1) + 0.5  # pixel centres
+    cols = torch.arange(w, device=dev).view(1, 1, w) + 0.5
+    hole = ((rows - cy).abs() < side * h / 2) & ((cols - cx).abs() < side * w / 2)
     return x.masked_fill(hole.unsqueeze(1), 0.5)
 
 
@@ -105,3 +114,56 @@ def consistency_loss(model: torch.nn.Module, xu: torch.Tensor, gen: torch.Genera
     mask = (conf >= threshold).float()
     loss = F.cross_entropy(model(strong_view(xu, gen)).float(), target, reduction="none")
     return (loss * mask).mean(), mask.mean()
+
+
+class LabelFilter:
+    """Which trusted labels to train on: those the student agrees with on strong views of the image.
+
+    After each epoch from ``start_epoch`` on, :meth:`update` averages the student's (eval mode)
+    probabilities over ``FILTER_VIEWS`` strong views of each trusted image, keeps a running average
+    across epochs (``FILTER_DECAY``), and keeps a label where the average's argmax is the label.
+    A label set aside is trained on as an unlabeled image (it stays in FixMatch's pool) and comes
+    back if the student comes round to it. A class never loses all its labels: its most agreeing
+    one stays. While the student contradicts more than ``FILTER_MAX_SHARE`` of the labels (too
+    early in training, or too few epochs) it is not trusted to judge them: every label is kept.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, n_classes: int, start_epoch: int, seed: int, device):
+        self.images, self.labels = images, labels
+        self.start_epoch = start_epoch
+        self.avg: torch.Tensor | None = None
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
+        self.keep = torch.ones(labels.shape[0], dtype=torch.bool)
+        self.n_classes = n_classes
+
+    def update(self, model: torch.nn.Module, epoch: int, batch_size: int) -> bool:
+        """Re-score after ``epoch`` (0-based); True when the kept set changed."""
+        if epoch < self.start_epoch or self.labels.numel() == 0:
+            return False
+        model.eval()
+        probs = torch.zeros(self.labels.shape[0], self.n_classes)
+        with torch.no_grad():
+            for s in range(0, self.labels.shape[0], batch_size):
+                xb = self.images[s : s + batch_size].to(self.device, non_blocking=True)
+                for _ in range(FILTER_VIEWS):
+                    probs[s : s + batch_size] += torch.softmax(model(strong_view(xb, self.gen)).float(), dim=1).cpu()
+        probs /= FILTER_VIEWS
+        self.avg = probs if self.avg is None else FILTER_DECAY * self.avg + (1 - FILTER_DECAY) * probs
+        keep = self.avg.argmax(dim=1) == self.labels
+        if (~keep).float().mean() > FILTER_MAX_SHARE:
+            keep = torch.ones_like(keep)
+        agree = self.avg.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+        for c in torch.unique(self.labels):
+            members = self.labels == c
+            if not keep[members].any():
+                keep[members.nonzero().squeeze(1)[agree[members].argmax()]] = True
+        changed = bool((keep != self.keep).any())
+        self.keep = keep
+        return changed
+
+    def agreement(self) -> np.ndarray:
+        """(n_labels,) the running average of the strong views' probability of each label; NaN before the first check."""
+        if self.avg is None:
+            return np.full(self.labels.shape[0], np.nan)
+        return self.avg.gather(1, self.labels.unsqueeze(1)).squeeze(1).numpy().astype(np.float64)

@@ -75,6 +75,11 @@ class TrainConfig:
         ``fixed``: that threshold for every class (FixMatch); ``flexmatch``: per class, scaled
         down for the classes few pool images are yet confidently predicted as (FlexMatch,
         Zhang et al. 2021; :class:`labelkit.distill.fixmatch.FlexMatchThresholds`).
+    label_filter : bool, default=True
+        With ``fixmatch``: set aside (train as unlabeled) the trusted labels that the student's
+        predictions on strongly augmented views of their image contradict, re-checked after every
+        epoch once a fifth of the epochs have run
+        (:class:`labelkit.distill.fixmatch.LabelFilter`). Ignored without FixMatch.
     ema : float, default=0.0
         Decay of an exponential moving average of the weights, updated after every step (0.999 in
         FixMatch), warmed up as ``min(ema, (1 + step) / (10 + step))``; when > 0 the average is
@@ -103,6 +108,7 @@ class TrainConfig:
     fixmatch: float = 0.0
     fixmatch_threshold: float = 0.95
     fixmatch_rule: str = "flexmatch"
+    label_filter: bool = True
     ema: float = 0.0
     amp: bool = True
 

@@ -53,6 +53,12 @@ class FitResult:
         Training dynamics (Swayamdipta et al. 2020): mean and std over epochs of the model's
         probability of ``target_labels`` at the end of each epoch, and the fraction of epochs
         whose argmax equals it. NaN for held-out validation rows.
+    set_aside : ndarray of shape (n_samples,)
+        True for the trusted labels the FixMatch label filter had set aside at the end
+        (``config.label_filter``); all False without it.
+    view_confidence : ndarray of shape (n_samples,)
+        The label filter's evidence: the running average of the student's probability of the
+        trusted label over strong views of the image. NaN where it was not measured.
     seconds : float
         Wall time of the fit.
     """
@@ -69,6 +75,8 @@ class FitResult:
     confidence: np.ndarray
     variability: np.ndarray
     correctness: np.ndarray
+    set_aside: np.ndarray
+    view_confidence: np.ndarray
     seconds: float = field(default=0.0)
 
 
@@ -118,7 +126,10 @@ def fit_student(
       no hard label) are weighted by the teacher's confidence max_k t_ik, times ``sample_weight``.
 
     With ``config.fixmatch > 0`` (image students) each step also adds FixMatch's consistency term
-    on a batch from the ``unlabeled`` images plus the training ones (:mod:`labelkit.distill.fixmatch`).
+    on a batch from the ``unlabeled`` images plus the training ones (:mod:`labelkit.distill.fixmatch`),
+    and with ``config.label_filter`` trusted labels that the student contradicts on strong views of
+    their image are set aside (trained on as unlabeled images) once ``FILTER_WARMUP`` of the epochs
+    have run, re-checked every epoch (:class:`~labelkit.distill.fixmatch.LabelFilter`).
 
     AdamW with a per-step cosine schedule from ``config.lr`` to 0 over ``config.epochs``. Early
     stopping on the validation cross-entropy with ``config.patience``; the best epoch's weights are
@@ -302,6 +313,12 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
         pool = x_train if unlabeled is None or unlabeled.shape[0] == 0 else torch.cat([x_train, torch.from_numpy(unlabeled)])
         pool_batches = _index_stream(pool.shape[0], UNLABELED_RATIO * config.batch_size, gen)
         flex = fixmatch.FlexMatchThresholds(pool.shape[0], n_classes, config.fixmatch_threshold) if config.fixmatch_rule == "flexmatch" else None
+    label_filter = None
+    trusted_train = torch.from_numpy(np.flatnonzero(targets.hard[train_idx] >= 0))
+    if pool is not None and config.label_filter:
+        label_filter = fixmatch.LabelFilter(x_train[trusted_train], torch.from_numpy(targets.hard[train_idx])[trusted_train], n_classes,
+                                            start_epoch=math.ceil(fixmatch.FILTER_WARMUP * config.epochs), seed=seed + 1, device=device)
+        weight_given = tg["w"].clone()
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     if pool is not None:
         steps_per_epoch = max(steps_per_epoch, math.ceil(pool.shape[0] / (UNLABELED_RATIO * config.batch_size)))
@@ -373,6 +390,9 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
                 va = float((vlog.argmax(1) == yv).float().mean())
             else:
                 vl, va = math.nan, math.nan
+            if label_filter is not None and label_filter.update(scored, epoch, eval_bs):
+                tg["w"] = weight_given.clone()
+                tg["w"][trusted_train[~label_filter.keep]] = 0.0
             val_loss.append(vl)
             val_acc.append(va)
             task.advance()
@@ -400,6 +420,12 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
     confidence[train_idx] = dyn_arr[:, 0].mean(axis=0)
     variability[train_idx] = dyn_arr[:, 0].std(axis=0)
     correctness[train_idx] = dyn_arr[:, 1].mean(axis=0)
+    set_aside = np.zeros(n, dtype=bool)
+    view_confidence = np.full(n, np.nan)
+    if label_filter is not None:
+        rows = train_idx[trusted_train.numpy()]
+        set_aside[rows[~label_filter.keep.numpy()]] = True
+        view_confidence[rows] = label_filter.agreement()
     return FitResult(
         model=model,
         student_config=cfg,
@@ -413,5 +439,7 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
         confidence=confidence,
         variability=variability,
         correctness=correctness,
+        set_aside=set_aside,
+        view_confidence=view_confidence,
         seconds=time.perf_counter() - t0,
     )

@@ -225,10 +225,19 @@ def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, ve
     return candidates[choice.chosen], {"requested": cfg.probs, "chosen": choice.chosen, "by": choice.by, "scores": scores}
 
 
+FILTER_COLUMNS = ("set_aside", "view_confidence")  # written by distill --fixmatch's label filter; absent in older files
+
+
 def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartography.DynamicsEvidence, dict]:
-    """Cartography evidence for the analysed rows: a row counts when the student trained on its given label."""
+    """Cartography evidence for the analysed rows: a row counts when the student trained on its given label.
+
+    Where the file has the FixMatch label filter's columns, a label it set aside is an issue too,
+    and the strong views' probability of the label caps its quality.
+    """
     try:
-        dyn = pq.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo"]).to_pandas()
+        present = set(pq.read_schema(path).names)
+        extra = [c for c in FILTER_COLUMNS if c in present]
+        dyn = pq.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo", *extra]).to_pandas()
     except (OSError, KeyError, pa.ArrowInvalid) as e:
         raise BadInputError(f"--dynamics {path}: cannot read id, label, confidence, variability, is_pseudo ({e})") from None
     dyn = dyn[~dyn["is_pseudo"].astype(bool)].assign(id=lambda d: d["id"].astype(str)).drop_duplicates("id").set_index("id")
@@ -237,7 +246,15 @@ def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartograp
     conf = np.where(same, at["confidence"].to_numpy(dtype=np.float64), np.nan)
     var = np.where(same, at["variability"].to_numpy(dtype=np.float64), np.nan)
     ev = cartography.dynamics_evidence(conf, var)
-    return ev, {"file": str(path), "n_with_dynamics": int(same.sum()), "n_hard_to_learn": int(ev.is_issue.sum())}
+    hard_to_learn = int(ev.is_issue.sum())
+    aside = same & (at["set_aside"].fillna(False).to_numpy(dtype=bool) if "set_aside" in extra else False)
+    if "view_confidence" in extra:
+        views = np.where(same, at["view_confidence"].to_numpy(dtype=np.float64), np.nan)
+        quality = np.fmin(ev.label_quality, np.clip(views, 0.0, 1.0))  # fmin: NaN views leave the quality as it was
+        ev = cartography.DynamicsEvidence(np.where(np.isnan(ev.score) & np.isnan(views), np.nan, 1.0 - quality), quality, ev.is_issue | aside)
+    elif "set_aside" in extra:
+        ev = ev._replace(is_issue=ev.is_issue | aside)
+    return ev, {"file": str(path), "n_with_dynamics": int(same.sum()), "n_hard_to_learn": hard_to_learn, "n_set_aside": int(np.sum(aside))}
 
 
 # -- the stage's work -----------------------------------------------------------------------

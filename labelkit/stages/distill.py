@@ -342,7 +342,7 @@ def train_config(cfg: DistillConfig):
         architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
         soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience, vat=cfg.vat,
-        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule, ema=cfg.ema,
+        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule, label_filter=cfg.label_filter, ema=cfg.ema,
     )
 
 
@@ -387,6 +387,7 @@ def _round_record(r: int, ts: TrainingSet, fit) -> dict[str, Any]:
     return {
         "round": r + 1,
         "n_trusted": int((~ts.is_pseudo).sum()),
+        "n_set_aside": int(fit.set_aside.sum()),
         "n_pseudo": int(ts.is_pseudo.sum()),
         "epochs_run": int(fit.train_loss.size),
         "best_epoch": int(fit.best_epoch) + 1,
@@ -565,6 +566,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "n_pseudo": last["n_pseudo"],
         "n_pseudo_teacher": first_pseudo,
         "n_dropped_issues": ts.n_dropped_issues,
+        "n_set_aside": last["n_set_aside"],
         "n_val": held_out["n_val"],
         "estimate": held_out["estimate"],
         "folds": held_out["folds"],
@@ -581,7 +583,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "onnx": cfg.onnx,
     }
     metrics = {**held_out, "teacher": teacher_note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
-               "crossfit": fold_records, "rounds": rounds, "summary": summary}
+               "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": fold_records, "rounds": rounds, "summary": summary}
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__,
         "architecture": cfg.student, "student_config": fit.student_config, "classes": classes,
@@ -595,13 +597,16 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "variability": fit.variability.astype(np.float32),
         "correctness": fit.correctness.astype(np.float32),
         "is_pseudo": ts.is_pseudo,
+        "set_aside": fit.set_aside,
+        "view_confidence": fit.view_confidence.astype(np.float32),
     })
     _write_student(ctx.ws.path(STUDENT), fit.model, config, metrics, dyn, x.shape[1:] if cfg.onnx else None)
     return summary
 
 
 DYNAMICS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()), ("variability", pa.float32()),
-                             ("correctness", pa.float32()), ("is_pseudo", pa.bool_())])
+                             ("correctness", pa.float32()), ("is_pseudo", pa.bool_()),
+                             ("set_aside", pa.bool_()), ("view_confidence", pa.float32())])
 
 
 def _write_student(dest: Path, model, config: dict, metrics: dict, dynamics: pd.DataFrame, onnx_shape: tuple[int, ...] | None) -> None:

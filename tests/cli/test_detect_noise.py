@@ -168,7 +168,7 @@ def test_dynamics_second_pass_adds_hard_to_learn_samples_and_is_kept_by_the_pipe
     r = invoke("detect-noise", "--dynamics", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 178, "n_hard_to_learn": 2}
+    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 178, "n_hard_to_learn": 2, "n_set_aside": 0}
     issues = pq.read_table(ws / "label_issues.parquet").to_pandas().set_index("id")
     assert issues.loc[[a, b], "issue_type"].tolist() == ["dynamics", "dynamics"] and issues.loc[[a, b], "is_issue"].all()
     assert not issues.loc[c, "is_issue"]
@@ -198,6 +198,23 @@ def test_dynamics_second_pass_adds_hard_to_learn_samples_and_is_kept_by_the_pipe
     assert json.loads(r.stdout)["reason"] == "parameters changed" and json.loads(r.stdout)["dynamics"] is None
 
 
+def test_dynamics_file_with_labels_the_fixmatch_filter_set_aside(runner, tmp_path):
+    # Sample 3 is labeled 'b', the model agrees and the student memorised it, but its strong views
+    # said otherwise and distill's label filter set it aside: an issue, its quality capped by them.
+    write_csv(tmp_path, "id,label\n0,a\n1,a\n2,b\n3,b\n4,b\n")
+    np.save(tmp_path / "p.npy", np.array([[.9, .1], [.8, .2], [.2, .8], [.2, .8], [.1, .9]]))
+    dyn = tmp_path / "dyn.parquet"
+    pd.DataFrame({"id": ["0", "1", "2", "3"], "label": ["a", "a", "b", "b"], "confidence": [0.9, 0.8, 0.9, 0.95],
+                  "variability": [0.1, 0.1, 0.05, 0.02], "is_pseudo": [False] * 4, "set_aside": [False, False, False, True],
+                  "view_confidence": np.array([0.9, 0.85, np.nan, 0.3], np.float32)}).to_parquet(dyn)
+    r = runner.invoke(app, ["detect-noise", str(tmp_path), "--pred-probs", str(tmp_path / "p.npy"), "--dynamics-file", str(dyn), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["dynamics"] == {"file": str(dyn), "n_with_dynamics": 4, "n_hard_to_learn": 0, "n_set_aside": 1}
+    issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas().set_index("id")
+    assert issues.index[issues["is_issue"]].tolist() == ["3"] and issues.loc["3", "issue_type"] == "dynamics"
+    assert issues.loc["3", "label_quality"] == pytest.approx(0.3, abs=1e-6)
+
+
 def test_dynamics_file_with_pred_probs(runner, tmp_path):
     # Sample 2 is labeled 'b' and the model agrees, but the student never learned it: dynamics flag it.
     write_csv(tmp_path, "id,label\n0,a\n1,a\n2,b\n3,b\n4,b\n")
@@ -209,7 +226,7 @@ def test_dynamics_file_with_pred_probs(runner, tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 4, "n_hard_to_learn": 1}
+    assert out["dynamics"] == {"file": str(dyn), "n_with_dynamics": 4, "n_hard_to_learn": 1, "n_set_aside": 0}
     issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas()
     assert issues.loc[issues["is_issue"], "id"].tolist() == ["2"] and issues["issue_type"][0] == "dynamics"
     # quality = min(0.7, 1 - (1 - 0.1)(1 - 0.05 / 0.5)) = 0.19

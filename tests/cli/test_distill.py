@@ -117,7 +117,8 @@ def test_student_folder_contents_and_up_to_date(runner, blobs, fast):
     assert (metrics["n_trusted"], metrics["n_pseudo"], metrics["n_dropped_issues"]) == (30, 45, 0)
     assert len(metrics["rounds"]) == 1 and len(metrics["rounds"][0]["curve"]["train_loss"]) == 15
     dyn = pq.read_table(student / "dynamics.parquet").to_pandas()
-    assert list(dyn.columns) == ["id", "label", "confidence", "variability", "correctness", "is_pseudo"]
+    assert list(dyn.columns) == ["id", "label", "confidence", "variability", "correctness", "is_pseudo", "set_aside", "view_confidence"]
+    assert not dyn["set_aside"].any()  # no FixMatch, no label filter
     assert len(dyn) == 75 and int(dyn["is_pseudo"].sum()) == 45
     assert dyn["confidence"].between(0, 1).all() and dyn["variability"].between(0, 0.5).all()
     rec = json.loads((blobs / ".labelkit" / "manifest.json").read_text())["stages"]["distill"]
@@ -378,7 +379,10 @@ def test_cnn_student_with_fixmatch_trains_on_trusted_labels_and_unlabeled_images
     assert (out["student"], out["n_trusted"], out["n_pseudo"], out["epochs_run"]) == ("cnn", 179, 0, 1)
     assert not (digits / ".labelkit" / "pseudolabels.parquet").exists()
     params = json.loads((digits / ".labelkit" / "student" / "config.json").read_text())["train_params"]
-    assert (params["fixmatch"], params["fixmatch_threshold"], params["use_pseudolabels"]) == (1.0, 0.95, False)
+    assert (params["fixmatch"], params["fixmatch_threshold"], params["use_pseudolabels"], params["label_filter"]) == (1.0, 0.95, False, True)
+    # one epoch ends inside the label filter's warm-up (a fifth of the epochs): nothing set aside yet
+    metrics = json.loads((digits / ".labelkit" / "student" / "metrics.json").read_text())
+    assert (out["n_set_aside"], metrics["n_set_aside"], metrics["set_aside"]) == (0, 0, [])
 
 
 def test_fixmatch_needs_an_image_student(runner, blobs, fast):

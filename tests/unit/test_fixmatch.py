@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from labelkit.distill import TrainConfig, fit_student, predict_proba
-from labelkit.distill.fixmatch import consistency_loss, strong_view, weak_view
+from labelkit.distill.fixmatch import LabelFilter, consistency_loss, strong_view, weak_view
 from labelkit.errors import BadInputError
 
 
@@ -29,12 +29,13 @@ def test_weak_view_shifts_by_at_most_an_eighth_and_keeps_a_flat_image_flat():
     assert torch.equal(out, weak_view(dot, _gen()))  # seeded
 
 
-def test_strong_view_stays_in_range_and_cuts_a_gray_square():
-    x = torch.rand(32, 3, 12, 12, generator=_gen(1))
+def test_strong_view_stays_in_range_and_cuts_gray_squares_of_up_to_half_the_side():
+    x = torch.rand(64, 3, 12, 12, generator=_gen(1))
     out = strong_view(x, _gen(2))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    gray = (out == 0.5).all(dim=1)  # every channel 0.5: the cutout
-    assert all(gray[i].sum() >= 9 for i in range(32))  # a hole of side >= 3 px, clipped at the edges
+    area = (out == 0.5).all(dim=1).sum(dim=(1, 2))  # every channel 0.5: the cutout
+    assert area.max() <= 36  # at most 6 x 6 px, half of 12
+    assert (area >= 16).any() and (area < 9).any()  # its size varies
     assert torch.equal(out, strong_view(x, _gen(2)))
     assert not torch.equal(out, strong_view(x, _gen(3)))
 
@@ -150,3 +151,43 @@ def test_ema_returns_the_moving_average_of_the_weights():
         want = d * want + (1 - d) * w
     assert torch.allclose(avg.model.fc.weight, want, atol=1e-5)
     assert not torch.allclose(avg.model.fc.weight, plain.model.fc.weight, atol=1e-4)
+
+
+class _Brightness(torch.nn.Module):
+    """Class 1 when the mean pixel is above 0.5, else class 0, never class 2: strong views of a flat
+    0.05 or 0.95 image (brightness +-0.2, a gray cutout) stay on their side."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5, torch.full_like(m, -10.0)], 1) * 20
+
+
+def test_label_filter_sets_aside_the_labels_strong_views_contradict_but_leaves_every_class_one():
+    dark, bright = torch.full((1, 8, 8), 0.05), torch.full((1, 8, 8), 0.95)
+    images = torch.stack([dark] * 6 + [bright] * 6 + [dark, bright, dark])
+    labels = torch.tensor([0] * 6 + [1] * 6 + [1, 0, 2])  # rows 12 and 13 are wrong; class 2's only label is too
+    f = LabelFilter(images, labels, n_classes=3, start_epoch=2, seed=0, device="cpu")
+    assert not f.update(_Brightness(), epoch=1, batch_size=4)  # before the warm-up ends: nothing changes
+    assert f.keep.all()
+    assert f.update(_Brightness(), epoch=2, batch_size=4)
+    assert np.flatnonzero(~f.keep.numpy()).tolist() == [12, 13]
+    assert not f.update(_Brightness(), epoch=3, batch_size=4)  # stable: no change reported
+
+
+def test_label_filter_keeps_every_label_while_the_student_contradicts_too_many():
+    dark = torch.full((1, 8, 8), 0.05)
+    f = LabelFilter(torch.stack([dark] * 8), torch.tensor([0] * 5 + [1] * 3), n_classes=3, start_epoch=0, seed=0, device="cpu")
+    assert not f.update(_Brightness(), epoch=0, batch_size=8)  # 3 of 8 contradicted: more than a quarter
+    assert f.keep.all()
+
+
+def test_fit_student_with_fixmatch_sets_aside_a_flipped_label():
+    x, y = _two_bars(16, 0)
+    given = y.copy()
+    given[5] = 1 - given[5]
+    xu, _ = _two_bars(200, 1)
+    cfg = TrainConfig(architecture="cnn", width=8, epochs=10, batch_size=16, lr=3e-3, val_fraction=0.0, fixmatch=1.0, fixmatch_threshold=0.7)
+    fit = fit_student(x, given, config=cfg, unlabeled=xu, seed=0)
+    assert np.flatnonzero(fit.set_aside).tolist() == [5]
+    off = fit_student(x, given, config=TrainConfig(**{**cfg.__dict__, "label_filter": False}), unlabeled=xu, seed=0)
+    assert not off.set_aside.any()
