@@ -1,6 +1,6 @@
 """Student quality: labelkit's pipeline (detect-noise, pseudolabel, distill, predict) from few noisy labels.
 
-    python benchmarks/distill.py [--seeds 5] [--datasets digits,mnist] [--mnist-n 4000] [--rounds 1] [--epochs 100]
+    python benchmarks/distill.py [--seeds 5] [--first-seed 0] [--datasets digits,mnist] [--mnist-n 4000] [--rounds 1] [--epochs 100]
     python benchmarks/distill.py --student cnn [--fixmatch 1] [--fixmatch-rule flexmatch] [--image-size 0] [--jobs 1] ...
 
 For each dataset and seed: a stratified split into train and test halves (the test half is seen
@@ -246,6 +246,7 @@ def _mean(runs: list[dict], method: str, key: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--datasets", default="digits,mnist", help="comma-separated: digits, mnist")
     ap.add_argument("--mnist-n", type=int, default=4000, help="MNIST test images used (a fixed subsample; 10000 = all)")
     ap.add_argument("--rounds", type=int, default=1)
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = DistillConfig(rounds=args.rounds, epochs=epochs, device="cpu")
         what = "mlp student, distill defaults"
     quality = [
-        f"Test accuracy, mean ± std over seeds 0..{args.seeds - 1}: train/test halves, {SHARE:.0%} of the "
+        f"Test accuracy, mean ± std over seeds {args.first_seed}..{args.first_seed + args.seeds - 1}: train/test halves, {SHARE:.0%} of the "
         f"train labels kept, {FLIP:.0%} of those flipped; {what}, rounds={args.rounds}, epochs={epochs}.",
         "",
         "| dataset | train / test | labeled (flipped) | student trained on | test accuracy | trusted + pseudo (dropped issues) | s/run |",
@@ -288,14 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     timing = ["Seconds per run by stage (labelkit, wall time from manifest.json; shared, loaded 2-core machine):", "",
               "| dataset | " + " | ".join(STAGES) + " |", "| --- |" + " --- |" * len(STAGES)]
     verdicts = []
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     for name, x, y in load_datasets(set(args.datasets.split(",")), mnist_n=args.mnist_n, images=args.student == "cnn"):
         if args.jobs > 1:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(run_one, *zip(*[(x, y, seed, cfg) for seed in range(args.seeds)])))
+                runs = list(pool.map(run_one, *zip(*[(x, y, seed, cfg) for seed in seeds])))
         else:
-            runs = [run_one(x, y, seed, cfg) for seed in range(args.seeds)]
+            runs = [run_one(x, y, seed, cfg) for seed in seeds]
         sp = {k: np.mean([r["_split"][k] for r in runs]) for k in ("n_train", "n_test", "n_labeled", "n_flipped")}
         for method in (PIPELINE, *REFERENCES):
             quality.append(
