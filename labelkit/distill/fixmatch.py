@@ -153,7 +153,7 @@ class LabelFilter:
         keep = self.avg.argmax(dim=1) == self.labels
         if (~keep).float().mean() > FILTER_MAX_SHARE:
             keep = torch.ones_like(keep)
-        agree = self.avg.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+        agree = self._label_probs()
         for c in torch.unique(self.labels):
             members = self.labels == c
             if not keep[members].any():
@@ -166,4 +166,7 @@ class LabelFilter:
         """(n_labels,) the running average of the strong views' probability of each label; NaN before the first check."""
         if self.avg is None:
             return np.full(self.labels.shape[0], np.nan)
-        return self.avg.gather(1, self.labels.unsqueeze(1)).squeeze(1).numpy().astype(np.float64)
+        return self._label_probs().numpy().astype(np.float64)
+
+    def _label_probs(self) -> torch.Tensor:
+        return self.avg.gather(1, self.labels.unsqueeze(1)).squeeze(1)

@@ -248,12 +248,9 @@ def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartograp
     ev = cartography.dynamics_evidence(conf, var)
     hard_to_learn = int(ev.is_issue.sum())
     aside = same & (at["set_aside"].fillna(False).to_numpy(dtype=bool) if "set_aside" in extra else False)
-    if "view_confidence" in extra:
-        views = np.where(same, at["view_confidence"].to_numpy(dtype=np.float64), np.nan)
-        quality = np.fmin(ev.label_quality, np.clip(views, 0.0, 1.0))  # fmin: NaN views leave the quality as it was
-        ev = cartography.DynamicsEvidence(np.where(np.isnan(ev.score) & np.isnan(views), np.nan, 1.0 - quality), quality, ev.is_issue | aside)
-    elif "set_aside" in extra:
-        ev = ev._replace(is_issue=ev.is_issue | aside)
+    views = np.where(same, at["view_confidence"].to_numpy(dtype=np.float64), np.nan) if "view_confidence" in extra else np.full(len(ids), np.nan)
+    quality = np.fmin(ev.label_quality, np.clip(views, 0.0, 1.0))  # fmin: NaN views leave the quality as it was
+    ev = cartography.DynamicsEvidence(np.where(np.isnan(ev.score) & np.isnan(views), np.nan, 1.0 - quality), quality, ev.is_issue | aside)
     return ev, {"file": str(path), "n_with_dynamics": int(same.sum()), "n_hard_to_learn": hard_to_learn, "n_set_aside": int(np.sum(aside))}
 
 
