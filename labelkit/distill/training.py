@@ -314,9 +314,9 @@ def _fit_impl(x, hard, soft, n_classes, config, weight, val, unlabeled, progress
         pool_batches = _index_stream(pool.shape[0], UNLABELED_RATIO * config.batch_size, gen)
         flex = fixmatch.FlexMatchThresholds(pool.shape[0], n_classes, config.fixmatch_threshold) if config.fixmatch_rule == "flexmatch" else None
     label_filter = None
-    trusted_train = torch.from_numpy(np.flatnonzero(targets.hard[train_idx] >= 0))
     if pool is not None and config.label_filter:
-        label_filter = fixmatch.LabelFilter(x_train[trusted_train], torch.from_numpy(targets.hard[train_idx])[trusted_train], n_classes,
+        trusted_train = torch.nonzero(tg["hard"] >= 0).squeeze(1)
+        label_filter = fixmatch.LabelFilter(x_train[trusted_train], tg["hard"][trusted_train], n_classes,
                                             start_epoch=math.ceil(fixmatch.FILTER_WARMUP * config.epochs), seed=seed + 1, device=device)
         weight_given = tg["w"].clone()
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
