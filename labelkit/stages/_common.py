@@ -50,6 +50,16 @@ class StageResult:
     exit_code: int = 0  # non-zero when a CI gate was breached (the summary is still printed)
     message: str = ""
 
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """This stage's own health warnings (``summary["warnings"]``; see labelkit.health)."""
+        return list(self.summary.get("warnings") or [])
+
+    def all_warnings(self) -> list[dict[str, str]]:
+        """This stage's warnings and those of the upstream stages it ran first, each tagged with its stage."""
+        out = [w for u in self.upstream for w in u.all_warnings()]
+        return out + [{"stage": self.stage, **w} for w in self.warnings]
+
     def to_json(self) -> dict[str, Any]:
         out = {"stage": self.stage, "skipped": self.skipped, "reason": self.reason, "outputs": self.outputs, **self.summary}
         if self.exit_code:
