@@ -59,6 +59,8 @@ class Samples:
 def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, require_inputs: bool = True) -> Samples:
     """Read DATA into :class:`Samples`; every bad input is a one-line BadInputError."""
     data = Path(data)
+    if data.is_file():
+        raise BadInputError(f"{data}: a file, not a dataset folder; of the stages only 'labelkit predict' reads a single file")
     if not data.is_dir():
         raise BadInputError(f"{data}: no such dataset folder")
     entries = [p for p in data.iterdir() if not p.name.startswith(".")]

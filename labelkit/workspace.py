@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from labelkit.dataset import MANIFEST_NAMES
 from labelkit.errors import BadInputError
 
 MANIFEST = "manifest.json"
+FILE_WORKSPACE_SUFFIX = ".labelkit"  # a single-file DATA's workspace: <file>.labelkit
 
 
 def _umask() -> int:
@@ -121,11 +123,21 @@ class Workspace:
 
     @classmethod
     def open(cls, data: Path | str, out: Path | str | None = None) -> "Workspace":
+        """DATA is a folder (default out: ``DATA/.labelkit``) or, for predict, one file.
+
+        A manifest file (``DATA/labels.csv`` or ``labels.parquet``) stands for its folder. Any
+        other file gets a workspace of its own beside it, ``<file>.labelkit`` (``photo.jpg`` ->
+        ``photo.jpg.labelkit/``), so it never overwrites the artifacts of a dataset folder it sits in.
+        """
         data = Path(data)
         if not data.exists():
-            raise BadInputError(f"{data}: no such dataset folder")
+            raise BadInputError(f"{data}: no such dataset folder or file")
+        if data.is_file() and data.name in MANIFEST_NAMES:
+            data = data.parent
+        elif data.is_file():
+            return cls(data=data, out=Path(out) if out is not None else data.with_name(data.name + FILE_WORKSPACE_SUFFIX))
         if not data.is_dir():
-            raise BadInputError(f"{data}: not a folder; DATA must be a dataset folder")
+            raise BadInputError(f"{data}: not a folder or a regular file; DATA must be a dataset folder")
         out_path = Path(out) if out is not None else data / ".labelkit"
         return cls(data=data, out=out_path)
 
