@@ -1,5 +1,7 @@
 """predict: apply a student folder written by distill to DATA; write predictions.parquet.
 
+DATA is whatever a user has (labelkit.predict_inputs): a dataset folder, a plain folder of images,
+one image file, or a .csv/.parquet/.txt file of texts.
 DATA's inputs are turned into what the student was trained on, straight from the files: the
 student's own embedder (config.json) embeds images or texts, a manifest's ``embedding`` column is
 used as it is (its dimension checked), and a ``cnn`` or ``finetune`` student gets pixels read as at training.
@@ -11,6 +13,7 @@ the student's accuracy on them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,20 @@ from labelkit.config import PredictConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples
+from labelkit.predict_inputs import PredictInputs, discover_inputs
+from labelkit.stages._common import RunContext, StageResult, now, samples_fingerprint
 from labelkit.stages.distill import CONFIG_FILE, FORMAT, MODEL_FILE, load_pixels
-from labelkit.workspace import text_fingerprint
+from labelkit.workspace import Workspace, text_fingerprint
 
 STAGE = "predict"
 PREVIEW_ROWS = 10
 MODALITY_KIND = {"image": "image", "text": "text"}  # embedder modality -> the DATA kind it reads
+# The modality of the embedder families known without loading them (the refusal is then instant);
+# any other spec is checked once its embedder is built.
+FAMILY_MODALITY = {"pixels": "image", "clip": "image", "efficientnet-lite0": "image", "minilm": "text", "sbert": "text"}
+KIND_WORDS = {"image": "images", "text": "texts", "vectors": "vectors", "labels-only": "labels only"}
+FEED_HINT = {"image": "give it a folder of images or an image file",
+             "text": "give it a CSV/Parquet with a 'text' column, or a .txt file with one text per line"}
 
 PREDICTIONS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
                                 ("top_labels", pa.list_(pa.string())), ("top_probs", pa.list_(pa.float32()))])
@@ -40,13 +50,16 @@ def run(model_dir: Path | str, ctx: RunContext, cfg: PredictConfig) -> StageResu
     started = now()
     ws = ctx.ws
     student = load_student_dir(Path(model_dir))
-    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
+    found = discover_inputs(ws.data, classes=ctx.dcfg.classes)
+    samples = found.samples
+    _check_fits(student, samples)
+    samples_fp = _write_samples(ws, found)
     device = resolve_device(cfg.device)
-    x, rows, skipped = _inputs(ctx, samples, student, device)
+    x, rows, skipped = _inputs(ctx, found, student, device)
     from labelkit.distill import predict_proba
 
     probs = predict_proba(student["model"], x, batch_size=cfg.batch_size, device=device) if len(rows) else np.zeros((0, len(student["classes"])))
-    summary = _write_predictions(ctx, cfg, samples, student, rows, probs, skipped)
+    summary = _write_predictions(ctx, cfg, found, student, rows, probs, skipped)
     inputs = {artifacts.SAMPLES: samples_fp, "student": student["fingerprint"]}
     params = {**cfg.result_params(), "model_dir": str(Path(model_dir).resolve())}
     ws.commit(STAGE, params=params, params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PREDICTIONS], started=started)
@@ -99,50 +112,92 @@ def load_student_dir(model_dir: Path) -> dict[str, Any]:
 # -- inputs ---------------------------------------------------------------------------------
 
 
-def _inputs(ctx: RunContext, samples: Samples, student: dict[str, Any], device: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """(x for the rows that could be read, those rows (samples order), {skipped id: why})."""
+def _check_fits(student: dict[str, Any], samples: Samples) -> None:
+    """Refuse DATA the student cannot read before anything is loaded or written (one line, how to fix)."""
     spec = student["config"]["input"]
-    embedder = student["config"]["embedder"]
-    table = samples.table
+    held = KIND_WORDS.get(samples.kind, samples.kind)
     if spec.get("kind") == "pixels":
         if samples.kind != "image":
-            raise BadInputError(f"this student ({student['config'].get('architecture')}) reads images, but DATA holds {samples.kind}; give it a folder or a manifest of image paths")
-        paths = [str(ctx.ws.data / s) for s in table["source"]]
-        x, ok = load_pixels(paths, spec, ctx.progress, "read images")
-        return x, np.flatnonzero(ok), {i: "unreadable image" for i in table["id"][~ok]}
+            raise BadInputError(f"this student ({student['config'].get('architecture')}) reads images, but DATA holds {held}; {FEED_HINT['image']}")
+        return
+    model = str(student["config"]["embedder"].get("model"))
     dim = int(spec["dim"])
-    model = str(embedder.get("model"))
     if samples.kind == "vectors":
         if samples.vectors.shape[1] != dim:
             raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.shape[1]} dimensions, but this student expects {dim} ({model} embeddings)")
         if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
             raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
-        return l2_normalize(samples.vectors), np.arange(len(table)), {}
+        return
     if model == "precomputed":
-        raise BadInputError(f"this student was trained on your own {dim}-d vectors; DATA must be a manifest with an 'embedding' column of them, not {samples.kind}")
-    return _embed(ctx, samples, embedder, dim, device)
+        raise BadInputError(f"this student was trained on your own {dim}-d vectors; DATA must be a manifest with an 'embedding' column of them, not {held}")
+    modality = FAMILY_MODALITY.get(model.partition(":")[0])
+    if modality is not None and samples.kind != MODALITY_KIND[modality]:
+        raise _modality_error(model, modality, samples.kind)
 
 
-def _embed(ctx: RunContext, samples: Samples, embedder_spec: dict[str, Any], dim: int, device: str):
+def _modality_error(model: str, modality: str, kind: str) -> BadInputError:
+    hint = FEED_HINT.get(modality, "")
+    return BadInputError(f"this student's embedder {model} reads {modality} inputs, but DATA holds {KIND_WORDS.get(kind, kind)}" + (f"; {hint}" if hint else ""))
+
+
+def _write_samples(ws: Workspace, found: PredictInputs) -> str:
+    """samples.parquet in the workspace, rewritten only when its content changed; its fingerprint."""
+    _make_workspace(ws.out)
+    fp = samples_fingerprint(found.samples, found.root)
+    path = ws.path(artifacts.SAMPLES)
+    current = artifacts.read_metadata(path).get("content_fingerprint") if path.exists() else None
+    if current != fp:
+        s = found.samples
+        artifacts.write_samples(path, s.table, {"content_fingerprint": fp, "classes": s.classes, "kind": s.kind, "origin": s.origin})
+    return fp
+
+
+def _make_workspace(out: Path) -> None:
+    """Fail at once, in one line, where the predictions could not be written (a read-only place)."""
+    hint = "pass --out DIR to write the predictions elsewhere"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"{out}: cannot create the workspace folder ({e.strerror}); {hint}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise BadInputError(f"{out}: the workspace folder is not writable; {hint}")
+
+
+def _inputs(ctx: RunContext, found: PredictInputs, student: dict[str, Any], device: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(x for the rows that could be read, those rows (samples order), {skipped id: why})."""
+    samples = found.samples
+    spec = student["config"]["input"]
+    embedder = student["config"]["embedder"]
+    table = samples.table
+    if spec.get("kind") == "pixels":
+        paths = [str(found.root / s) for s in table["source"]]
+        x, ok = load_pixels(paths, spec, ctx.progress, "read images")
+        return x, np.flatnonzero(ok), {i: "unreadable image" for i in table["id"][~ok]}
+    if samples.kind == "vectors":
+        return l2_normalize(samples.vectors), np.arange(len(table)), {}
+    return _embed(ctx, found, embedder, int(spec["dim"]), device)
+
+
+def _embed(ctx: RunContext, found: PredictInputs, embedder_spec: dict[str, Any], dim: int, device: str):
     """Embed DATA's images or texts with the student's embedder (as the embed stage does)."""
     import torch
 
     from labelkit.embedders import EmbedderOptions, create_embedder
     from labelkit.stages.embed import _auto_workers, _collate, _Inputs
 
+    samples = found.samples
     model = str(embedder_spec["model"])
     params = embedder_spec.get("params") or {}
     weights = params.get("weights")
     if weights and not Path(weights).is_file():
         raise BadInputError(f"the student's embedder {model} used weights {weights}, which are not there; put them back to embed DATA")
     embedder = create_embedder(model, EmbedderOptions(weights=weights, device=device, allow_download=bool(params.get("allow_download", False))))
-    want = MODALITY_KIND.get(embedder.modality)
-    if samples.kind != want:
-        raise BadInputError(f"this student's embedder {model} reads {embedder.modality} inputs, but DATA holds {samples.kind}")
+    if samples.kind != MODALITY_KIND.get(embedder.modality):
+        raise _modality_error(model, embedder.modality, samples.kind)
     if embedder.dim != dim:
         raise BadInputError(f"embedder {model} gives {embedder.dim}-d vectors, but this student expects {dim}")
     table = samples.table
-    sources = [str(ctx.ws.data / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
+    sources = [str(found.root / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
     loader = torch.utils.data.DataLoader(_Inputs(embedder, sources), batch_size=embedder.default_batch_size(), shuffle=False,
                                          num_workers=_auto_workers(embedder, len(sources)), collate_fn=_collate)
     vecs, rows, skipped = [], [], {}
@@ -163,7 +218,8 @@ def _embed(ctx: RunContext, samples: Samples, embedder_spec: dict[str, Any], dim
 # -- output ---------------------------------------------------------------------------------
 
 
-def _write_predictions(ctx, cfg: PredictConfig, samples: Samples, student, rows: np.ndarray, probs: np.ndarray, skipped: dict[str, str]) -> dict[str, Any]:
+def _write_predictions(ctx, cfg: PredictConfig, found: PredictInputs, student, rows: np.ndarray, probs: np.ndarray, skipped: dict[str, str]) -> dict[str, Any]:
+    samples = found.samples
     classes = student["classes"]
     names = np.asarray(classes, dtype=object)
     k = min(cfg.top_k, len(classes))
@@ -182,6 +238,8 @@ def _write_predictions(ctx, cfg: PredictConfig, samples: Samples, student, rows:
     artifacts.write_table(ctx.ws.path(artifacts.PREDICTIONS), pa.Table.from_pandas(df, schema=PREDICTIONS_SCHEMA, preserve_index=False), meta)
     summary: dict[str, Any] = {
         "model_dir": str(student["dir"]),
+        "input": found.origin,
+        "predictions": str(ctx.ws.path(artifacts.PREDICTIONS)),
         "student": student["config"].get("architecture"),
         "embedder": student["config"]["embedder"].get("model"),
         "n_predicted": int(len(df)),
