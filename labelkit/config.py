@@ -7,6 +7,7 @@ on the command line override it.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -184,12 +185,40 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
 }
 
 
-def _explain(err: ValidationError, where: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "?"
+class OptionError(ConfigError):
+    """A command-line option (a flag or ``--set``) has an unknown key or a bad value: a usage error."""
+
+    exit_code = 2
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
+
+
+def _what(first: dict[str, Any]) -> str:
+    """A pydantic error in scikit-learn's words: 'must be < 1'."""
+    kind, ctx = first["type"], first.get("ctx") or {}
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {bound:g}" if isinstance(bound, float) else f"must be {_BOUNDS[kind]} {bound}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind.split("_")[0] in _KINDS and kind.endswith(("_type", "_parsing", "_from_float")):
+        return f"must be {_KINDS[kind.split('_')[0]]}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return re.sub(r"^Input should be ", "must be ", msg)
+
+
+def _explain(first: dict[str, Any], stage: str, source: str) -> str:
+    """One line: where the bad value came from, what is wrong with it, what it was."""
+    key = str(first["loc"][0]) if first["loc"] else "?"
+    cli = source.startswith("--")
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{key}'"
-    return f"{where}: '{key}' {first['msg'].lower()}. Got {first.get('input')!r} instead."
+        where = f"{source}: unknown key '{key}' in [{stage}]" if cli else f"{source} [{stage}]: unknown key '{key}'"
+        return f"{where}; known: {', '.join(STAGE_CONFIGS[stage].model_fields)}"
+    where = source if cli else f"{source} [{stage}] {key}"
+    sub = "".join(f"[{p}]" for p in first["loc"][1:])
+    return f"{where}{sub}: {_what(first)}. Got {first.get('input')!r} instead."
 
 
 def load_config_file(path: Path | str | None) -> dict[str, dict[str, Any]]:
@@ -211,12 +240,32 @@ def load_config_file(path: Path | str | None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def build_config(stage: str, file_config: dict[str, dict[str, Any]], overrides: dict[str, Any], *, where: str = "config") -> StageConfig:
-    """The stage's config: file section, then command-line ``overrides`` (None = not given)."""
+def build_config(
+    stage: str,
+    file_config: dict[str, dict[str, Any]],
+    overrides: dict[str, Any],
+    *,
+    origins: dict[tuple[str, str], str] | None = None,
+    flags: dict[str, str] | None = None,
+) -> StageConfig:
+    """The stage's config: file section, then command-line ``overrides`` (None = not given).
+
+    A bad or unknown key is an error that names where it came from: ``flags`` maps an override's
+    key to its flag (``--alpha``); ``origins`` maps a ``(stage, key)`` of ``file_config`` to its
+    source, a file (``lk.toml``, shown as ``lk.toml [pseudolabel] alpha``) or a command-line
+    option (``--set pseudolabel.alpha``, anything that starts with ``--``). A value from the
+    command line is an OptionError (exit 2); one from a file is a ConfigError (exit 1).
+    """
     cls = STAGE_CONFIGS[stage]
-    values = dict(file_config.get(stage, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**file_config.get(stage, {}), **given}
     try:
         return cls(**values)
     except ValidationError as e:
-        raise ConfigError(_explain(e, f"{where} [{stage}]" if stage in file_config else "option")) from None
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        if key in given:
+            source = (flags or {}).get(key, "--" + key.replace("_", "-"))
+        else:
+            source = (origins or {}).get((stage, key), "config")
+        raise (OptionError if source.startswith("--") else ConfigError)(_explain(first, stage, source)) from None
