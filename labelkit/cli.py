@@ -324,11 +324,12 @@ def distill(
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="a student folder written by distill (e.g. DATA/.labelkit/student)", show_default=False)],
-    data: DataArg,
+    data: Annotated[Path, typer.Argument(help="a dataset folder, a folder of images, an image file, or a .csv/.parquet/.txt of texts", show_default=False)],
     top_k: Annotated[Optional[int], opt("predict", "--top-k", "classes kept in top_labels/top_probs")] = None,
     batch_size: Annotated[Optional[int], opt("predict", "--batch-size", "rows per forward pass")] = None,
     device: Annotated[Optional[str], opt("predict", "--device", DEVICE_HELP)] = None,
-    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="workspace folder for the predictions [default: DATA/.labelkit; for a file DATA: <file>.labelkit beside it]")] = None,
+    config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False,
 ) -> None:
     """Apply a student to new data: embed it as the student expects, write predictions.parquet."""
     from labelkit.stages import predict as stage

@@ -41,7 +41,11 @@ class DatasetConfig(StageConfig):
 class EmbedConfig(StageConfig):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "device", "allow_download"})
 
-    model: str = Field("auto", description="backend spec; auto = efficientnet-lite0 for images, minilm for text, precomputed for vectors")
+    model: str = Field("auto", description="backend spec; auto = score every candidate that can run here on a sample of the labeled samples (leave-one-out kNN accuracy) and keep the best: pixels and efficientnet-lite0 (+ open_clip models on disk) for images, minilm for text, precomputed for vectors")
+    candidates: tuple[str, ...] = Field((), description="with model auto: more backends to score, e.g. 'sbert:/path/to/model' or 'clip:ViT-B-32/openai' (its weights on disk, or allow_download)")
+    choice_per_class: int = Field(30, ge=2, description="with model auto: labeled samples per class in the scoring sample")
+    choice_max: int = Field(300, ge=4, description="with model auto: labeled samples scored at most")
+    choice_tie: float = Field(0.02, ge=0, le=1, description="with model auto: a cheaper candidate this close to the best score wins")
     weights: str | None = Field(None, description="local weights file for the backend")
     allow_download: bool = Field(False, description="let the backend fetch named weights from a hub")
     dtype: Literal["float32", "float16"] = "float32"
@@ -57,6 +61,7 @@ class PrototypeConfig(StageConfig):
     n_per_class: int = Field(1, ge=1, description="prototypes per class (k-means inside the class when > 1)")
     clean: bool = Field(True, description="drop labeled samples whose neighbours disagree with their label, or far from their class, before averaging")
     min_agreement: float = Field(0.5, ge=0, le=1, description="share of a sample's labeled neighbours that must agree with its label to keep it")
+    max_drop: float = Field(0.4, ge=0, le=1, description="if the clean check would drop more than this share of the labeled samples, it is measuring a weak embedding rather than wrong labels: keep them all and warn")
     k: int = Field(10, ge=1, description="neighbours used by the clean-sample check")
     text_weight: float = Field(0.25, ge=0, le=1, description="weight of the class-name (text) embedding fused into each prototype, when the model has a text tower")
     refine: bool = Field(True, description="refine prototypes transductively with confident unlabeled samples (soft k-means)")
@@ -113,6 +118,8 @@ class DetectNoiseConfig(StageConfig):
     k: int = Field(10, ge=1, description="neighbours in the kNN graph")
     duplicate_threshold: float = Field(0.98, gt=0, le=1, description="cosine similarity above which two samples are near-duplicates")
     outlier_cut: float = Field(3.5, gt=0, description="robust z-score (median/MAD) of kNN distance above which a sample is an outlier")
+    weak_accuracy: float = Field(0.8, ge=0, le=1, description="labelkit's own out-of-sample probabilities are weak evidence when their accuracy on the given labels is below this (or the estimated noise rate is above 30%): then only the top --review-budget of the label flags stay is_issue, the rest stay ranked")
+    review_budget: float = Field(0.05, gt=0, le=1, description="under weak evidence: the share of the labeled samples that may be flagged as label issues (the most likely first)")
     dynamics: bool = Field(False, description="second pass after distill: add the student's training dynamics (dataset cartography) as evidence")
     dynamics_file: str | None = Field(None, description="dynamics.parquet to read (implies dynamics) [default: WORKSPACE/student/dynamics.parquet]")
     seed: int = 0

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import artifacts, cartography, evidence, noise
+from labelkit import artifacts, cartography, evidence, health, noise
 from labelkit.config import DetectNoiseConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
@@ -301,6 +301,12 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     # such outliers are issues. Measured on digits, an outlier alone was a flipped label 0-19% of the time.
     doubted = noise.detect_label_issues(labels, probs, method="confident_learning").is_issue
     q = evidence.combine_evidence(labels, probs=probs, label_issues=cl.is_issue, duplicates=dup, outliers=out, dynamics=dyn, doubted=doubted)
+    accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+    est_rate = float(1 - np.trace(joint))
+    n_candidates = int((q.is_issue & (q.issue_type == "label")).sum())
+    weak = cfg.pred_probs is None and (accuracy < cfg.weak_accuracy or est_rate > health.NOISE_RATE)
+    if weak:
+        q = q._replace(is_issue=_within_budget(q, budget=int(np.ceil(cfg.review_budget * len(labels)))))
     order = np.argsort(q.rank, kind="stable")
     issues = pd.DataFrame(
         {
@@ -314,6 +320,10 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
         }
     )
     summary = _summary(issues, joint, classes, cfg, choice, dyn_summary, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
+    summary["out_of_sample_accuracy"] = round(accuracy, 4)
+    summary["weak_evidence"] = weak
+    summary["n_label_candidates"] = n_candidates
+    summary["warnings"] = _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=n_candidates)
     meta = {
         "classes": classes, "params": cfg.result_params(), "probs": choice["chosen"], "summary": summary,
         "noise_matrix": est.noise_matrix.tolist(), "joint": joint.tolist(), "py": est.py.tolist(),
@@ -322,6 +332,35 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
                         ("is_issue", pa.bool_()), ("issue_type", pa.string()), ("rank", pa.int64())])
     artifacts.write_table(ws.path(artifacts.LABEL_ISSUES), pa.Table.from_pandas(issues, schema=schema, preserve_index=False), meta)
     return summary
+
+
+def _within_budget(q, *, budget: int) -> np.ndarray:
+    """``is_issue`` with the label flags past the ``budget`` most likely (by rank) cleared; other issue types kept."""
+    label = q.is_issue & (q.issue_type == "label")
+    flagged = np.flatnonzero(label)
+    out = q.is_issue.copy()
+    out[flagged[np.argsort(q.rank[flagged], kind="stable")][budget:]] = False
+    return out
+
+
+def _warnings(summary: dict[str, Any], cfg, *, n_classes: int, n_candidates: int) -> list[dict[str, str]]:
+    acc, rate = summary["out_of_sample_accuracy"], summary["estimated_noise_rate"]
+    out = health.one_class(n_classes)
+    if summary["weak_evidence"]:
+        out.append(health.warning(
+            "weak_evidence",
+            f"the out-of-sample classifier is only {acc:.0%} accurate on the given labels (estimated noise rate {rate:.0%}): "
+            f"of {n_candidates} candidate label flags, the {summary['issues_by_type'].get('label', 0)} most likely are kept "
+            f"(review budget {cfg.review_budget:.0%}); the rest stay ranked in label_issues.parquet",
+            "review by rank from the top; a stronger embedder (labelkit embed --model ...) sharpens the evidence",
+        ))
+    elif cfg.pred_probs is not None and acc < cfg.weak_accuracy:
+        out.append(health.warning(
+            "weak_evidence",
+            f"your probabilities are only {acc:.0%} accurate on the given labels: many flags may be the model's errors",
+            "review by rank from the top, or use a stronger model's out-of-sample probabilities",
+        ))
+    return out + health.noise_rate(rate)
 
 
 def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, choice: dict, dynamics: dict | None, *,

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import __version__, artifacts
+from labelkit import __version__, artifacts, health
 from labelkit._probability import topk_to_dense
 from labelkit.config import DistillConfig
 from labelkit.dataset import Samples
@@ -582,6 +582,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "model_dir": str(ctx.ws.path(STUDENT)),
         "onnx": cfg.onnx,
     }
+    summary["warnings"] = health.student(held_out["accuracy"], held_out["ece"], len(classes))
     metrics = {**held_out, "teacher": teacher_note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
                "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": fold_records, "rounds": rounds, "summary": summary}
     config = {

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labelkit import artifacts
+from labelkit import artifacts, health
 from labelkit._validation import l2_normalize
+from labelkit.embedder_choice import SCORE_K, loo_knn_accuracy, pick, stratified_sample
 from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
@@ -25,11 +26,13 @@ from labelkit.workspace import Workspace, file_fingerprint
 
 STAGE = "embed"
 PARTS = "embeddings.parts"
-AUTO_MODELS = {"image": "efficientnet-lite0", "text": "minilm", "vectors": "precomputed"}
-# Images this small are not natural photos: an ImageNet backbone sees an upsampled blur. On
-# examples/digits (8x8) leave-one-out 1-NN accuracy is 0.99 with raw pixels against 0.76-0.90
-# with EfficientNet-Lite0 at 32-112 px, and pixels are ~1000x faster.
-TINY_IMAGE_SIDE = 32
+DEFAULT_MODELS = {"image": "efficientnet-lite0", "text": "minilm", "vectors": "precomputed"}
+# The pixels candidate's side: the images' own up to this (CIFAR's 32 px), enough for a raw-pixel
+# baseline and cheap; larger images are shrunk to it.
+PIXELS_MAX_SIDE = 32
+PIXELS_MIN_SIDE = 8
+SEPARATION_PER_CLASS = 200  # labeled samples per class in the final separation check
+SEPARATION_MAX = 2000
 
 
 def _largest_side(root: Path, samples: Samples, n: int = 32) -> int | None:
@@ -46,46 +49,179 @@ def _largest_side(root: Path, samples: Samples, n: int = 32) -> int | None:
     return max(sides) if sides else None
 
 
-def resolve_model(cfg: EmbedConfig, samples: Samples, ws_root: Path) -> str:
+def check_model(cfg: EmbedConfig, samples: Samples) -> None:
+    """Refuse a model that cannot read these samples, before anything runs."""
     if samples.kind == "labels-only":
         raise BadInputError("embed needs inputs: the manifest has no 'path', 'text' or 'embedding' column")
-    if cfg.model == "auto":
-        if samples.kind == "image":
-            side = _largest_side(ws_root, samples)
-            if side is not None and side <= TINY_IMAGE_SIDE:
-                return f"pixels:{side}"
-        return AUTO_MODELS[samples.kind]
-    if samples.kind == "vectors" and cfg.model != "precomputed":
+    if samples.kind == "vectors" and cfg.model not in ("precomputed", "auto"):
         raise BadInputError(f"the manifest carries its own vectors ('embedding' column); use --model precomputed, not '{cfg.model}'")
     if cfg.model == "precomputed" and samples.kind != "vectors":
         raise BadInputError("--model precomputed needs an 'embedding' column in the manifest")
-    return cfg.model
+
+
+def candidates(cfg: EmbedConfig, samples: Samples, ws_root: Path) -> list[tuple[str, str | None]]:
+    """(spec, weights file) of every backend ``--model auto`` scores, cheapest first."""
+    out: list[tuple[str, str | None]] = []
+    if samples.kind == "image":
+        side = _largest_side(ws_root, samples) or PIXELS_MAX_SIDE
+        out.append((f"pixels:{int(np.clip(side, PIXELS_MIN_SIDE, PIXELS_MAX_SIDE))}", None))
+        out.append(("efficientnet-lite0", None))
+        from labelkit.embedders.openclip import cached_checkpoints
+
+        out.extend(cached_checkpoints())
+    elif samples.kind == "text":
+        out.append(("minilm", None))
+    out.extend((spec, cfg.weights) for spec in cfg.candidates if spec not in {c for c, _ in out})
+    return out
 
 
 def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResult:
     started = now()
     ws, progress = ctx.ws, ctx.progress
     samples, samples_fp = prepare_samples(ws, ctx.dcfg)
-    model = resolve_model(cfg, samples, ws.data)
-    params = {**cfg.result_params(), "model": model}
+    check_model(cfg, samples)
+    weights_fp = ""
     if cfg.weights:
         if not Path(cfg.weights).is_file():
             raise BadInputError(f"--weights {cfg.weights}: no such file")
-        params["weights_fingerprint"] = file_fingerprint(Path(cfg.weights))
-    params_fp = cfg.model_copy(update={"model": model}).fingerprint() + params.get("weights_fingerprint", "")
+        weights_fp = file_fingerprint(Path(cfg.weights))
+    # Staleness is keyed by the config as given ('auto' stays 'auto'), so an up-to-date stage is
+    # skipped without scoring the candidates again.
+    record_fp = cfg.fingerprint() + weights_fp
     inputs = {artifacts.SAMPLES: samples_fp}
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force, params_fp=params_fp)
+    reason = stale_reason(ws, STAGE, cfg, inputs, force=force, params_fp=record_fp)
     if reason is None:
-        return StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.EMBEDDINGS])
+        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.EMBEDDINGS])
+        res.summary = artifacts.read_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {})
+        return res
+
+    choice, chosen = None, None
+    if samples.kind == "vectors":
+        model = "precomputed"
+    elif cfg.model == "auto":
+        choice, chosen = _choose(ws, samples, cfg, candidates(cfg, samples, ws.data), progress)
+        model = choice["chosen"]
+        if choice.get("weights"):
+            cfg = cfg.model_copy(update={"weights": choice["weights"]})
+            weights_fp = file_fingerprint(Path(cfg.weights))
+    else:
+        model = cfg.model
+    params = {**cfg.result_params(), "model": model}
+    if weights_fp:
+        params["weights_fingerprint"] = weights_fp
+    if choice is not None:
+        params["model_choice"] = {k: v for k, v in choice.items() if k != "weights"}
+    # Vectors (resumed parts, a previous embeddings.parquet) are reused only for the same backend.
+    vectors_fp = cfg.model_copy(update={"model": model, "candidates": ()}).fingerprint() + weights_fp
 
     if model == "precomputed":
         summary = _write_precomputed(ws, samples, cfg, params)
     else:
-        summary = _embed_with_model(ws, samples, cfg, model, params, params_fp, force=force, progress=progress)
+        summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, force=force, progress=progress, chosen=chosen)
     outputs = [artifacts.EMBEDDINGS] + ([artifacts.CLASS_EMBEDDINGS] if summary.get("class_embeddings") else [])
-    ws.commit(STAGE, params=params, params_fp=params_fp, inputs=inputs, outputs=outputs, started=started)
+    ws.commit(STAGE, params=params, params_fp=record_fp, inputs=inputs, outputs=outputs, started=started)
     summary["wall_time_s"] = round(now() - started, 2)
     return StageResult(STAGE, reason=reason, summary=summary, outputs=outputs)
+
+
+# -- choosing the backend on evidence -------------------------------------------------------
+
+
+def _codes(samples: Samples) -> np.ndarray:
+    """int class codes of the single-label samples, -1 elsewhere."""
+    index = {c: i for i, c in enumerate(samples.classes)}
+    return np.array([index.get(v, -1) if isinstance(v, str) else -1 for v in samples.table["label"]], dtype=np.int64)
+
+
+def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple[str, str | None]], progress) -> tuple[dict[str, Any], Any]:
+    """Score each candidate on a stratified sample of the labeled samples; the best (cheaper on a tie).
+
+    Returns the choice record and (embedder, sample ids, sample vectors) of the chosen backend,
+    whose vectors the full run reuses.
+    """
+    from labelkit.embedders import EmbedderOptions, create_embedder
+    from labelkit.errors import LabelkitError
+
+    default = DEFAULT_MODELS[samples.kind]
+    codes = _codes(samples)
+    counts = np.bincount(codes[codes >= 0], minlength=len(samples.classes))
+    if len(cands) < 2 or (counts >= 2).sum() < 2:
+        why = "one candidate" if len(cands) < 2 else "fewer than 2 classes with 2 labeled samples to score on"
+        spec, weights = cands[0] if len(cands) == 1 else (default, None)
+        return {"chosen": spec, "by": f"default for {samples.kind} ({why})", "scores": {}, "weights": weights}, None
+    rows = stratified_sample(codes, per_class=cfg.choice_per_class, cap=cfg.choice_max, rng=np.random.default_rng(0))
+    table = samples.table.iloc[rows]
+    sources = [str(ws.data / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
+    device = resolve_device(cfg.device)
+    scores: dict[str, dict[str, Any]] = {}
+    embedded: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+    with progress.task("choose embedder", total=len(cands) * len(rows)) as task:
+        for spec, weights in cands:
+            t0 = now()
+            try:
+                emb = create_embedder(spec, EmbedderOptions(weights=weights, device=device, allow_download=cfg.allow_download))
+                ok, vecs = _embed_some(emb, sources, cfg.batch_size)
+            except LabelkitError as e:
+                scores[spec] = {"score": None, "error": str(e)}
+                task.advance(len(rows))
+                continue
+            task.advance(len(rows))
+            embedded[spec] = (emb, ok, vecs)
+            scores[spec] = {"seconds": round(now() - t0, 2), "weights": weights}
+    usable = [s for s in embedded]
+    if not usable:
+        raise BadInputError("no embedder candidate could run: " + "; ".join(f"{k}: {v.get('error')}" for k, v in scores.items()))
+    # Score every candidate on the rows all of them could read.
+    common = np.logical_and.reduce([embedded[s][1] for s in usable])
+    for spec in usable:
+        emb, ok, vecs = embedded[spec]
+        keep = common[ok]
+        scores[spec]["score"] = round(loo_knn_accuracy(l2_normalize(vecs[keep]), codes[rows][common]), 4)
+        scores[spec]["n"] = int(common.sum())
+    chosen = pick({s: scores[s]["score"] for s in usable}, tie=cfg.choice_tie)
+    emb, ok, vecs = embedded[chosen]
+    sample = (emb, table["id"].to_numpy()[ok].tolist(), l2_normalize(vecs))
+    record = {
+        "chosen": chosen, "weights": scores[chosen].pop("weights"),
+        "by": f"leave-one-out {SCORE_K}-NN accuracy on {int(common.sum())} labeled samples "
+              f"(up to {cfg.choice_per_class} per class); a cheaper candidate within {cfg.choice_tie} wins",
+        "scores": {k: {kk: vv for kk, vv in v.items() if kk != "weights"} for k, v in scores.items()},
+        "seconds": round(sum(v.get("seconds", 0) for v in scores.values()), 2),
+    }
+    return record, sample
+
+
+def _embed_some(embedder, sources: list[str], batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(readable mask, vectors of the readable ones) for a few sources, in batches."""
+    ok = np.zeros(len(sources), dtype=bool)
+    out = []
+    bs = batch_size or embedder.default_batch_size()
+    for s in range(0, len(sources), bs):
+        batch = []
+        for i in range(s, min(s + bs, len(sources))):
+            try:
+                batch.append(embedder.load(sources[i]))
+                ok[i] = True
+            except (OSError, ValueError, SyntaxError):
+                continue
+        if batch:
+            out.append(np.asarray(embedder.forward(batch), dtype=np.float32))
+    return ok, (np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32))
+
+
+def separation_check(samples: Samples, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings."""
+    codes = _codes(samples)
+    pos = pd.Index(ids).get_indexer(samples.table["id"])
+    labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
+    n_classes = len(np.unique(codes[labeled]))
+    warnings = health.one_class(n_classes)
+    if labeled.size < 4 or n_classes < 2:
+        return None, warnings
+    rows = labeled[stratified_sample(codes[labeled], per_class=SEPARATION_PER_CLASS, cap=SEPARATION_MAX, rng=np.random.default_rng(0))]
+    acc = loo_knn_accuracy(vectors[pos[rows]], codes[rows])
+    sep = {"knn_accuracy": round(acc, 4), "n": int(rows.size), "chance": round(1 / n_classes, 4), "k": SCORE_K}
+    return sep, warnings + health.separation(acc, n_classes, what=f"the embedding ({model})")
 
 
 def _metadata(model: str, dim: int, params: dict[str, Any], preprocessing: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
@@ -97,12 +233,16 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
     if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
         raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
     dim = vectors.shape[1]
-    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, _metadata("precomputed", dim, params, {}, []), cfg.row_group_size)
     ids = samples.table["id"].tolist()
+    sep, warnings = separation_check(samples, ids, vectors, "precomputed")
+    summary = {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0,
+               "separation": sep, "warnings": warnings}
+    meta = {**_metadata("precomputed", dim, params, {}, []), "summary": summary}
+    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, meta, cfg.row_group_size)
     for s in range(0, len(ids), cfg.row_group_size):
         w.write(ids[s:s + cfg.row_group_size], vectors[s:s + cfg.row_group_size])
     w.close()
-    return {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0}
+    return summary
 
 
 # -- model path -----------------------------------------------------------------------------
@@ -156,13 +296,16 @@ def _reusable(ws: Workspace, params_fp: str) -> tuple[list[str], np.ndarray | No
     return artifacts.read_embeddings(path)
 
 
-def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, progress) -> dict[str, Any]:
+def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, progress, chosen=None) -> dict[str, Any]:
     import torch
 
     from labelkit.embedders import EmbedderOptions, create_embedder
 
     device = resolve_device(cfg.device)
-    embedder = create_embedder(model, EmbedderOptions(weights=cfg.weights, device=device, allow_download=cfg.allow_download))
+    if chosen is not None:  # --model auto already loaded it and embedded the scoring sample
+        embedder = chosen[0]
+    else:
+        embedder = create_embedder(model, EmbedderOptions(weights=cfg.weights, device=device, allow_download=cfg.allow_download))
     parts_dir = ws.path(PARTS) / params_fp
     if force and ws.path(PARTS).exists():
         shutil.rmtree(ws.path(PARTS))
@@ -176,9 +319,15 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
     wanted = set(table["id"])
     done_ids, done_vecs, skipped = _done_parts(parts_dir)
     old_ids, old_vecs = ([], None) if force else _reusable(ws, params_fp)
+    reused = wanted & (set(done_ids) | set(old_ids))
+    n_scored = 0
+    if chosen is not None:  # the scoring sample's vectors, embedded already
+        n_scored = len(set(chosen[1]) - reused)
+        done_ids.extend(chosen[1])
+        done_vecs.append(chosen[2])
     have = set(done_ids) | set(old_ids) | set(skipped)
     todo = table[~table["id"].isin(have)]
-    n_reused = len(wanted & (set(done_ids) | set(old_ids)))
+    n_reused = len(reused)
 
     if samples.kind == "image":
         sources = [str(ws.data / s) for s in todo["source"]]
@@ -237,8 +386,17 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
         raise BadInputError(f"no input could be read: all {len(table)} samples were skipped (first: {skipped_now[:3]})")
     ordered_ids = table["id"][keep].tolist()
     ordered = all_vecs[pos[keep]]
+    n_class = _write_class_embeddings(ws, embedder, samples.classes, model)
+    sep, warnings = separation_check(samples, ordered_ids, ordered, model)
+    summary = {
+        "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_ids) - len([i for i in todo_ids if i in errors]),
+        "n_reused": n_reused, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
+        "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
+        "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": warnings,
+    }
     meta = _metadata(model, embedder.dim, params, embedder.preprocessing(), skipped_now)
     meta["params_fingerprint"] = params_fp
+    meta["summary"] = summary
     w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), embedder.dim, cfg.dtype, meta, cfg.row_group_size)
     for s in range(0, len(ordered_ids), cfg.row_group_size):
         w.write(ordered_ids[s:s + cfg.row_group_size], ordered[s:s + cfg.row_group_size])
@@ -247,14 +405,7 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
     cache = ws.path(artifacts.EMBEDDINGS_CACHE)
     if cache.exists():
         cache.unlink()
-
-    n_class = _write_class_embeddings(ws, embedder, samples.classes, model)
-    return {
-        "model": model, "device": device, "dim": embedder.dim, "n_embedded": len(todo_ids) - len([i for i in todo_ids if i in errors]),
-        "n_reused": n_reused, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
-        "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
-        "class_embeddings": n_class,
-    }
+    return summary
 
 
 def _write_class_embeddings(ws: Workspace, embedder, classes: list[str], model: str) -> int:

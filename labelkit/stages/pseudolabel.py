@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from labelkit import artifacts
+from labelkit import artifacts, health
 from labelkit._probability import topk_to_dense
 from labelkit import pseudolabel as compute
 from labelkit import seeds
@@ -96,6 +96,12 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
         "confidence_histogram": np.histogram(r.confidence[rows], bins=10, range=(0.0, 1.0))[0].tolist(),
         "priors": [round(float(v), 4) for v in r.priors],
     }
+    n_labeled = int((a.labels >= 0).sum())
+    summary["warnings"] = (
+        health.one_class(len(np.unique(a.labels[a.labels >= 0])))
+        + health.dropped(summary["n_seeds_dropped"], n_labeled, by="seed cleaning", option="--no-clean-seeds")
+        + health.none_accepted(summary["n_accepted"], summary["n_unlabeled"])
+    )
     table = _table(a, r, rows, accepted)
     del r
     meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model")}
@@ -189,7 +195,7 @@ class Relabeler:
         at = pd.Index(self.ids).get_indexer(list(hide_ids))
         labels = a.labels.copy()
         labels[at[at >= 0]] = -1
-        protos, _, _ = build_prototypes(a.vectors, labels, k, self.proto_cfg, self.text, model=a.meta.get("model"))
+        protos = build_prototypes(a.vectors, labels, k, self.proto_cfg, self.text, model=a.meta.get("model")).protos
         r, _ = teach(a.vectors, labels, k, self.graph, protos, self.text, cfg)
         rows = np.flatnonzero(labels < 0)
         top = r.top_labels[rows]

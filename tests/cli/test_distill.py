@@ -466,4 +466,4 @@ def test_vat_option_trains_and_is_recorded(runner, blobs, fast):
     config = json.loads((blobs / ".labelkit" / "student" / "config.json").read_text())
     assert config["train_params"]["vat"] == 0.5 and out["n_pseudo"] == 45
     bad = runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--vat", "-1"])
-    assert bad.exit_code == 1 and "'vat' input should be greater than or equal to 0" in bad.stderr
+    assert bad.exit_code == 2 and "--vat: must be >= 0. Got -1.0 instead." in bad.stderr

@@ -94,10 +94,10 @@ def test_propagation_knobs_reach_the_artifact_params_and_are_validated(runner, t
     assert params["calibration_samples"] == 0 and params["clean_seeds"] is False
     assert pq.read_table(tmp_path / ".labelkit" / "pseudolabels.parquet").column("label").to_pylist() == ["x", "y"]
     bad = runner.invoke(app, ["pseudolabel", str(tmp_path), "--weights", "0", "0", "0"])
-    assert bad.exit_code == 1
-    assert "'weights' value error, must be 3 non-negative numbers, not all zero" in bad.stderr
+    assert bad.exit_code == 2
+    assert "--weights: must be 3 non-negative numbers, not all zero" in bad.stderr
     bad = runner.invoke(app, ["pseudolabel", str(tmp_path), "--one-way-weight", "1.5"])
-    assert bad.exit_code == 1 and "'one_way_weight' input should be less than or equal to 1" in bad.stderr
+    assert bad.exit_code == 2 and "--one-way-weight: must be <= 1. Got 1.5 instead." in bad.stderr
 
 
 def test_clean_seeds_odds_keeps_seeds_that_plain_confident_learning_would_drop(runner, digits):
@@ -110,4 +110,4 @@ def test_clean_seeds_odds_keeps_seeds_that_plain_confident_learning_would_drop(r
     assert 0 < odds5 < odds1  # examples/digits: 16 and 17 of 179 seeds (18 flipped)
     assert artifacts.read_metadata(digits / ".labelkit" / "pseudolabels.parquet")["params"]["clean_seeds_odds"] == 1.0
     bad = runner.invoke(app, ["pseudolabel", str(digits), "--clean-seeds-odds", "0.5"])
-    assert bad.exit_code == 1 and "'clean_seeds_odds' input should be greater than or equal to 1" in bad.stderr
+    assert bad.exit_code == 2 and "--clean-seeds-odds: must be >= 1. Got 0.5 instead." in bad.stderr

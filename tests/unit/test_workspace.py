@@ -87,7 +87,7 @@ def test_config_unknown_key_and_section_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown section \[embedd\]"):
         load_config_file(f)
     f.write_text("[embed]\nbatch_size = -1\n")
-    with pytest.raises(ConfigError, match="'batch_size' input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"\[embed\] batch_size: must be > 0. Got -1 instead."):
         build_config("embed", load_config_file(f), {})
 
 
