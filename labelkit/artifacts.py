@@ -83,35 +83,41 @@ def read_samples(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 # -- embeddings -----------------------------------------------------------------------------
 
 
-def embeddings_schema(dim: int, dtype: str) -> pa.Schema:
+def embeddings_schema(dim: int, dtype: str, *, content_hash: bool = False) -> pa.Schema:
     value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([("id", pa.string()), ("embedding", pa.list_(value, dim))])
+    fields = [("id", pa.string()), ("embedding", pa.list_(value, dim))]
+    # content_hash: what the vector was made from (file bytes or text), so reuse is keyed by content.
+    return pa.schema(fields + ([("content_hash", pa.string())] if content_hash else []))
 
 
-def embeddings_batch(ids: list[str], vectors: np.ndarray, dtype: str) -> pa.RecordBatch:
-    """One record batch of (id, fixed-size-list embedding), built without copying row by row."""
+def embeddings_batch(ids: list[str], vectors: np.ndarray, dtype: str, hashes: list[str] | None = None) -> pa.RecordBatch:
+    """One record batch of (id, fixed-size-list embedding[, content_hash]), built without copying row by row."""
     arr = np.ascontiguousarray(vectors, dtype=np.float16 if dtype == "float16" else np.float32)
     values = pa.array(arr.reshape(-1))
     emb = pa.FixedSizeListArray.from_arrays(values, arr.shape[1])
-    return pa.RecordBatch.from_arrays([pa.array(ids, pa.string()), emb], schema=embeddings_schema(arr.shape[1], dtype))
+    cols = [pa.array(ids, pa.string()), emb] + ([pa.array(hashes, pa.string())] if hashes is not None else [])
+    return pa.RecordBatch.from_arrays(cols, schema=embeddings_schema(arr.shape[1], dtype, content_hash=hashes is not None))
 
 
 class EmbeddingsWriter:
     """Stream record batches into a Parquet file that appears (atomically) only on ``close``."""
 
-    def __init__(self, path: Path, dim: int, dtype: str, metadata: dict[str, Any], row_group_size: int):
+    def __init__(self, path: Path, dim: int, dtype: str, metadata: dict[str, Any], row_group_size: int, *, content_hash: bool = False):
         self.path, self.dtype, self.row_group_size = Path(path), dtype, row_group_size
-        schema = embeddings_schema(dim, dtype).with_metadata(_meta(metadata))
+        self.content_hash = content_hash
+        schema = embeddings_schema(dim, dtype, content_hash=content_hash).with_metadata(_meta(metadata))
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, schema)
         self._pending: list[pa.RecordBatch] = []
         self._n_pending = 0
 
-    def write(self, ids: list[str], vectors: np.ndarray) -> None:
+    def write(self, ids: list[str], vectors: np.ndarray, hashes: list[str] | None = None) -> None:
         if len(ids) == 0:
             return
-        self._pending.append(embeddings_batch(ids, vectors, self.dtype))
+        if self.content_hash != (hashes is not None):
+            raise ValueError("content hashes must be given exactly when the writer was opened with content_hash=True")
+        self._pending.append(embeddings_batch(ids, vectors, self.dtype, hashes))
         self._n_pending += len(ids)
         if self._n_pending >= self.row_group_size:
             self._flush()
@@ -133,6 +139,13 @@ class EmbeddingsWriter:
             self._ctx.__exit__(type(err), err, None)
         except RuntimeError:
             pass
+
+
+def read_content_hashes(path: Path) -> list[str] | None:
+    """The ``content_hash`` column of an embeddings file, or None for files written without it."""
+    if "content_hash" not in pq.read_schema(path).names:
+        return None
+    return pq.read_table(path, columns=["content_hash"]).column("content_hash").to_pylist()
 
 
 def read_embedding_ids(path: Path) -> list[str]:

@@ -6,6 +6,7 @@ after a kill embeds only the missing ids; a different model (fingerprint) starts
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -275,25 +276,58 @@ def _auto_workers(embedder, n: int) -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _done_parts(parts_dir: Path) -> tuple[list[str], list[np.ndarray], list[str]]:
-    ids: list[str] = []
-    vecs: list[np.ndarray] = []
-    skipped: list[str] = []
-    if parts_dir.exists():
-        for p in sorted(parts_dir.glob("part-*.parquet")):
-            i, v = artifacts.read_embeddings(p)
-            ids.extend(i)
-            vecs.append(v)
-            skipped.extend(artifacts.read_metadata(p).get("skipped", []))
-    return ids, vecs, skipped
+def content_hashes(samples: Samples, root: Path) -> list[str]:
+    """A hash of what each sample's vector is made from: the image file's bytes, or the text.
+
+    Reuse is keyed by this, never by id alone: a replaced picture or a text whose row moved gets
+    a new vector. An unreadable file gets a key no vector can match (it is retried next time).
+    """
+    out = []
+    if samples.kind == "image":
+        for sid, src in zip(samples.table["id"], samples.table["source"]):
+            try:
+                with open(root / src, "rb") as f:
+                    out.append(hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest())
+            except OSError:
+                out.append(f"unreadable:{sid}")
+    else:
+        for text in samples.table["source"]:
+            out.append(hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
+    return out
 
 
-def _reusable(ws: Workspace, params_fp: str) -> tuple[list[str], np.ndarray | None]:
-    """Vectors in a previous complete embeddings.parquet made with the same model and params."""
-    path = ws.path(artifacts.EMBEDDINGS)
-    if not path.exists() or artifacts.read_metadata(path).get("params_fingerprint") != params_fp:
-        return [], None
-    return artifacts.read_embeddings(path)
+class _Vectors:
+    """Vectors already made with this backend, found by content hash (reused whatever their id)."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.blocks: list[np.ndarray] = []
+        self.where: dict[str, tuple[int, int]] = {}
+        self.unreadable: set[str] = set()  # content hashes that failed to load with this backend
+
+    def add(self, vectors: np.ndarray, hashes: list[str]) -> None:
+        b = len(self.blocks)
+        self.blocks.append(vectors)
+        for r, h in enumerate(hashes):
+            self.where.setdefault(h, (b, r))
+
+    def add_file(self, path: Path) -> bool:
+        """The vectors of an embeddings file that records content hashes; False for one that does not."""
+        hashes = artifacts.read_content_hashes(path)
+        if hashes is None:
+            return False
+        self.add(artifacts.read_embeddings(path)[1], hashes)
+        self.unreadable.update(artifacts.read_metadata(path).get("skipped_content", []))
+        return True
+
+    def take(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of the hashes found, their vectors in order)."""
+        found = np.array([h in self.where for h in hashes], dtype=bool)
+        out = np.zeros((int(found.sum()), self.dim), np.float32)
+        for i, h in enumerate(h for h, f in zip(hashes, found) if f):
+            b, r = self.where[h]
+            out[i] = self.blocks[b][r]
+        return found, out
 
 
 def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, progress, chosen=None) -> dict[str, Any]:
@@ -316,24 +350,31 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
                 shutil.rmtree(other, ignore_errors=True)
 
     table = samples.table
-    wanted = set(table["id"])
-    done_ids, done_vecs, skipped = _done_parts(parts_dir)
-    old_ids, old_vecs = ([], None) if force else _reusable(ws, params_fp)
-    reused = wanted & (set(done_ids) | set(old_ids))
+    ids = table["id"].tolist()
+    hashes = content_hashes(samples, ws.data)
+    have = _Vectors(embedder.dim)
+    for p in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
+        have.add_file(p)  # a resumed run's finished chunks
+    previous = ws.path(artifacts.EMBEDDINGS)
+    n_changed = 0
+    if not force and previous.exists() and artifacts.read_metadata(previous).get("params_fingerprint") == params_fp and have.add_file(previous):
+        before = dict(zip(artifacts.read_embedding_ids(previous), artifacts.read_content_hashes(previous) or []))
+        n_changed = sum(1 for i, h in zip(ids, hashes) if i in before and before[i] != h)
+    n_reused = sum(1 for h in hashes if h in have.where)
     n_scored = 0
     if chosen is not None:  # the scoring sample's vectors, embedded already
-        n_scored = len(set(chosen[1]) - reused)
-        done_ids.extend(chosen[1])
-        done_vecs.append(chosen[2])
-    have = set(done_ids) | set(old_ids) | set(skipped)
-    todo = table[~table["id"].isin(have)]
-    n_reused = len(reused)
+        by_id = dict(zip(ids, hashes))
+        sample_hashes = [by_id[i] for i in chosen[1]]
+        n_scored = sum(1 for h in set(sample_hashes) if h not in have.where)
+        have.add(chosen[2], sample_hashes)
 
+    todo_rows = [r for r, h in enumerate(hashes) if h not in have.where and h not in have.unreadable]
     if samples.kind == "image":
-        sources = [str(ws.data / s) for s in todo["source"]]
+        sources = [str(ws.data / table["source"].iat[r]) for r in todo_rows]
     else:
-        sources = todo["source"].tolist()
-    todo_ids = todo["id"].tolist()
+        sources = [table["source"].iat[r] for r in todo_rows]
+    todo_ids = [ids[r] for r in todo_rows]
+    todo_hashes = [hashes[r] for r in todo_rows]
     batch_size = cfg.batch_size or embedder.default_batch_size()
     workers = cfg.num_workers if cfg.num_workers is not None else _auto_workers(embedder, len(sources))
     loader = torch.utils.data.DataLoader(
@@ -341,65 +382,64 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     part_no = len(list(parts_dir.glob("part-*.parquet"))) if parts_dir.exists() else 0
-    buf_ids: list[str] = []
+    buf_rows: list[int] = []
     buf_vecs: list[np.ndarray] = []
     buf_skipped: list[str] = []
     errors: dict[str, str] = {}
 
     def flush():
-        nonlocal part_no, buf_ids, buf_vecs, buf_skipped
-        if not buf_ids and not buf_skipped:
+        nonlocal part_no, buf_rows, buf_vecs, buf_skipped
+        if not buf_rows and not buf_skipped:
             return
         vecs = np.concatenate(buf_vecs) if buf_vecs else np.zeros((0, embedder.dim), np.float32)
-        w = artifacts.EmbeddingsWriter(parts_dir / f"part-{part_no:06d}.parquet", embedder.dim, "float32", {"skipped": buf_skipped}, cfg.row_group_size)
-        w.write(buf_ids, vecs)
+        part_hashes = [todo_hashes[i] for i in buf_rows]
+        w = artifacts.EmbeddingsWriter(parts_dir / f"part-{part_no:06d}.parquet", embedder.dim, "float32",
+                                       {"skipped_content": buf_skipped}, cfg.row_group_size, content_hash=True)
+        w.write([todo_ids[i] for i in buf_rows], vecs, part_hashes)
         w.close()
-        done_ids.extend(buf_ids)
-        done_vecs.append(vecs)
-        skipped.extend(buf_skipped)
+        have.add(vecs, part_hashes)
+        have.unreadable.update(buf_skipped)
         part_no += 1
-        buf_ids, buf_vecs, buf_skipped = [], [], []
+        buf_rows, buf_vecs, buf_skipped = [], [], []
 
     with progress.task(f"embed ({model})", total=len(sources)) as task:
         for items in loader:
             ok = [(i, x) for i, x in items if not isinstance(x, Exception)]
             for i, x in items:
                 if isinstance(x, Exception):
-                    buf_skipped.append(todo_ids[i])
+                    buf_skipped.append(todo_hashes[i])
                     errors[todo_ids[i]] = f"{type(x).__name__}: {str(x).splitlines()[0] if str(x) else ''}"
             if ok:
-                vecs = l2_normalize(embedder.forward([x for _, x in ok]))
-                buf_ids.extend(todo_ids[i] for i, _ in ok)
-                buf_vecs.append(vecs)
+                buf_vecs.append(l2_normalize(embedder.forward([x for _, x in ok])))
+                buf_rows.extend(i for i, _ in ok)
             task.advance(len(items))
-            if len(buf_ids) + len(buf_skipped) >= cfg.row_group_size:
+            if len(buf_rows) + len(buf_skipped) >= cfg.row_group_size:
                 flush()
     flush()
 
-    # Assemble in samples order: reused rows, then the finished parts.
-    all_ids = list(old_ids) + done_ids
-    all_vecs = np.concatenate(([old_vecs] if old_vecs is not None else []) + done_vecs) if all_ids else np.zeros((0, embedder.dim), np.float32)
-    pos = pd.Index(all_ids).get_indexer(table["id"])  # a new id reused from both takes the first
-    keep = pos >= 0
-    skipped_now = sorted(set(skipped) & wanted)
+    # Assemble in samples order, every vector found by its content.
+    keep, ordered = have.take(hashes)
+    skipped_now = sorted(i for i, k in zip(ids, keep) if not k)
     if not keep.any():
         raise BadInputError(f"no input could be read: all {len(table)} samples were skipped (first: {skipped_now[:3]})")
-    ordered_ids = table["id"][keep].tolist()
-    ordered = all_vecs[pos[keep]]
+    ordered_ids = [i for i, k in zip(ids, keep) if k]
+    ordered_hashes = [h for h, k in zip(hashes, keep) if k]
     n_class = _write_class_embeddings(ws, embedder, samples.classes, model)
     sep, warnings = separation_check(samples, ordered_ids, ordered, model)
     summary = {
-        "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_ids) - len([i for i in todo_ids if i in errors]),
-        "n_reused": n_reused, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
+        "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_ids) - len(errors),
+        "n_reused": n_reused, "n_changed": n_changed, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
         "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
         "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": warnings,
     }
     meta = _metadata(model, embedder.dim, params, embedder.preprocessing(), skipped_now)
     meta["params_fingerprint"] = params_fp
+    meta["skipped_content"] = sorted(h for h, k in zip(hashes, keep) if not k)
     meta["summary"] = summary
-    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), embedder.dim, cfg.dtype, meta, cfg.row_group_size)
+    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), embedder.dim, cfg.dtype, meta, cfg.row_group_size, content_hash=True)
     for s in range(0, len(ordered_ids), cfg.row_group_size):
-        w.write(ordered_ids[s:s + cfg.row_group_size], ordered[s:s + cfg.row_group_size])
+        e = s + cfg.row_group_size
+        w.write(ordered_ids[s:e], ordered[s:e], ordered_hashes[s:e])
     w.close()
     shutil.rmtree(ws.path(PARTS), ignore_errors=True)
     cache = ws.path(artifacts.EMBEDDINGS_CACHE)

@@ -45,10 +45,16 @@ def test_status_done_then_stale_after_new_image(runner, digits):
     shutil.copy(digits / "unlabeled" / "digit_0000.png", digits / "unlabeled" / "zz_new.png")
     rows = json.loads(runner.invoke(app, ["status", str(digits), "--json"]).stdout)["stages"]
     assert rows[0]["state"] == "stale" and rows[0]["reason"] == "input samples.parquet changed"
-    # A rerun embeds only the new image; the rest are reused.
+    # A byte-identical copy reuses its twin's vector (reuse is keyed by content, issue 14).
     r = runner.invoke(app, ["embed", str(digits), "--model", "pixels:8", "--json"])
     out = json.loads(r.stdout)
-    assert out["n_embedded"] == 1 and out["n_reused"] == 1797
+    assert out["n_embedded"] == 0 and out["n_reused"] == 1798
+    # A new picture: a rerun embeds only it; the rest are reused.
+    from PIL import Image, ImageOps
+
+    ImageOps.mirror(Image.open(digits / "unlabeled" / "digit_0000.png")).save(digits / "unlabeled" / "zz_other.png")
+    out = json.loads(runner.invoke(app, ["embed", str(digits), "--model", "pixels:8", "--json"]).stdout)
+    assert out["n_embedded"] == 1 and out["n_reused"] == 1798
 
 
 def test_unreadable_images_are_skipped_and_named(runner, digits):
