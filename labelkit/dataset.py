@@ -6,25 +6,60 @@ Recognised, in this order:
    (multi-label: a list, or ``|``-separated) and ``embedding`` (the user's own vectors).
 2. An image folder: ``DATA/<class>/**/<image>`` labeled with the folder name,
    ``DATA/unlabeled/**/<image>`` unlabeled.
+
+Meaning is preserved and nothing is dropped in silence (docs/getting-started.md, "What DATA may
+hold"): label strings are taken as written, NFC-normalised; only a truly missing value (an empty
+cell, a Parquet null, a NaN float) means unlabeled, and the strings pandas would read as missing
+('nan', 'None', 'NA', 'null', ...) or 'unlabeled' are read as unlabeled *with a notice counting
+them*; integral float labels ('1.0') read as integers; every file that cannot be a sample (a
+dangling or DATA-leaving link, an unreadable file, an undecodable name, ...) is listed in
+``Samples.skipped`` and counted in a notice. Notices are health warnings
+(``{code, message, hint}``) in ``Samples.notices``; the stages add them to their summaries.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import os
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from labelkit import health
 from labelkit.errors import BadInputError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST_NAMES = ("labels.csv", "labels.parquet")
 KNOWN_COLUMNS = ("id", "path", "text", "label", "labels", "split", "embedding")
 UNLABELED_DIR = "unlabeled"
+# Label strings read as "no label", with a notice: pandas' default NA strings (what
+# ``pd.read_csv`` would silently turn into NaN) and the word 'unlabeled' (a class of that name is
+# surely not meant). Compared after stripping surrounding spaces; 'unlabeled' in any case.
+NA_STRINGS = frozenset({
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+    "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+UNLABELED_WORDS = frozenset({"unlabeled", "unlabelled"})
+_FLOAT_TEXT = re.compile(r"[+-]?\d+(\.\d*)?")  # '1', '1.0', '-2.' (no exponent, no 'inf')
+MAX_LISTED = 1000  # skipped files listed in samples.parquet metadata (all are counted)
+
+# Why a file is not a sample (Samples.skipped reasons; docs/getting-started.md lists them).
+LINK_LEAVES = "link leaves DATA"
+DANGLING = "dangling link"
+UNREADABLE = "unreadable"
+UNDECODABLE = "undecodable name"
+MISSING = "missing"
+NOT_A_FILE = "not a file"
+NOT_AN_IMAGE = "not an image"
+NOT_IN_CLASS = "not in a class folder"
+LINK_LOOP = "link loop"
 
 Kind = Literal["image", "text", "vectors", "labels-only"]
 
@@ -38,6 +73,8 @@ class Samples:
     classes: list[str]  # sorted class names
     vectors: np.ndarray | None  # (N, D) float32 for bring-your-own vectors
     origin: str  # "labels.csv", "labels.parquet" or "image folder"
+    notices: list[dict[str, str]] = field(default_factory=list)  # health warnings about the inputs
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to DATA, reason)
 
     @property
     def n_labeled(self) -> int:
@@ -73,14 +110,28 @@ def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, 
     else:
         samples = _from_image_folder(data)
     samples.classes = _merge_classes(samples, classes)
+    samples.notices += health.one_class(len(set(samples.table["label"].dropna())))
+    if samples.skipped:
+        samples.notices.append(_skipped_notice(samples.skipped))
     return samples
+
+
+def _skipped_notice(skipped: list[tuple[str, str]]) -> dict[str, str]:
+    by = Counter(reason for _, reason in skipped)
+    first = ", ".join(f"{p} ({r})" for p, r in skipped[:3])
+    return health.warning(
+        "skipped_files",
+        f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: "
+        + ", ".join(f"{n} {r}" for r, n in sorted(by.items())) + f" (first: {first})",
+        "fix or remove them; samples.parquet's metadata 'skipped' lists every one with its reason",
+    )
 
 
 def _merge_classes(samples: Samples, given: tuple[str, ...] | list[str] | None) -> list[str]:
     seen = set(samples.table["label"].dropna())
     if not given:
         return sorted(seen)
-    given_set = {str(c).strip() for c in given if str(c).strip()}
+    given_set = {unicodedata.normalize("NFC", str(c).strip()) for c in given if str(c).strip()}
     unknown = sorted(seen - given_set)
     if unknown:
         raise BadInputError(f"labels {unknown[:5]} are not among --classes; add them or fix the labels")
@@ -119,9 +170,9 @@ def _read_manifest(path: Path) -> pd.DataFrame:
 
 
 def _is_missing(v) -> bool:
-    if v is None:
+    if v is None or v is pd.NA:
         return True
-    if isinstance(v, float) and math.isnan(v):
+    if isinstance(v, (float, np.floating)) and math.isnan(v):
         return True
     return isinstance(v, str) and v.strip() == ""
 
@@ -145,12 +196,43 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
 
     sources = _manifest_sources(data, df, name, has_path, has_text)
     ids = _manifest_ids(df, name, sources)
-    labels, multi = _manifest_labels(df, name)
+    labels, multi, notices = _manifest_labels(df, name)
     split = [("" if _is_missing(v) else str(v)) for v in df["split"]] if "split" in cols else [""] * len(df)
     vectors = _manifest_vectors(df["embedding"], name) if has_vec else None
     kind: Kind = "vectors" if has_vec else "image" if has_path else "text" if has_text else "labels-only"
+    skipped: list[tuple[str, str]] = []
+    if has_path:
+        # Rows whose file cannot be a sample are dropped here, each listed with its reason.
+        why = [_file_problem(data, s) for s in sources]
+        skipped = [(s, r) for s, r in zip(sources, why) if r is not None]
+        if len(skipped) == len(sources):
+            raise BadInputError(f"{name}: none of the {len(sources)} files can be read (first: {skipped[0][0]}: {skipped[0][1]})")
+        keep = [r is None for r in why]
+        ids, sources, labels, multi, split = ([v for v, k in zip(col, keep) if k] for col in (ids, sources, labels, multi, split))
+        if vectors is not None:
+            vectors = vectors[np.asarray(keep)]
     table = _table(ids, sources, labels, multi, split)
-    return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name)
+    return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name, notices=notices, skipped=skipped)
+
+
+def _file_problem(data: Path, rel: str) -> str | None:
+    """Why the file at DATA/``rel`` cannot be a sample (None if it can): one policy for manifests and folders."""
+    full = data / rel
+    if not os.path.lexists(full):
+        return MISSING
+    try:
+        real = full.resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return DANGLING
+    except (OSError, RuntimeError):  # a symlink loop
+        return LINK_LOOP
+    if not real.is_relative_to(data.resolve()):
+        return LINK_LEAVES
+    if not real.is_file():
+        return NOT_A_FILE
+    if not os.access(real, os.R_OK):
+        return UNREADABLE
+    return None
 
 
 def _table(ids, sources, labels, multi, split) -> pd.DataFrame:
@@ -169,14 +251,14 @@ def _manifest_sources(data: Path, df: pd.DataFrame, name: str, has_path: bool, h
         return out
     if not has_path:
         return [None] * len(df)
-    root = data.resolve()
     out = []
     for row, v in enumerate(df["path"], start=2):
         if _is_missing(v):
             raise BadInputError(f"{name}: row {row} has an empty 'path'")
         rel = Path(str(v))
-        resolved = (data / rel).resolve()
-        if rel.is_absolute() or not resolved.is_relative_to(root):
+        # Written to escape (absolute, or '..' past DATA): bad input. A link inside DATA that
+        # leaves it is a skipped file instead (_file_problem), as in an image folder.
+        if rel.is_absolute() or os.path.normpath(rel).split(os.sep)[0] == "..":
             raise BadInputError(f"{name}: row {row} path '{v}' escapes the dataset folder; paths must be relative to {data}")
         out.append(rel.as_posix())
     return out
@@ -199,27 +281,133 @@ def _manifest_ids(df: pd.DataFrame, name: str, sources: list[str | None]) -> lis
     return ids
 
 
-def _split_multi(v) -> list[str] | None:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def _split_multi(v) -> list | None:
+    """A 'labels' cell as its raw parts (a list, or ``|``-separated); None when empty."""
+    if _is_missing(v):
         return None
-    if isinstance(v, str):
-        parts = [p.strip() for p in v.split("|")]
-    else:
-        parts = [str(p).strip() for p in list(v)]
-    parts = [p for p in parts if p]
+    parts = v.split("|") if isinstance(v, str) else list(v)
+    parts = [p for p in parts if not _is_missing(p)]
     return parts or None
 
 
-def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], list[list[str] | None]]:
+class _LabelReader:
+    """Reads label cells as written, and counts every change of meaning for the notices."""
+
+    def __init__(self) -> None:
+        self.as_unlabeled: Counter[str] = Counter()  # spelling -> times read as unlabeled
+        self.stripped: list[str] = []  # cells with spaces around them
+        self.floats: list[str] = []  # whole-number floats read as integers
+        self.spellings: dict[str, Counter[str]] = {}  # NFC name -> {spelling as written: count}
+
+    def text(self, v) -> str | None:
+        """One cell: None when missing or an NA-like string; else its text, stripped (not yet NFC)."""
+        if _is_missing(v):
+            return None
+        t = v if isinstance(v, str) else str(int(v)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else str(v)
+        s = t.strip()
+        if s != t:
+            self.stripped.append(t)
+        if s in NA_STRINGS or s.lower() in UNLABELED_WORDS:
+            self.as_unlabeled[s] += 1
+            return None
+        return s
+
+    def integral_floats(self, col: list[str | None]) -> list[str | None]:
+        """A column of numbers all whole ('0.0', '1', '2.') reads as integers; any other value keeps it as written."""
+        vals = [v for v in col if v is not None]
+        if not vals or not all(_FLOAT_TEXT.fullmatch(v) for v in vals) or not any("." in v for v in vals):
+            return col
+        if any(float(v) != int(float(v)) for v in vals):
+            return col  # '0.5' is a class name as written
+        out = []
+        for v in col:
+            if v is not None and "." in v:
+                self.floats.append(v)
+                v = str(int(float(v)))
+            out.append(v)
+        return out
+
+    def nfc(self, v: str | None) -> str | None:
+        if v is None:
+            return None
+        n = unicodedata.normalize("NFC", v)
+        self.spellings.setdefault(n, Counter())[v] += 1
+        return n
+
+    def column(self, values) -> list[str | None]:
+        return [self.nfc(v) for v in self.integral_floats([self.text(v) for v in values])]
+
+    def notices(self) -> list[dict[str, str]]:
+        out = []
+        if self.as_unlabeled:
+            n = sum(self.as_unlabeled.values())
+            written = ", ".join(f"{k!r} ({c})" for k, c in self.as_unlabeled.most_common())
+            out.append(health.warning(
+                "labels_read_as_unlabeled",
+                f"{n} label{'s' if n != 1 else ''} written as {written} read as unlabeled",
+                "leave the cell empty for an unlabeled sample; if one of these is really a class, give it another name "
+                "(e.g. 'NA' -> 'not_applicable')",
+            ))
+        if self.stripped:
+            n, e = len(self.stripped), self.stripped[0]
+            out.append(health.warning(
+                "labels_stripped",
+                f"{n} label{'s' if n != 1 else ''} had spaces around them, removed (e.g. {e!r} read as {e.strip()!r})",
+                "write labels without leading or trailing spaces",
+            ))
+        if self.floats:
+            n, e = len(self.floats), self.floats[0]
+            out.append(health.warning(
+                "float_labels",
+                f"{n} label{'s' if n != 1 else ''} written as whole-number floats read as integers (e.g. {e!r} read as {str(int(float(e)))!r})",
+                "write integer class labels without a decimal point (a pandas column with missing values becomes float: "
+                "use df['label'].astype('Int64') before saving)",
+            ))
+        merged = {k: c for k, c in self.spellings.items() if len(c) > 1}
+        if merged:
+            names = ", ".join(repr(k) for k in list(merged)[:3]) + (" …" if len(merged) > 3 else "")
+            n = sum(c for spellings in merged.values() for s, c in spellings.items() if s != unicodedata.normalize("NFC", s))
+            out.append(health.warning(
+                "class_spellings_merged",
+                f"{len(merged)} class name{'s' if len(merged) != 1 else ''} ({names}) written in two Unicode spellings "
+                f"that print the same (composed NFC and decomposed NFD): merged as NFC ({n} label{'s' if n != 1 else ''} respelled)",
+                "nothing to do if they are one class; to keep two classes, give them names that differ visibly",
+            ))
+        return out
+
+
+def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], list[list[str] | None], list[dict[str, str]]]:
     n = len(df)
-    single = [None if _is_missing(v) else str(v).strip() for v in df["label"]] if "label" in df.columns else [None] * n
-    multi = [_split_multi(v) for v in df["labels"]] if "labels" in df.columns else [None] * n
+    reader = _LabelReader()
+    single = reader.column(df["label"]) if "label" in df.columns else [None] * n
+    multi: list[list[str] | None] = []
+    for v in (df["labels"] if "labels" in df.columns else [None] * n):
+        parts = [reader.nfc(reader.text(p)) for p in (_split_multi(v) or [])]
+        parts = [p for p in parts if p is not None]
+        multi.append(parts or None)
+    several = 0
     for row in range(n):
-        if single[row] is None and multi[row] is not None and len(multi[row]) == 1:
-            single[row] = multi[row][0]  # a one-element label set is an ordinary label
-        if single[row] is not None and multi[row] is not None and single[row] not in multi[row]:
+        m = multi[row]
+        if single[row] is None and m is not None and len(m) == 1:
+            single[row] = m[0]  # a one-element label set is an ordinary label
+        elif m is not None and len(m) > 1:
+            if single[row] is None:
+                raise BadInputError(
+                    f"{name}: row {row + 2} has several labels {'|'.join(m)!r} in 'labels'; multi-label data is not supported yet: "
+                    "give each row one 'label'"
+                )
+            several += 1
+        if single[row] is not None and m is not None and single[row] not in m:
             raise BadInputError(f"{name}: row {row + 2} 'label' {single[row]!r} is not in its 'labels'")
-    return single, multi
+    notices = reader.notices()
+    if several:
+        notices.append(health.warning(
+            "multi_label_ignored",
+            f"{several} row{'s' if several != 1 else ''} carry several labels in 'labels': only their 'label' is used "
+            "(multi-label data is not supported yet)",
+            "drop the 'labels' column to silence this, or wait for multi-label support",
+        ))
+    return single, multi, notices
 
 
 def _manifest_vectors(col: pd.Series, name: str) -> np.ndarray:
@@ -250,18 +438,80 @@ def _manifest_vectors(col: pd.Series, name: str) -> np.ndarray:
 
 
 def _from_image_folder(data: Path) -> Samples:
-    dirs = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows: list[tuple[str, str | None]] = []
-    for d in dirs:
-        label = None if d.name == UNLABELED_DIR else d.name
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not any(part.startswith(".") for part in f.relative_to(data).parts):
-                rows.append((f.relative_to(data).as_posix(), label))
-    if not rows:
+    walk = _FolderWalk(data)
+    walk.top()
+    if not walk.rows:
+        first = f" ({len(walk.skipped)} files skipped, first: {walk.skipped[0][0]}: {walk.skipped[0][1]})" if walk.skipped else ""
         raise BadInputError(
             f"{data}: no labels.csv / labels.parquet manifest and no images in class folders "
-            "(expected DATA/<class>/<image> and DATA/unlabeled/<image>)"
+            f"(expected DATA/<class>/<image> and DATA/unlabeled/<image>){first}"
         )
-    ids = [r[0] for r in rows]
-    table = _table(ids, ids, [r[1] for r in rows], [None] * len(rows), [""] * len(rows))
-    return Samples(table=table, kind="image", classes=[], vectors=None, origin="image folder")
+    ids = [r[0] for r in walk.rows]
+    table = _table(ids, ids, [r[1] for r in walk.rows], [None] * len(ids), [""] * len(ids))
+    return Samples(table=table, kind="image", classes=[], vectors=None, origin="image folder",
+                   notices=walk.labels.notices(), skipped=walk.skipped)
+
+
+class _FolderWalk:
+    """Walks DATA/<class>/**: links inside DATA are followed, links leaving it are skipped; hidden names are ignored."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.root = data, data.resolve()
+        self.rows: list[tuple[str, str | None]] = []  # (id = path relative to DATA, label)
+        self.skipped: list[tuple[str, str]] = []
+        self.labels = _LabelReader()
+
+    def top(self) -> None:
+        for entry in _entries(self.data, self.skipped, ""):
+            if not _decodable(entry.name):
+                self.skipped.append((_shown(entry.name), UNDECODABLE))
+            elif entry.is_dir():
+                label = None if entry.name == UNLABELED_DIR else self.labels.nfc(entry.name)
+                self._folder(entry, entry.name, label, ())
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTS:  # an image beside the class folders: no class
+                self.skipped.append((entry.name, _file_problem(self.data, entry.name) or NOT_IN_CLASS))
+
+    def _folder(self, entry: os.DirEntry, rel: str, label: str | None, ancestors: tuple[str, ...]) -> None:
+        real = os.path.realpath(entry.path)
+        if not Path(real).is_relative_to(self.root):
+            self.skipped.append((rel + "/", LINK_LEAVES))
+            return
+        if real in ancestors:
+            self.skipped.append((rel + "/", LINK_LOOP))
+            return
+        for e in _entries(Path(entry.path), self.skipped, rel + "/"):
+            sub = f"{rel}/{e.name}"
+            if not _decodable(e.name):
+                self.skipped.append((_shown(sub), UNDECODABLE))
+            elif e.is_dir():
+                self._folder(e, sub, label, (*ancestors, real))
+            elif Path(e.name).suffix.lower() not in IMAGE_EXTS:
+                self.skipped.append((sub, NOT_AN_IMAGE))
+            elif (problem := _file_problem(self.data, sub)) is not None:
+                self.skipped.append((sub, problem))
+            else:
+                self.rows.append((sub, label))
+
+
+def _entries(folder: Path, skipped: list[tuple[str, str]], rel: str) -> list[os.DirEntry]:
+    """A folder's entries not hidden, sorted by name (an unreadable folder is one skipped entry)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        skipped.append((_shown(rel), UNREADABLE))
+        return []
+
+
+def _decodable(name: str) -> bool:
+    """False for a file name that is not valid UTF-8 (Python keeps its bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(rel: str) -> str:
+    """A path for messages: undecodable bytes as \\xNN escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")

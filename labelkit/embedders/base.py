@@ -90,7 +90,8 @@ def open_image(path: str, mode: str, *, draft: int | None = None) -> Any:
     decode at a reduced scale whose sides stay >= ``draft`` (much faster for large photos).
     16-bit grayscale is rescaled to 8 bits. Unreadable, empty and truncated files raise OSError
     (a few malformed headers, ValueError); files past Pillow's decompression-bomb error limit
-    (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 megapixels) raise ValueError.
+    (2 x ``Image.MAX_IMAGE_PIXELS``, ~179 megapixels) raise ValueError('too large: ...'), so that
+    every backend's ``load`` skips them alike.
     """
     from PIL import Image, ImageOps
 
@@ -106,13 +107,30 @@ def open_image(path: str, mode: str, *, draft: int | None = None) -> Any:
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             out = img.convert(mode)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: image too large ({e})") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning, where warnings are errors
+        # Skipped by the stages with this reason (docs/getting-started.md): 'too large'.
+        raise ValueError(f"too large: {e} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from e
     except SyntaxError as e:  # Pillow raises SyntaxError for some malformed headers
         raise ValueError(f"{path}: malformed image ({e})") from e
     if out.width == 0 or out.height == 0:
         raise ValueError(f"{path}: image has zero size")
     return out
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when it cannot be read or is too large to decode.
+
+    For code that peeks at images before embedding (``embed --model auto``'s pixel side, distill's
+    pixel spec): Pillow's DecompressionBombError is no OSError, so a bare ``Image.open`` there
+    would crash on a file that ``open_image`` skips as 'too large'.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
 
 
 def available() -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from labelkit import artifacts
 from labelkit.config import DatasetConfig, StageConfig
-from labelkit.dataset import Samples, discover
+from labelkit.dataset import MAX_LISTED, Samples, discover
 from labelkit.workspace import Workspace
 
 
@@ -91,18 +91,29 @@ def samples_fingerprint(samples: Samples, data_root) -> str:
 
 
 def prepare_samples(ws: Workspace, dcfg: DatasetConfig, *, require_inputs: bool = True) -> tuple[Samples, str]:
-    """Discover DATA; (re)write samples.parquet only when its content changed."""
+    """Discover DATA; (re)write samples.parquet only when its content (or what was skipped) changed.
+
+    ``samples.notices`` are the input's warnings (labels read as unlabeled, merged spellings,
+    skipped files, ...): a stage adds them to its summary with :func:`input_warnings`. They and the
+    skipped files (``[path, reason]``, the first MAX_LISTED) are also in samples.parquet's metadata.
+    """
     samples = discover(ws.data, classes=dcfg.classes, require_inputs=require_inputs)
     fp = samples_fingerprint(samples, ws.data)
     path = ws.path(artifacts.SAMPLES)
-    current = artifacts.read_metadata(path).get("content_fingerprint") if path.exists() else None
-    if current != fp:
-        artifacts.write_samples(
-            path,
-            samples.table,
-            {"content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "origin": samples.origin},
-        )
+    meta = {
+        "content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "origin": samples.origin,
+        "notices": samples.notices, "n_skipped": len(samples.skipped), "skipped": [list(s) for s in samples.skipped[:MAX_LISTED]],
+    }
+    current = artifacts.read_metadata(path) if path.exists() else {}
+    if any(current.get(k) != meta[k] for k in ("content_fingerprint", "notices", "skipped")):
+        artifacts.write_samples(path, samples.table, meta)
     return samples, fp
+
+
+def input_warnings(samples: Samples, warnings: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The input's notices, then the stage's own ``warnings`` (a code the stage also reports, e.g. one_class, once)."""
+    own = {w["code"] for w in warnings}
+    return [n for n in samples.notices if n["code"] not in own] + list(warnings)
 
 
 def stale_reason(ws: Workspace, stage: str, cfg: StageConfig, inputs: dict[str, str], *, force: bool, params_fp: str | None = None) -> str | None:

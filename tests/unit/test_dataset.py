@@ -47,10 +47,16 @@ def test_manifest_with_text_labels_split_and_ids(tmp_path):
 
 
 def test_manifest_multilabel_pipe_separated(tmp_path):
+    # Multi-label is not supported yet (issue 14): a row with several labels and no 'label' is refused;
+    # a row that also names its 'label' keeps it, with a notice; one-element sets are ordinary labels.
     write_csv(tmp_path, "text,labels\na,x|y\nb,y\nc,\n")
+    with pytest.raises(BadInputError, match=r"row 2 has several labels 'x\|y' in 'labels'; multi-label data is not supported yet"):
+        discover(tmp_path)
+    write_csv(tmp_path, "text,label,labels\na,x,x|y\nb,,y\nc,,\n")
     s = discover(tmp_path)
     assert s.table["labels"].tolist() == [["x", "y"], ["y"], None]
-    assert s.table["label"].tolist() == [None, "y", None]
+    assert s.table["label"].tolist() == ["x", "y", None]
+    assert [n["code"] for n in s.notices] == ["multi_label_ignored"]
 
 
 def test_manifest_vectors_parquet(tmp_path):
