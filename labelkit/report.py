@@ -14,7 +14,7 @@ import html
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,117 +43,6 @@ def class_colors(n_classes: int) -> list[str]:
 
 
 # -- numbers --------------------------------------------------------------------------------
-
-
-class Projection(NamedTuple):
-    """A 2-D map of embeddings: ``xy`` (n, 2), the method name, PCA's explained variance ratios."""
-
-    xy: np.ndarray
-    method: str
-    explained: tuple[float, float] | None = None
-
-
-def subsample(n: int, max_points: int, *, keep: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """Sorted row indices of at most ``max_points`` of ``n`` rows; rows where ``keep`` is true go first.
-
-    Parameters
-    ----------
-    n : int
-        Number of rows.
-    max_points : int
-        Largest number of rows returned (``>= 1``).
-    keep : ndarray of shape (n,), dtype bool, default=None
-        Rows chosen before any other (e.g. label issues, so the map shows them all).
-    seed : int, default=0
-        Seed of the uniform draw among the other rows.
-    """
-    if max_points < 1:
-        raise BadInputError(f"'max_points' must be >= 1. Got {max_points!r} instead.")
-    if n <= max_points:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
-    first = np.flatnonzero(keep)
-    if len(first) >= max_points:
-        return np.sort(rng.choice(first, max_points, replace=False))
-    rest = rng.choice(np.flatnonzero(~keep), max_points - len(first), replace=False)
-    return np.sort(np.concatenate([first, rest]))
-
-
-def project_2d(x: np.ndarray, *, method: str = "auto", seed: int = 0) -> Projection:
-    """Project rows of ``x`` (n, d) to 2-D: PCA by SVD, or UMAP when asked for and importable.
-
-    Parameters
-    ----------
-    x : ndarray of shape (n_samples, n_features)
-        Embeddings (any scale; PCA centres them).
-    method : {"auto", "pca", "umap"}, default="auto"
-        ``auto`` = UMAP when the ``umap`` package is importable, else PCA.
-    seed : int, default=0
-        UMAP's random state.
-
-    Returns
-    -------
-    Projection
-        ``xy`` of shape (n_samples, 2), float64.
-
-    References
-    ----------
-    Pearson, "On lines and planes of closest fit", 1901 (PCA); Halko, Martinsson & Tropp,
-    "Finding structure with randomness", SIAM Review 2011 (randomised SVD, for large inputs);
-    McInnes, Healy & Melville, "UMAP: Uniform Manifold Approximation and Projection", 2018.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise BadInputError(f"'x' must be 2-D (n_samples, n_features). Got shape {x.shape!r} instead.")
-    if method not in ("auto", "pca", "umap"):
-        raise BadInputError(f"'method' must be one of 'auto', 'pca', 'umap'. Got {method!r} instead.")
-    if method in ("auto", "umap") and len(x) > 15:
-        try:
-            import umap  # optional; not a labelkit dependency
-        except ImportError:
-            if method == "umap":
-                raise BadInputError("'method' is 'umap' but the umap package is not installed (pip install umap-learn)") from None
-        else:
-            xy = umap.UMAP(n_components=2, random_state=seed, n_neighbors=15, metric="cosine").fit_transform(x)
-            return Projection(np.asarray(xy, dtype=np.float64), "UMAP")
-    return _pca(x, seed=seed)
-
-
-EXACT_PCA_MAX = 200  # min(n, d) up to which PCA is a full SVD; past it, a randomised one
-
-
-def _pca(x: np.ndarray, *, seed: int = 0) -> Projection:
-    """Top-2 principal components by SVD of the centred matrix (signs fixed for determinism).
-
-    When both sides exceed ``EXACT_PCA_MAX`` the SVD is randomised (Halko, Martinsson & Tropp,
-    SIAM Review 2011: a 12-column range with 4 power iterations, then the SVD of the small
-    projection): a full SVD of 5000 x 1280 takes about a minute on two busy cores, this a second.
-    """
-    n, d = x.shape
-    if n == 0:
-        return Projection(np.zeros((0, 2)), "PCA", (0.0, 0.0))
-    xc = x - x.mean(axis=0)
-    total = float(np.einsum("ij,ij->", xc, xc))
-    if min(n, d) <= EXACT_PCA_MAX:
-        _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    else:
-        rng = np.random.default_rng(seed)
-        q = xc @ rng.standard_normal((d, 12))
-        for _ in range(4):  # power iterations sharpen the leading subspace
-            q, _ = np.linalg.qr(q)
-            q = xc @ (xc.T @ q)
-        q, _ = np.linalg.qr(q)
-        _, s, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
-    comps = np.zeros((2, d))
-    m = min(2, vt.shape[0])
-    comps[:m] = vt[:m]
-    # Sign of each component: its largest-magnitude loading is positive.
-    signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])
-    comps *= np.where(signs == 0, 1, signs)[:, None]
-    var = s**2
-    ratio = [float(var[i] / total) if i < len(var) and total > 0 else 0.0 for i in range(2)]
-    return Projection(xc @ comps.T, "PCA", (ratio[0], ratio[1]))
 
 
 def coverage_curve(confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -505,21 +394,36 @@ class GalleryItem:
     text: str | None = None
 
 
+def snippet(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def media_html(thumbnail: str | None, text: str | None, *, alt: str, snippet_chars: int = 220, expandable: bool = False) -> str:
+    """A sample's preview: its thumbnail (a data:image URI), else a text snippet, else "no preview".
+
+    ``expandable``: a longer text becomes a ``<details>`` whose summary is the snippet and whose body
+    is the full text, so nothing is out of reach.
+    """
+    if thumbnail is not None:
+        if not thumbnail.startswith("data:image/"):
+            raise BadInputError(f"'thumbnail' must be a data:image URI. Got {thumbnail[:30]!r} instead.")
+        return f'<img src="{esc(thumbnail)}" alt="{esc(alt)}">'
+    if text is not None:
+        short = snippet(text, snippet_chars)
+        if expandable and short != text:
+            return f'<details class="fulltext"><summary>{esc(short)}</summary><blockquote>{esc(text)}</blockquote></details>'
+        return f'<blockquote>{esc(short)}</blockquote>'
+    return '<div class="noimg">no preview</div>'
+
+
 def gallery_html(items: Sequence[GalleryItem], *, snippet_chars: int = 220) -> str:
     """Cards of label issues: thumbnail or text snippet, given and suggested label, quality, type."""
     if not items:
         return '<p class="hint">No sample is flagged as a label issue.</p>'
     cards = []
     for it in items:
-        if it.thumbnail is not None:
-            if not it.thumbnail.startswith("data:image/"):
-                raise BadInputError(f"'thumbnail' must be a data:image URI. Got {it.thumbnail[:30]!r} instead.")
-            media = f'<img src="{esc(it.thumbnail)}" alt="{esc(it.id)}">'
-        elif it.text is not None:
-            snippet = it.text if len(it.text) <= snippet_chars else it.text[: snippet_chars - 1] + "…"
-            media = f'<blockquote>{esc(snippet)}</blockquote>'
-        else:
-            media = '<div class="noimg">no preview</div>'
+        media = media_html(it.thumbnail, it.text, alt=it.id, snippet_chars=snippet_chars)
         kind = f'<span class="badge {esc(it.issue_type)}">{esc(it.issue_type)}</span>' if it.issue_type else ""
         same = it.given == it.suggested
         change = (f'<span class="given">{esc(it.given)}</span>' if same else
@@ -620,6 +524,68 @@ def _acc_floor(v: Sequence[float]) -> float:
     return 0.0 if not len(a) else max(0.0, math.floor(a.min() * 10) / 10)
 
 
+# -- warnings and the embedder ---------------------------------------------------------------
+
+
+def warnings_banner_html(warnings: Sequence[Mapping[str, Any]]) -> str:
+    """The yellow banner atop the page: each warning's stage, message and hint (see labelkit.health).
+
+    ``warnings`` are ``{stage, code, message, hint}`` dicts; none gives a one-line "no warnings" note.
+    """
+    if not warnings:
+        return '<p class="nowarn" id="warnings">No stage reported a warning.</p>'
+    items = []
+    for w in warnings:
+        hint = f'<div class="hint">try: {esc(w.get("hint"))}</div>' if w.get("hint") else ""
+        items.append(f'<li data-code="{esc(w.get("code", ""))}"><b class="stage">{esc(w.get("stage", "?"))}</b> '
+                     f'<span class="msg">{esc(w.get("message", ""))}</span>{hint}</li>')
+    n = len(warnings)
+    return (f'<div class="banner" id="warnings" role="alert"><div class="title">⚠ {n} warning{"s" if n != 1 else ""}: '
+            f'results below may be doubtful</div><ul>{"".join(items)}</ul></div>')
+
+
+def embedder_html(model: str, *, dim: int | None = None, choice: Mapping[str, Any] | None = None,
+                  separation: Mapping[str, Any] | None = None) -> str:
+    """The embedder in use and, when ``--model auto`` chose it, every candidate's score (best first).
+
+    ``choice`` = ``{"chosen", "by", "scores": {spec: {"score", "n", "seconds"}}}``; ``separation`` =
+    ``{"knn_accuracy", "chance", "k", "n"}``. Either may be None (an older or hand-named embedding).
+    """
+    stats: list[tuple[str, Any]] = [("embedder", model)]
+    if dim:
+        stats.append(("dimensions", f"{int(dim):,}"))
+    if separation and isinstance(separation.get("knn_accuracy"), (int, float)):
+        chance = separation.get("chance")
+        stats.append(("kNN accuracy" + (f" (chance {chance:.2f})" if isinstance(chance, (int, float)) else ""), f"{separation['knn_accuracy']:.1%}"))
+    parts = [stat_cards(stats)]
+    scores = (choice or {}).get("scores") if isinstance(choice, Mapping) else None
+    if not isinstance(scores, Mapping) or not scores:
+        parts.append('<p class="hint">The embedder was named (not chosen by <code>--model auto</code>), so no candidates were scored.</p>')
+        return "".join(parts)
+    chosen = choice.get("chosen", model)
+
+    def num(v: Any, fmt: str) -> str:
+        return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else "n/a"
+
+    def key(item: tuple[str, Any]) -> float:
+        v = item[1].get("score") if isinstance(item[1], Mapping) else None
+        return -v if isinstance(v, (int, float)) and np.isfinite(v) else np.inf
+
+    rows = []
+    for spec, sc in sorted(scores.items(), key=key):
+        sc = sc if isinstance(sc, Mapping) else {}
+        mark = ' class="chosen"' if spec == chosen else ""
+        score = sc.get("score")
+        bar = f'<span class="bar" style="width:{max(0.0, min(1.0, score)) * 100:.0f}px"></span>' if isinstance(score, (int, float)) and np.isfinite(score) else ""
+        rows.append(f'<tr{mark}><td>{esc(spec)}{" ✓ chosen" if spec == chosen else ""}</td><td class="num">{bar}{num(score, "{:.3f}")}</td>'
+                    f'<td class="num">{num(sc.get("n"), "{:,}")}</td><td class="num">{num(sc.get("seconds"), "{:.1f} s")}</td></tr>')
+    by = f' Scored by {esc(choice["by"])}.' if choice.get("by") else ""
+    parts.append(f'<p class="lead"><code>--model auto</code> compared {len(scores)} candidate{"s" if len(scores) != 1 else ""}.{by}</p>'
+                 '<table class="data scores"><thead><tr><th>candidate</th><th>score</th><th>samples</th><th>time</th></tr></thead>'
+                 f'<tbody>{"".join(rows)}</tbody></table>')
+    return "".join(parts)
+
+
 # -- the page -------------------------------------------------------------------------------
 
 
@@ -632,6 +598,7 @@ class Section:
     title: str
     body: str
     present: bool = True
+    facts: Mapping[str, Any] | None = None  # machine-readable results (the map's projection), for the stage summary
 
 
 def missing_section(key: str, title: str, artifact: str, command: str) -> Section:
@@ -703,6 +670,39 @@ svg g.off{display:none}
 .badge{display:inline-block;font-size:11px;border-radius:8px;padding:0 6px;background:#fde2e1;color:#a40e26;margin-left:4px}
 .badge.duplicate{background:#fff1c2;color:#7d4e00}
 .badge.outlier{background:#ddf4ff;color:#0550ae}
+.banner{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:12px 18px;margin:0 0 18px}
+.banner .title{font-weight:600;color:#7d4e00;margin-bottom:4px}
+.banner ul{margin:0;padding-left:20px}
+.banner li{margin:6px 0}
+.banner .stage{color:#7d4e00;margin-right:4px}
+.banner .hint{color:var(--muted);font-size:13px}
+.nowarn{color:var(--muted);font-size:13px;margin:0 0 12px}
+table.data{border-collapse:collapse;font-size:13px;width:100%}
+table.data th{text-align:left;color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:4px 8px;position:sticky;top:0;background:#fff}
+table.data td{border-bottom:1px solid #eef1f4;padding:4px 8px;vertical-align:middle}
+table.data td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+table.data tr.chosen td{font-weight:600}
+table.data img{width:40px;height:40px;object-fit:contain;image-rendering:pixelated;background:#f0f2f4}
+table.data blockquote{margin:0;font-size:12px;max-width:520px}
+table.scores{width:auto;min-width:460px}
+.bar{display:inline-block;height:9px;background:var(--accent);border-radius:2px;margin-right:8px;vertical-align:0}
+.scroll{max-height:640px;overflow:auto;border:1px solid var(--line);border-radius:6px}
+.filter{margin:0 0 8px;font-size:13px;color:var(--muted)}
+.filter select{font:inherit;margin:0 12px 0 4px}
+details.fulltext summary{cursor:pointer}
+details.fulltext blockquote{background:#f6f8fa;padding:6px;margin:4px 0 0}
+.pclass{margin:0 0 14px}
+.pclass h3{font-size:15px;margin:6px 0}
+.pclass h3 .n{color:var(--muted);font-weight:400;font-size:13px}
+.pgroups{display:grid;grid-template-columns:repeat(3,1fr);gap:10px}
+.pgroup .cap{color:var(--muted);font-size:12px;margin-bottom:4px}
+.pgroup .gallery{grid-template-columns:repeat(4,minmax(0,1fr));gap:5px}
+.pgroup .tile .media{height:62px}
+.pgroup .tile img{width:56px;height:56px}
+.pgroup .tile blockquote{max-height:62px;font-size:11px;padding:4px}
+.pgroup .tile .meta{padding:2px 4px 4px;font-size:11px}
+.pgroup .tile .q,.pgroup .tile .id{font-size:10px}
+.pgroup.rejected .tile{border-style:dashed}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 28px}
 """
 
@@ -716,6 +716,22 @@ _JS = """
       btn.classList.toggle('off', off);
     });
   });
+  document.querySelectorAll('select[data-filter]').forEach(function(sel){
+    sel.addEventListener('change', function(){
+      var table = document.getElementById(sel.getAttribute('data-filter'));
+      var shown = 0;
+      table.querySelectorAll('tbody tr').forEach(function(tr){
+        var ok = true;
+        document.querySelectorAll('select[data-filter="' + table.id + '"]').forEach(function(s){
+          if (s.value && tr.getAttribute('data-' + s.getAttribute('data-col')) !== s.value) { ok = false; }
+        });
+        tr.hidden = !ok;
+        if (ok) { shown += 1; }
+      });
+      var count = document.getElementById(table.id + '-count');
+      if (count) { count.textContent = shown; }
+    });
+  });
   document.body.setAttribute('data-report-ready', '1');
 })();
 """
@@ -724,8 +740,9 @@ _JS = """
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def page(title: str, sections: Sequence[Section], *, subtitle: str = "", footer: str = "", meta: Mapping[str, str] | None = None) -> str:
-    """The whole self-contained document: header with a section index, the sections, the footer.
+def page(title: str, sections: Sequence[Section], *, subtitle: str = "", footer: str = "", banner: str = "",
+         meta: Mapping[str, str] | None = None) -> str:
+    """The whole self-contained document: header with a section index, ``banner`` (HTML), the sections, the footer.
 
     ``meta`` becomes ``<meta name=... content=...>`` tags (machine-readable facts about the page).
     """
@@ -739,5 +756,5 @@ def page(title: str, sections: Sequence[Section], *, subtitle: str = "", footer:
         '<meta name="viewport" content="width=device-width, initial-scale=1">' + metas +
         f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>"
         f'<header><h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p><nav>{nav}</nav></header>\n'
-        f"<main>{body}</main>\n<footer>{esc(footer)}</footer><script>{_JS}</script></body></html>\n"
+        f"<main>{banner}{body}</main>\n<footer>{esc(footer)}</footer><script>{_JS}</script></body></html>\n"
     )

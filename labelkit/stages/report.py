@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from labelkit import __version__, artifacts
+from labelkit import __version__, artifacts, projection
 from labelkit import report as rep
+from labelkit import report_samples as samples_html
 from labelkit.config import ReportConfig
 from labelkit.errors import MissingArtifactError
 from labelkit.stages._common import RunContext, StageResult, now, stale_reason
@@ -27,6 +28,10 @@ STAGE = "report"
 REPORT = "report.html"
 METRICS = "student/metrics.json"
 THUMBNAIL_PX = 96
+TABLE_THUMBNAIL_PX = 48
+TABLE_THUMBNAILS = 2000  # past this many rows the tables show ids only (about 1.5 KB of page per thumbnail)
+PSEUDO_EXAMPLES = 4  # per group: most / least confident accepted, best rejected
+PSEUDO_CLASSES = 100  # classes shown in the pseudo-label gallery (those with the most pseudo-labels)
 SNIPPET_CHARS = 220
 SEED = 0  # the map's subsample is the same on every run
 ISSUE_TYPES = {"label": "wrong label", "duplicate": "conflicting duplicate", "outlier": "outlier"}
@@ -50,10 +55,11 @@ def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResu
         return StageResult(STAGE, skipped=True, reason="up to date", summary=summary, outputs=[REPORT])
     sections = build_sections(ws, cfg, have)
     included = [s.key for s in sections if s.present]
+    shown = collect_warnings(ws, have)
     title = cfg.title or f"labelkit report: {ws.data.resolve().name}"
     subtitle = f"dataset {ws.data} · workspace {ws.out} · {time.strftime('%Y-%m-%d %H:%M')}"
     doc = rep.page(title, sections, subtitle=subtitle, footer=f"labelkit {__version__} · a self-contained page: it opens offline, with no network",
-                    meta={"labelkit:sections": ",".join(included)})
+                   banner=rep.warnings_banner_html(shown), meta={"labelkit:sections": ",".join(included)})
     with atomic_write(path, "wb") as f:
         f.write(doc.encode("utf-8"))
     ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[REPORT], started=started)
@@ -62,6 +68,9 @@ def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResu
         "sections": included,
         "missing": [s.key for s in sections if not s.present],
         "size_kb": round(path.stat().st_size / 1024, 1),
+        "warnings_shown": len(shown),  # the upstream stages' warnings in the banner (already counted by their stages)
+        **{k: v for s in sections for k, v in (s.facts or {}).items()},
+        "warnings": [],
         "wall_time_s": round(now() - started, 2),
     }
     return StageResult(STAGE, reason=reason, summary=summary, outputs=[REPORT])
@@ -80,6 +89,33 @@ def _input_fingerprints(ws: Workspace, have: dict[str, bool]) -> dict[str, str]:
     return out
 
 
+# -- warnings -------------------------------------------------------------------------------
+
+# Where each stage stores its summary (and so its warnings): Parquet metadata, or metrics.json.
+WARNING_SOURCES = (("embed", artifacts.EMBEDDINGS), ("prototype", artifacts.PROTOTYPES), ("pseudolabel", artifacts.PSEUDOLABELS),
+                   ("detect-noise", artifacts.LABEL_ISSUES), ("distill", METRICS))
+
+
+def collect_warnings(ws: Workspace, have: dict[str, bool]) -> list[dict[str, str]]:
+    """Every stored stage summary's ``warnings``, in pipeline order, each tagged with its stage."""
+    out = []
+    for stage, name in WARNING_SOURCES:
+        if not have.get(name):
+            continue
+        if name == METRICS:
+            try:
+                summary = json.loads(ws.path(name).read_text(encoding="utf-8")).get("summary")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                continue  # the student section says the file is unreadable
+        else:
+            summary = artifacts.read_metadata(ws.path(name)).get("summary")
+        found = summary.get("warnings") if isinstance(summary, dict) else None
+        for w in found if isinstance(found, list) else []:
+            w = w if isinstance(w, dict) else {"message": str(w)}
+            out.append({"stage": stage, "code": str(w.get("code", "")), "message": str(w.get("message", "")), "hint": str(w.get("hint", ""))})
+    return out
+
+
 # -- sections -------------------------------------------------------------------------------
 
 
@@ -90,19 +126,25 @@ def build_sections(ws: Workspace, cfg: ReportConfig, have: dict[str, bool]) -> l
     kind = meta.get("kind", "")
     issues = _read_issues(ws) if have[artifacts.LABEL_ISSUES] else None
     data = str(ws.data)
+    previews = _Previews(ws.data, kind, samples)
     out = [_dataset(samples, classes, kind)]
-    out.append(_map(ws, cfg, samples, classes, issues) if have[artifacts.EMBEDDINGS]
-               else rep.missing_section("map", "Embedding map", artifacts.EMBEDDINGS, f"labelkit embed {data}"))
+    if have[artifacts.EMBEDDINGS]:
+        out += [_embedder(ws), _map(ws, cfg, samples, classes, issues)]
+    else:
+        out += [rep.missing_section("embedder", "Embedder", artifacts.EMBEDDINGS, f"labelkit embed {data}"),
+                rep.missing_section("map", "Embedding map", artifacts.EMBEDDINGS, f"labelkit embed {data}")]
     out.append(_prototypes(ws, classes) if have[artifacts.PROTOTYPES]
                else rep.missing_section("prototypes", "Prototypes", artifacts.PROTOTYPES, f"labelkit prototype {data}"))
-    out.append(_pseudolabels(ws, classes) if have[artifacts.PSEUDOLABELS]
-               else rep.missing_section("pseudolabels", "Pseudo-labels", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}"))
-    if issues is not None:
-        out.append(_noise(ws, classes))
-        out.append(_gallery(ws, cfg, samples, kind, issues))
+    if have[artifacts.PSEUDOLABELS]:
+        out += [_pseudolabels(ws, classes), _pseudo_gallery(ws, classes, previews)]
     else:
-        out.append(rep.missing_section("noise", "Noise matrix", artifacts.LABEL_ISSUES, f"labelkit detect-noise {data}"))
-        out.append(rep.missing_section("issues", "Label issues", artifacts.LABEL_ISSUES, f"labelkit detect-noise {data}"))
+        out += [rep.missing_section("pseudolabels", "Pseudo-labels", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}"),
+                rep.missing_section("pseudo_gallery", "Pseudo-labels by class", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}")]
+    if issues is not None:
+        out += [_noise(ws, classes), _gallery(cfg, issues, previews), _outliers(ws, issues, previews)]
+    else:
+        out += [rep.missing_section(key, title, artifacts.LABEL_ISSUES, f"labelkit detect-noise {data}")
+                for key, title in (("noise", "Noise matrix"), ("issues", "Label issues"), ("outliers", "Outliers and near-duplicates"))]
     out.append(_student(ws, classes) if have[METRICS]
                else rep.missing_section("student", "Student model", METRICS, f"labelkit distill {data}"))
     return out
@@ -143,8 +185,10 @@ def _map(ws: Workspace, cfg: ReportConfig, samples: pd.DataFrame, classes: list[
         f = issues[issues["is_issue"]]
         flagged = dict(zip(f["id"].astype(str), f["suggested_label"].astype(str)))
     is_issue = np.fromiter((i in flagged for i in emb_ids), bool, len(emb_ids))
-    rows = rep.subsample(len(emb_ids), cfg.max_points, keep=is_issue, seed=SEED)
-    proj = rep.project_2d(vecs[rows], seed=SEED)
+    rows = projection.subsample(len(emb_ids), cfg.max_points, keep=is_issue, seed=SEED)
+    t0 = now()
+    proj = projection.project_2d(vecs[rows], seed=SEED)
+    seconds = now() - t0
     names = np.asarray(classes + ["unlabeled"], dtype=object)
     titles = []
     for r in rows:
@@ -156,10 +200,16 @@ def _map(ws: Workspace, cfg: ReportConfig, samples: pd.DataFrame, classes: list[
     counts = np.bincount(codes[rows][codes[rows] >= 0], minlength=len(classes))
     legend = rep.legend_html(classes, counts, n_unlabeled=int((codes[rows] < 0).sum()), n_issues=int(is_issue[rows].sum()))
     shown = f"all {len(emb_ids):,} samples" if len(rows) == len(emb_ids) else f"{len(rows):,} of {len(emb_ids):,} samples (a seeded random subset; every label issue kept)"
-    how = proj.method if proj.explained is None else f"{proj.method} (the two axes explain {proj.explained[0]:.0%} and {proj.explained[1]:.0%} of the variance)"
+    if proj.method == "t-SNE":
+        how = (f"t-SNE (scikit-learn, Barnes-Hut, after PCA to {projection.TSNE_PCA_DIMS} dimensions; seed {SEED}; {seconds:.1f} s): "
+               "near points are near in the embedding, but distances between islands and island sizes mean little")
+    else:
+        how = f"PCA (the two axes explain {proj.explained[0]:.0%} and {proj.explained[1]:.0%} of the variance)"
+        how += f"; not t-SNE because {proj.fallback}" if proj.fallback else ""
     lead = (f'<p class="lead">{rep.esc(shown)}, projected to 2-D by {rep.esc(how)}. Colour = given label; grey = unlabeled; '
             f'red ring = flagged label issue. Hover a point for its id; click a legend entry to hide it.</p>')
-    return rep.Section("map", "Embedding map", lead + legend + rep.figure(svg))
+    facts = {"projection": {"method": proj.method, "fallback": proj.fallback, "points": len(rows), "seconds": round(seconds, 2)}}
+    return rep.Section("map", "Embedding map", lead + legend + rep.figure(svg), facts=facts)
 
 
 def _prototypes(ws: Workspace, classes: list[str]) -> rep.Section:
@@ -242,30 +292,75 @@ def _noise(ws: Workspace, classes: list[str]) -> rep.Section:
     return rep.Section("noise", "Noise matrix", body + rep.figure(svg, cap))
 
 
-def _gallery(ws: Workspace, cfg: ReportConfig, samples: pd.DataFrame, kind: str, issues: pd.DataFrame) -> rep.Section:
+def _gallery(cfg: ReportConfig, issues: pd.DataFrame, previews: "_Previews") -> rep.Section:
     flagged = issues[issues["is_issue"]]
     by_type = flagged["issue_type"].fillna("label").value_counts()
     stats = [("flagged", f"{len(flagged):,} of {len(issues):,}")] + [(ISSUE_TYPES.get(str(k), str(k)), f"{int(v):,}") for k, v in by_type.items()]
     body = rep.stat_cards(stats)
-    if cfg.gallery == 0:
-        return rep.Section("issues", "Label issues", body + '<p class="hint">The gallery is off (gallery = 0).</p>')
-    top = flagged.head(cfg.gallery)
-    source = dict(zip(samples["id"].astype(str), samples["source"]))
+    if cfg.gallery > 0:
+        top = _issue_items(flagged.head(cfg.gallery), previews, size=THUMBNAIL_PX)
+        more = f" (the {len(top)} most likely wrong of {len(flagged)})" if len(flagged) > len(top) else ""
+        body += (f'<p class="lead">Flagged samples, most likely wrong first{rep.esc(more)}: the given label struck through, '
+                 "then the label the evidence suggests; quality is low when the given label is likely wrong.</p>")
+        body += rep.gallery_html(top, snippet_chars=SNIPPET_CHARS)
+    else:
+        body += '<p class="hint">The gallery is off (gallery = 0).</p>'
+    if len(flagged):
+        body += (f'<h3 id="all-issues">Every flagged sample ({len(flagged):,})</h3><p class="lead">By rank; pick a given label or a type to filter. '
+                 f"{_thumb_note(len(flagged))}Click a text to read it in full.</p>")
+        body += samples_html.issue_table_html(_issue_items(flagged, previews, size=TABLE_THUMBNAIL_PX, limit=TABLE_THUMBNAILS), uid="issue-table")
+    return rep.Section("issues", "Label issues", body)
+
+
+def _outliers(ws: Workspace, issues: pd.DataFrame, previews: "_Previews") -> rep.Section:
+    """Rows typed outlier or duplicate, flagged or only reported, and the summary's counts of the latter."""
+    summ = artifacts.read_metadata(ws.path(artifacts.LABEL_ISSUES)).get("summary") or {}
+    rows = issues[issues["issue_type"].isin(["outlier", "duplicate"])]
+    reported = summ.get("reported_not_issues") or {}
+    stats = [(name, f"{int((rows['issue_type'] == t).sum()):,}") for t, name in (("outlier", "outliers"), ("duplicate", "conflicting near-duplicates"))]
+    stats += [(f"{t}s reported, not flagged", f"{int(v):,}") for t, v in reported.items() if isinstance(v, (int, float))]
+    body = rep.stat_cards(stats)
+    if not len(rows):
+        return rep.Section("outliers", "Outliers and near-duplicates", body + '<p class="hint">detect-noise found no outlier and no conflicting near-duplicate.</p>')
+    body += ('<p class="lead">An outlier is far from its labeled neighbours; a conflicting near-duplicate is almost the same sample as one '
+             'with another label. Those that other evidence does not doubt are reported here only, not counted as label issues. '
+             f"{_thumb_note(len(rows))}</p>")
+    items = _issue_items(rows, previews, size=TABLE_THUMBNAIL_PX, limit=TABLE_THUMBNAILS)
+    body += samples_html.issue_table_html(items, uid="outlier-table", flagged=rows["is_issue"].tolist())
+    return rep.Section("outliers", "Outliers and near-duplicates", body)
+
+
+def _thumb_note(n: int) -> str:
+    return f"Previews for the first {TABLE_THUMBNAILS:,} rows only. " if n > TABLE_THUMBNAILS else ""
+
+
+def _issue_items(rows: pd.DataFrame, previews: "_Previews", *, size: int, limit: int | None = None) -> list[rep.GalleryItem]:
     items = []
-    for r in top.itertuples(index=False):
-        src = source.get(str(r.id))
-        thumb = _thumbnail(ws.data, src) if kind == "image" and src else None
-        text = str(src) if kind == "text" and src is not None else None
+    for i, r in enumerate(rows.itertuples(index=False)):
+        thumb, text = previews.get(str(r.id), size=size, image=limit is None or i < limit)
         items.append(rep.GalleryItem(rank=int(r.rank), id=str(r.id), given=str(r.given_label), suggested=str(r.suggested_label),
-                                      quality=float(r.label_quality), issue_type=None if pd.isna(r.issue_type) else str(r.issue_type),
-                                      thumbnail=thumb, text=text))
-    more = f" (the {len(top)} most likely wrong of {len(flagged)})" if len(flagged) > len(top) else ""
-    lead = (f'<p class="lead">Flagged samples, most likely wrong first{rep.esc(more)}: the given label struck through, '
-            "then the label the evidence suggests; quality is low when the given label is likely wrong.</p>")
-    return rep.Section("issues", "Label issues", body + lead + rep.gallery_html(items, snippet_chars=SNIPPET_CHARS))
+                                     quality=float(r.label_quality), issue_type=None if pd.isna(r.issue_type) else str(r.issue_type),
+                                     thumbnail=thumb, text=text))
+    return items
 
 
-def _thumbnail(data: Path, source: str) -> str | None:
+class _Previews:
+    """A sample's preview by id: an image's thumbnail (data URI) or a text; (None, None) when there is none."""
+
+    def __init__(self, data: Path, kind: str, samples: pd.DataFrame):
+        self.data, self.kind = data, kind
+        self.source = dict(zip(samples["id"].astype(str), samples["source"]))
+
+    def get(self, sample_id: str, *, size: int, image: bool = True) -> tuple[str | None, str | None]:
+        src = self.source.get(sample_id)
+        if src is None:
+            return None, None
+        if self.kind == "text":
+            return None, str(src)
+        return (_thumbnail(self.data, src, size) if self.kind == "image" and image else None), None
+
+
+def _thumbnail(data: Path, source: str, size: int = THUMBNAIL_PX) -> str | None:
     """The image at DATA/source as a small PNG data URI; None when it is unreadable or outside DATA."""
     from PIL import Image
 
@@ -275,10 +370,46 @@ def _thumbnail(data: Path, source: str) -> str | None:
         return None
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))  # JPEG: decode at reduced size
-            return rep.thumbnail_uri(im, size=THUMBNAIL_PX)
+            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced size
+            return rep.thumbnail_uri(im, size=size)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def _embedder(ws: Workspace) -> rep.Section:
+    meta = artifacts.read_metadata(ws.path(artifacts.EMBEDDINGS))
+    summ = meta.get("summary") if isinstance(meta.get("summary"), dict) else {}
+    model = str(meta.get("model") or summ.get("model") or "unknown")
+    body = rep.embedder_html(model, dim=meta.get("dim"), choice=summ.get("model_choice"), separation=summ.get("separation"))
+    return rep.Section("embedder", "Embedder", body)
+
+
+def _pseudo_gallery(ws: Workspace, classes: list[str], previews: _Previews) -> rep.Section:
+    path = ws.path(artifacts.PSEUDOLABELS)
+    names = pq.read_schema(path).names
+    t = pq.read_table(path, columns=["id", "label", "confidence", "accepted"] + (["reason"] if "reason" in names else [])).to_pandas()
+    names_all = classes + sorted(set(t["label"].astype(str)) - set(classes))
+    codes = _label_codes(t["label"], names_all)
+    ex = samples_html.pick_pseudolabel_examples(codes, t["confidence"].to_numpy(), t["accepted"].to_numpy(bool), n_classes=len(names_all), k=PSEUDO_EXAMPLES)
+    order = sorted((c for c in range(len(names_all)) if ex[c].n_accepted + ex[c].n_rejected), key=lambda c: -(ex[c].n_accepted + ex[c].n_rejected))
+    hidden = max(0, len(order) - PSEUDO_CLASSES)
+    order = sorted(order[:PSEUDO_CLASSES])
+    ids, conf, acc = t["id"].astype(str).to_numpy(), t["confidence"].to_numpy(), t["accepted"].to_numpy(bool)
+    reason = t["reason"].to_numpy() if "reason" in t else None
+    blocks = []
+    for c in order:
+        tiles = {}
+        for r in np.concatenate([ex[c].most, ex[c].least, ex[c].rejected]):
+            thumb, text = previews.get(ids[r], size=THUMBNAIL_PX)
+            # The group says "below the bar"; a tile names only another reason (novel, uncertified).
+            why = None if acc[r] or reason is None or pd.isna(reason[r]) or reason[r] == "below_threshold" else str(reason[r])
+            tiles[int(r)] = samples_html.PseudoTile(ids[r], float(conf[r]), thumbnail=thumb, text=text, reason=why)
+        blocks.append((names_all[c], ex[c], tiles))
+    lead = (f'<p class="lead">Per class (the best class of each unlabeled sample): the {PSEUDO_EXAMPLES} most and least confident accepted '
+            f"pseudo-labels, and the {PSEUDO_EXAMPLES} most confident rejected ones. Wrong images among the most confident mean the "
+            "embedding confuses classes; good ones among the rejected mean the threshold is stricter than it needs to be.</p>")
+    more = f'<p class="hint">… and {hidden} more classes (the {PSEUDO_CLASSES} with the most pseudo-labels are shown).</p>' if hidden else ""
+    return rep.Section("pseudo_gallery", "Pseudo-labels by class", lead + samples_html.pseudolabel_gallery_html(blocks) + more)
 
 
 def _student(ws: Workspace, classes: list[str]) -> rep.Section:

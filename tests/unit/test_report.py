@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from labelkit import report as rep
+from labelkit.report_samples import PseudoTile, issue_table_html, pick_pseudolabel_examples, pseudolabel_gallery_html
 from labelkit.errors import BadInputError
 
 EVIL = '<script>alert("x")</script>&'
@@ -23,77 +22,6 @@ def _n(tag: str, text: str) -> int:
 
 
 # -- numbers --------------------------------------------------------------------------------
-
-
-def test_subsample_keeps_priority_rows_and_is_seeded():
-    keep = np.zeros(100, bool)
-    keep[[3, 50, 97]] = True
-    rows = rep.subsample(100, 10, keep=keep, seed=1)
-    assert len(rows) == 10 and np.all(np.diff(rows) > 0)
-    assert {3, 50, 97} <= set(rows.tolist())
-    assert np.array_equal(rows, rep.subsample(100, 10, keep=keep, seed=1))
-    assert np.array_equal(rep.subsample(5, 10), np.arange(5))
-    # More priority rows than room: a subset of them only.
-    assert set(rep.subsample(100, 2, keep=keep).tolist()) <= {3, 50, 97}
-
-
-def test_subsample_rejects_nonpositive_max_points():
-    with pytest.raises(BadInputError, match="'max_points' must be >= 1. Got 0 instead."):
-        rep.subsample(10, 0)
-
-
-def test_pca_of_points_on_a_line_is_that_line():
-    # Four points along direction (3, 4)/5, offsets on the orthogonal axis uncorrelated with t.
-    t = np.array([-3.0, -1.0, 1.0, 3.0])
-    d, o = np.array([0.6, 0.8]), np.array([-0.8, 0.6])
-    x = 7.0 + t[:, None] * d + np.array([0.01, -0.01, -0.01, 0.01])[:, None] * o
-    p = rep.project_2d(x, method="pca")
-    assert p.method == "PCA"
-    # First axis: the positions along the line (sign fixed so the largest loading is positive).
-    assert np.allclose(p.xy[:, 0], t, atol=1e-9)
-    assert np.allclose(np.abs(p.xy[:, 1]), 0.01, atol=1e-9)
-    var_t, var_o = (t**2).sum(), 4 * 0.01**2
-    assert p.explained[0] == pytest.approx(var_t / (var_t + var_o))
-
-
-def test_randomised_pca_of_a_large_input_matches_the_exact_one(rng):
-    # 300 x 250 (past EXACT_PCA_MAX): a clear top-2 subspace plus small isotropic noise.
-    n, d = 300, 250
-    basis = np.linalg.qr(rng.normal(size=(d, 2)))[0].T
-    x = rng.normal(size=(n, 2)) * [5.0, 3.0] @ basis + 0.05 * rng.normal(size=(n, d))
-    assert min(n, d) > rep.EXACT_PCA_MAX
-    fast = rep.project_2d(x, method="pca")
-    xc = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    exact = xc @ vt[:2].T
-    for j in range(2):
-        assert abs(np.corrcoef(fast.xy[:, j], exact[:, j])[0, 1]) > 1 - 1e-6
-    assert np.allclose(fast.explained, s[:2] ** 2 / (s**2).sum(), rtol=1e-6)
-
-
-def test_pca_handles_one_dimension_and_no_rows():
-    p = rep.project_2d(np.array([[1.0], [2.0], [4.0]]), method="pca")
-    assert p.xy.shape == (3, 2) and np.allclose(p.xy[:, 1], 0)
-    assert rep.project_2d(np.zeros((0, 5)), method="pca").xy.shape == (0, 2)
-
-
-def test_auto_projection_uses_umap_only_when_importable(monkeypatch):
-    x = np.random.default_rng(0).normal(size=(20, 4))
-    monkeypatch.setitem(sys.modules, "umap", None)  # import fails
-    assert rep.project_2d(x).method == "PCA"
-    with pytest.raises(BadInputError, match="umap package is not installed"):
-        rep.project_2d(x, method="umap")
-
-    class FakeUMAP:
-        def __init__(self, **kw):
-            self.kw = kw
-
-        def fit_transform(self, a):
-            return a[:, :2] * 2
-
-    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
-    p = rep.project_2d(x)
-    assert p.method == "UMAP" and np.allclose(p.xy, x[:, :2] * 2)
 
 
 def test_coverage_curve_counts_confidence_at_or_above_each_threshold():
@@ -256,3 +184,91 @@ def test_full_page_is_self_contained_and_escaped():
     assert '<section id="prototypes" class="missing">' in doc and "<code>labelkit prototype data/</code>" in doc
     assert '<meta name="labelkit:sections" content="dataset,map">' in doc
     assert [m for m in re.findall(r'<a href="#([^"]+)"', doc)] == [s.key for s in sections]
+
+
+# -- warnings banner, embedder, previews ------------------------------------------------------
+
+
+def test_banner_lists_each_warning_with_stage_message_and_hint_escaped():
+    warnings = [{"stage": "embed", "code": "poor_separation", "message": "separates poorly: 0.21", "hint": "try --model minilm"},
+                {"stage": "distill", "code": "x", "message": EVIL, "hint": ""}]
+    out = rep.warnings_banner_html(warnings)
+    assert out.startswith('<div class="banner" id="warnings" role="alert">')
+    assert "2 warnings" in out and _n("li", out) == 2
+    assert '<b class="stage">embed</b> <span class="msg">separates poorly: 0.21</span><div class="hint">try: try --model minilm</div>' in out
+    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert out.count('class="hint"') == 1  # an empty hint adds no line
+    assert rep.warnings_banner_html([]) == '<p class="nowarn" id="warnings">No stage reported a warning.</p>'
+
+
+def test_embedder_lists_candidates_best_first_and_marks_the_chosen_one():
+    choice = {"chosen": "pixels:8", "by": "leave-one-out kNN accuracy on 179 labeled samples",
+              "scores": {"efficientnet-lite0": {"score": 0.631, "n": 179, "seconds": 15.6}, "pixels:8": {"score": 0.782, "n": 179, "seconds": 0.01},
+                         EVIL: {"score": None, "n": 0}}}
+    out = rep.embedder_html("pixels:8", dim=64, choice=choice, separation={"knn_accuracy": 0.782, "chance": 0.1})
+    rows = re.findall(r"<tr[^>]*><td>(.*?)</td>", out)
+    assert rows == ["pixels:8 ✓ chosen", "efficientnet-lite0", "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;"]  # no score sorts last
+    assert '<tr class="chosen">' in out and out.count("chosen") == 2
+    assert ">0.782<" in out and ">15.6 s<" in out and ">n/a<" in out
+    assert "compared 3 candidates. Scored by leave-one-out kNN accuracy on 179 labeled samples." in out
+    assert "78.2%" in out and "kNN accuracy (chance 0.10)" in out
+    named = rep.embedder_html("clip:ViT-B-32/openai")
+    assert "clip:ViT-B-32/openai" in named and "no candidates were scored" in named and "<table" not in named
+
+
+def test_media_puts_long_text_in_details_when_expandable():
+    long = "word " * 100
+    out = rep.media_html(None, long, alt="a", snippet_chars=20, expandable=True)
+    assert out.startswith('<details class="fulltext"><summary>') and long.strip() in out
+    assert "<summary>" + "word " * 3 + "word…</summary>" in out
+    assert rep.media_html(None, "short", alt="a", expandable=True) == "<blockquote>short</blockquote>"
+    assert rep.media_html(None, None, alt="a") == '<div class="noimg">no preview</div>'
+
+
+def test_page_puts_the_banner_above_the_first_section():
+    doc = rep.page("t", [rep.Section("dataset", "Dataset", "x")], banner=rep.warnings_banner_html([{"stage": "s", "message": "m", "hint": "h"}]))
+    assert doc.index('id="warnings"') < doc.index('<section id="dataset">')
+
+
+# -- report_samples: pseudo-label gallery and issue tables ----------------------------------------
+
+
+def test_pick_pseudolabel_examples_never_repeats_a_row_and_keeps_rejected_apart():
+    # Class 0: accepted rows 0-5 (confidence 0.99 .. 0.94), rejected rows 6, 7; class 1: one accepted, no rejected.
+    conf = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.90, 0.93, 0.97])
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1])
+    acc = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1], bool)
+    c0, c1, c2 = pick_pseudolabel_examples(labels, conf, acc, n_classes=3, k=4)
+    assert c0.most.tolist() == [0, 1, 2, 3] and c0.least.tolist() == [5, 4]  # six accepted: the last two only
+    assert c0.rejected.tolist() == [7, 6] and (c0.n_accepted, c0.n_rejected) == (6, 2)
+    assert c1.most.tolist() == [8] and c1.least.tolist() == [] and c1.rejected.tolist() == []
+    assert c2.n_accepted == c2.n_rejected == 0
+    with pytest.raises(BadInputError, match="'k' must be >= 1. Got 0 instead."):
+        pick_pseudolabel_examples(labels, conf, acc, n_classes=2, k=0)
+
+
+def test_pseudolabel_gallery_shows_three_groups_per_class():
+    ex = pick_pseudolabel_examples(np.array([0, 0, 1]), np.array([0.9, 0.5, 0.8]), np.array([1, 0, 1], bool), n_classes=2, k=2)
+    tiles = {0: PseudoTile("u/a.png", 0.9, thumbnail="data:image/png;base64,AAAA"), 1: PseudoTile(EVIL, 0.5, text="t", reason="novel"),
+             2: PseudoTile("u/c", 0.8)}
+    out = pseudolabel_gallery_html([("zero", ex[0], tiles), (EVIL, ex[1], tiles)])
+    assert out.count('class="pclass"') == 2 and out.count('class="tile"') == 3
+    assert "1 accepted, 1 rejected" in out and ">novel<" in out and 'title="u/a.png">a.png<' in out
+    assert "<script>" not in out
+    blocks = re.findall(r'<div class="pgroup (\w+)">', out)
+    assert blocks == ["most", "least", "rejected"] * 2
+    assert pseudolabel_gallery_html([]).startswith('<p class="hint">')
+
+
+def test_issue_table_has_one_row_per_item_filters_and_full_text():
+    items = [rep.GalleryItem(i + 1, f"id{i}", given="a" if i % 2 else EVIL, suggested="b", quality=0.1 * i,
+                             issue_type="outlier" if i == 3 else None, text="long text " * 30 if i == 0 else None) for i in range(5)]
+    out = issue_table_html(items, uid="t1", flagged=[True, True, False, True, True])
+    assert out.count("<tr data-given=") == 5 and out.count(">reported only<") == 1
+    assert re.findall(r'data-col="(\w+)"', out) == ["given", "type"]
+    assert '<option value="a">a</option>' in out and '<option value="outlier">outlier</option>' in out
+    assert 'id="t1-count">5</b> of 5' in out
+    assert '<details class="fulltext">' in out and ("long text " * 30).strip() in out
+    assert "<script>" not in out
+    with pytest.raises(BadInputError, match="'flagged' must have one entry per item. Got 1 for 5 items instead."):
+        issue_table_html(items, uid="t", flagged=[True])
