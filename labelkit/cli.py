@@ -263,6 +263,7 @@ def detect_noise(
     data: DataArg,
     probs: Annotated[Optional[str], opt("detect-noise", "--probs", "out-of-sample probabilities: auto, crossval (K-fold softmax head), knn (leave-one-out vote), propagation (K-fold label spreading over all samples)")] = None,
     pred_probs: Annotated[Optional[str], opt("detect-noise", "--pred-probs", "your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + a column per class); needs no embeddings")] = None,
+    renormalize: Annotated[Optional[bool], opt("detect-noise", "--renormalize/--no-renormalize", "rescale --pred-probs rows to sum to 1 (without it, a row off by more than 0.001 is an error)")] = None,
     filter_by: Annotated[Optional[str], opt("detect-noise", "--filter-by", "prune_by_noise_rate, prune_by_class, both, confident_learning or predicted_neq_given")] = None,
     rank_by: Annotated[Optional[str], opt("detect-noise", "--rank-by", "self_confidence, normalized_margin or confidence_weighted_entropy")] = None,
     folds: Annotated[Optional[int], opt("detect-noise", "--folds", "cross-validation folds")] = None,
@@ -279,7 +280,7 @@ def detect_noise(
     from labelkit.stages import detect_noise as stage
 
     ctx = Context(data, out, config, classes, json_out)
-    cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
+    cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, renormalize=renormalize, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
                      dynamics=dynamics, dynamics_file=dynamics_file, fail_above=fail_above, export_review=export_review, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force), strict)
 

@@ -112,6 +112,7 @@ class DetectNoiseConfig(StageConfig):
         "auto", description="out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote), propagation (K-fold label spreading over every sample, labeled or not); auto = each that applies (propagation when some samples are unlabeled), keep the one more accurate on the given labels"
     )
     pred_probs: str | None = Field(None, description="your own probabilities: .npy (samples order, sorted class columns) or .parquet (id + one column per class)")
+    renormalize: bool = Field(False, description="--pred-probs rows must sum to 1 within 0.001; with this, rows are rescaled to sum to 1 instead")
     filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = "prune_by_noise_rate"
     rank_by: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = "self_confidence"
     folds: int = Field(5, ge=2, description="cross-validation folds")

@@ -3,7 +3,7 @@
 Label strings as written (NFC), NA-like strings and 'unlabeled' read as unlabeled with a counted
 notice, integral float labels as integers, multi-label refused, one class noticed; every file that
 cannot be a sample listed with its reason, one symlink policy for manifests and class folders;
-images over Pillow's limit skipped as 'too large' by every backend.
+images over Pillow's limit skipped as 'too large' by every backend; --pred-probs rows summing to 1.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from labelkit.dataset import NA_STRINGS, discover
 from labelkit.embedders.base import image_size, open_image
 from labelkit.errors import BadInputError
 from labelkit.stages._common import input_warnings, prepare_samples
+from labelkit.stages.detect_noise import SUM_TOLERANCE, _normalise_rows
 from labelkit.workspace import Workspace
 from tests.conftest import write_csv
 
@@ -351,3 +352,27 @@ def test_input_warnings_put_notices_first_and_keep_a_code_once(tmp_path):
     own = [{"code": "one_class", "message": "stage's own", "hint": ""}]
     assert [(w["code"], w["message"]) for w in input_warnings(s, own)] == [
         ("labels_read_as_unlabeled", "1 label written as 'nan' (1) read as unlabeled"), ("one_class", "stage's own")]
+
+
+# -- --pred-probs rows -----------------------------------------------------------------------
+
+
+def test_rows_within_tolerance_are_rescaled_exactly():
+    p = np.array([[0.7, 0.30001], [0.5, 0.5 - SUM_TOLERANCE / 2]])
+    np.testing.assert_allclose(_normalise_rows(p, "f").sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("row, total", [([4.0, 1.0], "5"), ([0.1, 0.1], "0.2"), ([0.5, 0.5 + 2 * SUM_TOLERANCE], "1.002")])
+def test_rows_off_by_more_than_the_tolerance_need_renormalize(row, total):
+    p = np.array([[0.5, 0.5], row])
+    with pytest.raises(BadInputError) as e:
+        _normalise_rows(p, "--pred-probs p.npy", ids=np.array(["a", "b"]))
+    assert str(e.value) == (f"--pred-probs p.npy: 1 of 2 rows do not sum to 1 within 0.001 (first: id 'b' sums to {total}); "
+                            "pass --renormalize to rescale them, or fix the file")
+    np.testing.assert_allclose(_normalise_rows(p, "f", renormalize=True), p / p.sum(axis=1, keepdims=True))
+
+
+def test_zero_negative_and_nan_rows_are_errors_even_with_renormalize():
+    for p, msg in [([[0.0, 0.0]], "the row for row 1 sums to 0"), ([[-0.5, 1.5]], "must be >= 0"), ([[np.nan, 1.0]], "NaN or infinite")]:
+        with pytest.raises(BadInputError, match=msg):
+            _normalise_rows(np.array(p), "f", renormalize=True)
