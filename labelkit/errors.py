@@ -17,6 +17,14 @@ class MissingArtifactError(LabelkitError, FileNotFoundError):
     """An artifact a stage needs is not in the workspace."""
 
 
+class DamagedArtifactError(BadInputError):
+    """An artifact or cache in the workspace cannot be read (truncated, corrupt, wrong shape); the message says what rebuilds it."""
+
+
+class WorkspaceBusyError(LabelkitError):
+    """Another labelkit run holds the workspace lock and ``--no-wait`` was given."""
+
+
 class ConfigError(LabelkitError, ValueError):
     """A configuration file or option has an unknown or invalid key."""
 

@@ -1,4 +1,4 @@
-"""The workspace: artifact paths, manifest.json, content fingerprints, staleness, atomic writes."""
+"""The workspace: artifact paths, manifest.json, content fingerprints, staleness, atomic writes, the lock."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from labelkit.dataset import MANIFEST_NAMES
-from labelkit.errors import BadInputError
+from labelkit.errors import BadInputError, LabelkitWarning, WorkspaceBusyError
 
 MANIFEST = "manifest.json"
+MANIFEST_INVALID = "manifest.json.invalid"  # an invalid manifest, kept aside when a stage writes a fresh one
+LOCK = ".lock"  # held (an OS-level flock, via filelock) by every command that writes the workspace
+LOCK_HOLDER = ".lock.json"  # pid, command and start time of the holder, for the message of a run that waits
 FILE_WORKSPACE_SUFFIX = ".labelkit"  # a single-file DATA's workspace: <file>.labelkit
 
 
@@ -32,6 +40,21 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _oserror(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """mkstemp beside ``path``, with a one-line BadInputError when ``path`` cannot be written (a folder there, a file in the way, no permission, a name too long)."""
+    try:
+        if path.is_dir():
+            raise BadInputError(f"{path}: is a folder; give a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot write it ({_oserror(e)})") from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
@@ -39,8 +62,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[Any]:
     A crash or exception part-way leaves the previous file intact (rename is atomic on POSIX).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -57,8 +79,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[Any]:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for writers that want a filename (pyarrow, torch)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -97,6 +118,42 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class RecordSchema(BaseModel):
+    """The schema of one stage's record in manifest.json (extra keys are kept, for newer labelkits)."""
+
+    model_config = ConfigDict(extra="allow")
+    params: dict[str, Any]
+    params_fingerprint: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    versions: dict[str, str] = {}
+    wall_time_s: float = 0.0
+    finished_at: str = ""
+
+
+class ManifestSchema(BaseModel):
+    """The schema of manifest.json: ``{"stages": {stage: record}, "labelkit_manifest_version": 1}``."""
+
+    model_config = ConfigDict(extra="allow")
+    stages: dict[str, dict[str, Any]] = {}
+    labelkit_manifest_version: int = 1
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    return f"{where}: {err['msg'].lower()}" if where else err["msg"].lower()
+
+
+def _holder(path: Path) -> str:
+    """'another labelkit run (pid 123, 'labelkit run DATA', started 12:01:02)', from the holder's sidecar file."""
+    try:
+        info = json.loads(path.read_text())
+        return f"another labelkit run (pid {int(info['pid'])}, '{info['command']}', started {info['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another labelkit run"
+
+
 @dataclass
 class StageRecord:
     """What one stage did, as kept in manifest.json."""
@@ -114,12 +171,34 @@ class StageRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, LabelkitWarning, stacklevel=3)
+
+
+def _check_out(out: Path, *, given: bool) -> Path:
+    """The workspace folder ``out``, if it is or can become a folder: a file there or in the way is a BadInputError."""
+    name = f"--out {out}" if given else f"workspace {out}"
+    try:
+        for p in (out, *out.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise BadInputError(f"{name}: {'it' if p == out else p} is a file, not a folder; give a folder for the artifacts")
+                break
+    except OSError as e:
+        raise BadInputError(f"{name}: cannot use it ({_oserror(e)})") from None
+    return out
+
+
 @dataclass
 class Workspace:
     """A dataset folder and the folder its artifacts go to (default ``DATA/.labelkit``)."""
 
     data: Path
     out: Path
+    _problems: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)  # stage ('' = whole file) -> what is wrong
+    _reported: set[str] = field(default_factory=set, init=False, repr=False, compare=False)  # warned once per object, not per read
+    _lock: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
 
     @classmethod
     def open(cls, data: Path | str, out: Path | str | None = None) -> "Workspace":
@@ -130,29 +209,117 @@ class Workspace:
         ``photo.jpg.labelkit/``), so it never overwrites the artifacts of a dataset folder it sits in.
         """
         data = Path(data)
-        if not data.exists():
-            raise BadInputError(f"{data}: no such dataset folder or file")
-        if data.is_file() and data.name in MANIFEST_NAMES:
-            data = data.parent
-        elif data.is_file():
-            return cls(data=data, out=Path(out) if out is not None else data.with_name(data.name + FILE_WORKSPACE_SUFFIX))
-        if not data.is_dir():
-            raise BadInputError(f"{data}: not a folder or a regular file; DATA must be a dataset folder")
+        try:
+            if not data.exists():
+                raise BadInputError(f"{data}: no such dataset folder or file")
+            if data.is_file() and data.name in MANIFEST_NAMES:
+                data = data.parent
+            elif data.is_file():
+                out_path = Path(out) if out is not None else data.with_name(data.name + FILE_WORKSPACE_SUFFIX)
+                return cls(data=data, out=_check_out(out_path, given=out is not None))
+            if not data.is_dir():
+                raise BadInputError(f"{data}: not a folder or a regular file; DATA must be a dataset folder")
+        except OSError as e:  # a name too long, a loop of links, no permission to look
+            raise BadInputError(f"{data}: cannot read it ({_oserror(e)})") from None
         out_path = Path(out) if out is not None else data / ".labelkit"
-        return cls(data=data, out=out_path)
+        return cls(data=data, out=_check_out(out_path, given=out is not None))
 
     def path(self, name: str) -> Path:
         return self.out / name
 
+    # -- the lock ---------------------------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        """Whether this Workspace object holds its lock now."""
+        return self._lock_depth > 0
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None) -> Iterator[None]:
+        """Hold ``OUT/.lock`` for the block: one writer per workspace at a time.
+
+        Re-entrant within this Workspace object. Another process holding it makes this one wait,
+        after calling ``on_wait`` once with what it waits for (default: a LabelkitWarning), or, with
+        ``wait=False``, raise WorkspaceBusyError at once. The lock is the OS's (flock, through
+        filelock): a holder killed even by SIGKILL releases it, so a stale lock cannot block anyone.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        import filelock
+
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = self._lock or filelock.FileLock(self.path(LOCK))
+            try:
+                self._lock.acquire(timeout=0)
+            except filelock.Timeout:
+                holder = _holder(self.path(LOCK_HOLDER))
+                if not wait:
+                    raise WorkspaceBusyError(f"{self.out} is in use by {holder}; wait for it to finish, or rerun without --no-wait to wait") from None
+                (on_wait or _warn)(f"waiting for {holder} on {self.out} ...")
+                self._lock.acquire()
+        except OSError as e:
+            raise BadInputError(f"{self.out}: cannot write the workspace there ({_oserror(e)}); give a writable folder with --out") from None
+        self._lock_depth = 1
+        try:
+            with contextlib.suppress(OSError):  # the holder's name is a courtesy to waiters, never a reason to fail
+                info = {"pid": os.getpid(), "command": command or " ".join(["labelkit", *sys.argv[1:]]), "started": time.strftime("%H:%M:%S")}
+                with atomic_write(self.path(LOCK_HOLDER), "w") as f:
+                    json.dump(info, f)
+            yield
+        finally:
+            self._lock_depth = 0
+            with contextlib.suppress(OSError):
+                self.path(LOCK_HOLDER).unlink()
+            self._lock.release()
+
     # -- manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
+        """manifest.json checked against ManifestSchema/RecordSchema.
+
+        It only records history, so an invalid one is not fatal: the whole file (not JSON, not an
+        object) or one stage's record (a missing or mistyped field) is set aside as "never run",
+        with a warning naming the file and what is wrong; that stage reruns. ``record_problem``
+        says why; the invalid file is kept as manifest.json.invalid when a stage next writes.
+        """
         p = self.path(MANIFEST)
-        if not p.exists():
-            return {"stages": {}}
+        self._problems.clear()
         try:
-            return json.loads(p.read_text())
+            raw = p.read_text()
+        except FileNotFoundError:
+            return {"stages": {}}
+        except (OSError, UnicodeDecodeError) as e:
+            return self._invalid("", f"unreadable ({_oserror(e) if isinstance(e, OSError) else 'not UTF-8'})")
+        try:
+            m = ManifestSchema.model_validate(json.loads(raw)).model_dump()
         except json.JSONDecodeError as e:
-            raise BadInputError(f"{p}: corrupt manifest ({e.msg}); delete it to start the workspace afresh") from None
+            return self._invalid("", f"not valid JSON ({e.msg} at line {e.lineno})")
+        except ValidationError as e:
+            return self._invalid("", f"not a labelkit manifest ({_first_error(e)})")
+        for stage, rec in list(m["stages"].items()):
+            try:
+                m["stages"][stage] = RecordSchema.model_validate(rec).model_dump()
+            except ValidationError as e:
+                del m["stages"][stage]
+                self._invalid(stage, f"the record of stage '{stage}' is invalid (stages.{stage}.{_first_error(e)})")
+        return m
+
+    def _invalid(self, stage: str, what: str) -> dict[str, Any]:
+        first = stage not in self._reported
+        self._problems[stage] = what
+        if first:
+            self._reported.add(stage)
+            _warn(f"{self.path(MANIFEST)}: {what}; treating {'every stage' if not stage else repr(stage)} as never run (it reruns)")
+        return {"stages": {}}
+
+    def record_problem(self, stage: str) -> str | None:
+        """Why ``stage``'s record could not be used (manifest.json invalid, as a whole or for it), else None."""
+        self.manifest()
+        return self._problems.get("") or self._problems.get(stage)
 
     def record(self, stage: str) -> StageRecord | None:
         d = self.manifest().get("stages", {}).get(stage)
@@ -160,10 +327,14 @@ class Workspace:
 
     def save_record(self, stage: str, rec: StageRecord) -> None:
         m = self.manifest()
+        if self._problems:  # nothing lost: the invalid file is kept beside the fresh one
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.path(MANIFEST), self.path(MANIFEST_INVALID))
         m.setdefault("stages", {})[stage] = rec.__dict__
         m["labelkit_manifest_version"] = 1
         with atomic_write(self.path(MANIFEST), "w") as f:
             json.dump(m, f, indent=2, sort_keys=True)
+        self._problems.clear()
 
     def fingerprint(self, name: str) -> str | None:
         p = self.path(name)
@@ -177,7 +348,8 @@ class Workspace:
         """None when ``stage`` is up to date for these params and inputs, else the reason it is not."""
         rec = self.record(stage)
         if rec is None:
-            return "never run"
+            problem = self._problems.get("") or self._problems.get(stage)
+            return f"never run (manifest.json: {problem})" if problem else "never run"
         for name, fp in rec.outputs.items():
             cur = self.fingerprint(name)
             if cur is None:
