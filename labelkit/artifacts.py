@@ -2,13 +2,19 @@
 
 Every table carries, in its key-value metadata, ``labelkit:params`` (the stage parameters that
 made it) plus artifact-specific keys (model, dim, classes, …), as JSON strings.
+
+Every reader here turns a file it cannot read (truncated, corrupt, wrong columns) into one
+DamagedArtifactError naming the file, what is wrong and the command that rebuilds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -16,18 +22,25 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from labelkit.errors import BadInputError, MissingArtifactError
+from labelkit.errors import BadInputError, DamagedArtifactError, LabelkitError, LabelkitWarning, MissingArtifactError
 from labelkit.workspace import atomic_path
 
 SAMPLES = "samples.parquet"
 EMBEDDINGS = "embeddings.parquet"
-EMBEDDINGS_CACHE = "embeddings.arrow"  # memory-mappable copy of embeddings.parquet, rebuilt when stale
+EMBEDDINGS_CACHE = "embeddings.arrow"  # memory-mappable copy of embeddings.parquet, rebuilt when its fingerprint differs
 CLASS_EMBEDDINGS = "class_embeddings.parquet"
 KNN = "knn.parquet"
 PROTOTYPES = "prototypes.parquet"
 PSEUDOLABELS = "pseudolabels.parquet"
 LABEL_ISSUES = "label_issues.parquet"
 PREDICTIONS = "predictions.parquet"
+
+# The stage that (re)writes each derived artifact: what a damaged one's message tells the user to run.
+OWNER = {
+    SAMPLES: "embed", EMBEDDINGS: "embed", CLASS_EMBEDDINGS: "embed", KNN: "pseudolabel", PROTOTYPES: "prototype",
+    PSEUDOLABELS: "pseudolabel", LABEL_ISSUES: "detect-noise",
+}
+CACHE_KEY = b"labelkit:source_fingerprint"  # in embeddings.arrow's schema: content key of the parquet it copies
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -40,14 +53,116 @@ SAMPLES_SCHEMA = pa.schema(
 )
 
 
+# -- damage ---------------------------------------------------------------------------------
+
+
+def rebuild_hint(path: Path) -> str:
+    """What to run to rebuild the artifact at ``path``."""
+    path = Path(path)
+    owner = OWNER.get(path.name)
+    if path.name == SAMPLES:
+        return "delete it: the next stage run rewrites it from DATA"
+    if owner is None:
+        return "delete it and rerun the command that wrote it"
+    ws = path.parent
+    target = str(ws.parent) if ws.name == ".labelkit" else f"DATA --out {ws}"
+    return f"run 'labelkit {owner} {target} --force' to rebuild it"
+
+
+def damaged(path: Path, what: str) -> DamagedArtifactError:
+    return DamagedArtifactError(f"{path}: {what}; {rebuild_hint(path)}")
+
+
+def _what(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Could not open Parquet input source" in text:  # pyarrow names a '<Buffer>', not the file: keep the reason
+        text = text.split("': ", 1)[-1]
+    if "magic bytes not found in footer" in text:
+        text = "not a complete Parquet file: no footer; truncated?"
+    if isinstance(e, KeyError):
+        text = f"no column {text}"
+    return f"unreadable ({text})"
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn a failure to read ``path`` into a DamagedArtifactError naming it (never an ArrowInvalid traceback)."""
+    try:
+        yield
+    except LabelkitError:
+        raise
+    except FileNotFoundError:
+        raise MissingArtifactError(f"{Path(path).name} not found in {Path(path).parent}; {rebuild_hint(path).replace('rebuild', 'make')}") from None
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as e:
+        raise damaged(path, _what(e)) from None
+
+
+def problem(path: Path, *, full: bool = False) -> str | None:
+    """None when the Parquet file (or folder of parts) at ``path`` opens; else what is wrong with it.
+
+    Reads the footer only (truncation, not Parquet at all); ``full`` also decodes every row group,
+    one at a time. A path that does not exist has no problem (it is missing, which callers check).
+    """
+    path = Path(path)
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path] if path.exists() else []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+            if full:
+                for g in range(pf.num_row_groups):
+                    pf.read_row_group(g)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            return _what(e)
+    return None
+
+
+def content_key(path: Path) -> str:
+    """A cheap content fingerprint of a Parquet file: its size, its first 64 KiB and its footer.
+
+    The footer holds the schema, every row group's offsets, sizes and statistics and the labelkit
+    metadata, so a rewritten file differs there; unlike an mtime, a copy of the same bytes keeps it.
+    """
+    path = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    with reading(path), open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(size - 8, 0))
+        tail = f.read(8)
+        n = int.from_bytes(tail[:4], "little") if len(tail) == 8 else -1
+        if tail[4:] != b"PAR1" or not 0 <= n <= size - 12:
+            raise damaged(path, "unreadable (not a complete Parquet file: no footer; truncated?)")
+        f.seek(size - 8 - n)
+        h.update(f"{size}:".encode() + f.read(n))
+        f.seek(0)
+        h.update(f.read(1 << 16))
+    return h.hexdigest()
+
+
 def _meta(metadata: dict[str, Any]) -> dict[bytes, bytes]:
     return {f"labelkit:{k}".encode(): json.dumps(v, sort_keys=True, default=str).encode() for k, v in metadata.items()}
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The ``labelkit:*`` key-value metadata of a Parquet file, decoded."""
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode()[len("labelkit:"):]: json.loads(v) for k, v in raw.items() if k.startswith(b"labelkit:")}
+    with reading(path):
+        raw = pq.read_schema(path).metadata or {}
+        return {k.decode()[len("labelkit:"):]: json.loads(v) for k, v in raw.items() if k.startswith(b"labelkit:")}
+
+
+def stored_metadata(path: Path) -> dict[str, Any]:
+    """``read_metadata``, or {} when the file is missing or does not open (its writer then rewrites it)."""
+    if not Path(path).exists() or problem(path) is not None:
+        return {}
+    try:
+        return read_metadata(path)
+    except DamagedArtifactError:
+        return {}
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """``pq.read_table`` with a DamagedArtifactError (file, what, what to run) when the file cannot be read."""
+    with reading(path):
+        return pq.read_table(path, columns=columns)
 
 
 def write_table(path: Path, table: pa.Table, metadata: dict[str, Any], *, row_group_size: int | None = None) -> None:
@@ -75,7 +190,10 @@ def write_samples(path: Path, df: pd.DataFrame, metadata: dict[str, Any]) -> Non
 
 
 def read_samples(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    t = pq.read_table(path)
+    t = read_table(path)
+    missing = [c for c in SAMPLES_SCHEMA.names if c not in t.column_names]
+    if missing:
+        raise damaged(path, f"not a samples table (no column {missing[0]!r})")
     df = pd.DataFrame({name: pd.Series(t.column(name).to_pylist(), dtype=object) for name in t.column_names})
     return df, read_metadata(path)
 
@@ -149,15 +267,27 @@ def read_content_hashes(path: Path) -> list[str] | None:
 
 
 def read_embedding_ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return read_table(path, columns=["id"]).column("id").to_pylist()
+
+
+def _embedding_dim(path: Path, schema: pa.Schema) -> int:
+    with reading(path):
+        typ = schema.field("embedding").type
+    if not pa.types.is_fixed_size_list(typ):
+        raise damaged(path, f"not an embeddings table (embedding is {typ}, not a fixed-size list)")
+    return typ.list_size
 
 
 def iter_embedding_batches(path: Path) -> Iterator[tuple[list[str], np.ndarray]]:
     """Row group by row group: (ids, float32 (n, d)); bounded memory."""
-    f = pq.ParquetFile(path)
+    with reading(path):
+        f = pq.ParquetFile(path)
+    _embedding_dim(path, f.schema_arrow)
     for g in range(f.num_row_groups):
-        t = f.read_row_group(g)
-        yield t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("embedding"))
+        with reading(path):
+            t = f.read_row_group(g)
+            batch = t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("embedding"))
+        yield batch
 
 
 def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -170,23 +300,32 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def read_embeddings(path: Path, *, cache: Path | None = None) -> tuple[list[str], np.ndarray]:
+def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callable[[str], None] | None = None) -> tuple[list[str], np.ndarray]:
     """All embeddings as (ids, float32 (N, D)).
 
-    With ``cache``, a memory-mapped Arrow IPC copy gives a zero-copy view in milliseconds; it is
-    rebuilt from the Parquet file when missing or older than it.
+    With ``cache``, a memory-mapped Arrow IPC copy gives a zero-copy view in milliseconds. The cache
+    is validated by the Parquet file's content key (``content_key``, kept in the cache's schema
+    metadata), never by mtime: a missing, stale or unreadable cache is rebuilt from the Parquet file.
+    An unreadable one is a repair, reported through ``on_repair(message)`` (default: a
+    LabelkitWarning); a stale one is routine and silent.
     """
     if cache is not None:
-        if not cache.exists() or cache.stat().st_mtime_ns < path.stat().st_mtime_ns:
-            _write_cache(path, cache)
-        source = pa.memory_map(str(cache), "r")
-        table = ipc.open_file(source).read_all()
+        key = content_key(path)
+        table, why = _open_cache(cache, key)
+        if table is None:
+            if why is not None:
+                (on_repair or _warn)(f"{cache}: {why}; rebuilt it from {path.name}")
+            _write_cache(path, cache, key)
+            table, why = _open_cache(cache, key)
+            if table is None:
+                raise damaged(cache, why or "unreadable after rebuilding it")
         ids = table.column("id").to_pylist()
         col = table.column("embedding").combine_chunks() if table.column("embedding").num_chunks != 1 else table.column("embedding").chunk(0)
         values = col.flatten().to_numpy(zero_copy_only=col.type.value_type == pa.float32())
         return ids, values.reshape(-1, col.type.list_size).astype(np.float32, copy=False)
-    f = pq.ParquetFile(path)
-    dim = f.schema_arrow.field("embedding").type.list_size
+    with reading(path):
+        f = pq.ParquetFile(path)
+    dim = _embedding_dim(path, f.schema_arrow)
     out = np.empty((f.metadata.num_rows, dim), dtype=np.float32)  # preallocated: peak ≈ output + one row group
     ids: list[str] = []
     row = 0
@@ -197,12 +336,35 @@ def read_embeddings(path: Path, *, cache: Path | None = None) -> tuple[list[str]
     return ids, out
 
 
-def _write_cache(path: Path, cache: Path) -> None:
-    f = pq.ParquetFile(path)
-    with atomic_path(cache) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, f.schema_arrow) as w:
-            for g in range(f.num_row_groups):
-                w.write_table(f.read_row_group(g))
+def _warn(message: str) -> None:
+    warnings.warn(message, LabelkitWarning, stacklevel=3)
+
+
+def _open_cache(cache: Path, key: str) -> tuple[pa.Table | None, str | None]:
+    """(the cached table, None) when ``cache`` is readable and made from content ``key``; else (None, why not: None when missing or stale)."""
+    if not cache.exists():
+        return None, None
+    try:
+        table = ipc.open_file(pa.memory_map(str(cache), "r")).read_all()
+        typ = table.schema.field("embedding").type
+        if "id" not in table.column_names or not pa.types.is_fixed_size_list(typ):
+            return None, "unreadable (not an embeddings table)"
+    except (pa.ArrowException, OSError, ValueError, KeyError) as e:
+        return None, _what(e)
+    if (table.schema.metadata or {}).get(CACHE_KEY) != key.encode():
+        return None, None  # made from other content (or by an older labelkit): routine
+    return table, None
+
+
+def _write_cache(path: Path, cache: Path, key: str) -> None:
+    with reading(path):
+        f = pq.ParquetFile(path)
+        _embedding_dim(path, f.schema_arrow)
+        schema = f.schema_arrow.with_metadata({**(f.schema_arrow.metadata or {}), CACHE_KEY: key.encode()})
+        with atomic_path(cache) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
+                for g in range(f.num_row_groups):
+                    w.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata))
 
 
 def embeddings_for(ids: Iterable[str], emb_ids: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +381,8 @@ def embeddings_for(ids: Iterable[str], emb_ids: list[str], vectors: np.ndarray) 
 
 
 def check_dims(path: Path, expected: int) -> None:
-    dim = pq.read_schema(path).field("embedding").type.list_size
+    with reading(path):
+        schema = pq.read_schema(path)
+    dim = _embedding_dim(path, schema)
     if dim != expected:
         raise BadInputError(f"{path.name}: vectors have {dim} dimensions, expected {expected}")

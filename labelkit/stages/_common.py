@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 from labelkit import artifacts
 from labelkit.config import DatasetConfig, StageConfig
 from labelkit.dataset import MAX_LISTED, Samples, discover
+from labelkit.errors import LabelkitWarning
 from labelkit.workspace import Workspace
 
 
@@ -104,7 +107,7 @@ def prepare_samples(ws: Workspace, dcfg: DatasetConfig, *, require_inputs: bool 
         "content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "origin": samples.origin,
         "notices": samples.notices, "n_skipped": len(samples.skipped), "skipped": [list(s) for s in samples.skipped[:MAX_LISTED]],
     }
-    current = artifacts.read_metadata(path) if path.exists() else {}
+    current = artifacts.stored_metadata(path)  # {} when missing or damaged: then rewritten from DATA
     if any(current.get(k) != meta[k] for k in ("content_fingerprint", "notices", "skipped")):
         artifacts.write_samples(path, samples.table, meta)
     return samples, fp
@@ -117,10 +120,60 @@ def input_warnings(samples: Samples, warnings: list[dict[str, str]]) -> list[dic
 
 
 def stale_reason(ws: Workspace, stage: str, cfg: StageConfig, inputs: dict[str, str], *, force: bool, params_fp: str | None = None) -> str | None:
-    """None when the stage can be skipped; otherwise why it must run."""
-    if force:
-        return "--force"
-    return ws.staleness(stage, params_fp or cfg.fingerprint(), inputs)
+    """None when the stage can be skipped; otherwise why it must run.
+
+    A stage that must run first removes its own outputs that no longer open (truncated, corrupt):
+    they are derived data it is about to rebuild, and a stage that resumes from its previous
+    output (embed) must not trip over them. The reason then says so.
+    """
+    reason = "--force" if force else ws.staleness(stage, params_fp or cfg.fingerprint(), inputs)
+    if reason is not None:
+        removed = drop_damaged_outputs(ws, stage)
+        if removed and not force:
+            reason = removed
+    return reason
+
+
+def drop_damaged_artifacts(ws: Workspace) -> list[str]:
+    """Remove every derived Parquet artifact of ``ws`` that does not open (its footer), each with a LabelkitWarning.
+
+    Derived data only (artifacts.OWNER): the stage that owns each rebuilds it when next needed, as
+    if it were missing, so no command trips over it. Run by a writing command once it holds the
+    lock; a footer read per artifact, so milliseconds. Returns the names removed.
+    """
+    removed = []
+    for name, owner in artifacts.OWNER.items():
+        path = ws.path(name)
+        if not path.exists() or (what := artifacts.problem(path)) is None:
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        then = "the next stage rewrites it from DATA" if name == artifacts.SAMPLES else f"'labelkit {owner}' rebuilds it (stages that need it run it first)"
+        warnings.warn(f"{path}: {what}; removed it: {then}", LabelkitWarning, stacklevel=2)
+        removed.append(name)
+    return removed
+
+
+def drop_damaged_outputs(ws: Workspace, stage: str) -> str | None:
+    """Delete ``stage``'s Parquet outputs that do not open; what was wrong with the first, else None.
+
+    An output whose content is as recorded was readable when written, so only its footer is
+    checked; one changed since (or never recorded) is decoded in full, one row group at a time.
+    """
+    rec = ws.record(stage)
+    recorded = rec.outputs if rec is not None else {}
+    owned = {name for name, owner in artifacts.OWNER.items() if owner == stage and name != artifacts.SAMPLES}
+    first = None
+    for name in sorted({*recorded, *owned}):
+        path = ws.path(name)
+        if not name.endswith(".parquet") or not path.exists():
+            continue
+        what = artifacts.problem(path)
+        if what is None and recorded.get(name) != ws.fingerprint(name):
+            what = artifacts.problem(path, full=True)
+        if what is not None:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            first = first or f"{name} was damaged ({what}), so {stage} rebuilds it"
+    return first
 
 
 def up_to_date(ws: Workspace, stage: str, output: str, upstream: list[StageResult]) -> StageResult:

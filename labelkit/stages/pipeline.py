@@ -38,21 +38,37 @@ def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> S
 
 
 def ensure(ctx: RunContext, name: str) -> list[StageResult]:
-    """Run ``name`` (and, first, its own upstream) when an output of it is missing.
+    """Run ``name`` (and, first, its own upstream) when an output of it is missing or does not open.
 
-    Returns the results of what ran, each with ``reason`` saying why.
+    A damaged output (truncated, not Parquet) counts as missing: the stage that owns it rebuilds
+    it (its own staleness check removes it first). Returns the results of what ran, each with
+    ``reason`` saying why.
     """
     spec = BY_NAME[name]
-    missing = [o for o in spec.outputs if not ctx.ws.path(o).exists()]
-    if not missing:
+    why = _missing_or_damaged(ctx, spec)
+    if why is None:
         return []
     ran: list[StageResult] = []
     for up in spec.needs:
         ran.extend(ensure(ctx, up))
     res = run_stage(ctx, name)
-    res.reason = f"{missing[0]} was missing, so {name} ran first with its defaults"
+    res.reason = f"{why}, so {name} ran first with its defaults"
     ran.append(res)
     return ran
+
+
+def _missing_or_damaged(ctx: RunContext, spec: StageSpec) -> str | None:
+    """'X was missing' or 'X was damaged (what)' for the first such output of ``spec`` (recorded ones included), else None."""
+    rec = ctx.ws.record(spec.name)
+    for o in dict.fromkeys([*spec.outputs, *(rec.outputs if rec else ())]):
+        path = ctx.ws.path(o)
+        if not path.exists():
+            if o in spec.outputs:
+                return f"{o} was missing"
+            continue
+        if o.endswith(".parquet") and (what := artifacts.problem(path)) is not None:
+            return f"{o} was damaged ({what})"
+    return None
 
 
 ORDER = [s.name for s in STAGES]
@@ -93,13 +109,18 @@ def status(ctx: RunContext) -> list[StageStatus]:
     for spec in STAGES:
         rec = ws.record(spec.name)
         if rec is None:
-            out.append(StageStatus(spec.name, "missing", "never run"))
+            problem = ws.record_problem(spec.name)
+            out.append(StageStatus(spec.name, "missing", f"never run (manifest.json: {problem})" if problem else "never run"))
             continue
         current = {name: (samples_fp if name == artifacts.SAMPLES else ws.fingerprint(name)) for name in rec.inputs}
         gone = [k for k, v in current.items() if v is None]
         reason = ws.staleness(spec.name, None, {k: v for k, v in current.items() if v is not None})
         if reason is None and gone:
             reason = f"input {gone[0]} is missing"
+        if reason and reason.endswith(" was changed outside labelkit"):
+            name = reason.split(" ", 1)[0]
+            if name.endswith(".parquet") and (what := artifacts.problem(ws.path(name))) is not None:
+                reason = f"{name} is damaged ({what}); the next run of {spec.name} rebuilds it"
         if reason and any(reason == f"{o} is missing" for o in spec.outputs):
             out.append(StageStatus(spec.name, "missing", reason))
         elif reason:
