@@ -7,10 +7,13 @@ a bad option value, a bad ``--set``); 3 a CI threshold was breached (``detect-no
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import json
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,9 +26,13 @@ from labelkit import __version__
 from labelkit._richprogress import RichProgress
 from labelkit.config import STAGE_CONFIGS, OptionError, build_config, load_config_file
 from labelkit.dataset import parse_classes_option
-from labelkit.errors import LabelkitError
+from labelkit.errors import LabelkitError, LabelkitWarning
 from labelkit.health import STRICT_EXIT
 from labelkit.workspace import Workspace
+
+
+# What the running command holds until it ends (the workspace lock); set by Root.invoke, per invocation.
+_HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("labelkit_held", default=None)
 
 
 class Root(TyperGroup):
@@ -33,7 +40,15 @@ class Root(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            # A LabelkitWarning (a cache rebuilt, manifest.json invalid) is one line, as text; what the
+            # command holds (the workspace lock) is released when it ends, however it ends.
+            with warnings.catch_warnings(), contextlib.ExitStack() as held:
+                warnings.showwarning = _show_warning
+                token = _HELD.set(held)
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    _HELD.reset(token)
         except LabelkitError as e:
             _error(str(e))
             raise typer.Exit(e.exit_code) from None
@@ -71,6 +86,20 @@ def _error(text: str) -> None:
     console().print(Text.assemble(("error:", "bold red"), " ", text))
 
 
+def _waiting(text: str) -> None:
+    console().print(Text(text, style="yellow"))
+
+
+_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, LabelkitWarning):
+        console().print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+    else:
+        _showwarning(message, category, filename, lineno, file, line)
+
+
 def default_of(stage: str, key: str, names: list[str]) -> str | None:
     """A config field's default as shown in --help: 0.9, 3, 1 0.5 0, the flag of a boolean."""
     value = STAGE_CONFIGS[stage].model_fields[key].default
@@ -102,6 +131,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file w
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="class names 'a,b,c' or a file with one per line (needed for zero-shot; adds classes with no labeled sample)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="rerun even when the stage is up to date")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout and nothing else there")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="exit 1 at once when another labelkit run holds the workspace, instead of waiting for it")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help=f"exit {STRICT_EXIT} when any stage raised a warning (after printing the results)")]
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda[:N]"
 
@@ -128,8 +158,9 @@ class Context:
     """What every stage command resolves first: the workspace, the config (file, then --set), the dataset options."""
 
     def __init__(self, data: Path, out: Path | None, config: Path | None, classes: str | None, json_out: bool,
-                 sets: dict[tuple[str, str], tuple[Any, str]] | None = None):
+                 sets: dict[tuple[str, str], tuple[Any, str]] | None = None, *, wait: bool = True, lock: bool = True):
         self.ws = Workspace.open(data, out)
+        self.wait, self.lock = wait, lock  # the workspace lock, taken by run_context: after every check, held to the end
         self.file_config = copy.deepcopy(load_config_file(config))
         # Where each value came from, for error messages; the command line wins over the file.
         self.origins = {(s, k): str(config) for s, body in self.file_config.items() for k in body}
@@ -151,8 +182,13 @@ class Context:
             build_config(s, self.file_config, {}, origins=self.origins)
 
     def run_context(self):
-        from labelkit.stages._common import RunContext
+        """The stages' context; a writing command first takes the workspace lock, held until the command ends (one lock across ``run``'s stages)."""
+        from labelkit.stages._common import RunContext, drop_damaged_artifacts
 
+        held = _HELD.get()
+        if self.lock and held is not None and not self.ws.locked:
+            held.enter_context(self.ws.lock(wait=self.wait, on_wait=_waiting))
+            drop_damaged_artifacts(self.ws)  # a truncated artifact is rebuilt by its stage, never a traceback
         return RunContext(self.ws, self.dcfg, self.file_config, self.progress)
 
 
@@ -196,12 +232,12 @@ def embed(
     batch_size: Annotated[Optional[int], opt("embed", "--batch-size", "inputs per forward pass", default="per backend")] = None,
     num_workers: Annotated[Optional[int], opt("embed", "--num-workers", "DataLoader decoding workers", default="automatic")] = None,
     device: Annotated[Optional[str], opt("embed", "--device", DEVICE_HELP)] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Embed every sample into L2-normalised vectors (embeddings.parquet)."""
     from labelkit.stages import embed as stage
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
     cfg = ctx.config("embed", model=model, weights=weights, allow_download=allow_download, dtype=dtype, batch_size=batch_size, num_workers=num_workers, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force), strict)
 
@@ -214,12 +250,12 @@ def prototype(
     text_weight: Annotated[Optional[float], opt("prototype", "--text-weight", "weight of class-name embeddings fused in (text-tower models)")] = None,
     refine: Annotated[Optional[bool], opt("prototype", "--refine/--no-refine", "refine with confident unlabeled samples (soft k-means)")] = None,
     seed: Annotated[Optional[int], opt("prototype", "--seed", "random seed (k-means)")] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Compute class prototypes (prototypes.parquet), refined with unlabeled data."""
     from labelkit.stages import prototype as stage
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
     cfg = ctx.config("prototype", n_per_class=n_per_class, clean=clean, text_weight=text_weight, refine=refine, seed=seed)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force), strict)
 
@@ -245,12 +281,12 @@ def pseudolabel(
     clean_seeds_odds: Annotated[Optional[float], opt("pseudolabel", "--clean-seeds-odds", "drop a doubted seed only if its held-out scores favour another class this many to 1, >= 1")] = None,
     prior_correction: Annotated[Optional[bool], opt("pseudolabel", "--prior-correction/--no-prior-correction", "EM re-estimation of unlabeled class priors (label shift)")] = None,
     seed: Annotated[Optional[int], opt("pseudolabel", "--seed", "seed of the calibration folds")] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Label the unlabeled samples (pseudolabels.parquet), with calibrated confidence and soft labels."""
     from labelkit.stages import pseudolabel as stage
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
     cfg = ctx.config("pseudolabel", method=method, threshold_rule=threshold_rule, threshold=threshold, k=k, alpha=alpha, gamma=gamma,
                      one_way_weight=one_way_weight, reach_prior=reach_prior, refine=refine, weights=weights, top_k=top_k, sharpen=sharpen,
                      calibration_folds=calibration_folds, calibration_samples=calibration_samples, clean_seeds=clean_seeds,
@@ -274,12 +310,12 @@ def detect_noise(
     fail_above: Annotated[Optional[float], opt("detect-noise", "--fail-above", "exit with code 3 when the label-issue rate is above this fraction (for CI)")] = None,
     export_review: Annotated[Optional[str], opt("detect-noise", "--export-review", "write a CSV review queue for annotators, most useful first")] = None,
     device: Annotated[Optional[str], opt("detect-noise", "--device", DEVICE_HELP)] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Find and rank likely label errors (label_issues.parquet); --fail-above gates CI."""
     from labelkit.stages import detect_noise as stage
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
     cfg = ctx.config("detect-noise", probs=probs, pred_probs=pred_probs, renormalize=renormalize, filter_by=filter_by, rank_by=rank_by, folds=folds, k=k, seed=seed,
                      dynamics=dynamics, dynamics_file=dynamics_file, fail_above=fail_above, export_review=export_review, device=device)
     emit(ctx, stage.run(ctx.run_context(), cfg, force=force), strict)
@@ -310,12 +346,12 @@ def distill(
     onnx: Annotated[Optional[bool], opt("distill", "--onnx/--no-onnx", "also export student/model.onnx")] = None,
     seed: Annotated[Optional[int], opt("distill", "--seed", "random seed")] = None,
     device: Annotated[Optional[str], opt("distill", "--device", DEVICE_HELP)] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Train a student on the cleaned labels plus the pseudo-labels (student/)."""
     from labelkit.stages import distill as stage
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
     cfg = ctx.config("distill", student=student, image_size=image_size, keep_issues=keep_issues, use_pseudolabels=use_pseudolabels, pseudolabels=pseudolabels, soft=soft,
                      confidence_weighting=confidence_weighting, epochs=epochs, batch_size=batch_size, temperature=temperature, rounds=rounds, vat=vat,
                      fixmatch=fixmatch, fixmatch_threshold=fixmatch_threshold, fixmatch_rule=fixmatch_rule, label_filter=label_filter, ema=ema, folds=folds, refit_teacher=refit_teacher, onnx=onnx, seed=seed, device=device)
@@ -330,12 +366,12 @@ def predict(
     batch_size: Annotated[Optional[int], opt("predict", "--batch-size", "rows per forward pass")] = None,
     device: Annotated[Optional[str], opt("predict", "--device", DEVICE_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="workspace folder for the predictions [default: DATA/.labelkit; for a file DATA: <file>.labelkit beside it]")] = None,
-    config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False,
+    config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Apply a student to new data: embed it as the student expects, write predictions.parquet."""
     from labelkit.stages import predict as stage
 
-    ctx = Context(data, out, config, None, json_out)
+    ctx = Context(data, out, config, None, json_out, wait=not no_wait)
     cfg = ctx.config("predict", top_k=top_k, batch_size=batch_size, device=device)
     emit(ctx, stage.run(model_dir, ctx.run_context(), cfg), strict)
 
@@ -344,12 +380,12 @@ def predict(
 def report(
     data: DataArg,
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open report.html in a browser when done")] = False,
-    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Write report.html: one self-contained page with plots and galleries of every artifact."""
     from labelkit.stages import report as stage
 
-    ctx = Context(data, out, config, None, json_out)
+    ctx = Context(data, out, config, None, json_out, wait=not no_wait)
     res = stage.run(ctx.run_context(), ctx.config("report"), force=True)
     show(ctx, res)
     if open_browser:
@@ -367,7 +403,7 @@ def run(
     model: Annotated[Optional[str], opt("embed", "--model", "the embed stage's backend, as in 'labelkit embed --model' (same as --set embed.model=...)")] = None,
     device: Annotated[Optional[str], opt("embed", "--device", f"{DEVICE_HELP}, for every stage with a device (embed, detect-noise, distill)")] = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", metavar="STAGE.KEY=VALUE", help="one stage option, checked as in a --config file and overriding it; VALUE is read as TOML (0.9, true, \"a b\"), else as text; repeatable, e.g. --set pseudolabel.threshold=0.9")] = None,
-    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False,
+    out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
     """Run the whole pipeline in order, each stage skipped when up to date; options via --config and --set."""
     from labelkit import render
@@ -379,7 +415,7 @@ def run(
     for name in pipeline.ORDER if device is not None else []:
         if "device" in STAGE_CONFIGS[name].model_fields:
             given[name, "device"] = (device, "--device")
-    ctx = Context(data, out, config, classes, json_out, given)
+    ctx = Context(data, out, config, classes, json_out, given, wait=not no_wait)
     ctx.check([*pipeline.ORDER, *ctx.file_config])  # every stage's config, before the first one runs
     results = pipeline.run_pipeline(ctx.run_context(), start=start, until=until, force=force)
     if json_out:
@@ -397,7 +433,7 @@ def status(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes:
     from labelkit import render
     from labelkit.stages import pipeline
 
-    ctx = Context(data, out, config, classes, json_out)
+    ctx = Context(data, out, config, classes, json_out, lock=False)  # reads without the lock
     rows = pipeline.status(ctx.run_context())
     if json_out:
         sys.stdout.write(json.dumps({"stages": [r.__dict__ for r in rows]}) + "\n")
