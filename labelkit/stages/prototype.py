@@ -11,7 +11,7 @@ from labelkit import artifacts, health, prototypes
 from labelkit.config import PrototypeConfig
 from labelkit.errors import BadInputError
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
 
 STAGE = "prototype"
@@ -53,6 +53,7 @@ def _build(ctx: RunContext, cfg: PrototypeConfig, samples) -> dict[str, Any]:
             "so it kept them all: the embedding, not the labels, is the likelier cause",
             "check the embedder's score in the embed summary; try another --model",
         )] if summary["clean_stood_down"] else health.dropped(b.n_dropped, n_labeled, by="prototype cleaning", option="--no-clean"))
+    summary["warnings"] = input_warnings(samples, summary["warnings"])
     _write(ws, b.protos, a.classes, cfg, summary)
     return summary
 

@@ -26,7 +26,7 @@ from labelkit import thresholds
 from labelkit.config import PseudolabelConfig
 from labelkit.errors import BadInputError
 from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, now, prepare_samples, stale_reason, up_to_date
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason, up_to_date
 from labelkit.stages._inputs import aligned, class_embeddings
 from labelkit.stages._knn import knn_graph
 from labelkit.stages.prototype import build_prototypes, read_prototypes
@@ -102,6 +102,7 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
         + health.dropped(summary["n_seeds_dropped"], n_labeled, by="seed cleaning", option="--no-clean-seeds")
         + health.none_accepted(summary["n_accepted"], summary["n_unlabeled"])
     )
+    summary["warnings"] = input_warnings(samples, summary["warnings"])
     table = _table(a, r, rows, accepted)
     del r
     meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model")}

@@ -185,8 +185,6 @@ def test_an_image_over_pillows_limit_is_skipped_as_too_large(runner, huge_png, m
     assert "6 embedded" in r.stderr and "1 skipped" in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="embed.py _largest_side opens images with a bare Image.open (DecompressionBombError); "
-                                        "use labelkit.embedders.base.image_size there (issue 14)")
 def test_model_auto_skips_an_image_over_pillows_limit(runner, huge_png, one_torch_thread):
     r = runner.invoke(app, ["embed", str(huge_png), "--model", "auto"])
     _clean(r)

@@ -15,6 +15,7 @@ from tests.conftest import write_csv
 def _embed(runner, data, *extra):
     r = runner.invoke(app, ["embed", str(data), "--json", *extra])
     assert r.exit_code == 0, r.output
+    assert "Loading weights" not in r.stderr and "it/s]" not in r.stderr  # no third-party tqdm bars (issue 13)
     return json.loads(r.stdout)
 
 
