@@ -158,9 +158,9 @@ class Context:
     """What every stage command resolves first: the workspace, the config (file, then --set), the dataset options."""
 
     def __init__(self, data: Path, out: Path | None, config: Path | None, classes: str | None, json_out: bool,
-                 sets: dict[tuple[str, str], tuple[Any, str]] | None = None, *, wait: bool = True, lock: bool = True):
+                 sets: dict[tuple[str, str], tuple[Any, str]] | None = None, *, wait: bool = True, lock: bool = True, what: str = "the artifacts"):
         self.ws = Workspace.open(data, out)
-        self.wait, self.lock = wait, lock  # the workspace lock, taken by run_context: after every check, held to the end
+        self.wait, self.lock, self.what = wait, lock, what  # the workspace lock, taken by run_context: after every check, held to the end
         self.file_config = copy.deepcopy(load_config_file(config))
         # Where each value came from, for error messages; the command line wins over the file.
         self.origins = {(s, k): str(config) for s, body in self.file_config.items() for k in body}
@@ -187,7 +187,7 @@ class Context:
 
         held = _HELD.get()
         if self.lock and held is not None and not self.ws.locked:
-            held.enter_context(self.ws.lock(wait=self.wait, on_wait=_waiting))
+            held.enter_context(self.ws.lock(wait=self.wait, on_wait=_waiting, what=self.what))
             drop_damaged_artifacts(self.ws)  # a truncated artifact is rebuilt by its stage, never a traceback
         return RunContext(self.ws, self.dcfg, self.file_config, self.progress)
 
@@ -371,7 +371,7 @@ def predict(
     """Apply a student to new data: embed it as the student expects, write predictions.parquet."""
     from labelkit.stages import predict as stage
 
-    ctx = Context(data, out, config, None, json_out, wait=not no_wait)
+    ctx = Context(data, out, config, None, json_out, wait=not no_wait, what="the predictions")
     cfg = ctx.config("predict", top_k=top_k, batch_size=batch_size, device=device)
     emit(ctx, stage.run(model_dir, ctx.run_context(), cfg), strict)
 

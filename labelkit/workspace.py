@@ -176,14 +176,11 @@ def _warn(message: str) -> None:
 
 
 def _check_out(out: Path, *, given: bool) -> Path:
-    """The workspace folder ``out``, if it is or can become a folder: a file there or in the way is a BadInputError."""
+    """The workspace folder ``out``, unless a file is there (a file in the way is found when the lock makes the folder)."""
     name = f"--out {out}" if given else f"workspace {out}"
     try:
-        for p in (out, *out.parents):
-            if p.exists():
-                if not p.is_dir():
-                    raise BadInputError(f"{name}: {'it' if p == out else p} is a file, not a folder; give a folder for the artifacts")
-                break
+        if out.exists() and not out.is_dir():
+            raise BadInputError(f"{name}: it is a file, not a folder; give a folder for the artifacts")
     except OSError as e:
         raise BadInputError(f"{name}: cannot use it ({_oserror(e)})") from None
     return out
@@ -234,7 +231,8 @@ class Workspace:
         return self._lock_depth > 0
 
     @contextlib.contextmanager
-    def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None) -> Iterator[None]:
+    def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None,
+             what: str = "the artifacts") -> Iterator[None]:
         """Hold ``OUT/.lock`` for the block: one writer per workspace at a time.
 
         Re-entrant within this Workspace object. Another process holding it makes this one wait,
@@ -252,18 +250,18 @@ class Workspace:
         import filelock
 
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
+            created = not self.out.exists()
             self._lock = self._lock or filelock.FileLock(self.path(LOCK))
             try:
-                self._lock.acquire(timeout=0)
+                self._acquire(timeout=0)
             except filelock.Timeout:
                 holder = _holder(self.path(LOCK_HOLDER))
                 if not wait:
                     raise WorkspaceBusyError(f"{self.out} is in use by {holder}; wait for it to finish, or rerun without --no-wait to wait") from None
                 (on_wait or _warn)(f"waiting for {holder} on {self.out} ...")
-                self._lock.acquire()
+                self._acquire(timeout=-1)
         except OSError as e:
-            raise BadInputError(f"{self.out}: cannot write the workspace there ({_oserror(e)}); give a writable folder with --out") from None
+            raise BadInputError(f"{self.out}: cannot create the workspace folder ({_oserror(e)}); pass --out DIR to write {what} elsewhere") from None
         self._lock_depth = 1
         try:
             with contextlib.suppress(OSError):  # the holder's name is a courtesy to waiters, never a reason to fail
@@ -275,7 +273,24 @@ class Workspace:
             self._lock_depth = 0
             with contextlib.suppress(OSError):
                 self.path(LOCK_HOLDER).unlink()
+            # A command that failed before writing anything leaves no workspace behind (nothing
+            # written), when it made the folder itself and nothing but the lock is in it.
+            bare = created and [q.name for q in self.out.iterdir()] == [LOCK]
+            with contextlib.suppress(OSError):
+                if bare:
+                    self.path(LOCK).unlink()
+                    self.out.rmdir()
             self._lock.release()
+
+    def _acquire(self, timeout: float) -> None:
+        for _ in range(100):
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock.acquire(timeout=timeout)
+                return
+            except FileNotFoundError:
+                continue  # the holder removed a workspace it had made and left empty: make it again
+        raise FileNotFoundError(2, "No such file or directory", str(self.path(LOCK)))
 
     # -- manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

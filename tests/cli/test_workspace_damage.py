@@ -240,7 +240,7 @@ def test_out_on_a_regular_file(runner, vectors, tmp_path):
     assert one_error(r) == f"error: --out {f}: it is a file, not a folder; give a folder for the artifacts"
     assert f.read_text() == "keep me"
     r = runner.invoke(app, ["run", str(vectors), "--out", str(f / "ws")])
-    assert one_error(r) == f"error: --out {f / 'ws'}: {f} is a file, not a folder; give a folder for the artifacts"
+    assert one_error(r) == f"error: {f / 'ws'}: cannot create the workspace folder (Not a directory); pass --out DIR to write the artifacts elsewhere"
     assert not ws(vectors).exists()
 
 
@@ -251,7 +251,7 @@ def test_out_on_a_read_only_folder(runner, vectors, tmp_path):
     ro.chmod(0o500)
     try:
         r = runner.invoke(app, ["embed", str(vectors), "--out", str(ro)])
-        assert one_error(r) == f"error: {ro}: cannot write the workspace there (Permission denied); give a writable folder with --out"
+        assert one_error(r) == f"error: {ro}: cannot create the workspace folder (Permission denied); pass --out DIR to write the artifacts elsewhere"
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o700)

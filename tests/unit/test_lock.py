@@ -38,6 +38,7 @@ def hold(data: Path) -> subprocess.Popen:
 
 def test_lock_is_reentrant_and_leaves_only_the_lock_file(tmp_path):
     ws = Workspace.open(tmp_path)
+    ws.out.mkdir()
     with ws.lock():
         assert ws.locked
         with ws.lock(wait=False):  # the same Workspace object: re-entrant (run holds one lock across stages)
@@ -47,6 +48,16 @@ def test_lock_is_reentrant_and_leaves_only_the_lock_file(tmp_path):
         assert holder["pid"] == os.getpid() and holder["started"]
     assert not ws.locked
     assert sorted(p.name for p in ws.out.iterdir()) == [LOCK]  # the holder's sidecar goes with the lock
+
+
+def test_a_workspace_the_lock_made_and_nothing_wrote_is_removed(tmp_path):
+    ws = Workspace.open(tmp_path)
+    with ws.lock():
+        assert ws.out.is_dir()
+    assert not ws.out.exists()  # a command that failed before writing leaves nothing behind
+    with ws.lock():
+        ws.path("manifest.json").write_text("{}")
+    assert sorted(p.name for p in ws.out.iterdir()) == [LOCK, "manifest.json"]
 
 
 def test_second_holder_in_another_object_is_refused_without_waiting(tmp_path):
@@ -100,7 +111,7 @@ def test_lock_of_a_process_killed_with_sigkill_is_taken_over(tmp_path):
 def test_lock_on_an_unwritable_workspace_is_one_line(tmp_path):
     (tmp_path / "blocker").write_text("a file where the workspace folder would go")
     ws = Workspace(data=tmp_path, out=tmp_path / "blocker" / "ws")
-    with pytest.raises(Exception, match=r"cannot write the workspace there \(.*\); give a writable folder with --out") as e:
+    with pytest.raises(Exception, match=r"ws: cannot create the workspace folder \(Not a directory\); pass --out DIR to write the artifacts elsewhere") as e:
         with ws.lock():
             pass
     assert type(e.value).__name__ == "BadInputError"
