@@ -71,7 +71,8 @@ def test_report_of_embeddings_only_shows_placeholders_and_runs_no_stage(runner, 
     assert out["missing"] == ["prototypes", "pseudolabels", "pseudo_gallery", "noise", "issues", "outliers", "student"]
     assert out["projection"] == {"method": "t-SNE", "fallback": None, "points": 1797, "seconds": pytest.approx(out["projection"]["seconds"])}
     assert out["path"] == str(ws / "report.html")
-    assert sorted(p.name for p in ws.iterdir()) == ["embeddings.arrow", "embeddings.parquet", "manifest.json", "report.html", "samples.parquet"]
+    # Dot files (the workspace lock) aside, the report added report.html and its manifest entry only.
+    assert sorted(p.name for p in ws.iterdir() if not p.name.startswith(".")) == ["embeddings.arrow", "embeddings.parquet", "manifest.json", "report.html", "samples.parquet"]
     doc = (ws / "report.html").read_text(encoding="utf-8")
     assert f"run <code>labelkit prototype {data}</code>" in doc
     assert f"run <code>labelkit detect-noise {data}</code>" in doc
@@ -214,6 +215,34 @@ def test_report_renders_in_headless_chromium_without_console_errors(runner, pipe
     im = Image.open(io.BytesIO(png)).convert("RGB")
     assert im.size == (1280, 2400)
     assert len(im.getcolors(maxcolors=1 << 20) or range(1 << 20)) > 100  # charts and colours, not a blank page
+
+
+def test_issue_table_filter_hides_the_other_classes_in_chromium(runner, pipeline_done, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    data, _ = pipeline_done
+    r = runner.invoke(app, ["report", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = Path(json.loads(r.stdout)["path"]).read_text(encoding="utf-8")
+    rows = re.findall(r'<tr data-given="([^"]*)" data-type="[^"]*">', re.search(r'id="issue-table">(.*?)</table>', doc).group(1))
+    pick = rows[0]
+    assert len(set(rows)) > 1  # else the filter would hide nothing and the test could not fail
+    # A user picking the first given label in the table's menu, scripted after the page's own script.
+    act = ("<script>var s = document.querySelector('select[data-filter=\"issue-table\"][data-col=\"given\"]');"
+           f"s.value = '{pick}'; s.dispatchEvent(new Event('change'));</script></body>")
+    page = tmp_path / "report.html"
+    page.write_text(doc.replace("</body>", act), encoding="utf-8")
+    out, err = tmp_path / "dom.html", tmp_path / "chromium.log"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
+    with out.open("w") as fo, err.open("w") as fe:
+        subprocess.run(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    table = re.search(r'id="issue-table">(.*?)</table>', out.read_text(errors="replace"), re.S).group(1)
+    shown = re.findall(r'<tr data-given="([^"]*)" data-type="[^"]*">', table)
+    hidden = re.findall(r'<tr data-given="([^"]*)" data-type="[^"]*" hidden="">', table)
+    assert shown == [g for g in rows if g == pick] and len(shown) + len(hidden) == len(rows)
+    assert set(hidden) == set(rows) - {pick}
+    assert f'id="issue-table-count">{len(shown)}</b>' in out.read_text(errors="replace")
 
 
 def _set_summary(path: Path, **changes) -> None:
