@@ -127,6 +127,14 @@ class DetectNoiseConfig(StageConfig):
     device: str = "auto"
     fail_above: float | None = Field(None, ge=0, le=1, description="exit 3 when the estimated label-issue rate is above this")
     export_review: str | None = Field(None, description="write a CSV review queue here, most useful first")
+
+    @field_validator("export_review")
+    @classmethod
+    def _review_is_a_file(cls, v: str | None) -> str | None:
+        # Checked before anything runs: a folder here used to be found only after label_issues.parquet was written.
+        if v is not None and Path(v).is_dir():
+            raise ValueError("is a folder; give a file name for the CSV review queue")
+        return v
     top: int = Field(10, ge=0, description="issues listed in the printed summary")
 
 

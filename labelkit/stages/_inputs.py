@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from labelkit import artifacts
 from labelkit.dataset import Samples
@@ -40,7 +39,7 @@ def class_embeddings(ws: Workspace, classes: list[str]) -> np.ndarray | None:
     path = ws.path(artifacts.CLASS_EMBEDDINGS)
     if not path.exists():
         return None
-    t = pq.read_table(path)
+    t = artifacts.read_table(path)
     names = t.column("class").to_pylist()
     if sorted(names) != sorted(classes):
         return None  # made for another class list; embed --force refreshes it

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from labelkit import artifacts
 from labelkit._progress import NULL, Progress
@@ -23,7 +22,7 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     params_fp = text_fingerprint(str(k), method)
     path = ws.path(artifacts.KNN)
     if ws.staleness(RECORD, params_fp, {artifacts.EMBEDDINGS: emb_fp}) is None:
-        t = pq.read_table(path)
+        t = artifacts.read_table(path)
         idx = t.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, k)
         sims = t.column("similarities").combine_chunks().flatten().to_numpy().reshape(-1, k)
         return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)

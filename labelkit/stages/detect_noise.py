@@ -275,7 +275,7 @@ def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartograp
     try:
         present = set(pq.read_schema(path).names)
         extra = [c for c in FILTER_COLUMNS if c in present]
-        dyn = pq.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo", *extra]).to_pandas()
+        dyn = artifacts.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo", *extra]).to_pandas()
     except (OSError, KeyError, pa.ArrowInvalid) as e:
         raise BadInputError(f"--dynamics {path}: cannot read id, label, confidence, variability, is_pseudo ({e})") from None
     dyn = dyn[~dyn["is_pseudo"].astype(bool)].assign(id=lambda d: d["id"].astype(str)).drop_duplicates("id").set_index("id")
@@ -441,7 +441,7 @@ def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, c
 def _apply_gates(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, res: StageResult) -> None:
     """--export-review writes the review queue; --fail-above sets the CI exit code."""
     if cfg.export_review:
-        issues = pq.read_table(ctx.ws.path(artifacts.LABEL_ISSUES)).to_pandas()
+        issues = artifacts.read_table(ctx.ws.path(artifacts.LABEL_ISSUES)).to_pandas()
         queue = issues[issues["is_issue"]].merge(samples.table[["id", "source"]], on="id", how="left")
         buf = io.StringIO()
         queue[["rank", "id", "source", "given_label", "suggested_label", "label_quality", "issue_type"]].to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)

@@ -141,7 +141,7 @@ class TrainingSet:
 
 def _issue_ids(ctx: RunContext) -> set[str]:
     path = artifacts.require(ctx.ws.path(artifacts.LABEL_ISSUES), f"labelkit detect-noise {ctx.ws.data}")
-    t = pq.read_table(path, columns=["id", "is_issue"]).to_pandas()
+    t = artifacts.read_table(path, columns=["id", "is_issue"]).to_pandas()
     return set(t.loc[t["is_issue"].astype(bool), "id"].astype(str))
 
 
@@ -169,7 +169,7 @@ def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pa.Table, dict[str
         missing = [c for c in cols if c not in names]
         if missing:
             raise BadInputError(f"{path.name}: missing column '{missing[0]}'; rerun 'labelkit pseudolabel {ctx.ws.data} --force'")
-        t = pq.read_table(path, columns=[c for c in cols if c != "label"])  # the label is top_labels[0]: not read
+        t = artifacts.read_table(path, columns=[c for c in cols if c != "label"])  # the label is top_labels[0]: not read
     except (OSError, pa.ArrowInvalid) as e:
         raise BadInputError(f"{path.name}: cannot read ({e}); rerun 'labelkit pseudolabel {ctx.ws.data} --force'") from None
     return t, artifacts.read_metadata(path)

@@ -148,9 +148,8 @@ def _write(ws, protos, classes, cfg, summary) -> None:
 
 def read_prototypes(ws, classes: list[str]):
     """prototypes.parquet back into a :class:`labelkit.prototypes.Prototypes`."""
-    import pyarrow.parquet as pq
 
-    t = pq.read_table(artifacts.require(ws.path(artifacts.PROTOTYPES), f"labelkit prototype {ws.data}"))
+    t = artifacts.read_table(artifacts.require(ws.path(artifacts.PROTOTYPES), f"labelkit prototype {ws.data}"))
     index = {c: i for i, c in enumerate(classes)}
     cls = np.array([index[c] for c in t.column("class").to_pylist()], dtype=np.int64)
     vecs = np.asarray(t.column("vector").to_pylist(), dtype=np.float32)

@@ -152,7 +152,7 @@ def build_sections(ws: Workspace, cfg: ReportConfig, have: dict[str, bool]) -> l
 
 def _read_issues(ws: Workspace) -> pd.DataFrame:
     cols = ["id", "given_label", "suggested_label", "label_quality", "is_issue", "issue_type", "rank"]
-    df = pq.read_table(ws.path(artifacts.LABEL_ISSUES), columns=cols).to_pandas()
+    df = artifacts.read_table(ws.path(artifacts.LABEL_ISSUES), columns=cols).to_pandas()
     return df.sort_values("rank", kind="stable").reset_index(drop=True)
 
 
@@ -214,7 +214,7 @@ def _map(ws: Workspace, cfg: ReportConfig, samples: pd.DataFrame, classes: list[
 
 def _prototypes(ws: Workspace, classes: list[str]) -> rep.Section:
     path = ws.path(artifacts.PROTOTYPES)
-    t = pq.read_table(path, columns=["class", "support", "kind"]).to_pandas()
+    t = artifacts.read_table(path, columns=["class", "support", "kind"]).to_pandas()
     meta = artifacts.read_metadata(path)
     names = classes + sorted(set(t["class"].astype(str)) - set(classes))
     support = t.groupby("class")["support"].sum().reindex(names, fill_value=0).to_numpy()
@@ -233,7 +233,7 @@ def _prototypes(ws: Workspace, classes: list[str]) -> rep.Section:
 
 def _pseudolabels(ws: Workspace, classes: list[str]) -> rep.Section:
     path = ws.path(artifacts.PSEUDOLABELS)
-    t = pq.read_table(path, columns=["label", "confidence", "accepted"]).to_pandas()
+    t = artifacts.read_table(path, columns=["label", "confidence", "accepted"]).to_pandas()
     meta = artifacts.read_metadata(path)
     params, summ = meta.get("params") or {}, meta.get("summary") or {}
     conf = t["confidence"].to_numpy(dtype=np.float64)
@@ -387,7 +387,7 @@ def _embedder(ws: Workspace) -> rep.Section:
 def _pseudo_gallery(ws: Workspace, classes: list[str], previews: _Previews) -> rep.Section:
     path = ws.path(artifacts.PSEUDOLABELS)
     names = pq.read_schema(path).names
-    t = pq.read_table(path, columns=["id", "label", "confidence", "accepted"] + (["reason"] if "reason" in names else [])).to_pandas()
+    t = artifacts.read_table(path, columns=["id", "label", "confidence", "accepted"] + (["reason"] if "reason" in names else [])).to_pandas()
     names_all = classes + sorted(set(t["label"].astype(str)) - set(classes))
     codes = _label_codes(t["label"], names_all)
     ex = samples_html.pick_pseudolabel_examples(codes, t["confidence"].to_numpy(), t["accepted"].to_numpy(bool), n_classes=len(names_all), k=PSEUDO_EXAMPLES)

@@ -260,9 +260,14 @@ def test_out_on_a_read_only_folder(runner, vectors, tmp_path):
 def test_export_review_given_a_folder(runner, ran, tmp_path):
     folder = tmp_path / "review"
     folder.mkdir()
+    issues = ran / ".labelkit" / "label_issues.parquet"
+    before = issues.stat().st_mtime_ns if issues.exists() else None
     r = runner.invoke(app, ["detect-noise", str(ran), "--probs", "knn", "--export-review", str(folder)])
-    assert one_error(r) == f"error: {folder}: is a folder; give a file name"
+    # Checked up front, as a bad option value (exit 2), before anything runs or is written.
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: --export-review: is a folder; give a file name for the CSV review queue. Got '{folder}' instead."
     assert list(folder.iterdir()) == []
+    assert (issues.stat().st_mtime_ns if issues.exists() else None) == before
 
 
 def test_config_given_a_folder_or_latin_1(runner, vectors, tmp_path):
