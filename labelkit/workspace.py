@@ -230,6 +230,15 @@ class Workspace:
         """Whether this Workspace object holds its lock now."""
         return self._lock_depth > 0
 
+    def _remove_orphan_temps(self) -> None:
+        """Delete the temporary files of atomic writes whose process was killed (SIGKILL skips the
+        cleanup): with the lock held no other writer can own one, and each may be artifact-sized."""
+        if not self.out.is_dir():
+            return
+        for tmp in self.out.rglob(".*.tmp"):  # also in student/ and embeddings.parts/<fingerprint>/
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     @contextlib.contextmanager
     def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None, command: str | None = None,
              what: str = "the artifacts") -> Iterator[None]:
@@ -264,6 +273,7 @@ class Workspace:
             raise BadInputError(f"{self.out}: cannot create the workspace folder ({_oserror(e)}); pass --out DIR to write {what} elsewhere") from None
         self._lock_depth = 1
         try:
+            self._remove_orphan_temps()
             with contextlib.suppress(OSError):  # the holder's name is a courtesy to waiters, never a reason to fail
                 info = {"pid": os.getpid(), "command": command or " ".join(["labelkit", *sys.argv[1:]]), "started": time.strftime("%H:%M:%S")}
                 with atomic_write(self.path(LOCK_HOLDER), "w") as f:

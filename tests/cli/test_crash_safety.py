@@ -397,8 +397,6 @@ def test_a_stage_killed_while_writing_its_result_reruns_to_the_same_outputs(refe
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="a killed atomic write leaves its .NAME.*.tmp beside the artifact and no later run removes it "
-                          "(reported in issue 14)", strict=False)
 @pytest.mark.parametrize("stage", ["embed", "prototype"])
 def test_no_temporary_file_of_a_killed_write_outlives_the_rerun(reference, tmp_path, stage):
     kill, ws, _, _ = killed_then_rerun(reference, tmp_path, stage, marker="write")

@@ -115,3 +115,16 @@ def test_lock_on_an_unwritable_workspace_is_one_line(tmp_path):
         with ws.lock():
             pass
     assert type(e.value).__name__ == "BadInputError"
+
+
+def test_taking_the_lock_removes_temporary_files_of_killed_writes(tmp_path):
+    # A SIGKILLed atomic write leaves '.NAME.*.tmp' behind; the next holder removes it (issue 14).
+    ws = Workspace.open(tmp_path, None)
+    (ws.out / "student").mkdir(parents=True)
+    orphans = [ws.out / ".prototypes.parquet.abc123.tmp", ws.out / "student" / ".model.safetensors.x.tmp"]
+    for p in orphans:
+        p.write_bytes(b"half")
+    (ws.out / "prototypes.parquet.tmp-not-ours").write_bytes(b"kept")
+    with ws.lock(wait=False):
+        assert not any(p.exists() for p in orphans)
+    assert (ws.out / "prototypes.parquet.tmp-not-ours").exists()
