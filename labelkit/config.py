@@ -119,7 +119,7 @@ class DetectNoiseConfig(StageConfig):
     k: int = Field(10, ge=1, description="neighbours in the kNN graph")
     duplicate_threshold: float = Field(0.98, gt=0, le=1, description="cosine similarity above which two samples are near-duplicates")
     outlier_cut: float = Field(3.5, gt=0, description="robust z-score (median/MAD) of kNN distance above which a sample is an outlier")
-    weak_accuracy: float = Field(0.8, ge=0, le=1, description="labelkit's own out-of-sample probabilities are weak evidence when their accuracy on the given labels is below this (or the estimated noise rate is above 30%): then only the top --review-budget of the label flags stay is_issue, the rest stay ranked")
+    min_consensus: float = Field(0.5, ge=0, le=1, description="a label flag of the chosen probabilities is confirmed when a second model family (linear probe vs kNN vote) flags it too; when fewer than this share are confirmed, the evidence is weak: only confirmed flags, at most review_budget of them, stay is_issue, the rest stay ranked")
     review_budget: float = Field(0.05, gt=0, le=1, description="under weak evidence: the share of the labeled samples that may be flagged as label issues (the most likely first)")
     dynamics: bool = Field(False, description="second pass after distill: add the student's training dynamics (dataset cartography) as evidence")
     dynamics_file: str | None = Field(None, description="dynamics.parquet to read (implies dynamics) [default: WORKSPACE/student/dynamics.parquet]")
