@@ -73,11 +73,12 @@ in 0.1-1 s):
 Writing the DATA folders is a one-time cost too: the 10,000 CIFAR JPEGs took 205 s to unpack on
 this machine's file system (about 20 ms a file), MNIST's 10,000 PNGs about 1 s.
 
-Known labelkit bug this script works around (2026-12-07, uncommitted embed-choice work): a second
+A labelkit bug this script worked around (2026-12-07, in the embed-choice work then in progress;
+gone from the tree by 01:00 that day, when auto reruns reused every vector): a second
 ``labelkit embed DATA`` with ``--model auto`` on a workspace whose embeddings.parquet already
-holds the scoring sample's ids fails with ``InvalidIndexError: Reindexing only valid with
+held the scoring sample's ids failed with ``InvalidIndexError: Reindexing only valid with
 uniquely valued Index objects`` (stages/embed.py ``_embed_with_model``: the scoring sample's
-ids are appended to ``done_ids`` while ``old_ids`` holds them too). The script then reruns embed
+ids were appended to ``done_ids`` while ``old_ids`` held them too). The script then reruns embed
 with ``--model <what the first run chose>`` and marks the row ``[pinned: auto failed]``; the
 JSON keeps the error (``embed_pinned``). Once fixed, every run is auto again.
 Threads: ``--threads 1`` (default) limits torch and BLAS to one thread (the machine is shared;
