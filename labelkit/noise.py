@@ -237,9 +237,10 @@ def _score_chunk(method: ScoreMethod, y, pr, selfconf) -> np.ndarray:
         best_other = others.max(axis=1) if pr.shape[1] > 1 else np.zeros_like(selfconf)
         return (selfconf - best_other + 1) / 2
     # confidence-weighted entropy: log(1 + H/p_y) / (H/p_y), H the normalised entropy
+    from scipy.special import xlogy  # p log p with 0 log 0 = 0, computed as the reference computes it (to the ulp)
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        logp = np.log(pr.astype(np.float64)).astype(pr.dtype)
-        plogp = np.where(pr > 0, pr * logp, 0).astype(pr.dtype)
+        plogp = xlogy(pr, pr).astype(pr.dtype, copy=False)
         entropy = -np.sum(plogp, axis=1) / np.log(pr.shape[1])
         ratio = entropy / np.clip(selfconf, 1e-6, None)
         return np.log(ratio + 1) / np.clip(ratio, 1e-6, None)
