@@ -113,6 +113,9 @@ def _prototype(console: Console, res) -> None:
     kinds = ", ".join(f"{v} {k}" for k, v in s["kinds"].items())
     line(console, f"{s['n_prototypes']} prototypes ({kinds}) for {s['n_classes']} classes; "
          f"{s['n_dropped_unclean']} labeled samples dropped as unclean; {s['refine_iterations']} refinement iterations", head="prototype")
+    if s.get("clean_stood_down"):
+        line(console, f"  the clean check doubted {s['n_doubted_unclean']} labeled samples, too many to be wrong labels "
+             "rather than a hard embedding: it stood down and kept them all (--no-clean turns it off)")
     t = _table("per class", ("class", "prototypes", "support", "spread"))
     for r in s["per_class"][:30]:
         _row(t, r["class"], r["prototypes"], r["support"], "" if r["spread"] is None else f"{r['spread']:.3f}")
