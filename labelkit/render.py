@@ -73,6 +73,18 @@ def _embed(console: Console, res) -> None:
     s: dict[str, Any] = res.summary
     line(console, f"{s['n_embedded']} embedded, {s['n_reused']} reused, {s['n_skipped']} skipped "
          f"with {s['model']} ({s['dim']}-d) in {s.get('wall_time_s', 0)} s; wrote {', '.join(res.outputs)}", head="embed")
+    if s.get("n_changed"):
+        line(console, f"  {s['n_changed']} samples changed since the last run were embedded again")
+    choice = s.get("model_choice") or {}
+    scored = {k: v for k, v in (choice.get("scores") or {}).items() if v.get("score") is not None}
+    if scored:
+        line(console, f"  chose {choice['chosen']} by {choice['by']}: "
+             + ", ".join(f"{k} {v['score']:.3f}" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]["score"])))
+    elif choice:
+        line(console, f"  chose {choice['chosen']}: {choice['by']}")
+    sep = s.get("separation")
+    if sep:
+        line(console, f"  labeled classes: leave-one-out {sep['k']}-NN accuracy {sep['knn_accuracy']:.3f} on {sep['n']} samples (chance {sep['chance']:.3f})")
     for sid in s.get("skipped_ids", []):
         line(console, f"  skipped {sid}: {s.get('skip_errors', {}).get(sid, 'unreadable')}")
     if s.get("n_skipped", 0) > len(s.get("skipped_ids", [])):
