@@ -48,7 +48,7 @@ samples (labelkit's ``rank``, cleanlab's label-quality order); the embedder the 
 ``warnings`` (counted per run, codes kept in the JSON).
 
 ``--validated``: the full CIFAR-10 (10,000, embedded with efficientnet-lite0 unless
-``--embed-model`` says otherwise: auto picks pixels for 32 px images), MNIST (10,000) and
+``--embed-model`` says otherwise: pinned so that the row does not depend on the labels auto scores; auto picks it too), MNIST (10,000) and
 20 Newsgroups (7,532) test sets, every sample labeled with its original label and no injected
 noise; reported: label issues flagged, the human-validated label errors (Northcutt et al. 2021,
 cleanlab-label-errors/validated_label_errors.json: 54 / 15 / 82) found, found / flagged among
