@@ -301,7 +301,7 @@ class Calibration:
 
 
 def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int, *, n_folds: int = 5, seed: int = 0,
-              max_samples: int | None = None) -> Calibration:
+              max_samples: int | None = None, alternatives: list[dict[str, float]] | None = None) -> Calibration:
     """Held-out temperature scaling of a weighted mixture of scores, by stratified K-fold.
 
     For each fold ``f`` of the labeled samples, ``score(train, rows)`` is called with
@@ -326,6 +326,10 @@ def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int,
     max_samples : int, optional
         Stop scoring folds once this many held-out samples are scored (whole folds, at least
         one); None scores every fold, which every labeled sample's out-of-fold score needs.
+    alternatives : list of dict of str to float, optional
+        Other mixture weights over the same score names; the one (``weights`` included) whose
+        cross-fitted held-out probabilities have the lowest negative log-likelihood is kept
+        (``Calibration.weights`` says which).
 
     Returns
     -------
@@ -350,10 +354,10 @@ def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int,
         raise BadInputError(f"'score' must be callable. Got {type(score).__name__} instead.")
     if max_samples is not None and max_samples < 1:
         raise BadInputError(f"'max_samples' must be >= 1 or None. Got {max_samples!r} instead.")
-    return _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples)
+    return _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives or [])
 
 
-def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples) -> Calibration:
+def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives=()) -> Calibration:
     k = n_classes
     enough = n_folds >= 2 and (labels >= 0).sum() >= 2
     fold = _folds(labels, n_folds, seed) if enough else np.full(labels.shape, -1)
@@ -375,14 +379,27 @@ def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_sample
     cal = np.flatnonzero(eligible)
     y = labels[rows]
     logs = {n: log_probs(h) for n, h in held.items()}
-    temps, t = _fit_combination({n: z[cal] for n, z in logs.items()}, y[cal], weights, k)
     # Cross-fitting: each group is scaled by a fit on the others (two halves of a single fold).
     group = fold[rows] if len(chosen) >= 2 else np.arange(rows.size) % 2
-    oof = np.zeros((rows.size, k))
-    for g in np.unique(group):
-        sel, fit = group == g, cal[group[cal] != g]
-        temps_g, t_g = _fit_combination({n: z[fit] for n, z in logs.items()}, y[fit], weights, k)
-        oof[sel] = _apply({n: z[sel] for n, z in logs.items()}, temps_g, t_g, weights)
+
+    def crossfit(w):
+        oof = np.zeros((rows.size, k))
+        for g in np.unique(group):
+            sel, fit = group == g, cal[group[cal] != g]
+            temps_g, t_g = _fit_combination({n: z[fit] for n, z in logs.items()}, y[fit], w, k)
+            oof[sel] = _apply({n: z[sel] for n, z in logs.items()}, temps_g, t_g, w)
+        return oof
+
+    oof = crossfit(weights)
+    if alternatives and cal.size:
+        # Mixture weights chosen like the temperatures: on held-out folds (cross-fitted NLL).
+        nll = -np.mean(np.log(np.maximum(oof[cal, y[cal]], 1e-12)))
+        for w in alternatives:
+            o = crossfit(w)
+            n = -np.mean(np.log(np.maximum(o[cal, y[cal]], 1e-12)))
+            if n < nll - 1e-9:
+                weights, oof, nll = dict(w), o, n
+    temps, t = _fit_combination({n: z[cal] for n, z in logs.items()}, y[cal], weights, k)
     ones = {n: 1.0 for n in logs}
     ece = _ece_impl(oof[cal], y[cal]) if cal.size else float("nan")
     ece_raw = _ece_impl(_combine({n: z[cal] for n, z in logs.items()}, ones, weights), y[cal]) if cal.size else float("nan")

@@ -84,6 +84,7 @@ class PseudolabelConfig(StageConfig):
     reach_prior: float = Field(0.1, ge=0, description="shrink samples that no label reaches toward uniform confidence (0 = off)")
     refine: bool = Field(True, description="second propagation round seeded by every sample's pseudo-label, weighted by its certainty")
     weights: tuple[float, float, float] = Field((1.0, 0.5, 0.0), description="ensemble weights of the propagation, prototype and kNN-vote scores")
+    probe_weights: tuple[float, ...] = Field((0.5, 1.0, 2.0), description="ensemble: weights to try for a linear softmax probe on the labeled samples as a fourth member; the held-out calibration folds keep the best (or none); empty = no probe")
     threshold_rule: Literal["fixed", "flexmatch", "top_per_class", "margin"] = Field("fixed", description="which rule accepts a pseudo-label")
     threshold: float = Field(0.95, ge=0, description="tau for fixed/flexmatch, N for top_per_class, minimum margin for margin")
     top_k: int = Field(3, ge=1, description="classes kept in the soft label")

@@ -19,7 +19,7 @@ from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.folds import stratified_folds
 
-__all__ = ["ProbeConfig", "cross_val_probs"]
+__all__ = ["ProbeConfig", "cross_val_probs", "probe_probs"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,29 @@ def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, config: ProbeCo
         return torch.softmax(((xq - mean) / std) @ w + b + mask, dim=1)
 
     return predict
+
+
+def probe_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, rows: np.ndarray | None = None, *,
+                config: ProbeConfig | None = None, max_train: int = 20000) -> np.ndarray:
+    """Class probabilities at ``rows`` (None = all) from the softmax probe fitted on the labeled rows
+    (at most ``max_train`` of them, drawn with a fixed seed), on the CPU.
+
+    Unchecked (callers validate): ``embeddings`` float32 (N, D), ``labels`` int64 (N,) with -1 for
+    unlabeled and at least one labeled row. Returns float32 (len(rows), n_classes).
+    """
+    labeled = np.flatnonzero(labels >= 0)
+    want = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    if labeled.size == 0:  # nothing to fit (zero-shot): no opinion
+        return np.full((want.size, n_classes), 1.0 / n_classes, dtype=np.float32)
+    if labeled.size > max_train:  # full-batch L-BFGS cost grows with the rows; a linear model needs far fewer
+        labeled = np.sort(np.random.default_rng(0).choice(labeled, max_train, replace=False))
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+    predict = _fit_probe(x[labeled], torch.from_numpy(labels[labeled].astype(np.int64)), n_classes, config or ProbeConfig())
+    out = np.empty((want.size, n_classes), dtype=np.float32)
+    with torch.no_grad():
+        for lo in range(0, want.size, 65536):
+            out[lo:lo + 65536] = predict(x[torch.from_numpy(want[lo:lo + 65536])]).numpy()
+    return out
 
 
 def cross_val_probs(

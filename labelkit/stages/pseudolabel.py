@@ -57,7 +57,7 @@ def run(ctx: RunContext, cfg: PseudolabelConfig, *, force: bool = False) -> Stag
 def _options(cfg: PseudolabelConfig) -> compute.PseudolabelOptions:
     return compute.PseudolabelOptions(
         method=cfg.method, n_neighbors=cfg.k, alpha=cfg.alpha, gamma=cfg.gamma, one_way_weight=cfg.one_way_weight,
-        reach_prior=cfg.reach_prior, refine=cfg.refine, weights=cfg.weights, threshold=cfg.threshold_rule,
+        reach_prior=cfg.reach_prior, refine=cfg.refine, weights=cfg.weights, probe_weights=cfg.probe_weights, threshold=cfg.threshold_rule,
         threshold_value=cfg.threshold, top_k=cfg.top_k, sharpen=cfg.sharpen, n_folds=cfg.calibration_folds,
         calibration_samples=cfg.calibration_samples or None, prior_correction=cfg.prior_correction, seed=cfg.seed,
     )
@@ -95,6 +95,7 @@ def _label(ctx: RunContext, cfg: PseudolabelConfig, samples) -> dict[str, Any]:
         "accepted_per_class": {c: int(n) for c, n in zip(a.classes, np.bincount(label[accepted], minlength=len(a.classes)))},
         "confidence_histogram": np.histogram(r.confidence[rows], bins=10, range=(0.0, 1.0))[0].tolist(),
         "priors": [round(float(v), 4) for v in r.priors],
+        "ensemble_weights": {k: round(float(v), 4) for k, v in (r.weights or {}).items()},
     }
     n_labeled = int((a.labels >= 0).sum())
     summary["warnings"] = (

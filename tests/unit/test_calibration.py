@@ -134,3 +134,23 @@ def test_calibrate_without_folds_is_the_identity():
     labels = np.array([0, 1, -1])
     c = cb.calibrate(labels, _score_from(np.zeros((3, 2))), {"s": 1.0}, 2, n_folds=0)
     assert c.temperatures == {"s": 1.0} and c.temperature == 1.0 and c.rows.size == 0 and np.isnan(c.ece)
+
+
+def test_calibrate_keeps_the_alternative_weights_with_the_lower_heldout_nll():
+    # 'good' is right 9 times in 10, 'noise' is uniform-ish at random: giving 'good' weight
+    # must win on the held-out folds; an alternative that weights 'noise' more must lose.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    pred = np.where(rng.random(labels.size) < 0.9, labels, (labels + 1) % 3)
+    good = np.full((labels.size, 3), 0.05)
+    good[np.arange(labels.size), pred] = 0.9
+    noise = rng.dirichlet(np.ones(3), size=labels.size)
+
+    def score(train, rows):
+        return {"noise": noise[rows], "good": good[rows]}
+
+    base = {"noise": 1.0, "good": 0.0}
+    c = cb.calibrate(labels, score, base, 3, n_folds=4, alternatives=[{"noise": 1.0, "good": 2.0}, {"noise": 2.0, "good": 0.0}])
+    assert c.weights == {"noise": 1.0, "good": 2.0}
+    kept = cb.calibrate(labels, score, {"noise": 0.0, "good": 1.0}, 3, n_folds=4, alternatives=[{"noise": 1.0, "good": 1.0}])
+    assert kept.weights == {"noise": 0.0, "good": 1.0}

@@ -84,3 +84,15 @@ def test_cross_val_probs_matches_logistic_regression_on_digits():
         ref[folds == f] = lr.predict_proba(xs[folds == f])
     assert np.mean(p.argmax(1) == ref.argmax(1)) > 0.99
     assert np.abs(p - ref).mean() < 0.005
+
+
+def test_probe_probs_fits_on_the_labeled_rows_and_has_no_opinion_without_any():
+    from labelkit.probe import probe_probs
+
+    x = np.array([[0.0, 1.0], [0.1, 1.0], [1.0, 0.0], [1.0, 0.1], [0.05, 1.0], [1.0, 0.05]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1, -1, -1])
+    p = probe_probs(x, y, 2, np.array([4, 5]))
+    assert p.shape == (2, 2) and p.argmax(axis=1).tolist() == [0, 1]
+    np.testing.assert_allclose(probe_probs(x, np.full(6, -1), 2), 0.5)
+    # The training cap draws a subset; predictions stay sensible.
+    assert probe_probs(x, y, 2, np.array([4, 5]), max_train=2).shape == (2, 2)
