@@ -57,6 +57,10 @@ def check_embeddings(embeddings, *, name: str = "embeddings") -> np.ndarray:
 
 def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    # Divide by each row's largest entry first: squaring entries near 1e20 overflows float32 and
+    # turned such vectors into all-zero ones (issue 14).
+    scale = np.max(np.abs(x), axis=-1, keepdims=True) if x.size else np.ones(x.shape[:-1] + (1,))
+    x = (x / np.where(scale > 0, scale, 1)).astype(np.float32, copy=False)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, eps)

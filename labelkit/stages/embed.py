@@ -224,7 +224,7 @@ def _metadata(model: str, dim: int, params: dict[str, Any], preprocessing: dict[
 
 def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params: dict[str, Any]) -> dict[str, Any]:
     vectors = l2_normalize(samples.vectors)
-    if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
+    if np.any(np.max(np.abs(samples.vectors), axis=1) == 0):  # not the norm: squares of 1e20 overflow float32
         raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
     dim = vectors.shape[1]
     ids = samples.table["id"].tolist()

@@ -73,6 +73,12 @@ def test_an_embedding_that_cannot_separate_the_classes_warns_in_every_stage_that
     # Weak evidence: the label flags are cut to the review budget (5% of 150), the rest stay ranked.
     dn = stages["detect-noise"]
     assert dn["weak_evidence"] and dn["issues_by_type"].get("label", 0) <= 8 < dn["n_label_candidates"]
+    # For CI: --strict turns the warnings into exit 4, also when every stage is up to date
+    # (their stored summaries keep the warnings), and they are printed in yellow with a hint.
+    strict = runner.invoke(app, ["run", str(data), "--until", "detect-noise", "--strict"])
+    assert strict.exit_code == 4, strict.output
+    assert "warning: [embed] the embedding (precomputed) separates the labeled classes poorly" in strict.stderr
+    assert "try: " in strict.stderr
 
 
 def test_separable_vectors_raise_no_warning(runner, tmp_path):

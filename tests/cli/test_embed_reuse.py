@@ -56,3 +56,14 @@ def test_a_row_inserted_at_the_top_of_a_text_manifest_keeps_each_text_its_own_ve
     new_texts = ["where is my refund", *texts]
     for t, v in zip(new_texts[1:], vecs[1:]):
         np.testing.assert_allclose(v, by_text[t], atol=1e-6)
+
+
+def test_huge_precomputed_vectors_keep_their_direction(runner, tmp_path):
+    # Entries near 1e20 used to overflow float32 when squared and came out as all-zero vectors (issue 14).
+    rows = [[1e20, 2e20, 0.0], [-3e20, 0.0, 4e20], [0.0, 1e-20, 0.0]]
+    data = write_csv(tmp_path / "v", "id,label,embedding\n" + "".join(f'r{i},{"ab"[i % 2]},"{json.dumps(r)}"\n' for i, r in enumerate(rows)))
+    _embed(runner, data)
+    vecs = _vectors(data)
+    np.testing.assert_allclose(vecs["r0"], [1 / 5**0.5, 2 / 5**0.5, 0], rtol=1e-6)
+    np.testing.assert_allclose(vecs["r1"], [-0.6, 0, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(vecs["r2"], [0, 1, 0], rtol=1e-6)
