@@ -398,9 +398,11 @@ def _probe_alternatives(opts: PseudolabelOptions) -> list[dict[str, float]]:
     return [{**base, "probe": w} for w in opts.probe_weights] if "probe" in base else []
 
 
-def _components(labels, ctx: _Context, spreader, opts: PseudolabelOptions, rows=None, *, heldout: bool) -> dict[str, np.ndarray]:
-    """Each score the method needs at ``rows`` (None = all), from ``labels`` alone (held-out folds pass fewer)."""
-    weights, out = _component_weights(opts), {}
+def _components(labels, ctx: _Context, spreader, opts: PseudolabelOptions, rows=None, *, heldout: bool,
+                without: frozenset = frozenset()) -> dict[str, np.ndarray]:
+    """Each score the method needs at ``rows`` (None = all), from ``labels`` alone (held-out folds pass fewer);
+    the names in ``without`` are not computed (a member the held-out folds gave no weight)."""
+    weights, out = {n: w for n, w in _component_weights(opts).items() if n not in without}, {}
     ensemble = opts.method is ScoreMethod.ENSEMBLE
     if "propagation" in weights or (ensemble and "prototype" in weights):
         first, final = _propagate(labels, spreader, ctx, opts)
@@ -788,10 +790,8 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
     spreader = _spreader(ctx, opts)
     if cal is None:
         cal = _calibration(labels, ctx, spreader, opts, max_samples=opts.calibration_samples)
-    comps = _components(labels, ctx, spreader, opts, heldout=False)
-    if cal.weights.get("probe", 1.0) == 0:
-        comps.pop("probe", None)  # the held-out folds gave it no weight: no need to mix it in
-    probs = cal.apply(comps)
+    unused = frozenset(n for n, w in cal.weights.items() if w == 0 and n == "probe")  # the folds gave it no weight
+    probs = cal.apply(_components(labels, ctx, spreader, opts, heldout=False, without=unused))
     probs[cal.rows] = cal.probs
     heldout = np.zeros(labels.shape[0], dtype=bool)
     heldout[cal.rows] = True
