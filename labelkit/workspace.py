@@ -145,13 +145,21 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg'].lower()}" if where else err["msg"].lower()
 
 
-def _holder(path: Path) -> str:
-    """'another labelkit run (pid 123, 'labelkit run DATA', started 12:01:02)', from the holder's sidecar file."""
-    try:
-        info = json.loads(path.read_text())
-        return f"another labelkit run (pid {int(info['pid'])}, '{info['command']}', started {info['started']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another labelkit run"
+def _holder(path: Path, *, patience_s: float = 1.0) -> str:
+    """'another labelkit run (pid 123, 'labelkit run DATA', started 12:01:02)', from the holder's sidecar file.
+
+    The holder writes that file just after taking the lock, so a waiter that arrives in between
+    gives it up to ``patience_s`` to appear before saying less.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            info = json.loads(path.read_text())
+            return f"another labelkit run (pid {int(info['pid'])}, '{info['command']}', started {info['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another labelkit run"
+            time.sleep(0.05)
 
 
 @dataclass
