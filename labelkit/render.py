@@ -79,7 +79,8 @@ def _embed(console: Console, res) -> None:
     scored = {k: v for k, v in (choice.get("scores") or {}).items() if v.get("score") is not None}
     if scored:
         line(console, f"  chose {choice['chosen']} by {choice['by']}: "
-             + ", ".join(f"{k} {v['score']:.3f}" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]["score"])))
+             + ", ".join(f"{k} {v['score']:.3f}" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]["score"]))
+             + (" (the scoring sample is unchanged since the last choice: reused)" if choice.get("reused") else ""))
     elif choice:
         line(console, f"  chose {choice['chosen']}: {choice['by']}")
     sep = s.get("separation")

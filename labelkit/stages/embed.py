@@ -7,6 +7,7 @@ after a kill embeds only the missing ids; a different model (fingerprint) starts
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason
-from labelkit.workspace import Workspace, file_fingerprint
+from labelkit.workspace import Workspace, file_fingerprint, text_fingerprint
 
 STAGE = "embed"
 PARTS = "embeddings.parts"
@@ -146,6 +147,13 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     rows = stratified_sample(codes, per_class=cfg.choice_per_class, cap=cfg.choice_max, rng=np.random.default_rng(0))
     table = samples.table.iloc[rows]
     sources = [str(ws.data / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
+    # The same candidates on the same scoring sample (content and labels) give the same choice:
+    # reuse the last one instead of loading and running every candidate again.
+    key = text_fingerprint(json.dumps([cands, cfg.choice_per_class, cfg.choice_max, cfg.choice_tie,
+                                       _hashes(samples.kind, table, ws.data), codes[rows].tolist()]))
+    last = artifacts.stored_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {}).get("model_choice") or {}
+    if last.get("key") == key and last.get("chosen") in dict(cands):
+        return {**last, "weights": dict(cands)[last["chosen"]], "reused": True, "seconds": 0.0}, None
     device = resolve_device(cfg.device)
     scores: dict[str, dict[str, Any]] = {}
     embedded: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
@@ -176,7 +184,7 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     emb, ok, vecs = embedded[chosen]
     sample = (emb, table["id"].to_numpy()[ok].tolist(), l2_normalize(vecs))
     record = {
-        "chosen": chosen, "weights": scores[chosen].pop("weights"),
+        "chosen": chosen, "weights": scores[chosen].pop("weights"), "key": key, "reused": False,
         "by": f"leave-one-out {SCORE_K}-NN accuracy on {int(common.sum())} labeled samples "
               f"(up to {cfg.choice_per_class} per class); a cheaper candidate within {cfg.choice_tie} wins",
         "scores": {k: {kk: vv for kk, vv in v.items() if kk != "weights"} for k, v in scores.items()},
@@ -275,16 +283,20 @@ def content_hashes(samples: Samples, root: Path) -> list[str]:
     Reuse is keyed by this, never by id alone: a replaced picture or a text whose row moved gets
     a new vector. An unreadable file gets a key no vector can match (it is retried next time).
     """
+    return _hashes(samples.kind, samples.table, root)
+
+
+def _hashes(kind: str, table: pd.DataFrame, root: Path) -> list[str]:
     out = []
-    if samples.kind == "image":
-        for sid, src in zip(samples.table["id"], samples.table["source"]):
+    if kind == "image":
+        for sid, src in zip(table["id"], table["source"]):
             try:
                 with open(root / src, "rb") as f:
                     out.append(hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest())
             except OSError:
                 out.append(f"unreadable:{sid}")
     else:
-        for text in samples.table["source"]:
+        for text in table["source"]:
             out.append(hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
     return out
 

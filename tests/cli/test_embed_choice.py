@@ -26,6 +26,19 @@ def test_auto_scores_candidates_and_keeps_pixels_for_tiny_digits(runner, digits)
     assert "model_choice" in json.dumps(manifest)
     again = json.loads(runner.invoke(app, ["embed", str(digits), "--json"]).stdout)
     assert again["skipped"] and again["model_choice"]["chosen"] == "pixels:8"
+    # A new unlabeled image leaves the scoring sample as it was: the choice is reused, not re-scored.
+    from PIL import Image, ImageOps
+
+    ImageOps.mirror(Image.open(digits / "unlabeled" / "digit_0000.png")).save(digits / "unlabeled" / "zz_new.png")
+    third = json.loads(runner.invoke(app, ["embed", str(digits), "--json"]).stdout)
+    assert not third["skipped"] and third["n_embedded"] == 1
+    assert third["model_choice"]["reused"] and third["model_choice"]["chosen"] == "pixels:8"
+    assert third["model_choice"]["scores"] == s["model_choice"]["scores"]
+    # A changed label in the scoring sample scores the candidates again.
+    first_labeled = sorted((digits / "0").iterdir())[0]
+    first_labeled.rename(digits / "1" / first_labeled.name)
+    fourth = json.loads(runner.invoke(app, ["embed", str(digits), "--json"]).stdout)
+    assert fourth["model_choice"]["reused"] is False
 
 
 def test_auto_picks_a_real_backbone_for_cifar_photos(runner, tmp_path, shared_data):
