@@ -90,11 +90,13 @@ def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResul
         res.summary = artifacts.read_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {})
         return res
 
-    choice, chosen = None, None
+    choice, chosen, hashes = None, None, None
+    if samples.kind != "vectors":
+        hashes = content_hashes(samples, ws.data)  # read once: keys the auto choice and the reuse of vectors
     if samples.kind == "vectors":
         model = "precomputed"
     elif cfg.model == "auto":
-        choice, chosen = _choose(ws, samples, cfg, candidates(cfg, samples, ws.data), progress)
+        choice, chosen = _choose(ws, samples, cfg, candidates(cfg, samples, ws.data), hashes, progress)
         model = choice["chosen"]
         if choice.get("weights"):
             cfg = cfg.model_copy(update={"weights": choice["weights"]})
@@ -112,7 +114,7 @@ def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResul
     if model == "precomputed":
         summary = _write_precomputed(ws, samples, cfg, params)
     else:
-        summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, force=force, progress=progress, chosen=chosen)
+        summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, hashes, force=force, progress=progress, chosen=chosen)
     outputs = [artifacts.EMBEDDINGS] + ([artifacts.CLASS_EMBEDDINGS] if summary.get("class_embeddings") else [])
     ws.commit(STAGE, params=params, params_fp=record_fp, inputs=inputs, outputs=outputs, started=started)
     summary["wall_time_s"] = round(now() - started, 2)
@@ -122,13 +124,8 @@ def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResul
 # -- choosing the backend on evidence -------------------------------------------------------
 
 
-def _codes(samples: Samples) -> np.ndarray:
-    """int class codes of the single-label samples, -1 elsewhere."""
-    index = {c: i for i, c in enumerate(samples.classes)}
-    return np.array([index.get(v, -1) if isinstance(v, str) else -1 for v in samples.table["label"]], dtype=np.int64)
-
-
-def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple[str, str | None]], progress) -> tuple[dict[str, Any], Any]:
+def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple[str, str | None]], hashes: list[str],
+            progress) -> tuple[dict[str, Any], Any]:
     """Score each candidate on a stratified sample of the labeled samples; the best (cheaper on a tie).
 
     Returns the choice record and (embedder, sample ids, sample vectors) of the chosen backend,
@@ -138,7 +135,7 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     from labelkit.errors import LabelkitError
 
     default = DEFAULT_MODELS[samples.kind]
-    codes = _codes(samples)
+    codes = samples.label_codes()
     counts = np.bincount(codes[codes >= 0], minlength=len(samples.classes))
     if len(cands) < 2 or (counts >= 2).sum() < 2:
         why = "one candidate" if len(cands) < 2 else "fewer than 2 classes with 2 labeled samples to score on"
@@ -150,7 +147,7 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     # The same candidates on the same scoring sample (content and labels) give the same choice:
     # reuse the last one instead of loading and running every candidate again.
     key = text_fingerprint(json.dumps([cands, cfg.choice_per_class, cfg.choice_max, cfg.choice_tie,
-                                       _hashes(samples.kind, table, ws.data), codes[rows].tolist()]))
+                                       [hashes[r] for r in rows], codes[rows].tolist()]))
     last = artifacts.stored_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {}).get("model_choice") or {}
     if last.get("key") == key and last.get("chosen") in dict(cands):
         return {**last, "weights": dict(cands)[last["chosen"]], "reused": True, "seconds": 0.0}, None
@@ -213,7 +210,7 @@ def _embed_some(embedder, sources: list[str], batch_size: int | None) -> tuple[n
 
 def separation_check(samples: Samples, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings."""
-    codes = _codes(samples)
+    codes = samples.label_codes()
     pos = pd.Index(ids).get_indexer(samples.table["id"])
     labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
     n_classes = len(np.unique(codes[labeled]))
@@ -283,20 +280,16 @@ def content_hashes(samples: Samples, root: Path) -> list[str]:
     Reuse is keyed by this, never by id alone: a replaced picture or a text whose row moved gets
     a new vector. An unreadable file gets a key no vector can match (it is retried next time).
     """
-    return _hashes(samples.kind, samples.table, root)
-
-
-def _hashes(kind: str, table: pd.DataFrame, root: Path) -> list[str]:
     out = []
-    if kind == "image":
-        for sid, src in zip(table["id"], table["source"]):
+    if samples.kind == "image":
+        for sid, src in zip(samples.table["id"], samples.table["source"]):
             try:
                 with open(root / src, "rb") as f:
                     out.append(hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest())
             except OSError:
                 out.append(f"unreadable:{sid}")
     else:
-        for text in table["source"]:
+        for text in samples.table["source"]:
             out.append(hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
     return out
 
@@ -335,7 +328,7 @@ class _Vectors:
         return found, out
 
 
-def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, progress, chosen=None) -> dict[str, Any]:
+def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[str], *, force, progress, chosen=None) -> dict[str, Any]:
     import torch
 
     from labelkit.embedders import EmbedderOptions, create_embedder
@@ -356,7 +349,6 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, *, force, prog
 
     table = samples.table
     ids = table["id"].tolist()
-    hashes = content_hashes(samples, ws.data)
     have = _Vectors(embedder.dim)
     for p in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
         have.add_file(p)  # a resumed run's finished chunks
