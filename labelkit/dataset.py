@@ -19,6 +19,7 @@ dangling or DATA-leaving link, an unreadable file, an undecodable name, ...) is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -85,12 +86,37 @@ class Samples:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[v] if v is not None else -1 for v in self.table["label"]], dtype=np.int64)
 
+    def fingerprint(self, data_root) -> str:
+        """Content fingerprint: see :func:`samples_fingerprint`."""
+        return samples_fingerprint(self, data_root)
+
     def require_labels(self, stage: str) -> None:
         if not self.classes:
             raise BadInputError(
                 f"{stage} needs labels: no sample is labeled and no class names were given; "
                 "label some samples, or pass --classes a,b,c for zero-shot labeling"
             )
+
+
+def samples_fingerprint(samples: Samples, data_root) -> str:
+    """Content fingerprint of the dataset: ids, sources, labels, and each source file's size and mtime."""
+    h = hashlib.blake2b(digest_size=16)
+    t = samples.table
+    for col in ("id", "source", "label", "split"):
+        h.update("\x1f".join("" if v is None else str(v) for v in t[col]).encode())
+        h.update(b"\x1e")
+    h.update("\x1f".join("" if v is None else "|".join(v) for v in t["labels"]).encode())
+    h.update(("\x1f".join(samples.classes)).encode())
+    if samples.kind == "image":
+        for src in t["source"]:
+            try:
+                st = os.stat(os.path.join(data_root, src))
+                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(b"missing;")
+    if samples.vectors is not None:
+        h.update(np.ascontiguousarray(samples.vectors).tobytes())
+    return h.hexdigest()
 
 
 def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, require_inputs: bool = True) -> Samples:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from labelkit import artifacts
 from labelkit.config import DatasetConfig, StageConfig
-from labelkit.dataset import MAX_LISTED, Samples, discover
+from labelkit.dataset import MAX_LISTED, Samples, discover, samples_fingerprint
 from labelkit.errors import LabelkitWarning
 from labelkit.workspace import Workspace
 
@@ -70,27 +66,6 @@ class StageResult:
         if self.upstream:
             out["upstream"] = [u.to_json() for u in self.upstream]
         return out
-
-
-def samples_fingerprint(samples: Samples, data_root) -> str:
-    """Content fingerprint of the dataset: ids, sources, labels, and each source file's size and mtime."""
-    h = hashlib.blake2b(digest_size=16)
-    t = samples.table
-    for col in ("id", "source", "label", "split"):
-        h.update("\x1f".join("" if v is None else str(v) for v in t[col]).encode())
-        h.update(b"\x1e")
-    h.update("\x1f".join("" if v is None else "|".join(v) for v in t["labels"]).encode())
-    h.update(("\x1f".join(samples.classes)).encode())
-    if samples.kind == "image":
-        for src in t["source"]:
-            try:
-                st = os.stat(os.path.join(data_root, src))
-                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
-            except OSError:
-                h.update(b"missing;")
-    if samples.vectors is not None:
-        h.update(np.ascontiguousarray(samples.vectors).tobytes())
-    return h.hexdigest()
 
 
 def prepare_samples(ws: Workspace, dcfg: DatasetConfig, *, require_inputs: bool = True) -> tuple[Samples, str]:
@@ -174,13 +149,6 @@ def drop_damaged_outputs(ws: Workspace, stage: str) -> str | None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             first = first or f"{name} was damaged ({what}), so {stage} rebuilds it"
     return first
-
-
-def up_to_date(ws: Workspace, stage: str, output: str, upstream: list[StageResult]) -> StageResult:
-    """The result of a skipped stage, with the summary its last run stored in the artifact."""
-    res = StageResult(stage, skipped=True, reason="up to date", outputs=[output], upstream=upstream)
-    res.summary = artifacts.read_metadata(ws.path(output)).get("summary", {})
-    return res
 
 
 def now() -> float:
