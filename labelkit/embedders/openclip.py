@@ -191,27 +191,34 @@ def _make(arg: str | None, options: EmbedderOptions) -> OpenClipEmbedder:
     )
 
 
+def checkpoint_in_cache(arch: str, tag: str) -> str | None:
+    """The local file of open_clip's pretrained ``arch``/``tag`` in the Hugging Face cache, or None
+    (not downloaded yet, a tag not hosted on the hub, or open_clip / huggingface_hub missing)."""
+    try:
+        import open_clip
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return None
+    names: tuple[str, ...] = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    if repo.count("/") > 1:  # some tags name the file too: 'owner/repo/file.bin'
+        repo, _, filename = repo.rpartition("/")
+        names = (filename,)
+    for name in names:
+        path = try_to_load_from_cache(repo, name)
+        if isinstance(path, str) and Path(path).is_file():
+            return path
+    return None
+
+
 def cached_checkpoints() -> list[tuple[str, str]]:
     """(``clip:ARCH/TAG``, local file) for every open_clip pretrained tag whose weights are already
     in the Hugging Face cache (a download made earlier), so ``--model auto`` can score them offline."""
     try:
         import open_clip
-        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return []
-    found = []
-    for arch, tag in open_clip.list_pretrained():
-        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
-        repo = (cfg.get("hf_hub") or "").strip("/")
-        if not repo:
-            continue
-        names: tuple[str, ...] = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-        if repo.count("/") > 1:  # some tags name the file too: 'owner/repo/file.bin'
-            repo, _, filename = repo.rpartition("/")
-            names = (filename,)
-        for name in names:
-            path = try_to_load_from_cache(repo, name)
-            if isinstance(path, str) and Path(path).is_file():
-                found.append((f"clip:{arch}/{tag}", path))
-                break
-    return found
+    return [(f"clip:{arch}/{tag}", path) for arch, tag in open_clip.list_pretrained() if (path := checkpoint_in_cache(arch, tag))]
