@@ -27,8 +27,9 @@ from labelkit.config import DatasetConfig
 from labelkit.dataset import NA_STRINGS, discover
 from labelkit.embedders.base import image_size, open_image
 from labelkit.errors import BadInputError
+from labelkit.pred_probs import SUM_TOLERANCE
+from labelkit.pred_probs import normalise_rows as _normalise_rows
 from labelkit.stages._common import input_warnings, prepare_samples
-from labelkit.stages.detect_noise import SUM_TOLERANCE, _normalise_rows
 from labelkit.workspace import Workspace
 from tests.conftest import write_csv
 
