@@ -372,18 +372,37 @@ class KnnIndex:
 
     # -- search -----------------------------------------------------------------------------
     def graph(
-        self, k: int, *, exclude_self: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL
+        self, k: int, *, exclude_self: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL,
+        rows: slice | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The kNN graph of the indexed rows themselves: :func:`knn_graph` on a built index."""
+        """The kNN graph of the indexed rows themselves: :func:`knn_graph` on a built index.
+
+        ``rows`` (a step-1 slice) computes only those rows of the graph, as the whole graph would
+        have them: a Ray engine spreads the slices over actors after :meth:`tune_graph`.
+        """
         if self._base is None:
             raise BadInputError("the index is empty; call build(embeddings) before graph()")
+        rows = rows or slice(0, len(self._base))
+        start, stop, step = rows.indices(len(self._base))
+        if step != 1:
+            raise BadInputError(f"'rows' must be a slice with step 1. Got {rows!r} instead.")
         return self._search_impl(
-            self._base,
+            self._base[start:stop],
             _check_k(k),
             batch_size=_check_batch_size(batch_size),
             progress=progress,
-            drop_self_offset=0 if exclude_self else None,
+            drop_self_offset=start if exclude_self else None,
         )
+
+    def tune_graph(self, k: int, *, exclude_self: bool = True, progress: Progress = NULL) -> "KnnIndex":
+        """Tune an approximate index for :meth:`graph` with ``k`` over every indexed row, as a whole
+        graph would, so that later ``graph(k, rows=...)`` slices (after pickling, on other
+        processes) share that knob instead of tuning on their slice. A no-op for exact search."""
+        if self._base is None:
+            raise BadInputError("the index is empty; call build(embeddings) before tune_graph()")
+        if self.method_ in ("hnsw", "ivf") and len(self._base) > 0:
+            self._knob(_check_k(k) + bool(exclude_self), self._base, 0 if exclude_self else None, progress)
+        return self
 
     def search(self, queries, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL):
         """Top-``k`` neighbours of each query among the indexed rows.

@@ -288,3 +288,18 @@ def test_nan_embeddings_rejected():
     x[1, 0] = np.nan
     with pytest.raises(BadInputError, match="NaN"):
         knn_graph(x, 1)
+
+
+@pytest.mark.parametrize("method", ["exact", "hnsw", "ivf"])
+def test_graph_slices_after_tune_graph_equal_the_whole_graph(method):
+    # issue 18: the Ray engine pickles a tuned index and computes row slices of the graph on actors
+    import pickle
+
+    x = np.random.default_rng(0).standard_normal((1500, 8)).astype(np.float32)
+    whole_s, whole_i = knn_graph(x, 4, method=method, device="cpu")
+    index = pickle.loads(pickle.dumps(KnnIndex(method, device="cpu").build(x).tune_graph(4)))
+    parts = [index.graph(4, rows=slice(a, min(a + 400, 1500))) for a in range(0, 1500, 400)]
+    np.testing.assert_array_equal(np.concatenate([i for _, i in parts]), whole_i)
+    np.testing.assert_array_equal(np.concatenate([s for s, _ in parts]), whole_s)
+    with pytest.raises(BadInputError, match="step 1"):
+        index.graph(4, rows=slice(0, 10, 2))
