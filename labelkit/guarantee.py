@@ -1,0 +1,240 @@
+"""Acceptance thresholds with a finite-sample error guarantee (numpy in, numpy out).
+
+Learn then Test (Angelopoulos, Bates, Candès, Jordan, Lei, "Learn then Test: Calibrating Predictive
+Algorithms to Achieve Risk Control", 2021) for selective classification: a pseudo-label is accepted
+when its confidence is at least ``lambda``, and the risk of ``lambda`` is the error rate among the
+accepted ones, ``R(lambda) = P(wrong | confidence >= lambda)``. Each candidate ``lambda`` of a fixed
+grid is a null hypothesis ``H_lambda: R(lambda) > target``; held-out labeled samples give each a
+p-value, and fixed-sequence testing (from the highest threshold down, stopping at the first
+hypothesis not rejected) keeps the family-wise error rate at ``delta``. So, with probability at
+least ``1 - delta`` over the held-out samples, every threshold the procedure certifies, the lowest
+of which is returned, has ``R(lambda) <= target``.
+
+The p-value of ``H_lambda`` comes from the ``n`` held-out samples the threshold accepts, ``k`` of them
+wrong. Conditionally on ``n``, ``k`` is Binomial(n, R(lambda)), so the exact binomial tail
+``P(Binomial(n, target) <= k)`` is a valid p-value (its inversion is the Clopper-Pearson upper bound,
+which the result reports as ``error_bound``). For losses in [0, 1] that are not 0/1 (e.g. a
+multi-label sample's share of wrong labels), the Hoeffding-Bentkus p-value of Bates et al. (2021)
+is used instead.
+
+Assumption (exchangeability): the held-out labeled samples and the unlabeled samples the threshold
+is applied to are exchangeable: the labeled ones are a random sample of the same pool, their
+given labels are as right as the truth the guarantee is about (with noisy labels, "wrong" means
+"disagrees with a label of that quality"), and they are scored the same way (out-of-fold). A
+sample from a class no one labeled breaks it, which is why open-set rejection
+(:mod:`labelkit.novelty`) runs first.
+
+Where the sequence starts: thresholds that accept too few held-out samples for any outcome to
+reject their hypothesis (``P(Binomial(n, target) <= 0) > delta``, e.g. fewer than 114 samples for a
+target of 0.02 at ``delta = 0.1``) are passed over instead of ending the sequence. These are the
+highest thresholds (the count grows as the threshold falls), so this only moves the start of the
+sequence down to the first threshold with enough samples; benchmarks/openset.py measures the
+realised violation rate of the whole procedure on real data (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+from labelkit.errors import BadInputError
+
+#: Candidate thresholds, fixed before any data is seen: 1 - 10**t for t from -6 to 0 in steps of
+#: 0.01, descending (about 2.3% relative steps in 1 - lambda), then 0 (accept everything).
+DEFAULT_GRID = np.r_[1.0 - 10.0 ** np.linspace(-6.0, 0.0, 601)[:-1], 0.0]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What :func:`certify_threshold` found.
+
+    Attributes
+    ----------
+    certified : bool
+        A threshold was certified for ``target`` at confidence ``1 - delta``.
+    threshold : float
+        The lowest certified threshold (accept ``score >= threshold``); NaN when not certified.
+    error_bound : float
+        Upper confidence bound (level ``1 - delta``) on the error rate among accepted samples at
+        ``threshold`` (Clopper-Pearson, or Hoeffding-Bentkus for fractional losses); at most
+        ``target`` when certified, NaN otherwise.
+    coverage : float
+        Share of the held-out samples accepted at ``threshold`` (0 when not certified).
+    n_accepted, n_errors : int
+        Held-out samples accepted at ``threshold`` and the sum of their losses.
+    best_bound, best_threshold, best_coverage : float
+        The smallest target the same procedure certifies at this confidence, the threshold and
+        held-out coverage it gives; what could be certified instead when ``target`` cannot be
+        (NaN when nothing can, e.g. no held-out samples).
+    target, delta : float
+    n_calibration : int
+        Held-out samples.
+    method : str
+        ``"binomial"`` (0/1 losses) or ``"hoeffding_bentkus"``.
+    """
+
+    certified: bool
+    threshold: float
+    error_bound: float
+    coverage: float
+    n_accepted: int
+    n_errors: float
+    best_bound: float
+    best_threshold: float
+    best_coverage: float
+    target: float
+    delta: float
+    n_calibration: int
+    method: str
+
+    def to_dict(self) -> dict:
+        """Plain floats (NaN as None), for summaries and JSON."""
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def certify_threshold(scores, losses, *, target: float, delta: float = 0.1, grid=None) -> Certificate:
+    """The lowest confidence threshold whose selective error is certified at most ``target``.
+
+    Learn then Test with fixed-sequence testing over a fixed grid of thresholds, highest first.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_samples,)
+        Confidence of each held-out labeled sample (scored without its own label); a sample is
+        accepted when ``score >= threshold``.
+    losses : ndarray of shape (n_samples,)
+        In [0, 1]: 1 when its pseudo-label is wrong, 0 when right (fractions allowed).
+    target : float
+        The error rate among accepted samples to certify, in (0, 1).
+    delta : float, default=0.1
+        Allowed probability that the certificate is wrong, in (0, 1): the guarantee holds with
+        confidence ``1 - delta``.
+    grid : array-like of float, optional
+        Candidate thresholds, fixed in advance (sorted descending here); default
+        :data:`DEFAULT_GRID`.
+
+    Returns
+    -------
+    Certificate
+
+    References
+    ----------
+    Angelopoulos, Bates, Candès, Jordan, Lei, "Learn then Test: Calibrating Predictive
+    Algorithms to Achieve Risk Control", arXiv:2110.01052, 2021. Bates, Angelopoulos, Lei,
+    Malik, Jordan, "Distribution-Free, Risk-Controlling Prediction Sets", JACM 2021
+    (Hoeffding-Bentkus p-values). Clopper, Pearson, Biometrika 1934.
+
+    Examples
+    --------
+    >>> scores = np.r_[np.full(300, 0.99), np.full(100, 0.6)]
+    >>> losses = np.r_[np.zeros(300), np.ones(50), np.zeros(50)]
+    >>> c = certify_threshold(scores, losses, target=0.02, delta=0.1)
+    >>> c.certified, round(c.error_bound, 4), round(c.coverage, 2)
+    (True, 0.0076, 0.75)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    if s.ndim != 1 or loss.shape != s.shape:
+        raise BadInputError(f"'scores' and 'losses' must be 1-D of the same length. Got shapes {s.shape} and {loss.shape} instead.")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(loss))):
+        raise BadInputError("'scores' and 'losses' must be finite.")
+    if loss.size and (loss.min() < 0 or loss.max() > 1):
+        raise BadInputError(f"'losses' must lie in [0, 1]. Got range [{loss.min():.4g}, {loss.max():.4g}] instead.")
+    for name, v in (("target", target), ("delta", delta)):
+        if not (isinstance(v, (int, float, np.floating)) and 0 < v < 1):
+            raise BadInputError(f"'{name}' must be in (0, 1). Got {v!r} instead.")
+    g = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    if g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g)):
+        raise BadInputError("'grid' must be a non-empty 1-D array of finite thresholds.")
+    return _certify_impl(s, loss, float(target), float(delta), np.sort(g)[::-1])
+
+
+def _certify_impl(s, loss, target, delta, grid) -> Certificate:
+    binary = bool(np.all((loss == 0) | (loss == 1)))
+    method = "binomial" if binary else "hoeffding_bentkus"
+    # n(lambda), k(lambda) for every grid point: cumulative sums over scores sorted descending.
+    order = np.argsort(-s, kind="stable")
+    cum_loss = np.r_[0.0, np.cumsum(loss[order])]
+    n = np.searchsorted(-s[order], -grid, side="right")  # samples with score >= lambda
+    k = cum_loss[n]
+    lam, bound, n_at, k_at = _fixed_sequence(n, k, grid, target, delta, binary)
+    best = _best_target(n, k, grid, delta, binary)
+    nc = s.size
+    if lam is None:
+        return Certificate(False, float("nan"), float("nan"), 0.0, 0, 0.0, *best, target, delta, nc, method)
+    return Certificate(True, float(lam), float(bound), float(n_at / nc), int(n_at), float(k_at), *best, target, delta, nc, method)
+
+
+def _fixed_sequence(n, k, grid, target, delta, binary):
+    """(lowest certified threshold, its bound, n, k), or (None, nan, 0, 0): thresholds highest first."""
+    p = _pvalues(n, k, target, binary)
+    # Hypotheses no outcome could reject (too few accepted) are passed over, not tested.
+    testable = _pvalues(n, np.zeros_like(k), target, binary) <= delta
+    last = None
+    for j in np.flatnonzero(testable):
+        if p[j] > delta:
+            break
+        last = j
+    if last is None:
+        return None, float("nan"), 0, 0.0
+    return grid[last], _upper_bound(n[last], k[last], delta, binary), n[last], k[last]
+
+
+def _best_target(n, k, grid, delta, binary) -> tuple[float, float, float]:
+    """(smallest certifiable target, its threshold, its held-out coverage); NaNs when none."""
+    total = n.max() if n.size else 0
+    if total == 0:
+        return float("nan"), float("nan"), float("nan")
+    # The procedure certifies target t iff the first testable threshold's bound is <= t, so the
+    # candidates are the bounds themselves; try them from the smallest up.
+    has = n > 0
+    cands = np.unique(np.round(_upper_bound(n[has], k[has], delta, binary), 12))
+    for t in cands:
+        if not 0 < t < 1:
+            continue
+        lam, _, n_at, _ = _fixed_sequence(n, k, grid, float(t) + 1e-12, delta, binary)
+        if lam is not None:
+            return float(t), float(lam), float(n_at / total)
+    return float("nan"), float("nan"), float("nan")
+
+
+def _pvalues(n, k, target, binary) -> np.ndarray:
+    """p-values of H: risk > target, given n accepted with summed loss k (1 where n = 0)."""
+    n = np.asarray(n, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    out = np.ones_like(n)
+    ok = n > 0
+    if binary:
+        out[ok] = stats.binom.cdf(np.round(k[ok]), n[ok], target)
+        return out
+    out[ok] = _hoeffding_bentkus(k[ok] / n[ok], n[ok], target)
+    return out
+
+
+def _hoeffding_bentkus(mean, n, target) -> np.ndarray:
+    """min(Hoeffding, Bentkus) p-value of H: E[loss] > target for losses in [0, 1] (Bates et al. 2021)."""
+    a = np.minimum(mean, target)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h1 = np.where(a > 0, a * np.log(a / target), 0.0) + (1 - a) * np.log((1 - a) / (1 - target))
+    hoeffding = np.exp(-n * h1)
+    bentkus = np.e * stats.binom.cdf(np.ceil(n * mean), n, target)
+    return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
+
+
+def _upper_bound(n, k, delta, binary):
+    """Upper confidence bound at level 1 - delta on the risk: the smallest target whose p-value is <= delta."""
+    n = np.asarray(n, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    if binary:  # Clopper-Pearson
+        kk = np.round(k)
+        out = np.where(kk >= n, 1.0, stats.beta.ppf(1 - delta, kk + 1, np.maximum(n - kk, 1e-12)))
+        return out if out.ndim else float(out)
+    # Bisection on the target (the p-value increases with it).
+    lo, hi = np.zeros_like(n), np.ones_like(n)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        rej = _hoeffding_bentkus(k / n, n, mid) <= delta
+        hi, lo = np.where(rej, mid, hi), np.where(rej, lo, mid)
+    return hi if hi.ndim else float(hi)

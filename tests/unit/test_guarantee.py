@@ -1,0 +1,105 @@
+"""labelkit/guarantee.py: Learn-then-Test thresholds on arrays whose bounds are known in closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelkit.errors import BadInputError
+from labelkit.guarantee import DEFAULT_GRID, certify_threshold
+
+
+def test_zero_errors_give_the_clopper_pearson_bound():
+    # 300 right at 0.99, then 100 at 0.6 of which half are wrong: only thresholds above 0.6 pass.
+    scores = np.r_[np.full(300, 0.99), np.full(100, 0.6)]
+    losses = np.r_[np.zeros(300), np.ones(50), np.zeros(50)]
+    c = certify_threshold(scores, losses, target=0.02, delta=0.1)
+    assert c.certified and c.method == "binomial"
+    # k = 0 of n = 300: the bound solves (1 - b) ** 300 = delta.
+    assert c.error_bound == pytest.approx(1 - 0.1 ** (1 / 300), rel=1e-9)
+    assert c.n_accepted == 300 and c.n_errors == 0 and c.coverage == 0.75
+    # The lowest grid threshold that still excludes the 0.6 block.
+    assert c.threshold == DEFAULT_GRID[DEFAULT_GRID > 0.6].min()
+
+
+def test_known_binomial_bound_with_errors():
+    # 1000 accepted, 5 wrong: the Clopper-Pearson 90% upper bound is Beta(0.9; 6, 995).
+    from scipy import stats
+
+    scores = np.full(1000, 0.95)
+    losses = np.zeros(1000)
+    losses[:5] = 1
+    c = certify_threshold(scores, losses, target=0.02, delta=0.1)
+    assert c.certified
+    assert c.error_bound == pytest.approx(stats.beta.ppf(0.9, 6, 995))
+    assert c.error_bound == pytest.approx(0.00926, abs=1e-4)
+    assert c.coverage == 1.0
+
+
+def test_too_few_labels_cannot_certify_and_say_what_could_be():
+    # 50 held-out samples, none wrong: (1 - 0.02) ** 50 = 0.36 > 0.1, so 2% cannot be certified.
+    c = certify_threshold(np.full(50, 0.99), np.zeros(50), target=0.02, delta=0.1)
+    assert not c.certified
+    assert np.isnan(c.threshold) and np.isnan(c.error_bound) and c.coverage == 0.0
+    # What the same 50 samples do certify: (1 - b) ** 50 = 0.1, b = 0.045.
+    assert c.best_bound == pytest.approx(1 - 0.1 ** (1 / 50), abs=1e-9)
+    assert c.best_coverage == 1.0
+    assert certify_threshold(np.full(50, 0.99), np.zeros(50), target=0.05, delta=0.1).certified
+
+
+def test_fixed_sequence_stops_at_the_first_hypothesis_it_cannot_reject():
+    # Grid 0.9 > 0.5 > 0.1. Above 0.9: 200 right. Down to 0.5: 100 more, 60 wrong (fails).
+    # Down to 0.1: 3000 more right, so that threshold alone would pass; the sequence never gets there.
+    scores = np.r_[np.full(200, 0.95), np.full(100, 0.7), np.full(3000, 0.2)]
+    losses = np.r_[np.zeros(200), np.ones(60), np.zeros(40), np.zeros(3000)]
+    c = certify_threshold(scores, losses, target=0.05, delta=0.1, grid=[0.1, 0.9, 0.5])
+    assert c.certified and c.threshold == 0.9 and c.n_accepted == 200
+
+
+def test_thresholds_accepting_too_few_are_passed_over():
+    # The top grid point accepts 10 samples (no outcome could reject at 2%); the sequence starts lower.
+    scores = np.r_[np.full(10, 0.999), np.full(500, 0.95)]
+    c = certify_threshold(scores, np.zeros(510), target=0.02, delta=0.1, grid=[0.99, 0.9])
+    assert c.certified and c.threshold == 0.9 and c.n_accepted == 510
+
+
+def test_fractional_losses_use_hoeffding_bentkus_and_are_more_conservative():
+    scores = np.full(1000, 0.9)
+    binary = np.zeros(1000)
+    binary[:10] = 1
+    frac = np.zeros(1000)
+    frac[:20] = 0.5  # the same mean loss, 0.01
+    b = certify_threshold(scores, binary, target=0.05)
+    f = certify_threshold(scores, frac, target=0.05)
+    assert b.method == "binomial" and f.method == "hoeffding_bentkus"
+    assert b.certified and f.certified
+    assert f.error_bound > b.error_bound > 0.01
+
+
+def test_the_guarantee_holds_at_its_rate_on_calibrated_scores(rng):
+    # Scores uniform on [0.5, 1], wrong with probability 1 - score: the error among scores >= l
+    # is (1 - l) / 2, so a target of 0.1 is met exactly by thresholds >= 0.8.
+    violations, certified = 0, 0
+    for _ in range(200):
+        s = rng.uniform(0.5, 1.0, 1000)
+        wrong = (rng.random(1000) < 1 - s).astype(float)
+        c = certify_threshold(s, wrong, target=0.1, delta=0.1)
+        certified += c.certified
+        violations += c.certified and c.threshold < 0.8
+    assert certified >= 150  # stopping at the first failure costs power, not validity
+    assert violations <= 200 * 0.1  # at most delta (it is typically far below)
+
+
+def test_bad_inputs():
+    with pytest.raises(BadInputError, match="'target' must be in \\(0, 1\\). Got 0 instead."):
+        certify_threshold([0.9], [0], target=0)
+    with pytest.raises(BadInputError, match="'losses' must lie in \\[0, 1\\]"):
+        certify_threshold([0.9], [2], target=0.1)
+    with pytest.raises(BadInputError, match="same length"):
+        certify_threshold([0.9, 0.8], [0], target=0.1)
+
+
+def test_no_held_out_samples():
+    c = certify_threshold(np.zeros(0), np.zeros(0), target=0.1)
+    assert not c.certified and np.isnan(c.best_bound) and c.n_calibration == 0
+    assert c.to_dict()["threshold"] is None
