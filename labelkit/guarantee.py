@@ -238,3 +238,37 @@ def _upper_bound(n, k, delta, binary):
         rej = _hoeffding_bentkus(k / n, n, mid) <= delta
         hi, lo = np.where(rej, mid, hi), np.where(rej, lo, mid)
     return hi if hi.ndim else float(hi)
+
+
+def heldout_losses(label, confidence, given, heldout, dropped) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, 0/1 losses) of the labeled samples whose pseudo-label was made without their label.
+
+    Those are the rows scored in a held-out calibration fold (``heldout``) and the seeds that seed
+    cleaning set aside (``dropped``: scored as unlabeled, so without their label too). Leaving the
+    dropped seeds out would keep only the samples the labels agree on, and bias the error low.
+    Labeled rows outside both (folds not scored, see ``calibration_samples``) were scored with
+    their own label and are not used.
+
+    Parameters
+    ----------
+    label, confidence : ndarray of shape (n_samples,)
+        Pseudo-label and its confidence for every row.
+    given : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled.
+    heldout, dropped : ndarray of shape (n_samples,), bool
+
+    Returns
+    -------
+    scores, losses : ndarray of shape (n_calibration,)
+
+    Examples
+    --------
+    >>> s, l = heldout_losses(np.array([0, 1, 1, 0]), np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, -1]),
+    ...                       np.array([True, False, False, False]), np.array([False, True, False, False]))
+    >>> s.tolist(), l.tolist()
+    ([0.9, 0.8], [0.0, 1.0])
+    """
+    given = np.asarray(given)
+    rows = np.flatnonzero((np.asarray(heldout, bool) | np.asarray(dropped, bool)) & (given >= 0))
+    label = np.asarray(label)
+    return np.asarray(confidence, np.float64)[rows], (label[rows] != given[rows]).astype(np.float64)

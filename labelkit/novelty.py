@@ -1,0 +1,185 @@
+"""Open-set scores: how far each sample lies from every labeled class (numpy in, numpy out).
+
+Two distances to the known classes, each measured for a labeled sample without that sample (so
+the labeled samples give their held-out distribution):
+
+- ``prototype``: one minus the cosine to the nearest class prototype, the class mean of the
+  labeled embeddings (re-normalised), the sample's own class mean computed without it
+  (prototypical networks; ProtoGCD's "far from every prototype").
+- ``knn``: one minus the mean cosine to the ``k`` nearest labeled samples, the sample itself
+  excluded (deep nearest-neighbour OOD detection, Sun et al. 2022).
+
+Each is put on the scale of its distribution over the labeled samples (a robust z-score: minus the
+median, over 1.4826 times the median absolute deviation), and ``novelty`` is the mean of the two:
+0 for a typical labeled sample, 3 for one three labeled spreads farther than typical (higher =
+farther from every known class; unbounded, so it keeps ranking past the farthest labeled sample).
+A sample is judged novel when its conformal p-value against the labeled samples,
+``p_i = (1 + #{labeled j != i: s_j >= s_i}) / (L + 1)``, is at most ``reject_rate``: equivalently,
+when ``novelty`` reaches the ``ceil((1 - reject_rate) (L + 1))``-th smallest labeled score. By
+exchangeability, a new sample of a known class is then wrongly judged novel with probability at
+most ``reject_rate`` (Vovk, Gammerman, Shafer 2005; Bates et al. 2023 for conformal outlier
+detection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit.errors import BadInputError
+
+ROW_CHUNK = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class Novelty:
+    """What :func:`novelty_scores` returns.
+
+    Attributes
+    ----------
+    score : ndarray of shape (n_samples,), float32
+        Mean robust z-score of the two distances: higher = farther from every known class. For
+        labeled rows, computed without the row itself.
+    p_value : ndarray of shape (n_samples,), float64
+        Conformal p-value against the labeled samples (small = unlike every labeled sample).
+    novel : ndarray of shape (n_samples,), bool
+        ``p_value <= reject_rate`` (labeled rows included, for reference).
+    threshold : float
+        The smallest ``score`` an unlabeled sample needs to be judged novel (inf when
+        ``reject_rate < 1 / (L + 1)``: nothing can be).
+    reject_rate : float
+    components : dict of str to ndarray of shape (n_samples,)
+        Raw distances (``prototype``, ``knn``) before calibration.
+    n_reference : int
+        Labeled samples the scores are calibrated on.
+    """
+
+    score: np.ndarray
+    p_value: np.ndarray
+    novel: np.ndarray
+    threshold: float
+    reject_rate: float
+    components: dict
+    n_reference: int
+
+
+def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = 0.05, device: str = "cpu") -> Novelty:
+    """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+        Normalised here if they are not unit-norm.
+    labels : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled. At least two labeled samples are needed.
+    n_classes : int
+    k : int, default=10
+        Labeled neighbours averaged by the ``knn`` distance (fewer when fewer exist).
+    reject_rate : float, default=0.05
+        In (0, 1): the share of known-class samples that may be wrongly judged novel.
+    device : str, default="cpu"
+        For the nearest-labeled-neighbour search (:func:`labelkit.knn.search`).
+
+    Returns
+    -------
+    Novelty
+
+    References
+    ----------
+    Snell, Swersky, Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017. Sun, Ming,
+    Zhu, Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022. Ma et al.,
+    "ProtoGCD: Unified and Unbiased Prototype Learning for Generalized Category Discovery", 2025.
+    Bates, Candès, Lei, Romano, Sesia, "Testing for Outliers with Conformal p-values", Ann.
+    Statist. 2023.
+
+    Examples
+    --------
+    >>> x = np.array([[1, 0, 0], [0.99, 0.1, 0], [0.98, 0.2, 0], [0, 1, 0], [0.1, 0.99, 0],
+    ...               [0.2, 0.98, 0], [0.97, 0.25, 0], [0, 0, 1]], np.float32)
+    >>> r = novelty_scores(x, np.array([0, 0, 0, 1, 1, 1, -1, -1]), 2, k=2, reject_rate=0.2)
+    >>> r.novel[6:].tolist(), bool(r.score[7] > r.score[6])
+    ([False, True], True)
+    """
+    x = l2_normalize(check_embeddings(embeddings))
+    labels = check_labels(labels, n_classes=n_classes)
+    if labels.shape[0] != x.shape[0]:
+        raise BadInputError(f"'labels' must have one entry per embedding ({x.shape[0]}). Got {labels.shape[0]} instead.")
+    if (labels >= 0).sum() < 2:
+        raise BadInputError("novelty needs at least two labeled samples to calibrate on. Label a few samples per class.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise BadInputError(f"'k' must be an integer >= 1. Got {k!r} instead.")
+    if not (isinstance(reject_rate, (int, float, np.floating)) and 0 < reject_rate < 1):
+        raise BadInputError(f"'reject_rate' must be in (0, 1). Got {reject_rate!r} instead.")
+    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), device)
+
+
+def _novelty_impl(x, labels, n_classes, k, reject_rate, device) -> Novelty:
+    lab = np.flatnonzero(labels >= 0)
+    comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": _knn_distance(x, lab, k, device)}
+    # Each distance on the scale of its labeled distribution; their mean, judged by a conformal p-value.
+    score = np.mean([_robust_z(d[lab], d) for d in comps.values()], axis=0).astype(np.float32)
+    p = _conformal_p(score[lab], score, labels >= 0)
+    ref = np.sort(score[lab])
+    rank = int(np.ceil((1 - reject_rate) * (lab.size + 1)))  # p <= rate  <=>  score >= ref[rank - 1]
+    threshold = float(ref[rank - 1]) if rank <= lab.size else float("inf")
+    return Novelty(score, p, p <= reject_rate, threshold, reject_rate, {n: d.astype(np.float32) for n, d in comps.items()}, int(lab.size))
+
+
+def _robust_z(ref, values) -> np.ndarray:
+    """(values - median(ref)) / (1.4826 MAD(ref)); the scale falls back to the std, then 1, when zero."""
+    med = np.median(ref)
+    scale = 1.4826 * np.median(np.abs(ref - med))
+    if not scale > 1e-12:
+        scale = ref.std() if ref.std() > 1e-12 else 1.0
+    return (values - med) / scale
+
+
+def _conformal_p(ref, values, is_ref) -> np.ndarray:
+    """(1 + #{ref >= v}) / (n_ref + 1), a reference row not counting itself."""
+    ref = np.sort(ref)
+    at_least = ref.size - np.searchsorted(ref, values, side="left")
+    at_least = at_least - is_ref.astype(np.int64)  # a labeled row is not its own reference
+    return (1.0 + at_least) / (ref.size + 1.0)
+
+
+def _prototype_distance(x, labels, n_classes) -> np.ndarray:
+    """1 - max_c cos(x_i, class mean of c); a labeled sample's own class mean leaves it out."""
+    lab = labels >= 0
+    sums = np.zeros((n_classes, x.shape[1]), np.float64)
+    np.add.at(sums, labels[lab], x[lab])
+    counts = np.bincount(labels[lab], minlength=n_classes)
+    means = l2_normalize(sums.astype(np.float32))
+    present = counts > 0
+    out = np.empty(x.shape[0], np.float64)
+    for lo in range(0, x.shape[0], ROW_CHUNK):
+        xs = x[lo : lo + ROW_CHUNK]
+        cos = np.where(present, xs @ means.T, -np.inf)
+        y = labels[lo : lo + ROW_CHUNK]
+        own = np.flatnonzero(y >= 0)
+        if own.size:  # leave-one-out class mean: (sum - x_i) / |sum - x_i|
+            c = y[own]
+            loo = sums[c] - xs[own]
+            norm = np.linalg.norm(loo, axis=1)
+            cos_loo = np.where(norm > 1e-9, np.einsum("ij,ij->i", loo, xs[own]) / np.maximum(norm, 1e-12), -np.inf)
+            cos[own, c] = np.where(counts[c] > 1, cos_loo, -np.inf)
+        best = cos.max(axis=1)
+        out[lo : lo + ROW_CHUNK] = 1.0 - np.where(np.isfinite(best), best, -1.0)
+    return out
+
+
+def _knn_distance(x, lab, k, device) -> np.ndarray:
+    """1 - mean cosine to the k nearest labeled samples (self excluded)."""
+    from labelkit import knn
+
+    kk = min(k + 1, lab.size)
+    sims, idx = knn.search(x[lab], x, kk, device=device)
+    rows = lab[np.maximum(idx, 0)]
+    self_hit = (rows == np.arange(x.shape[0])[:, None]) & (idx >= 0)
+    keep = (idx >= 0) & ~self_hit
+    # The first k kept neighbours of each row (a labeled row drops itself; others drop the last).
+    order = np.cumsum(keep, axis=1)
+    keep &= order <= min(k, lab.size - 1)
+    s = np.where(keep, sims, 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+    return 1.0 - s

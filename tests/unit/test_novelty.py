@@ -1,0 +1,61 @@
+"""labelkit/novelty.py: open-set scores on small clustered arrays with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelkit.errors import BadInputError
+from labelkit.novelty import novelty_scores
+
+
+def _clusters(rng, centers, n, spread):
+    x = np.concatenate([c + spread * rng.standard_normal((n, centers.shape[1])) for c in centers])
+    return x.astype(np.float32), np.repeat(np.arange(len(centers)), n)
+
+
+def test_a_cluster_no_one_labeled_scores_as_novel(rng):
+    centers = np.eye(8)[:4] * 3
+    x, y = _clusters(rng, centers, 60, 0.4)
+    labels = np.where((y < 3) & (np.arange(y.size) % 60 < 20), y, -1)  # class 3: never labeled
+    r = novelty_scores(x, labels, 3, k=5, reject_rate=0.05)
+    unl = labels < 0
+    new, known = unl & (y == 3), unl & (y < 3)
+    assert r.score[new].min() > r.score[known].max()  # perfectly separated
+    assert r.novel[new].all()
+    assert r.novel[known].mean() <= 0.1
+    assert r.n_reference == 60
+    assert r.novel[unl].tolist() == (r.score[unl] >= r.threshold).tolist()
+    assert set(r.components) == {"prototype", "knn"}
+
+
+def test_known_class_samples_are_wrongly_rejected_at_about_the_stated_rate(rng):
+    # Exchangeable labeled and unlabeled samples of the same classes: the conformal p-value makes
+    # the share judged novel about reject_rate (at most, in expectation).
+    centers = rng.standard_normal((5, 16)) * 2
+    x, y = _clusters(rng, centers, 600, 1.0)
+    labels = np.where(rng.random(y.size) < 0.4, y, -1)
+    for rate in (0.05, 0.2):
+        r = novelty_scores(x, labels, 5, reject_rate=rate)
+        share = r.novel[labels < 0].mean()
+        assert share == pytest.approx(rate, abs=0.03)
+
+
+def test_a_labeled_sample_is_scored_without_itself():
+    # The last labeled sample of class 0 sits far from the rest of its class: with itself as its
+    # own neighbour and in its own prototype it would look ordinary.
+    x = np.array([[1, 0, 0], [0.99, 0.1, 0], [0.98, 0, 0.2], [0, 1, 0], [0.1, 0.99, 0], [0, 0.98, 0.2], [0, 0, 1]], np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1, 0])
+    r = novelty_scores(x, labels, 2, k=2)
+    assert r.score[6] == r.score.max()
+    assert r.components["knn"][6] > 0.7 and r.components["prototype"][6] > 0.5
+
+
+def test_bad_inputs():
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(BadInputError, match="at least two labeled samples"):
+        novelty_scores(x, np.array([0, -1, -1]), 1)
+    with pytest.raises(BadInputError, match="'reject_rate' must be in \\(0, 1\\). Got 1.5 instead."):
+        novelty_scores(x, np.array([0, 0, -1]), 1, reject_rate=1.5)
+    with pytest.raises(BadInputError, match="'k' must be an integer >= 1"):
+        novelty_scores(x, np.array([0, 0, -1]), 1, k=0)
