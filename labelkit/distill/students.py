@@ -29,8 +29,9 @@ so callers feed raw embeddings or raw pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 
 from labelkit.errors import BadInputError, DependencyError
 
-__all__ = ["STUDENTS", "build_student", "load_student", "student_state"]
+__all__ = ["STUDENTS", "Architecture", "build_student", "load_student", "student_state"]
 
 
 class Standardize(nn.Module):
@@ -140,6 +141,7 @@ class SmallCNN(nn.Module):
 
 BACKBONE = "efficientnet-lite0"
 BACKBONE_DIM = 1280
+FINETUNE_SIDE = 224  # EfficientNet-Lite0's training resolution
 
 
 class FinetuneNet(nn.Module):
@@ -178,28 +180,82 @@ class FinetuneNet(nn.Module):
         return self.fc(self.drop(self.backbone.extract_features(self.norm(x)).mean(dim=(2, 3))))
 
 
+def _head_config(config, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
+    out = {"architecture": config.architecture, "in_dim": int(input_shape[0]), "n_classes": int(n_classes)}
+    if config.architecture == "mlp":
+        out.update(hidden=config.hidden, dropout=config.dropout)
+    return out
+
+
+def _cnn_config(config, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
+    return {"architecture": "cnn", "in_channels": int(input_shape[0]), "n_classes": int(n_classes), "width": config.width, "dropout": config.dropout}
+
+
+def _finetune_config(config, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
+    if int(input_shape[0]) != 3:
+        raise BadInputError(f"the finetune student reads RGB images (3 channels). Got {int(input_shape[0])} channels.")
+    return {"architecture": "finetune", "n_classes": int(n_classes), "dropout": config.dropout}
+
+
 @dataclass(frozen=True)
-class _Arch:
+class Architecture:
+    """One student architecture: adding one means adding one entry to :data:`STUDENTS`.
+
+    Attributes
+    ----------
+    name : str
+    input_kind : {"embeddings", "pixels"}
+        What it trains on: the embed stage's vectors (N, D), or the images' pixels (N, C, H, W).
+    build : callable
+        Student config dict -> untrained module (built on the meta device by :func:`build_student`).
+    keys : tuple of str
+        Required student config keys besides ``"architecture"``.
+    config : callable
+        ``(TrainConfig, input shape without the batch axis, n_classes) -> student config dict``.
+    image_side : int
+        pixels: the default square side the images are resized to; 0 = their largest side,
+        clipped to 8-64 (:mod:`labelkit.distill.pixels`).
+    image_mode : str or None
+        pixels: PIL mode the images are read in ("RGB"); None = grayscale when every image is.
+    threads : {"one", "torch"}
+        CPU threads while training when none are asked for: one (small matrices gain nothing
+        from more and lose much on a busy machine), or torch's default.
+    """
+
+    name: str
+    input_kind: str
     build: Callable[[dict], nn.Module]
-    keys: tuple[str, ...]  # required config keys besides "architecture"
-    input_ndim: int  # 2 for (N, D) embeddings, 4 for (N, C, H, W) images
+    keys: tuple[str, ...]
+    config: Callable[[Any, tuple[int, ...], int], dict[str, Any]]
+    image_side: int = 0
+    image_mode: str | None = None
+    threads: str = "one"
+
+    @property
+    def input_ndim(self) -> int:
+        """2 for (N, D) embeddings, 4 for (N, C, H, W) images."""
+        return 4 if self.input_kind == "pixels" else 2
 
 
-STUDENTS: dict[str, _Arch] = {
-    "linear": _Arch(lambda c: LinearHead(c["in_dim"], c["n_classes"]), ("in_dim", "n_classes"), 2),
-    "mlp": _Arch(
-        lambda c: MLPHead(c["in_dim"], c["n_classes"], c["hidden"], c["dropout"]),
-        ("in_dim", "n_classes", "hidden", "dropout"),
-        2,
-    ),
-    "cnn": _Arch(
-        lambda c: SmallCNN(c["in_channels"], c["n_classes"], c["width"], c["dropout"]),
-        ("in_channels", "n_classes", "width", "dropout"),
-        4,
-    ),
-    "finetune": _Arch(lambda c: FinetuneNet(c["n_classes"], c["dropout"]), ("n_classes", "dropout"), 4),
+STUDENTS: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("linear", "embeddings", lambda c: LinearHead(c["in_dim"], c["n_classes"]), ("in_dim", "n_classes"), _head_config),
+        Architecture(
+            "mlp", "embeddings", lambda c: MLPHead(c["in_dim"], c["n_classes"], c["hidden"], c["dropout"]),
+            ("in_dim", "n_classes", "hidden", "dropout"), _head_config,
+        ),
+        Architecture(
+            "cnn", "pixels", lambda c: SmallCNN(c["in_channels"], c["n_classes"], c["width"], c["dropout"]),
+            ("in_channels", "n_classes", "width", "dropout"), _cnn_config, threads="torch",
+        ),
+        Architecture(
+            "finetune", "pixels", lambda c: FinetuneNet(c["n_classes"], c["dropout"]), ("n_classes", "dropout"), _finetune_config,
+            image_side=FINETUNE_SIDE, image_mode="RGB", threads="torch",
+        ),
+    )
 }
-"""Registry of student architectures: name -> builder, required config keys, input rank."""
+"""Registry of student architectures: name -> :class:`Architecture`."""
 
 
 def build_student(config: dict[str, Any]) -> nn.Module:

@@ -147,19 +147,6 @@ class TrainConfig:
             raise BadInputError(f"'fixmatch' augments images: it needs the cnn or finetune architecture. Got {self.architecture!r} instead.")
 
 
-
 def student_config(config: TrainConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
     """The JSON-able :func:`build_student` config for ``config.architecture`` on inputs of ``input_shape`` (no batch axis)."""
-    arch = config.architecture
-    if arch == "cnn":
-        return {"architecture": "cnn", "in_channels": int(input_shape[0]), "n_classes": int(n_classes),
-                "width": config.width, "dropout": config.dropout}
-    if arch == "finetune":
-        if int(input_shape[0]) != 3:
-            raise BadInputError(f"the finetune student reads RGB images (3 channels). Got {int(input_shape[0])} channels.")
-        return {"architecture": "finetune", "n_classes": int(n_classes), "dropout": config.dropout}
-    out = {"architecture": arch, "in_dim": int(input_shape[0]), "n_classes": int(n_classes)}
-    if arch == "mlp":
-        out.update(hidden=config.hidden, dropout=config.dropout)
-    return out
-
+    return STUDENTS[config.architecture].config(config, input_shape, n_classes)

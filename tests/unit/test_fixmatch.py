@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from labelkit.distill import TrainConfig, fit_student, predict_proba
-from labelkit.distill.fixmatch import LabelFilter, consistency_loss, strong_view, weak_view
+from labelkit.distill.fixmatch import (
+    LabelFilter,
+    consistency_loss,
+    strong_view,
+    weak_view,
+)
 from labelkit.errors import BadInputError
 
 
@@ -129,7 +134,9 @@ def test_ema_returns_the_moving_average_of_the_weights():
     for a, b in zip(plain.model.state_dict().values(), fast.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
     # the average by hand: d_t = min(decay, (1 + t) / (10 + t)) over the 15 steps' weights
-    from labelkit.distill import training
+    from labelkit.distill import (
+        regularisers as training,  # _ema_update lives with the EMA object
+    )
 
     seen = []
     real = training._ema_update
