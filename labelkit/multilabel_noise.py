@@ -25,10 +25,14 @@ from labelkit import noise
 from labelkit.errors import BadInputError
 
 __all__ = [
-    "Pooling", "MultilabelIssues", "check_multilabels", "class_label_quality", "pool_scores",
+    "DEFAULT_METHOD", "Pooling", "MultilabelIssues", "check_multilabels", "class_label_quality", "pool_scores",
     "multilabel_quality_scores", "detect_multilabel_issues", "find_multilabel_issues",
 ]
 
+#: The filter labelkit uses by default on multi-label data: the samples with the lowest pooled
+#: self-confidence, as many as one-vs-rest confident learning counts (Thyagarajan et al. 2023 rank
+#: by the pooled score; on benchmarks/multilabel.py it beats per-class pruning, docs/performance.md).
+DEFAULT_METHOD = noise.FilterMethod.LOW_SELF_CONFIDENCE
 #: Forgetting factor of the exponential moving average (Thyagarajan et al. 2023 use 0.8).
 EMA_ALPHA = 0.8
 #: Temperature of the softmin pooling.

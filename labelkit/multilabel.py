@@ -1,0 +1,412 @@
+"""Multi-label scores: one-vs-rest sigmoid heads, their out-of-sample probabilities, per-class
+thresholds and label sets (numpy in, numpy out; the heads are fitted with torch's L-BFGS).
+
+Vocabulary: ``labels`` is an (n_samples, n_classes) 0/1 indicator matrix whose unlabeled rows are
+all -1 (:func:`labelkit.multilabel_noise.check_multilabels`); ``probs`` (n_samples, n_classes)
+holds the probability that a sample carries each class (rows need not sum to one).
+
+The heads are K independent logistic regressions on standardised embeddings sharing one L2
+strength, chosen by held-out binary cross-entropy on the folds. Per-class thresholds are chosen
+on those held-out probabilities, so that the pseudo-labels of unlabeled samples are cut where
+each class's held-out F1 peaks, or where its held-out precision first reaches a target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelkit._validation import check_embeddings
+from labelkit.errors import BadInputError
+from labelkit.multilabel_noise import check_multilabels
+
+__all__ = ["HeadConfig", "C_GRID", "sigmoid_heads_probs", "cross_val_multilabel_probs", "Thresholds",
+           "choose_thresholds", "label_sets", "MultilabelPseudolabels", "multilabel_pseudolabels",
+           "multilabel_label_issues"]
+
+#: L2 strengths tried by :func:`cross_val_multilabel_probs` when ``C`` is not given (the one with
+#: the lowest held-out binary cross-entropy is kept).
+C_GRID = (0.1, 1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One-vs-rest logistic heads (full-batch L-BFGS).
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse L2 strength as in scikit-learn: sum_i,k BCE_ik + ||W||^2 / (2 C) (bias free).
+    max_iter : int, default=200
+    standardize : bool, default=True
+        Standardise features with the training rows' mean and std.
+    """
+
+    C: float = 1.0
+    max_iter: int = 200
+    standardize: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
+            raise BadInputError(f"'C' must be > 0. Got {self.C!r} instead.")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise BadInputError(f"'max_iter' must be an int >= 1. Got {self.max_iter!r} instead.")
+
+
+def _fit_heads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: HeadConfig):
+    """K logistic regressions at once; ``w`` (n, K) weighs each (sample, class) term (0 = ignore)."""
+    n, d = x.shape
+    k = y.shape[1]
+    if config.standardize:
+        mean = x.mean(dim=0)
+        std = x.std(dim=0, unbiased=False)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    else:
+        mean, std = torch.zeros(d, dtype=x.dtype), torch.ones(d, dtype=x.dtype)
+    xs = (x - mean) / std
+    # Start each bias at the class's log-odds: a class with (almost) no positives stays rare.
+    pos = (y * w).sum(dim=0)
+    tot = w.sum(dim=0).clamp_min(1e-12)
+    rate = ((pos + 0.5) / (tot + 1.0)).clamp(1e-6, 1 - 1e-6)
+    b = torch.log(rate / (1 - rate)).clone().requires_grad_(True)
+    weights = torch.zeros(d, k, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([weights, b], lr=1.0, max_iter=config.max_iter, history_size=10,
+                            tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    scale = 1.0 / n  # sum BCE + ||W||^2/(2C), divided by n for the optimiser's tolerances
+
+    def closure():
+        opt.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(xs @ weights + b, y, weight=w, reduction="sum")
+                + 0.5 / config.C * (weights * weights).sum()) * scale
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights, b = weights.detach(), b.detach()
+
+    def predict(xq: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(((xq - mean) / std) @ weights + b)
+
+    return predict
+
+
+def _predict(predict, x: torch.Tensor, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
+    with torch.no_grad():
+        for lo in range(0, rows.size, 65536):
+            out[dest[lo:lo + 65536]] = predict(x[torch.from_numpy(rows[lo:lo + 65536])]).numpy()
+
+
+def _tensors(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray | None):
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).double()
+    y = torch.from_numpy(np.clip(labels, 0, 1).astype(np.float64))
+    w = torch.ones_like(y) if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float64))
+    return x, y, w
+
+
+def _folds(n: int, n_folds: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n) % n_folds
+
+
+def _cross_val_impl(x, y, w, labeled: np.ndarray, n_folds: int, seed: int, config: HeadConfig) -> np.ndarray:
+    """Held-out probabilities of the labeled rows (each from the heads fitted without its fold)."""
+    out = np.zeros((labeled.size, y.shape[1]), dtype=np.float32)
+    fold = _folds(labeled.size, n_folds, seed)
+    for f in range(n_folds):
+        tr, te = labeled[fold != f], np.flatnonzero(fold == f)
+        t = torch.from_numpy(tr)
+        predict = _fit_heads(x[t], y[t], w[t], config)
+        _predict(predict, x, labeled[te], out, te)
+    return out
+
+
+def _bce(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return float(np.average(loss, weights=w) if w is not None else loss.mean())
+
+
+def cross_val_multilabel_probs(
+    embeddings,
+    labels,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    C: float | None = None,
+    weights=None,
+) -> tuple[np.ndarray, float]:
+    """Out-of-sample per-class probabilities from one-vs-rest logistic heads.
+
+    Each labeled row's probabilities come from heads fitted on the other folds (what confident
+    learning and the threshold choice need); unlabeled rows get the heads fitted on every labeled
+    row. ``C=None`` tries :data:`C_GRID` and keeps the strength with the lowest held-out binary
+    cross-entropy on the given labels.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+    labels : ndarray of shape (n_samples, n_classes)
+        0/1 indicator matrix; rows of -1 are unlabeled.
+    n_folds : int, default=5
+    seed : int, default=0
+        Fold assignment.
+    C : float, default=None
+        Inverse L2 strength; None chooses it from :data:`C_GRID` on the folds.
+    weights : ndarray of shape (n_samples, n_classes), default=None
+        Weight of each (sample, class) label in the fits (0 = do not trust it); the held-out
+        probabilities of every labeled row are returned whatever its weights.
+
+    Returns
+    -------
+    probs : ndarray of shape (n_samples, n_classes), float32
+    C : float
+        The strength used.
+
+    References
+    ----------
+    Northcutt, Jiang & Chuang, JAIR 2021 (out-of-sample probabilities by K-fold cross-validation);
+    Read, Pfahringer, Holmes, Frank, "Classifier Chains for Multi-label Classification", 2011
+    (binary relevance, the one-vs-rest reduction used here).
+
+    Examples
+    --------
+    >>> x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 1], [0.9, 1]], dtype=np.float32)
+    >>> y = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 1], [-1, -1]])
+    >>> p, _ = cross_val_multilabel_probs(x, y, n_folds=2, C=10.0)
+    >>> (p[-1] > 0.5).tolist()
+    [True, True]
+    """
+    x = check_embeddings(embeddings)
+    y = check_multilabels(labels)
+    if len(y) != len(x):
+        raise BadInputError(f"'labels' must have one row per embedding ({len(x)}). Got {len(y)} instead.")
+    if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise BadInputError(f"'n_folds' must be an int >= 2. Got {n_folds!r} instead.")
+    labeled = np.flatnonzero(y[:, 0] >= 0)
+    if labeled.size < n_folds:
+        raise BadInputError(f"cross-validation needs at least n_folds={n_folds} labeled rows. Got {labeled.size} instead.")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != y.shape or not np.all(np.isfinite(weights)) or (weights < 0).any():
+            raise BadInputError(f"'weights' must be a non-negative array of shape {y.shape}.")
+    if C is not None:
+        HeadConfig(C=C)  # validates
+    xt, yt, wt = _tensors(x, y, weights)
+    grid = C_GRID if C is None else (float(C),)
+    best = None
+    for c in grid:
+        held = _cross_val_impl(xt, yt, wt, labeled, n_folds, seed, HeadConfig(C=c))
+        loss = _bce(held, np.clip(y[labeled], 0, 1), None if weights is None else weights[labeled])
+        if best is None or loss < best[0]:
+            best = (loss, c, held)
+    _, c, held = best
+    out = np.zeros(y.shape, dtype=np.float32)
+    out[labeled] = held
+    unl = np.flatnonzero(y[:, 0] < 0)
+    if unl.size:
+        t = torch.from_numpy(labeled)
+        _predict(_fit_heads(xt[t], yt[t], wt[t], HeadConfig(C=c)), xt, unl, out, unl)
+    return out, c
+
+
+def sigmoid_heads_probs(embeddings, labels, rows=None, *, C: float = 1.0, weights=None) -> np.ndarray:
+    """Per-class probabilities at ``rows`` (None = all) from heads fitted on every labeled row.
+
+    Parameters as in :func:`cross_val_multilabel_probs`. Returns float32 (len(rows), n_classes).
+    """
+    x = check_embeddings(embeddings)
+    y = check_multilabels(labels)
+    labeled = np.flatnonzero(y[:, 0] >= 0)
+    if labeled.size == 0:
+        raise BadInputError("'labels' must have at least one labeled row. Got only rows of -1 instead.")
+    want = np.arange(len(y)) if rows is None else np.asarray(rows, dtype=np.int64)
+    xt, yt, wt = _tensors(x, y, weights)
+    t = torch.from_numpy(labeled)
+    out = np.zeros((want.size, y.shape[1]), dtype=np.float32)
+    _predict(_fit_heads(xt[t], yt[t], wt[t], HeadConfig(C=C)), xt, want, out, np.arange(want.size))
+    return out
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-class thresholds chosen on held-out probabilities.
+
+    Attributes: ``value`` (K,) cut of each class (carry k when p_k >= value_k); ``precision``,
+    ``recall`` (K,) held-out at that cut (NaN for a class with no positives); ``reached`` (K,)
+    bool, the target precision was reached (always True without a target).
+    """
+
+    value: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    reached: np.ndarray
+
+
+def _one_threshold(p: np.ndarray, y: np.ndarray, target: float | None, default: float) -> tuple[float, float, float, bool]:
+    pos = int(y.sum())
+    if pos == 0 or pos == len(y):
+        return default, math.nan, math.nan, target is None
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    tp = np.cumsum(ys)
+    k = np.arange(1, len(ys) + 1)
+    last = np.r_[ps[1:] != ps[:-1], True]  # a cut can only fall between distinct values
+    tp, k, cut = tp[last], k[last], ps[last]
+    prec, rec = tp / k, tp / pos
+    if target is None:
+        f1 = 2 * prec * rec / np.maximum(prec + rec, 1e-12)
+        i = int(np.argmax(f1))
+        return float(cut[i]), float(prec[i]), float(rec[i]), True
+    ok = np.flatnonzero(prec >= target)
+    if ok.size == 0:  # never reached: the strictest cut, said in ``reached``
+        return float(cut[0]), float(prec[0]), float(rec[0]), False
+    i = int(ok[-1])  # the lowest cut (most recall) whose precision still reaches the target
+    return float(cut[i]), float(prec[i]), float(rec[i]), True
+
+
+def choose_thresholds(labels, probs, *, target_precision: float | None = None, default: float = 0.5) -> Thresholds:
+    """Per-class thresholds on held-out probabilities: the F1-best cut, or the lowest cut whose
+    precision reaches ``target_precision``.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples, n_classes)
+        0/1 indicator matrix of the held-out rows (rows of -1 are ignored).
+    probs : ndarray of shape (n_samples, n_classes)
+        Their out-of-sample probabilities.
+    target_precision : float, default=None
+        In (0, 1]. A class that never reaches it gets its strictest cut and ``reached`` False.
+    default : float, default=0.5
+        The cut of a class whose held-out rows are all positive or all negative.
+
+    Returns
+    -------
+    Thresholds
+
+    References
+    ----------
+    Lipton, Elkan, Naryanaswamy, "Optimal Thresholding of Classifiers to Maximize F1 Measure",
+    ECML PKDD 2014; CDUL (Abdelfattah et al., ICCV 2023) for per-class thresholds on per-class scores.
+
+    Examples
+    --------
+    >>> y = np.array([[1], [1], [0], [0]])
+    >>> choose_thresholds(y, np.array([[0.9], [0.6], [0.4], [0.1]])).value.tolist()
+    [0.6]
+    """
+    y = check_multilabels(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != y.shape:
+        raise BadInputError(f"'probs' must have shape {y.shape}. Got {p.shape} instead.")
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise BadInputError(f"'target_precision' must be in (0, 1]. Got {target_precision!r} instead.")
+    rows = y[:, 0] >= 0
+    y, p = y[rows], p[rows]
+    res = [_one_threshold(p[:, k], y[:, k], target_precision, default) for k in range(y.shape[1])]
+    v, pr, rc, ok = (np.array(c) for c in zip(*res)) if res else (np.zeros(0),) * 4
+    return Thresholds(v.astype(np.float64), pr.astype(np.float64), rc.astype(np.float64), ok.astype(bool))
+
+
+def label_sets(probs, thresholds) -> np.ndarray:
+    """(n_samples, n_classes) bool: the classes whose probability reaches their threshold.
+
+    Examples
+    --------
+    >>> label_sets(np.array([[0.7, 0.2], [0.4, 0.9]]), np.array([0.5, 0.3])).tolist()
+    [[True, False], [False, True]]
+    """
+    p = np.asarray(probs)
+    t = np.asarray(thresholds, dtype=np.float64)
+    if p.ndim != 2 or t.shape != (p.shape[1],):
+        raise BadInputError(f"'thresholds' must have one value per class of 'probs' {p.shape}. Got {t.shape} instead.")
+    return p >= t[None, :]
+
+
+# ----------------------------------------------------------------------------- the stages' defaults
+
+
+@dataclass(frozen=True)
+class MultilabelPseudolabels:
+    """Output of :func:`multilabel_pseudolabels`.
+
+    Attributes: ``probs`` (N, K) float32, held-out for labeled rows and from the heads fitted on
+    every trusted label for unlabeled rows; ``label_sets`` (N, K) bool, probs >= thresholds;
+    ``accepted`` (N,) bool, every class in the sample's set has a threshold that reached the
+    target precision (all True without a target); ``thresholds`` :class:`Thresholds`; ``C``.
+    """
+
+    probs: np.ndarray
+    label_sets: np.ndarray
+    accepted: np.ndarray
+    thresholds: Thresholds
+    C: float
+
+
+def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision: float | None = None,
+                            n_folds: int = 5, seed: int = 0, C: float | None = None) -> MultilabelPseudolabels:
+    """Label sets with per-class probabilities for every sample, from one-vs-rest heads.
+
+    The heads are fitted on the labeled rows, each (sample, class) label weighted by ``trust``
+    (detect-noise's flagged labels get 0); per-class thresholds are chosen on the held-out
+    probabilities against the labels with the untrusted ones corrected (:func:`choose_thresholds`:
+    F1 peak, or the lowest cut reaching ``target_precision``).
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+    labels : ndarray of shape (n_samples, n_classes)
+        0/1 indicator matrix; rows of -1 are unlabeled.
+    trust : ndarray of shape (n_samples, n_classes), default=None
+        In [0, 1]; below 0.5 marks a label as likely wrong (flipped for the threshold choice).
+    target_precision : float, default=None
+    n_folds, seed, C
+        As in :func:`cross_val_multilabel_probs`.
+
+    Returns
+    -------
+    MultilabelPseudolabels
+
+    References
+    ----------
+    Abdelfattah et al., "CDUL: CLIP-Driven Unsupervised Learning for Multi-Label Image
+    Classification", ICCV 2023 (per-class thresholds on per-class scores); Northcutt et al.,
+    JAIR 2021 (training on the labels confident learning keeps).
+    """
+    y = check_multilabels(labels)
+    weights = None
+    fixed = y
+    if trust is not None:
+        t = np.asarray(trust, dtype=np.float64)
+        if t.shape != y.shape or not np.all((t >= 0) & (t <= 1)):
+            raise BadInputError(f"'trust' must be an array of shape {y.shape} with values in [0, 1].")
+        weights = np.where(y >= 0, t, 1.0)
+        fixed = np.where((y >= 0) & (t < 0.5), 1 - y, y).astype(np.int8)
+    probs, c = cross_val_multilabel_probs(embeddings, y, n_folds=n_folds, seed=seed, C=C, weights=weights)
+    labeled = y[:, 0] >= 0
+    thr = choose_thresholds(fixed[labeled], probs[labeled], target_precision=target_precision)
+    sets = label_sets(probs, thr.value)
+    accepted = ~(sets & ~thr.reached[None, :]).any(axis=1)
+    return MultilabelPseudolabels(probs, sets, accepted, thr, c)
+
+
+def multilabel_label_issues(embeddings, labels, *, n_folds: int = 5, seed: int = 0, C: float | None = None,
+                            method=None):
+    """detect-noise's default on multi-label data: held-out probabilities of one-vs-rest heads,
+    then :func:`labelkit.multilabel_noise.detect_multilabel_issues` (``method`` default
+    :data:`labelkit.multilabel_noise.DEFAULT_METHOD`). Returns (MultilabelIssues, probs, C).
+
+    References
+    ----------
+    Thyagarajan et al., arXiv:2211.13895.
+    """
+    from labelkit import multilabel_noise as mln
+
+    probs, c = cross_val_multilabel_probs(embeddings, labels, n_folds=n_folds, seed=seed, C=C)
+    issues = mln.detect_multilabel_issues(labels, probs, method=method or mln.DEFAULT_METHOD)
+    return issues, probs, c

@@ -1,0 +1,105 @@
+"""labelkit.multilabel: one-vs-rest heads, held-out probabilities, per-class thresholds (issue 16)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelkit import multilabel as ml
+from labelkit.errors import BadInputError
+
+
+def _blobs(seed: int, n: int = 240):
+    """Two independent classes, each a direction in 4-D: class k present <=> x_k shifted by +2."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 2)) < 0.4).astype(np.int8)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    x[:, :2] += 2.0 * y
+    return x, y
+
+
+def test_held_out_probs_separate_independent_classes():
+    x, y = _blobs(0)
+    p, c = ml.cross_val_multilabel_probs(x, y, seed=0)
+    assert c in ml.C_GRID
+    assert p.shape == y.shape and p.dtype == np.float32
+    # each class is read from its own feature: held-out accuracy per class well above chance
+    acc = ((p >= 0.5) == (y == 1)).mean(axis=0)
+    assert (acc > 0.8).all()
+
+
+def test_unlabeled_rows_get_the_full_fit_and_labeled_rows_stay_held_out():
+    x, y = _blobs(1)
+    y_unl = y.copy()
+    y_unl[-40:] = -1
+    p, c = ml.cross_val_multilabel_probs(x, y_unl, seed=3, C=1.0)
+    full = ml.sigmoid_heads_probs(x[:-40], y[:-40], C=1.0)
+    np.testing.assert_allclose(p[-40:], ml.sigmoid_heads_probs(x, y_unl, rows=np.arange(200, 240), C=1.0), atol=1e-6)
+    # held-out probabilities are not the in-sample fit
+    assert not np.allclose(p[:200], full)
+
+
+def test_zero_weight_labels_do_not_move_the_fit():
+    x, y = _blobs(2)
+    w = np.ones(y.shape)
+    corrupt = y.copy()
+    corrupt[:60, 0] = 1 - corrupt[:60, 0]  # wrong labels, given no weight
+    w[:60, 0] = 0.0
+    a = ml.sigmoid_heads_probs(x, y, C=1.0, weights=w)
+    b = ml.sigmoid_heads_probs(x, corrupt, C=1.0, weights=w)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    c = ml.sigmoid_heads_probs(x, corrupt, C=1.0)  # the same wrong labels, trusted, do move it
+    assert np.abs(c[:, 0] - a[:, 0]).max() > 0.05
+
+
+def test_thresholds_f1_peak_and_target_precision():
+    y = np.array([[1], [1], [0], [1], [0], [0]])
+    p = np.array([[0.9], [0.8], [0.7], [0.6], [0.3], [0.1]])
+    t = ml.choose_thresholds(y, p)
+    # cuts: 0.9 (P1 R1/3), 0.8 (1, 2/3, F1 .8), 0.7 (2/3, 2/3), 0.6 (3/4, 1, F1 .857) -> 0.6
+    assert t.value.tolist() == [0.6] and t.reached.tolist() == [True]
+    t = ml.choose_thresholds(y, p, target_precision=0.95)
+    assert t.value.tolist() == [0.8] and t.precision.tolist() == [1.0]
+    t = ml.choose_thresholds(np.array([[0], [1]]), np.array([[0.9], [0.1]]), target_precision=0.9)
+    assert t.reached.tolist() == [False] and t.value.tolist() == [0.9]
+
+
+def test_a_class_with_no_positives_keeps_the_default_cut():
+    t = ml.choose_thresholds(np.array([[0, 1], [0, 0]]), np.array([[0.2, 0.9], [0.1, 0.2]]))
+    assert t.value[0] == 0.5 and np.isnan(t.precision[0])
+
+
+def test_pseudolabels_follow_trust_and_target():
+    x, y = _blobs(4)
+    y_unl = y.copy()
+    y_unl[-60:] = -1
+    r = ml.multilabel_pseudolabels(x, y_unl, seed=0)
+    f1 = 2 * (r.label_sets[-60:] & (y[-60:] == 1)).sum() / (r.label_sets[-60:].sum() + (y[-60:] == 1).sum())
+    assert f1 > 0.8 and r.accepted.all()
+    strict = ml.multilabel_pseudolabels(x, y_unl, seed=0, target_precision=1.0)
+    assert (strict.thresholds.value >= r.thresholds.value).all()
+    assert strict.accepted.tolist() == (~(strict.label_sets & ~strict.thresholds.reached)).all(axis=1).tolist()
+
+
+def test_label_issues_find_flipped_labels():
+    x, y = _blobs(5, n=300)
+    given = y.copy()
+    flip = np.zeros(y.shape, bool)
+    flip[np.random.default_rng(0).choice(300, 20, replace=False), 0] = True
+    given[flip] = 1 - given[flip]
+    issues, probs, _ = ml.multilabel_label_issues(x, given, seed=0)
+    found = issues.to_add | issues.to_remove
+    assert (found & flip).sum() >= 14  # most of the 20 flips
+    assert issues.is_issue.sum() < 60
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ml.cross_val_multilabel_probs(np.ones((3, 2)), np.ones((3, 2)), n_folds=5), "at least n_folds=5 labeled rows"),
+    (lambda: ml.cross_val_multilabel_probs(np.ones((3, 2)), np.ones((2, 2))), "one row per embedding"),
+    (lambda: ml.cross_val_multilabel_probs(np.ones((6, 2)), np.ones((6, 2)), C=-1.0), "'C' must be > 0"),
+    (lambda: ml.choose_thresholds(np.ones((2, 1)), np.ones((2, 1)), target_precision=0.0), "'target_precision' must be in"),
+    (lambda: ml.label_sets(np.ones((2, 2)), [0.5]), "one value per class"),
+])
+def test_bad_inputs(call, match):
+    with pytest.raises(BadInputError, match=match):
+        call()
