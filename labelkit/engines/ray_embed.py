@@ -12,6 +12,7 @@ the data (image files) must be readable by every worker at the same path.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ class _EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from labelkit._validation import l2_normalize
 
+        cpu0 = time.process_time()
         n, dim = len(batch["id"]), self.embedder.dim
         vectors = np.zeros((n, dim), np.float32)
         errors = np.full(n, "", dtype=object)
@@ -48,7 +50,10 @@ class _EmbedActor:
                     errors[r] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if decoded:
                 vectors[rows] = l2_normalize(np.asarray(self.embedder.forward(decoded), dtype=np.float32))
-        return {"id": batch["id"], "content_hash": batch["content_hash"], "vector": vectors, "error": errors}
+        # CPU seconds of this actor's process (all its threads) for the batch, spread over its rows:
+        # rows per CPU-second is the per-worker throughput that a busy machine does not distort.
+        cpu = np.full(n, (time.process_time() - cpu0) / max(n, 1))
+        return {"id": batch["id"], "content_hash": batch["content_hash"], "vector": vectors, "error": errors, "cpu_s": cpu}
 
 
 def part_name(hashes: list[str]) -> str:
@@ -80,14 +85,15 @@ def embed_parts(ids: list[str], sources: list[Any], hashes: list[str], *, spec: 
     Returns
     -------
     dict with ``parts`` (paths written), ``errors`` ({id: reason} of unreadable inputs),
-    ``workers`` and ``device`` (cpu or cuda, per actor).
+    ``workers``, ``device`` (cpu or cuda, per actor) and ``actor_cpu_s`` (CPU seconds the actors
+    spent decoding and embedding, summed).
     """
     import pandas as pd
 
     from labelkit import artifacts
 
     parts_dir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"parts": [], "errors": {}, "workers": 0, "device": "cpu"}
+    out: dict[str, Any] = {"parts": [], "errors": {}, "workers": 0, "device": "cpu", "actor_cpu_s": 0.0}
     if not ids:
         return out
     with ray_session(ray) as rt:
@@ -109,6 +115,7 @@ def embed_parts(ids: list[str], sources: list[Any], hashes: list[str], *, spec: 
                 ok = batch["error"] == ""
                 b_ids, b_hashes = batch["id"].tolist(), batch["content_hash"].tolist()
                 skipped = [h for h, good in zip(b_hashes, ok) if not good]
+                out["actor_cpu_s"] += float(batch["cpu_s"].sum())
                 out["errors"].update({i: str(e) for i, e, good in zip(b_ids, batch["error"], ok) if not good})
                 path = parts_dir / part_name(b_hashes)
                 w = artifacts.EmbeddingsWriter(path, dim, "float32", {"skipped_content": skipped}, rows_per_part, content_hash=True)
