@@ -63,6 +63,7 @@ NOT_IN_CLASS = "not in a class folder"
 LINK_LOOP = "link loop"
 
 Kind = Literal["image", "text", "vectors", "labels-only"]
+Task = Literal["multi-class", "multi-label"]
 
 
 @dataclass
@@ -76,13 +77,40 @@ class Samples:
     origin: str  # "labels.csv", "labels.parquet" or "image folder"
     notices: list[dict[str, str]] = field(default_factory=list)  # health warnings about the inputs
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to DATA, reason)
+    task: Task = "multi-class"  # "multi-label": label sets in 'labels' ([] = no class, None = unlabeled), 'label' null
 
     @property
     def n_labeled(self) -> int:
-        return int(self.table["label"].notna().sum())
+        col = "labels" if self.task == "multi-label" else "label"
+        return int(self.table[col].notna().sum())
+
+    def label_matrix(self) -> np.ndarray:
+        """Multi-label labels as an int8 (N, K) 0/1 indicator matrix over ``classes``; unlabeled rows all -1."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = np.zeros((len(self.table), len(self.classes)), dtype=np.int8)
+        for row, v in enumerate(self.table["labels"].to_numpy(dtype=object)):
+            if v is None:
+                out[row] = -1
+            else:
+                out[row, [index[c] for c in v]] = 1
+        return out
+
+    def single_label_codes(self) -> np.ndarray:
+        """One class per sample where there is one: in a multi-label task, the samples whose set
+        has exactly one class (-1 for the rest); otherwise :meth:`label_codes`."""
+        if self.task != "multi-label":
+            return self.label_codes()
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[v[0]] if v is not None and len(v) == 1 else -1 for v in self.table["labels"]], dtype=np.int64)
 
     def label_codes(self) -> np.ndarray:
         """Labels as int64 indices into ``classes`` (-1 = unlabeled)."""
+        if self.task == "multi-label":
+            # A stage that reads one label per sample must not see a multi-label sample as unlabeled.
+            raise BadInputError(
+                "multi-label data (samples with several labels, or none, in 'labels'): this stage reads one label per "
+                "sample and does not support multi-label data yet; the stages that do are listed in docs/getting-started.md"
+            )
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[v] if v is not None else -1 for v in self.table["label"]], dtype=np.int64)
 
@@ -135,8 +163,9 @@ def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, 
             break
     else:
         samples = _from_image_folder(data)
+    samples.task = _task(samples.table)
     samples.classes = _merge_classes(samples, classes)
-    samples.notices += health.one_class(len(set(samples.table["label"].dropna())))
+    samples.notices += health.one_class(len(_label_set(samples.table)))
     if samples.skipped:
         samples.notices.append(_skipped_notice(samples.skipped))
     return samples
@@ -153,8 +182,17 @@ def _skipped_notice(skipped: list[tuple[str, str]]) -> dict[str, str]:
     )
 
 
+def _label_set(table: pd.DataFrame) -> set[str]:
+    """The distinct labels of a samples table, every class of every label set included."""
+    seen = set(table["label"].dropna())
+    multi = table["labels"].to_numpy(dtype=object)
+    if pd.notna(multi).any():  # multi-label: every class of every label set
+        seen.update(c for v in multi if v is not None for c in v)
+    return seen
+
+
 def _merge_classes(samples: Samples, given: tuple[str, ...] | list[str] | None) -> list[str]:
-    seen = set(samples.table["label"].dropna())
+    seen = _label_set(samples.table)
     if not given:
         return sorted(seen)
     given_set = {unicodedata.normalize("NFC", str(c).strip()) for c in given if str(c).strip()}
@@ -308,12 +346,14 @@ def _manifest_ids(df: pd.DataFrame, name: str, sources: list[str | None]) -> lis
 
 
 def _split_multi(v) -> list | None:
-    """A 'labels' cell as its raw parts (a list, or ``|``-separated); None when empty."""
+    """A 'labels' cell as its raw parts (a list, or ``|``-separated); None when missing, [] for an
+    explicit empty set (an empty list, or ``[]`` in a CSV): a labeled sample with no class."""
+    if isinstance(v, str) and v.strip() == "[]":
+        return []
     if _is_missing(v):
         return None
     parts = v.split("|") if isinstance(v, str) else list(v)
-    parts = [p for p in parts if not _is_missing(p)]
-    return parts or None
+    return [p for p in parts if not _is_missing(p)]
 
 
 class _LabelReader:
@@ -403,37 +443,46 @@ class _LabelReader:
 
 
 def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], list[list[str] | None], list[dict[str, str]]]:
+    """The 'label' and 'labels' columns. A manifest is multi-label when some 'labels' cell holds
+    several classes or an explicit empty set; then 'label' is null on every row, each labeled row
+    carries its set in 'labels' (a 'label' must be one of them) and a row with a 'label' but no
+    'labels' is ambiguous. Otherwise a one-class 'labels' cell is an ordinary 'label'."""
     n = len(df)
     reader = _LabelReader()
     single = reader.column(df["label"]) if "label" in df.columns else [None] * n
+    if "labels" not in df.columns:  # one label per row: nothing to reconcile row by row
+        return single, [None] * n, reader.notices()
     multi: list[list[str] | None] = []
-    for v in (df["labels"] if "labels" in df.columns else [None] * n):
-        parts = [reader.nfc(reader.text(p)) for p in (_split_multi(v) or [])]
-        parts = [p for p in parts if p is not None]
-        multi.append(parts or None)
-    several = 0
+    for row, v in enumerate(df["labels"], start=2):
+        raw = _split_multi(v)
+        parts = [p for p in (reader.nfc(reader.text(p)) for p in (raw or [])) if p is not None]
+        if len(set(parts)) != len(parts):
+            twice = next(p for p in parts if parts.count(p) > 1)
+            raise BadInputError(f"{name}: row {row} lists {twice!r} twice in 'labels'; name each class once")
+        multi.append(None if raw is None or (raw and not parts) else parts)
+    multi_task = any(m is not None and len(m) != 1 for m in multi)
     for row in range(n):
         m = multi[row]
-        if single[row] is None and m is not None and len(m) == 1:
-            single[row] = m[0]  # a one-element label set is an ordinary label
-        elif m is not None and len(m) > 1:
-            if single[row] is None:
-                raise BadInputError(
-                    f"{name}: row {row + 2} has several labels {'|'.join(m)!r} in 'labels'; multi-label data is not supported yet: "
-                    "give each row one 'label'"
-                )
-            several += 1
         if single[row] is not None and m is not None and single[row] not in m:
             raise BadInputError(f"{name}: row {row + 2} 'label' {single[row]!r} is not in its 'labels'")
-    notices = reader.notices()
-    if several:
-        notices.append(health.warning(
-            "multi_label_ignored",
-            f"{several} row{'s' if several != 1 else ''} carry several labels in 'labels': only their 'label' is used "
-            "(multi-label data is not supported yet)",
-            "drop the 'labels' column to silence this, or wait for multi-label support",
-        ))
-    return single, multi, notices
+        if not multi_task:
+            if single[row] is None and m is not None:
+                single[row] = m[0]  # a one-element label set is an ordinary label
+        elif m is None and single[row] is not None:
+            raise BadInputError(
+                f"{name}: row {row + 2} has a 'label' ({single[row]!r}) but no 'labels', while other rows carry several "
+                "classes (or none) in 'labels': in a multi-label manifest give every labeled row its set in 'labels' "
+                f"(e.g. {single[row]!r}, or '[]' for no class) and leave both empty for an unlabeled row"
+            )
+        else:
+            single[row] = None  # multi-label: the set is in 'labels'
+    return single, multi, reader.notices()
+
+
+def _task(table: pd.DataFrame) -> Task:
+    """Multi-label when some sample carries a label set and no single label (decided once, in discover)."""
+    multi = table["labels"].notna().to_numpy() & table["label"].isna().to_numpy()
+    return "multi-label" if multi.any() else "multi-class"
 
 
 def _manifest_vectors(col: pd.Series, name: str) -> np.ndarray:
@@ -472,10 +521,52 @@ def _from_image_folder(data: Path) -> Samples:
             f"{data}: no labels.csv / labels.parquet manifest and no images in class folders "
             f"(expected DATA/<class>/<image> and DATA/unlabeled/<image>){first}"
         )
-    ids = [r[0] for r in walk.rows]
-    table = _table(ids, ids, [r[1] for r in walk.rows], [None] * len(ids), [""] * len(ids))
+    rows, multi, notices = _merge_copies(data, walk.rows)
+    ids = [r[0] for r in rows]
+    table = _table(ids, ids, [r[1] for r in rows], multi, [""] * len(ids))
     return Samples(table=table, kind="image", classes=[], vectors=None, origin="image folder",
-                   notices=walk.labels.notices(), skipped=walk.skipped)
+                   notices=walk.labels.notices() + notices, skipped=walk.skipped)
+
+
+def _merge_copies(data: Path, rows: list[tuple[str, str | None]]):
+    """Images with identical bytes in several class folders are one multi-label sample.
+
+    Only files whose size another class folder's file shares are read and hashed. Each group of
+    identical files that spans several classes becomes one sample (id: its first path) carrying
+    those classes; then every labeled sample has a label set and the task is multi-label.
+    Returns (rows, labels column, notices); the rows are unchanged when no group spans classes.
+    """
+    labeled = [(i, r) for i, r in enumerate(rows) if r[1] is not None]
+    by_size: dict[int, list[int]] = {}
+    for i, (rel, _) in labeled:
+        by_size.setdefault(os.stat(data / rel).st_size, []).append(i)
+    groups: dict[tuple[int, bytes], list[int]] = {}
+    for size, members in by_size.items():
+        if len({rows[i][1] for i in members}) < 2:
+            continue  # one class: copies inside a class folder stay separate samples
+        for i in members:
+            h = hashlib.blake2b((data / rows[i][0]).read_bytes(), digest_size=16).digest()
+            groups.setdefault((size, h), []).append(i)
+    spanning = [sorted(m) for m in groups.values() if len({rows[i][1] for i in m}) > 1]
+    if not spanning:
+        return rows, [None] * len(rows), []
+    merged_into = {i: m[0] for m in spanning for i in m}
+    sets: dict[int, list[str]] = {m[0]: sorted({rows[i][1] for i in m}) for m in spanning}
+    out_rows, multi = [], []
+    for i, (rel, label) in enumerate(rows):
+        if i in merged_into and merged_into[i] != i:
+            continue
+        out_rows.append((rel, None))
+        multi.append(sets[i] if i in sets else None if label is None else [label])
+    n_files = sum(len(m) for m in spanning)
+    notice = health.warning(
+        "multi_label_from_folders",
+        f"{n_files} images sit with identical bytes in several class folders: read as {len(spanning)} multi-label "
+        f"sample{'s' if len(spanning) != 1 else ''} (first: {rows[spanning[0][0]][0]} in "
+        f"{', '.join(sets[spanning[0][0]])}); the task is multi-label",
+        "nothing to do if the images carry several classes; if the copies are mistakes, keep each image in one class folder",
+    )
+    return out_rows, multi, [notice]
 
 
 class _FolderWalk:

@@ -79,11 +79,11 @@ def prepare_samples(ws: Workspace, dcfg: DatasetConfig, *, require_inputs: bool 
     fp = samples_fingerprint(samples, ws.data)
     path = ws.path(artifacts.SAMPLES)
     meta = {
-        "content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "origin": samples.origin,
+        "content_fingerprint": fp, "classes": samples.classes, "kind": samples.kind, "task": samples.task, "origin": samples.origin,
         "notices": samples.notices, "n_skipped": len(samples.skipped), "skipped": [list(s) for s in samples.skipped[:MAX_LISTED]],
     }
     current = artifacts.stored_metadata(path)  # {} when missing or damaged: then rewritten from DATA
-    if any(current.get(k) != meta[k] for k in ("content_fingerprint", "notices", "skipped")):
+    if any(current.get(k) != meta[k] for k in ("content_fingerprint", "task", "notices", "skipped")):
         artifacts.write_samples(path, samples.table, meta)
     return samples, fp
 

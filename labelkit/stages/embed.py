@@ -135,7 +135,7 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     from labelkit.errors import LabelkitError
 
     default = DEFAULT_MODELS[samples.kind]
-    codes = samples.label_codes()
+    codes = samples.single_label_codes()  # multi-label: the samples with one class score the choice
     counts = np.bincount(codes[codes >= 0], minlength=len(samples.classes))
     if len(cands) < 2 or (counts >= 2).sum() < 2:
         why = "one candidate" if len(cands) < 2 else "fewer than 2 classes with 2 labeled samples to score on"
@@ -210,7 +210,7 @@ def _embed_some(embedder, sources: list[str], batch_size: int | None) -> tuple[n
 
 def separation_check(samples: Samples, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings."""
-    codes = samples.label_codes()
+    codes = samples.single_label_codes()  # multi-label: the samples with one class score the choice
     pos = pd.Index(ids).get_indexer(samples.table["id"])
     labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
     n_classes = len(np.unique(codes[labeled]))

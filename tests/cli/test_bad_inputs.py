@@ -109,10 +109,10 @@ def test_pred_probs_not_parquet_is_an_error(runner, tmp_path):
 # -- labels ---------------------------------------------------------------------------------
 
 
-def test_multi_label_manifest_is_a_one_line_error(runner, tmp_path):
-    write_csv(tmp_path, "text,labels\ngood film,pos|fun\nbad film,neg\n")
+def test_ambiguous_multi_label_manifest_is_a_one_line_error(runner, tmp_path):
+    write_csv(tmp_path, "text,label,labels\ngood film,,pos|fun\nbad film,neg,\n")
     _fails(runner.invoke(app, ["embed", str(tmp_path)]),
-           "labels.csv: row 2 has several labels 'pos|fun' in 'labels'; multi-label data is not supported yet")
+           "labels.csv: row 3 has a 'label' ('neg') but no 'labels', while other rows carry several classes")
 
 
 def test_na_strings_are_unlabeled_and_recorded_in_samples_parquet(runner, tmp_path):

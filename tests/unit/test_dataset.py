@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,8 +14,10 @@ from labelkit.errors import BadInputError
 from tests.conftest import write_csv
 
 
-def _png(path, value=128):
+def _png(path, value=None):
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Distinct bytes per file name unless asked: identical images in two class folders are one multi-label sample.
+    value = zlib.crc32(path.name.encode()) % 256 if value is None else value
     Image.fromarray(np.full((4, 4), value, np.uint8)).save(path)
 
 
@@ -47,16 +51,18 @@ def test_manifest_with_text_labels_split_and_ids(tmp_path):
 
 
 def test_manifest_multilabel_pipe_separated(tmp_path):
-    # Multi-label is not supported yet (issue 14): a row with several labels and no 'label' is refused;
-    # a row that also names its 'label' keeps it, with a notice; one-element sets are ordinary labels.
+    # A row with several labels makes the manifest multi-label (issue 16): every set in 'labels',
+    # 'label' null; a manifest of one-element sets is an ordinary multi-class one.
     write_csv(tmp_path, "text,labels\na,x|y\nb,y\nc,\n")
-    with pytest.raises(BadInputError, match=r"row 2 has several labels 'x\|y' in 'labels'; multi-label data is not supported yet"):
-        discover(tmp_path)
-    write_csv(tmp_path, "text,label,labels\na,x,x|y\nb,,y\nc,,\n")
     s = discover(tmp_path)
+    assert s.task == "multi-label" and s.n_labeled == 2
     assert s.table["labels"].tolist() == [["x", "y"], ["y"], None]
+    assert s.table["label"].tolist() == [None, None, None]
+    write_csv(tmp_path, "text,label,labels\na,x,x\nb,,y\nc,,\n")
+    s = discover(tmp_path)
+    assert s.task == "multi-class"
     assert s.table["label"].tolist() == ["x", "y", None]
-    assert [n["code"] for n in s.notices] == ["multi_label_ignored"]
+    assert s.notices == []
 
 
 def test_manifest_vectors_parquet(tmp_path):

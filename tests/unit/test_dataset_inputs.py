@@ -8,6 +8,8 @@ images over Pillow's limit skipped as 'too large' by every backend; --pred-probs
 
 from __future__ import annotations
 
+import zlib
+
 import csv
 import io
 import os
@@ -39,7 +41,8 @@ CAFE_NFD = unicodedata.normalize("NFD", "café")
 
 def _png(path: Path, side: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((side, side), 128, np.uint8)).save(path)
+    # Distinct bytes per file name: identical images in two class folders are one multi-label sample.
+    Image.fromarray(np.full((side, side), zlib.crc32(path.name.encode()) % 256, np.uint8)).save(path)
     return path
 
 
@@ -153,25 +156,65 @@ def test_one_class_only_is_noticed(tmp_path):
     assert _codes(discover(tmp_path)) == ["one_class"]
 
 
-def test_multi_label_rows_are_an_error_never_unlabeled(tmp_path):
-    write_csv(tmp_path, "text,labels\na,x|y\nb,x\n")
+def test_multi_label_rows_are_a_multi_label_task_never_unlabeled(tmp_path):
+    # issue 16: 3,000 multi-label rows were once read as unlabeled in silence
+    write_csv(tmp_path, "text,labels\na,x|y\nb,x\nc,\nd,[]\n")
+    s = discover(tmp_path)
+    assert s.task == "multi-label" and s.n_labeled == 3
+    assert s.table["labels"].tolist() == [["x", "y"], ["x"], None, []]
+    assert s.table["label"].tolist() == [None] * 4
+    assert s.label_matrix().tolist() == [[1, 1], [1, 0], [-1, -1], [0, 0]]
+    with pytest.raises(BadInputError, match="does not support multi-label data yet"):
+        s.label_codes()
+
+
+def test_multi_label_list_in_parquet_empty_list_is_no_class_and_null_unlabeled(tmp_path):
+    pd.DataFrame({"text": ["a", "b", "c"], "labels": [["x", "y"], [], None]}).to_parquet(tmp_path / "labels.parquet")
+    s = discover(tmp_path)
+    assert s.task == "multi-label" and s.classes == ["x", "y"]
+    assert s.label_matrix().tolist() == [[1, 1], [0, 0], [-1, -1]]
+
+
+def test_multi_label_row_with_its_label_keeps_the_set(tmp_path):
+    write_csv(tmp_path, "text,label,labels\na,x,x|y\nb,y,y\nc,,\n")
+    s = discover(tmp_path)
+    assert s.task == "multi-label"
+    assert s.table["labels"].tolist() == [["x", "y"], ["y"], None]
+    assert s.table["label"].tolist() == [None, None, None]
+
+
+def test_a_label_without_labels_in_a_multi_label_manifest_is_ambiguous(tmp_path):
+    write_csv(tmp_path, "text,label,labels\na,,x|y\nb,y,\n")
     with pytest.raises(BadInputError) as e:
         discover(tmp_path)
-    assert str(e.value) == ("labels.csv: row 2 has several labels 'x|y' in 'labels'; multi-label data is not supported yet: "
-                            "give each row one 'label'")
+    assert str(e.value).startswith("labels.csv: row 3 has a 'label' ('y') but no 'labels', while other rows carry several classes")
 
 
-def test_multi_label_list_in_parquet_is_an_error(tmp_path):
-    pd.DataFrame({"text": ["a", "b"], "labels": [["x", "y"], None]}).to_parquet(tmp_path / "labels.parquet")
-    with pytest.raises(BadInputError, match="labels.parquet: row 2 has several labels 'x|y'"):
+def test_a_class_twice_in_one_label_set_is_an_error(tmp_path):
+    write_csv(tmp_path, "text,labels\na,x|y|x\n")
+    with pytest.raises(BadInputError, match="labels.csv: row 2 lists 'x' twice in 'labels'"):
         discover(tmp_path)
 
 
-def test_multi_label_rows_with_their_label_keep_it_with_a_notice(tmp_path):
-    write_csv(tmp_path, "text,label,labels\na,x,x|y\nb,y,y\nc,y,\n")
+def test_one_class_label_sets_stay_a_multi_class_task(tmp_path):
+    write_csv(tmp_path, "text,labels\na,x\nb,y\nc,\n")
     s = discover(tmp_path)
-    assert s.table["label"].tolist() == ["x", "y", "y"]
-    assert _notice(s, "multi_label_ignored").startswith("1 row carry several labels in 'labels': only their 'label' is used")
+    assert s.task == "multi-class" and s.table["label"].tolist() == ["x", "y", None]
+    assert s.label_codes().tolist() == [0, 1, -1]
+
+
+def test_identical_images_in_several_class_folders_are_one_multi_label_sample(tmp_path):
+    for rel, value in (("cat/a.png", 10), ("dog/a_copy.png", 10), ("cat/b.png", 20), ("cat/b_again.png", 20),
+                       ("dog/c.png", 30), ("unlabeled/u.png", 10)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4), value, np.uint8)).save(tmp_path / rel)
+    s = discover(tmp_path)
+    assert s.task == "multi-label"
+    # a copy inside one class folder stays its own sample; an unlabeled copy stays unlabeled
+    assert s.table["id"].tolist() == ["cat/a.png", "cat/b.png", "cat/b_again.png", "dog/c.png", "unlabeled/u.png"]
+    assert s.table["labels"].tolist() == [["cat", "dog"], ["cat"], ["cat"], ["dog"], None]
+    assert _notice(s, "multi_label_from_folders").startswith(
+        "2 images sit with identical bytes in several class folders: read as 1 multi-label sample (first: cat/a.png in cat, dog)")
 
 
 LABEL_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Co", "Cn")), min_size=1, max_size=20).filter(
@@ -210,7 +253,10 @@ def test_dangling_link_and_links_leaving_data_are_skipped_in_an_image_folder(tmp
     (data / "cat" / "outdir").symlink_to(outside / "more", target_is_directory=True)
     (data / "bird").symlink_to(outside / "more", target_is_directory=True)  # a whole class folder outside
     s = discover(data)
-    assert s.table["id"].tolist() == ["cat/a.png", "cat/in.png", "dog/b.png"]
+    # the link inside DATA is followed: dog/b.png's bytes then sit in two class folders, one
+    # multi-label sample (issue 16)
+    assert s.table["id"].tolist() == ["cat/a.png", "cat/in.png"]
+    assert s.table["labels"].tolist() == [["cat"], ["cat", "dog"]]
     assert s.skipped == [("bird/", "link leaves DATA"), ("cat/gone.png", "dangling link"),
                          ("cat/out.png", "link leaves DATA"), ("cat/outdir/", "link leaves DATA")]
     assert _notice(s, "skipped_files").startswith("4 files skipped: 1 dangling link, 3 link leaves DATA (first: bird/ (link leaves DATA)")
