@@ -554,7 +554,7 @@ class PseudolabelResult:
     label, confidence, margin : ndarray of shape (n_samples,)
         Best class (always set), its probability, and top-1 minus top-2 probability.
     accepted : ndarray of shape (n_samples,), bool
-        Unlabeled rows that pass the threshold rule.
+        Unlabeled rows (``accept_rows``, default all) that pass the threshold rule.
     top_labels, top_probs : ndarray of shape (n_samples, top_k)
         Soft label: best classes and renormalised (sharpened) probabilities.
     heldout : ndarray of shape (n_samples,), bool
@@ -571,7 +571,7 @@ class PseudolabelResult:
         Class priors of the unlabeled rows: the EM estimate with ``prior_correction``, else
         the mean of their probabilities.
     coverage : float
-        Accepted share of the unlabeled rows (NaN if there are none).
+        Accepted share of the rows accepted among (NaN if there are none).
     class_counts : ndarray of shape (n_classes,)
         Accepted rows per class.
     confidence_counts : ndarray of shape (10,)
@@ -654,6 +654,7 @@ def pseudolabel(
     text_prototypes=None,
     options: PseudolabelOptions = PseudolabelOptions(),
     calibration: Calibration | None = None,
+    accept_rows: np.ndarray | None = None,
 ) -> PseudolabelResult:
     """Pseudo-label every sample: score, calibrate, correct priors, threshold, soft-label.
 
@@ -692,6 +693,10 @@ def pseudolabel(
         What :func:`heldout_calibration` returned for the same inputs, labels and options: step
         2 reuses it instead of scoring the folds again (the stage does this when seed cleaning
         dropped nothing).
+    accept_rows : ndarray of int, optional
+        Unlabeled rows the threshold rule accepts among (a relative rule, ``top_per_class`` or
+        ``flexmatch``, depends on which): default every unlabeled row. The stage passes the rows
+        it writes (seeds that seed cleaning set aside are scored as unlabeled, never written).
 
     Returns
     -------
@@ -714,7 +719,11 @@ def pseudolabel(
     labels, ctx = _validated(embeddings, labels, n_classes, graph, prototypes, text_prototypes, options)
     if calibration is not None:
         _check_calibration(calibration, labels, n_classes, options)
-    return _pseudolabel_impl(labels, ctx, options, calibration)
+    if accept_rows is not None:
+        accept_rows = np.asarray(accept_rows, dtype=np.int64)
+        if accept_rows.size and (accept_rows.min() < 0 or accept_rows.max() >= labels.shape[0] or (labels[accept_rows] >= 0).any()):
+            raise BadInputError("'accept_rows' must be rows of unlabeled samples.")
+    return _pseudolabel_impl(labels, ctx, options, calibration, accept_rows)
 
 
 def _check_calibration(cal, labels, n_classes: int, options: PseudolabelOptions) -> None:
@@ -786,7 +795,7 @@ def _calibration(labels, ctx: _Context, spreader, opts: PseudolabelOptions, *, m
                      max_samples=max_samples, alternatives=_probe_alternatives(opts))
 
 
-def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Calibration | None = None) -> PseudolabelResult:
+def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Calibration | None = None, accept_rows=None) -> PseudolabelResult:
     spreader = _spreader(ctx, opts)
     if cal is None:
         cal = _calibration(labels, ctx, spreader, opts, max_samples=opts.calibration_samples)
@@ -807,8 +816,9 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
         label[lo : lo + ROW_CHUNK] = probs[lo : lo + ROW_CHUNK].argmax(axis=1)
         conf[lo : lo + ROW_CHUNK] = np.take_along_axis(probs[lo : lo + ROW_CHUNK], label[lo : lo + ROW_CHUNK, None], axis=1)[:, 0]
     accepted = np.zeros(labels.shape[0], dtype=bool)
-    if unl.size:
-        accepted[unl] = accept(probs[unl], opts.threshold, opts.threshold_value)
+    among = unl if accept_rows is None else accept_rows
+    if among.size:
+        accepted[among] = accept(probs[among], opts.threshold, opts.threshold_value)
     top_labels, top_probs = _soft_labels_impl(probs, opts.top_k, opts.sharpen)
     return PseudolabelResult(
         probs=probs,
@@ -824,7 +834,7 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
         ece_uncalibrated=cal.ece_uncalibrated,
         n_calibration=cal.n_calibration,
         priors=priors,
-        coverage=float(accepted.sum() / unl.size) if unl.size else float("nan"),
+        coverage=float(accepted.sum() / among.size) if among.size else float("nan"),
         class_counts=np.bincount(label[accepted], minlength=ctx.n_classes),
         confidence_counts=np.histogram(conf[unl], bins=10, range=(0.0, 1.0))[0],
         method=opts.method.value,

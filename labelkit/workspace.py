@@ -358,12 +358,12 @@ class Workspace:
         d = self.manifest().get("stages", {}).get(stage)
         return StageRecord.from_dict(d) if d else None
 
-    def save_record(self, stage: str, rec: StageRecord) -> None:
+    def save_record(self, stage: str, rec: StageRecord, extra: dict[str, Any] | None = None) -> None:
         m = self.manifest()
         if self._problems:  # nothing lost: the invalid file is kept beside the fresh one
             with contextlib.suppress(OSError):
                 shutil.copyfile(self.path(MANIFEST), self.path(MANIFEST_INVALID))
-        m.setdefault("stages", {})[stage] = rec.__dict__
+        m.setdefault("stages", {})[stage] = {**rec.__dict__, **(extra or {})}
         m["labelkit_manifest_version"] = 1
         with atomic_write(self.path(MANIFEST), "w") as f:
             json.dump(m, f, indent=2, sort_keys=True)
@@ -397,7 +397,9 @@ class Workspace:
                 return f"input {name} changed"
         return None
 
-    def commit(self, stage: str, *, params: dict[str, Any], params_fp: str, inputs: dict[str, str], outputs: list[str], started: float) -> StageRecord:
+    def commit(self, stage: str, *, params: dict[str, Any], params_fp: str, inputs: dict[str, str], outputs: list[str], started: float,
+               summary: dict[str, Any] | None = None, **extra: Any) -> StageRecord:
+        """Record ``stage``'s run; ``summary`` (what a skipped run reports) and ``extra`` keys are kept in its record."""
         rec = StageRecord(
             params=params,
             params_fingerprint=params_fp,
@@ -407,5 +409,8 @@ class Workspace:
             wall_time_s=round(time.perf_counter() - started, 3),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-        self.save_record(stage, rec)
+        more = {k: v for k, v in extra.items() if v is not None}
+        if summary is not None:
+            more["summary"] = json.loads(json.dumps(summary, default=str))  # as --json prints it
+        self.save_record(stage, rec, more)
         return rec

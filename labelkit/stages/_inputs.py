@@ -1,4 +1,5 @@
-"""Inputs several stages share: labels aligned with the embeddings, and class-name embeddings."""
+"""Inputs several stages share, read from the workspace: embeddings, labels aligned with them,
+class-name embeddings, prototypes, and the refit teacher's arrays and recorded configs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from labelkit import artifacts
+from labelkit import artifacts, prototypes, teacher
+from labelkit.config import PrototypeConfig, PseudolabelConfig
 from labelkit.dataset import Samples
+from labelkit.errors import BadInputError
 from labelkit.workspace import Workspace
 
 
@@ -25,8 +28,6 @@ class Aligned:
 
 def aligned(ws: Workspace, samples: Samples) -> Aligned:
     """Join samples and embeddings on id (inputs that could not be embedded drop out)."""
-    from labelkit.stages.embed import read_embeddings
-
     ids, vecs, meta = read_embeddings(ws)
     codes = samples.label_codes()
     pos = pd.Index(samples.table["id"]).get_indexer(ids)
@@ -46,3 +47,50 @@ def class_embeddings(ws: Workspace, classes: list[str]) -> np.ndarray | None:
     vecs = np.asarray(t.column("embedding").to_pylist(), dtype=np.float32)
     order = [names.index(c) for c in classes]
     return vecs[order]
+
+
+def read_embeddings(ws: Workspace) -> tuple[list[str], np.ndarray, dict]:
+    """(ids, float32 (N, D), metadata) of embeddings.parquet, through the memory-mapped cache."""
+    path = artifacts.require(ws.path(artifacts.EMBEDDINGS), f"labelkit embed {ws.data}")
+    ids, vecs = artifacts.read_embeddings(path, cache=ws.path(artifacts.EMBEDDINGS_CACHE))
+    return ids, vecs, artifacts.read_metadata(path)
+
+
+def read_prototypes(ws: Workspace, classes: list[str]) -> prototypes.Prototypes:
+    """prototypes.parquet back into a :class:`labelkit.prototypes.Prototypes`."""
+    t = artifacts.read_table(artifacts.require(ws.path(artifacts.PROTOTYPES), f"labelkit prototype {ws.data}"))
+    return teacher.prototypes_from_columns(t.column("class").to_pylist(), np.asarray(t.column("vector").to_pylist(), dtype=np.float32),
+                                           np.asarray(t.column("support").to_pylist()), np.asarray(t.column("kind").to_pylist()), classes)
+
+
+def replay_configs(ws: Workspace) -> tuple[PseudolabelConfig, PrototypeConfig] | str:
+    """(PseudolabelConfig, PrototypeConfig) that made pseudolabels.parquet and prototypes.parquet,
+    or why they cannot be replayed (a missing artifact, parameters this version cannot read)."""
+    from pydantic import ValidationError
+
+    made = []
+    for name, cls in ((artifacts.PSEUDOLABELS, PseudolabelConfig), (artifacts.PROTOTYPES, PrototypeConfig)):
+        path = ws.path(name)
+        if not path.exists():
+            return f"{name} is missing"
+        params = artifacts.read_metadata(path).get("params")
+        try:
+            made.append(cls(**params))
+        except (TypeError, ValidationError):
+            return f"{name} does not record parameters this version of labelkit can replay"
+    return made[0], made[1]
+
+
+def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
+    """A :class:`labelkit.teacher.Relabeler` over the workspace's arrays, with the recorded configs of
+    the prototype and pseudolabel stages and the cached kNN graph (read once)."""
+    from labelkit.stages._knn import knn_graph
+
+    configs = replay_configs(ws)
+    if isinstance(configs, str):
+        raise BadInputError(f"cannot recompute the pseudo-labels: {configs}")
+    cfg, proto_cfg = configs
+    a = aligned(ws, samples)
+    ids = a.ids.to_pylist() if hasattr(a.ids, "to_pylist") else list(a.ids)
+    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k),
+                             text=class_embeddings(ws, a.classes), pseudolabel=cfg, prototype=proto_cfg, model=a.meta.get("model"))

@@ -6,9 +6,8 @@ embeddings add conflicting near-duplicates and outliers; with ``--dynamics`` (a 
 ``labelkit distill``) the student's training dynamics add hard-to-learn samples; one label quality
 per sample combines the evidence (labelkit.evidence).
 
-The pipeline (``labelkit run``, and distill running its missing upstream) calls
-:func:`run_first_pass`, which never reads the dynamics: distill reads label_issues.parquet, so
-detect-noise must not also read distill's output there, or each would keep making the other stale.
+The ``--dynamics`` pass is its own node in the DAG (after distill); the pipeline runs the first
+pass, which a current ``--dynamics`` pass over the same inputs satisfies (labelkit.stages._runner).
 """
 
 from __future__ import annotations
@@ -30,8 +29,10 @@ from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.pred_probs import load_pred_probs
 from labelkit.pred_probs import normalise_rows as _normalise_rows
-from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason, up_to_date
+from labelkit.stages._common import RunContext, StageResult, input_warnings
+from labelkit.stages import _multilabel
+from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import run as run_stage
 from labelkit.stages._knn import knn_graph
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
@@ -41,62 +42,66 @@ DYNAMICS = "student/dynamics.parquet"  # written by labelkit distill (labelkit.s
 SELECT_BY = evidence.SelectBy.ACCURACY  # --probs auto's rule; see choose_probs and docs/stages/detect-noise.md
 
 
-def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False, keep_second_pass: bool = False) -> StageResult:
-    """Run detect-noise; ``keep_second_pass`` (the pipeline's) skips when the last run was a
-    --dynamics pass that differs from ``cfg`` only by its dynamics and its inputs are unchanged."""
-    started = now()
-    ws = ctx.ws
-    with_file = cfg.pred_probs is not None
-    samples, samples_fp = prepare_samples(ws, ctx.dcfg, require_inputs=not with_file)
+def _check(job: Job) -> None:
+    samples = job.samples
     samples.require_labels(STAGE)
     if samples.n_labeled == 0:
         raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
-    dyn_path = _dynamics_path(ws, cfg)
-    upstream = [] if with_file else pipeline.ensure(ctx, "embed")
-    inputs = {artifacts.SAMPLES: samples_fp}
-    if with_file:
-        inputs["pred_probs"] = file_fingerprint(_existing(cfg.pred_probs))
-    else:
-        inputs[artifacts.EMBEDDINGS] = ws.fingerprint(artifacts.EMBEDDINGS) or ""
-    # The dynamics file is recorded with the parameters, not as a DAG input: `labelkit status` and
-    # `labelkit run` then never see detect-noise depend on distill's output (no cycle).
-    params, params_fp = cfg.result_params(), cfg.fingerprint()
+    job.state["dyn_path"] = _dynamics_path(job.ws, job.cfg)
+
+
+def _key(job: Job) -> None:
+    cfg = job.cfg
+    if cfg.pred_probs is not None:
+        job.inputs["pred_probs"] = file_fingerprint(_existing(cfg.pred_probs))
+    # The dynamics file is recorded with the parameters: the --dynamics node reads a file the user
+    # names (or distill's), which never makes distill run first.
+    dyn_path = job.state["dyn_path"]
     if dyn_path is not None:
-        params["dynamics_fingerprint"] = file_fingerprint(dyn_path)
-        params_fp = text_fingerprint(params_fp, params["dynamics_fingerprint"])
-    reason = _stale_reason(ws, cfg, inputs, params_fp, dyn_path, force=force, keep_second_pass=keep_second_pass)
-    if reason is None:
-        res = up_to_date(ws, STAGE, artifacts.LABEL_ISSUES, upstream)
-    else:
-        summary = _detect(ctx, cfg, samples, dyn_path)
-        ws.commit(STAGE, params=params, params_fp=params_fp, inputs=inputs, outputs=[artifacts.LABEL_ISSUES], started=started)
-        summary["wall_time_s"] = round(now() - started, 2)
-        res = StageResult(STAGE, reason=reason, summary=summary, outputs=[artifacts.LABEL_ISSUES], upstream=upstream)
-    _apply_gates(ctx, cfg, samples, res)
-    return res
+        job.params["dynamics_fingerprint"] = file_fingerprint(dyn_path)
+        job.params_fp = text_fingerprint(job.params_fp, job.params["dynamics_fingerprint"])
 
 
-def run_first_pass(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> StageResult:
-    """The pipeline's detect-noise: ``cfg`` without ``--dynamics``, keeping an up-to-date second pass."""
-    return run(ctx, _first_pass(cfg), force=force, keep_second_pass=True)
-
-
-def _stale_reason(ws: Workspace, cfg: DetectNoiseConfig, inputs: dict[str, str], params_fp: str, dyn_path: Path | None, *,
-                  force: bool, keep_second_pass: bool) -> str | None:
-    """stale_reason, plus: the pipeline keeps a current second pass; a changed dynamics file says so."""
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force, params_fp=params_fp)
-    recorded = _recorded_config(ws)
-    if reason is None or force or recorded is None:
-        return reason
-    if keep_second_pass and _first_pass(recorded).fingerprint() == params_fp and ws.staleness(STAGE, None, inputs) is None:
-        return None  # a --dynamics second pass over these inputs stays until they change
-    if reason == "parameters changed" and dyn_path is not None and recorded.fingerprint() == cfg.fingerprint():
+def _explain(job: Job, reason: str) -> str:
+    """A --dynamics rerun whose only change is the dynamics file says so."""
+    recorded = _recorded_config(job.ws)
+    dyn_path = job.state["dyn_path"]
+    if reason == "parameters changed" and dyn_path is not None and recorded is not None and recorded.fingerprint() == job.cfg.fingerprint():
         return f"{dyn_path.name} changed"
     return reason
 
 
+def _build(job: Job) -> dict[str, Any]:
+    if _multilabel.is_multilabel(job.samples):  # issue 16: label sets, one-vs-rest
+        return _multilabel.build_label_issues(job)
+    return _detect(job.ctx, job.cfg, job.samples, job.state["dyn_path"])
+
+
+def _after(job: Job, res: StageResult) -> None:
+    _apply_gates(job.ctx, job.cfg, job.samples, res)
+
+
 def _first_pass(cfg: DetectNoiseConfig) -> DetectNoiseConfig:
     return cfg.model_copy(update={"dynamics": False, "dynamics_file": None})
+
+
+def _reads(cfg: DetectNoiseConfig) -> tuple[str, ...]:
+    return () if cfg.pred_probs is not None else (artifacts.EMBEDDINGS,)
+
+
+_COMMON = dict(outputs=(artifacts.LABEL_ISSUES,), inputs=_reads, require_inputs=lambda cfg: cfg.pred_probs is None,
+               check=_check, key=_key, explain=_explain, after=_after)
+# Two nodes write label_issues.parquet: the first pass (in the pipeline; distill reads its output)
+# and the --dynamics pass after distill, which refines it: a pipeline step finds the first pass
+# satisfied by a current --dynamics pass over the same inputs, so the pipeline keeps it.
+FIRST_PASS = Stage(STAGE, DetectNoiseConfig, _build, configure=_first_pass, **_COMMON)
+DYNAMICS_PASS = Stage(STAGE, DetectNoiseConfig, _build, node=f"{STAGE} --dynamics", refines=STAGE, in_pipeline=False, **_COMMON)
+SPECS = (FIRST_PASS, DYNAMICS_PASS)
+
+
+def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> StageResult:
+    """The --dynamics pass when ``cfg`` asks for it, else the first pass."""
+    return run_stage(ctx, DYNAMICS_PASS if (cfg.dynamics or cfg.dynamics_file) else FIRST_PASS, cfg, force=force)
 
 
 def _recorded_config(ws: Workspace) -> DetectNoiseConfig | None:
@@ -235,7 +240,7 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
         choice = {"requested": "pred_probs", "chosen": "pred_probs", "by": None, "scores": {}}
     else:
         from labelkit import knn
-        from labelkit.stages.embed import read_embeddings
+        from labelkit.stages._inputs import read_embeddings
 
         emb_ids, vecs, _ = read_embeddings(ws)
         pos = pd.Index(emb_ids).get_indexer(table["id"])  # -1: no embedding (unreadable input)

@@ -6,17 +6,14 @@ after a kill embeds only the missing ids; a different model (fingerprint) starts
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from labelkit import artifacts, health
+from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
 from labelkit.embedders.base import image_size
 from labelkit.embedder_choice import SCORE_K, loo_knn_accuracy, pick, stratified_sample
@@ -24,7 +21,10 @@ from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason
+from labelkit.stages._common import RunContext, StageResult, input_warnings, now
+from labelkit.stages._inputs import read_embeddings  # noqa: F401  (stages/distill.py's import, until it takes it from _inputs)
+from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, file_fingerprint, text_fingerprint
 
 STAGE = "embed"
@@ -34,8 +34,6 @@ DEFAULT_MODELS = {"image": "efficientnet-lite0", "text": "minilm", "vectors": "p
 # baseline and cheap; larger images are shrunk to it.
 PIXELS_MAX_SIDE = 32
 PIXELS_MIN_SIDE = 8
-SEPARATION_PER_CLASS = 200  # labeled samples per class in the final separation check
-SEPARATION_MAX = 2000
 
 
 def _largest_side(root: Path, samples: Samples, n: int = 32) -> int | None:
@@ -70,29 +68,28 @@ def candidates(cfg: EmbedConfig, samples: Samples, ws_root: Path) -> list[tuple[
     return out
 
 
-def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResult:
-    started = now()
-    ws, progress = ctx.ws, ctx.progress
-    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
-    check_model(cfg, samples)
-    weights_fp = ""
+def _check(job: Job) -> None:
+    cfg = job.cfg
+    check_model(cfg, job.samples)
+    job.state["weights_fp"] = ""
     if cfg.weights:
         if not Path(cfg.weights).is_file():
             raise BadInputError(f"--weights {cfg.weights}: no such file")
-        weights_fp = file_fingerprint(Path(cfg.weights))
+        job.state["weights_fp"] = file_fingerprint(Path(cfg.weights))
+
+
+def _key(job: Job) -> None:
     # Staleness is keyed by the config as given ('auto' stays 'auto'), so an up-to-date stage is
     # skipped without scoring the candidates again.
-    record_fp = cfg.fingerprint() + weights_fp
-    inputs = {artifacts.SAMPLES: samples_fp}
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force, params_fp=record_fp)
-    if reason is None:
-        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[artifacts.EMBEDDINGS])
-        res.summary = artifacts.read_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {})
-        return res
+    job.params_fp = job.cfg.fingerprint() + job.state["weights_fp"]
 
+
+def _build(job: Job) -> dict[str, Any]:
+    ws, samples, cfg, progress = job.ws, job.samples, job.cfg, job.progress
+    weights_fp = job.state["weights_fp"]
     choice, chosen, hashes = None, None, None
     if samples.kind != "vectors":
-        hashes = content_hashes(samples, ws.data)  # read once: keys the auto choice and the reuse of vectors
+        hashes = _hashes(samples, ws.data)  # read once: keys the auto choice and the reuse of vectors
     if samples.kind == "vectors":
         model = "precomputed"
     elif cfg.model == "auto":
@@ -108,17 +105,23 @@ def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResul
         params["weights_fingerprint"] = weights_fp
     if choice is not None:
         params["model_choice"] = {k: v for k, v in choice.items() if k != "weights"}
+    job.params = params
     # Vectors (resumed parts, a previous embeddings.parquet) are reused only for the same backend.
     vectors_fp = cfg.model_copy(update={"model": model, "candidates": ()}).fingerprint() + weights_fp
 
     if model == "precomputed":
         summary = _write_precomputed(ws, samples, cfg, params)
     else:
-        summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, hashes, force=force, progress=progress, chosen=chosen)
-    outputs = [artifacts.EMBEDDINGS] + ([artifacts.CLASS_EMBEDDINGS] if summary.get("class_embeddings") else [])
-    ws.commit(STAGE, params=params, params_fp=record_fp, inputs=inputs, outputs=outputs, started=started)
-    summary["wall_time_s"] = round(now() - started, 2)
-    return StageResult(STAGE, reason=reason, summary=summary, outputs=outputs)
+        summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, hashes, force=job.force, progress=progress, chosen=chosen)
+    job.outputs = [artifacts.EMBEDDINGS] + ([artifacts.CLASS_EMBEDDINGS] if summary.get("class_embeddings") else [])
+    return summary
+
+
+SPEC = Stage(STAGE, EmbedConfig, _build, outputs=(artifacts.EMBEDDINGS,), check=_check, key=_key)
+
+
+def run(ctx: RunContext, cfg: EmbedConfig, *, force: bool = False) -> StageResult:
+    return run_stage(ctx, SPEC, cfg, force=force)
 
 
 # -- choosing the backend on evidence -------------------------------------------------------
@@ -159,7 +162,7 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
             t0 = now()
             try:
                 emb = create_embedder(spec, EmbedderOptions(weights=weights, device=device, allow_download=cfg.allow_download))
-                ok, vecs = _embed_some(emb, sources, cfg.batch_size)
+                ok, vecs = embedding.embed_some(emb, sources, cfg.batch_size)
             except LabelkitError as e:
                 scores[spec] = {"score": None, "error": str(e)}
                 task.advance(len(rows))
@@ -190,37 +193,14 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     return record, sample
 
 
-def _embed_some(embedder, sources: list[str], batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(readable mask, vectors of the readable ones) for a few sources, in batches."""
-    ok = np.zeros(len(sources), dtype=bool)
-    out = []
-    bs = batch_size or embedder.default_batch_size()
-    for s in range(0, len(sources), bs):
-        batch = []
-        for i in range(s, min(s + bs, len(sources))):
-            try:
-                batch.append(embedder.load(sources[i]))
-                ok[i] = True
-            except (OSError, ValueError, SyntaxError):
-                continue
-        if batch:
-            out.append(np.asarray(embedder.forward(batch), dtype=np.float32))
-    return ok, (np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32))
-
-
 def separation_check(samples: Samples, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings."""
-    codes = samples.single_label_codes()  # multi-label: the samples with one class score the choice
-    pos = pd.Index(ids).get_indexer(samples.table["id"])
-    labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
-    n_classes = len(np.unique(codes[labeled]))
-    warnings = health.one_class(n_classes)
-    if labeled.size < 4 or n_classes < 2:
-        return None, warnings
-    rows = labeled[stratified_sample(codes[labeled], per_class=SEPARATION_PER_CLASS, cap=SEPARATION_MAX, rng=np.random.default_rng(0))]
-    acc = loo_knn_accuracy(vectors[pos[rows]], codes[rows])
-    sep = {"knn_accuracy": round(acc, 4), "n": int(rows.size), "chance": round(1 / n_classes, 4), "k": SCORE_K}
-    return sep, warnings + health.separation(acc, n_classes, what=f"the embedding ({model})")
+    return embedding.separation(samples.single_label_codes(), samples.table["id"], ids, vectors, model)
+
+
+def _hashes(samples: Samples, root: Path) -> list[str]:
+    t = samples.table
+    return embedding.content_hashes(samples.kind, t["id"].tolist(), t["source"].tolist(), root)
 
 
 def _metadata(model: str, dim: int, params: dict[str, Any], preprocessing: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
@@ -247,90 +227,98 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
 # -- model path -----------------------------------------------------------------------------
 
 
-class _Inputs:
-    """A torch map-style dataset that decodes one input per item (runs in DataLoader workers)."""
-
-    def __init__(self, embedder, sources: list[str]):
-        self.embedder, self.sources = embedder, sources
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.embedder.load(self.sources[i])
-        except (OSError, ValueError, SyntaxError) as e:  # Pillow raises SyntaxError on some broken files
-            return i, e
+def _add_file(store: embedding.VectorStore, path: Path) -> bool:
+    """The vectors of an embeddings file that records content hashes; False for one that does not."""
+    hashes = artifacts.read_content_hashes(path)
+    if hashes is None:
+        return False
+    store.add(artifacts.read_embeddings(path)[1], hashes)
+    store.unreadable.update(artifacts.read_metadata(path).get("skipped_content", []))
+    return True
 
 
-def _collate(items):
-    return items
+def _reusable(ws, ids: list[str], hashes: list[str], dim: int, parts_dir: Path, params_fp: str, *, force: bool) -> tuple[embedding.VectorStore, int]:
+    """Vectors this backend made already (a resumed run's parts, the previous embeddings.parquet), and
+    how many samples changed content since it."""
+    have = embedding.VectorStore(dim)
+    for p in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
+        _add_file(have, p)  # a resumed run's finished chunks
+    previous = ws.path(artifacts.EMBEDDINGS)
+    n_changed = 0
+    if not force and previous.exists() and artifacts.read_metadata(previous).get("params_fingerprint") == params_fp and _add_file(have, previous):
+        before = dict(zip(artifacts.read_embedding_ids(previous), artifacts.read_content_hashes(previous) or []))
+        n_changed = sum(1 for i, h in zip(ids, hashes) if i in before and before[i] != h)
+    return have, n_changed
 
 
-def _auto_workers(embedder, n: int) -> int:
-    # Decoding is the cheap part for text and tiny images; workers there only add start-up cost.
-    if embedder.modality != "image" or n < 256 or getattr(embedder, "cheap_decode", False):
-        return 0
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def _parts_dir(ws, params_fp: str, *, force: bool) -> Path:
+    """embeddings.parts/<params_fp>/, with the parts of other fingerprints (another model) removed."""
+    if force and ws.path(PARTS).exists():
+        shutil.rmtree(ws.path(PARTS))
+    if ws.path(PARTS).exists():
+        for other in ws.path(PARTS).iterdir():
+            if other.name != params_fp:
+                shutil.rmtree(other, ignore_errors=True)
+    return ws.path(PARTS) / params_fp
 
 
-def content_hashes(samples: Samples, root: Path) -> list[str]:
-    """A hash of what each sample's vector is made from: the image file's bytes, or the text.
+class _Parts:
+    """Finished chunks written to parts_dir as they complete (a killed run resumes from them)."""
 
-    Reuse is keyed by this, never by id alone: a replaced picture or a text whose row moved gets
-    a new vector. An unreadable file gets a key no vector can match (it is retried next time).
-    """
-    out = []
+    def __init__(self, parts_dir: Path, have: embedding.VectorStore, ids: list[str], hashes: list[str], row_group_size: int):
+        self.dir, self.have, self.ids, self.hashes, self.size = parts_dir, have, ids, hashes, row_group_size
+        self.n = len(list(parts_dir.glob("part-*.parquet"))) if parts_dir.exists() else 0
+        self.rows: list[int] = []
+        self.vecs: list[np.ndarray] = []
+        self.skipped: list[str] = []
+
+    def add(self, rows: list[int], vecs: np.ndarray, failed: list[int]) -> None:
+        self.skipped.extend(self.hashes[i] for i in failed)
+        if rows:
+            self.vecs.append(vecs)
+            self.rows.extend(rows)
+        if len(self.rows) + len(self.skipped) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows and not self.skipped:
+            return
+        dim = self.have.dim
+        vecs = np.concatenate(self.vecs) if self.vecs else np.zeros((0, dim), np.float32)
+        part_hashes = [self.hashes[i] for i in self.rows]
+        w = artifacts.EmbeddingsWriter(self.dir / f"part-{self.n:06d}.parquet", dim, "float32",
+                                       {"skipped_content": self.skipped}, self.size, content_hash=True)
+        w.write([self.ids[i] for i in self.rows], vecs, part_hashes)
+        w.close()
+        self.have.add(vecs, part_hashes)
+        self.have.unreadable.update(self.skipped)
+        self.n += 1
+        self.rows, self.vecs, self.skipped = [], [], []
+
+
+def _embed_missing(ws, samples, cfg, embedder, model: str, have, todo_rows: list[int], hashes: list[str], parts_dir: Path,
+                   progress) -> tuple[dict[str, str], int, int]:
+    """Embed the rows no vector was found for, in parts; ({skipped id: why}, batch size, workers)."""
+    table, ids = samples.table, samples.table["id"].tolist()
     if samples.kind == "image":
-        for sid, src in zip(samples.table["id"], samples.table["source"]):
-            try:
-                with open(root / src, "rb") as f:
-                    out.append(hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest())
-            except OSError:
-                out.append(f"unreadable:{sid}")
+        sources = [str(ws.data / table["source"].iat[r]) for r in todo_rows]
     else:
-        for text in samples.table["source"]:
-            out.append(hashlib.blake2b(str(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
-    return out
-
-
-class _Vectors:
-    """Vectors already made with this backend, found by content hash (reused whatever their id)."""
-
-    def __init__(self, dim: int):
-        self.dim = dim
-        self.blocks: list[np.ndarray] = []
-        self.where: dict[str, tuple[int, int]] = {}
-        self.unreadable: set[str] = set()  # content hashes that failed to load with this backend
-
-    def add(self, vectors: np.ndarray, hashes: list[str]) -> None:
-        b = len(self.blocks)
-        self.blocks.append(vectors)
-        for r, h in enumerate(hashes):
-            self.where.setdefault(h, (b, r))
-
-    def add_file(self, path: Path) -> bool:
-        """The vectors of an embeddings file that records content hashes; False for one that does not."""
-        hashes = artifacts.read_content_hashes(path)
-        if hashes is None:
-            return False
-        self.add(artifacts.read_embeddings(path)[1], hashes)
-        self.unreadable.update(artifacts.read_metadata(path).get("skipped_content", []))
-        return True
-
-    def take(self, hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of the hashes found, their vectors in order)."""
-        found = np.array([h in self.where for h in hashes], dtype=bool)
-        out = np.zeros((int(found.sum()), self.dim), np.float32)
-        for i, h in enumerate(h for h, f in zip(hashes, found) if f):
-            b, r = self.where[h]
-            out[i] = self.blocks[b][r]
-        return found, out
+        sources = [table["source"].iat[r] for r in todo_rows]
+    batch_size = cfg.batch_size or embedder.default_batch_size()
+    workers = cfg.num_workers if cfg.num_workers is not None else embedding.auto_workers(embedder, len(sources))
+    parts = _Parts(parts_dir, have, [ids[r] for r in todo_rows], [hashes[r] for r in todo_rows], cfg.row_group_size)
+    errors: dict[str, str] = {}
+    with progress.task(f"embed ({model})", total=len(sources)) as task:
+        for rows, vecs, failed in embedding.embed_batches(embedder, sources, batch_size=batch_size, num_workers=workers, prefetch=4):
+            for i, e in failed:
+                errors[parts.ids[i]] = embedding.error_text(e)
+            parts.add(rows, vecs, [i for i, _ in failed])
+            task.advance(len(rows) + len(failed))
+    parts.flush()
+    return errors, batch_size, workers
 
 
 def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[str], *, force, progress, chosen=None) -> dict[str, Any]:
-    import torch
-
     from labelkit.embedders import EmbedderOptions, create_embedder
 
     device = resolve_device(cfg.device)
@@ -338,25 +326,9 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
         embedder = chosen[0]
     else:
         embedder = create_embedder(model, EmbedderOptions(weights=cfg.weights, device=device, allow_download=cfg.allow_download))
-    parts_dir = ws.path(PARTS) / params_fp
-    if force and ws.path(PARTS).exists():
-        shutil.rmtree(ws.path(PARTS))
-    # Drop parts of other fingerprints: a different model invalidates them.
-    if ws.path(PARTS).exists():
-        for other in ws.path(PARTS).iterdir():
-            if other.name != params_fp:
-                shutil.rmtree(other, ignore_errors=True)
-
-    table = samples.table
-    ids = table["id"].tolist()
-    have = _Vectors(embedder.dim)
-    for p in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
-        have.add_file(p)  # a resumed run's finished chunks
-    previous = ws.path(artifacts.EMBEDDINGS)
-    n_changed = 0
-    if not force and previous.exists() and artifacts.read_metadata(previous).get("params_fingerprint") == params_fp and have.add_file(previous):
-        before = dict(zip(artifacts.read_embedding_ids(previous), artifacts.read_content_hashes(previous) or []))
-        n_changed = sum(1 for i, h in zip(ids, hashes) if i in before and before[i] != h)
+    parts_dir = _parts_dir(ws, params_fp, force=force)
+    ids = samples.table["id"].tolist()
+    have, n_changed = _reusable(ws, ids, hashes, embedder.dim, parts_dir, params_fp, force=force)
     n_reused = sum(1 for h in hashes if h in have.where)
     n_scored = 0
     if chosen is not None:  # the scoring sample's vectors, embedded already
@@ -364,67 +336,18 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
         sample_hashes = [by_id[i] for i in chosen[1]]
         n_scored = sum(1 for h in set(sample_hashes) if h not in have.where)
         have.add(chosen[2], sample_hashes)
-
     todo_rows = [r for r, h in enumerate(hashes) if h not in have.where and h not in have.unreadable]
-    if samples.kind == "image":
-        sources = [str(ws.data / table["source"].iat[r]) for r in todo_rows]
-    else:
-        sources = [table["source"].iat[r] for r in todo_rows]
-    todo_ids = [ids[r] for r in todo_rows]
-    todo_hashes = [hashes[r] for r in todo_rows]
-    batch_size = cfg.batch_size or embedder.default_batch_size()
-    workers = cfg.num_workers if cfg.num_workers is not None else _auto_workers(embedder, len(sources))
-    loader = torch.utils.data.DataLoader(
-        _Inputs(embedder, sources), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
-    )
-    part_no = len(list(parts_dir.glob("part-*.parquet"))) if parts_dir.exists() else 0
-    buf_rows: list[int] = []
-    buf_vecs: list[np.ndarray] = []
-    buf_skipped: list[str] = []
-    errors: dict[str, str] = {}
-
-    def flush():
-        nonlocal part_no, buf_rows, buf_vecs, buf_skipped
-        if not buf_rows and not buf_skipped:
-            return
-        vecs = np.concatenate(buf_vecs) if buf_vecs else np.zeros((0, embedder.dim), np.float32)
-        part_hashes = [todo_hashes[i] for i in buf_rows]
-        w = artifacts.EmbeddingsWriter(parts_dir / f"part-{part_no:06d}.parquet", embedder.dim, "float32",
-                                       {"skipped_content": buf_skipped}, cfg.row_group_size, content_hash=True)
-        w.write([todo_ids[i] for i in buf_rows], vecs, part_hashes)
-        w.close()
-        have.add(vecs, part_hashes)
-        have.unreadable.update(buf_skipped)
-        part_no += 1
-        buf_rows, buf_vecs, buf_skipped = [], [], []
-
-    with progress.task(f"embed ({model})", total=len(sources)) as task:
-        for items in loader:
-            ok = [(i, x) for i, x in items if not isinstance(x, Exception)]
-            for i, x in items:
-                if isinstance(x, Exception):
-                    buf_skipped.append(todo_hashes[i])
-                    errors[todo_ids[i]] = f"{type(x).__name__}: {str(x).splitlines()[0] if str(x) else ''}"
-            if ok:
-                buf_vecs.append(l2_normalize(embedder.forward([x for _, x in ok])))
-                buf_rows.extend(i for i, _ in ok)
-            task.advance(len(items))
-            if len(buf_rows) + len(buf_skipped) >= cfg.row_group_size:
-                flush()
-    flush()
-
+    errors, batch_size, workers = _embed_missing(ws, samples, cfg, embedder, model, have, todo_rows, hashes, parts_dir, progress)
     # Assemble in samples order, every vector found by its content.
     keep, ordered = have.take(hashes)
     skipped_now = sorted(i for i, k in zip(ids, keep) if not k)
     if not keep.any():
-        raise BadInputError(f"no input could be read: all {len(table)} samples were skipped (first: {skipped_now[:3]})")
+        raise BadInputError(f"no input could be read: all {len(ids)} samples were skipped (first: {skipped_now[:3]})")
     ordered_ids = [i for i, k in zip(ids, keep) if k]
-    ordered_hashes = [h for h, k in zip(hashes, keep) if k]
     n_class = _write_class_embeddings(ws, embedder, samples.classes, model)
     sep, warnings = separation_check(samples, ordered_ids, ordered, model)
     summary = {
-        "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_ids) - len(errors),
+        "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_rows) - len(errors),
         "n_reused": n_reused, "n_changed": n_changed, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
         "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
         "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": input_warnings(samples, warnings),
@@ -433,16 +356,21 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
     meta["params_fingerprint"] = params_fp
     meta["skipped_content"] = sorted(h for h, k in zip(hashes, keep) if not k)
     meta["summary"] = summary
-    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), embedder.dim, cfg.dtype, meta, cfg.row_group_size, content_hash=True)
-    for s in range(0, len(ordered_ids), cfg.row_group_size):
+    _write_final(ws, cfg, embedder.dim, ordered_ids, ordered, [h for h, k in zip(hashes, keep) if k], meta)
+    return summary
+
+
+def _write_final(ws, cfg, dim: int, ids: list[str], vectors: np.ndarray, hashes: list[str], meta: dict[str, Any]) -> None:
+    """embeddings.parquet (with each row's content hash); the parts and the memory-mapped cache go."""
+    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, meta, cfg.row_group_size, content_hash=True)
+    for s in range(0, len(ids), cfg.row_group_size):
         e = s + cfg.row_group_size
-        w.write(ordered_ids[s:e], ordered[s:e], ordered_hashes[s:e])
+        w.write(ids[s:e], vectors[s:e], hashes[s:e])
     w.close()
     shutil.rmtree(ws.path(PARTS), ignore_errors=True)
     cache = ws.path(artifacts.EMBEDDINGS_CACHE)
     if cache.exists():
         cache.unlink()
-    return summary
 
 
 def _write_class_embeddings(ws: Workspace, embedder, classes: list[str], model: str) -> int:
@@ -459,11 +387,3 @@ def _write_class_embeddings(ws: Workspace, embedder, classes: list[str], model: 
     table = pa.table({"class": pa.array(classes, pa.string()), "embedding": emb})
     artifacts.write_table(path, table, {"model": model, "dim": int(vecs.shape[1])})
     return len(classes)
-
-
-def read_embeddings(ws: Workspace) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """(ids, float32 (N, D), metadata) through the memory-mapped cache."""
-    path = artifacts.require(ws.path(artifacts.EMBEDDINGS), f"labelkit embed {ws.data}")
-    ids, vecs = artifacts.read_embeddings(path, cache=ws.path(artifacts.EMBEDDINGS_CACHE))
-    return ids, vecs, artifacts.read_metadata(path)
-

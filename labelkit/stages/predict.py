@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from labelkit import artifacts
+from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
 from labelkit.config import PredictConfig
 from labelkit.dataset import Samples
@@ -29,7 +29,8 @@ from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.predict_inputs import PredictInputs, discover_inputs
 from labelkit.stages._common import RunContext, StageResult, now, samples_fingerprint
-from labelkit.stages.distill import CONFIG_FILE, FORMAT, MODEL_FILE, load_pixels
+from labelkit.distill.pixels import load_pixels
+from labelkit.stages.distill import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format: H3 moves it out of the stage
 from labelkit.workspace import Workspace, text_fingerprint
 
 STAGE = "predict"
@@ -180,10 +181,7 @@ def _inputs(ctx: RunContext, found: PredictInputs, student: dict[str, Any], devi
 
 def _embed(ctx: RunContext, found: PredictInputs, embedder_spec: dict[str, Any], dim: int, device: str):
     """Embed DATA's images or texts with the student's embedder (as the embed stage does)."""
-    import torch
-
     from labelkit.embedders import EmbedderOptions, create_embedder
-    from labelkit.stages.embed import _auto_workers, _collate, _Inputs
 
     samples = found.samples
     model = str(embedder_spec["model"])
@@ -198,19 +196,16 @@ def _embed(ctx: RunContext, found: PredictInputs, embedder_spec: dict[str, Any],
         raise BadInputError(f"embedder {model} gives {embedder.dim}-d vectors, but this student expects {dim}")
     table = samples.table
     sources = [str(found.root / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
-    loader = torch.utils.data.DataLoader(_Inputs(embedder, sources), batch_size=embedder.default_batch_size(), shuffle=False,
-                                         num_workers=_auto_workers(embedder, len(sources)), collate_fn=_collate)
     vecs, rows, skipped = [], [], {}
     with ctx.progress.task(f"embed ({model})", total=len(sources)) as task:
-        for items in loader:
-            ok = [(i, v) for i, v in items if not isinstance(v, Exception)]
-            for i, v in items:
-                if isinstance(v, Exception):
-                    skipped[table["id"].iloc[i]] = f"{type(v).__name__}: {str(v).splitlines()[0] if str(v) else ''}"
+        for ok, v, failed in embedding.embed_batches(embedder, sources, batch_size=embedder.default_batch_size(),
+                                                     num_workers=embedding.auto_workers(embedder, len(sources))):
+            for i, e in failed:
+                skipped[table["id"].iloc[i]] = embedding.error_text(e)
             if ok:
-                vecs.append(l2_normalize(embedder.forward([v for _, v in ok])))
-                rows.extend(i for i, _ in ok)
-            task.advance(len(items))
+                vecs.append(v)
+                rows.extend(ok)
+            task.advance(len(ok) + len(failed))
     x = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     return x, np.asarray(rows, dtype=np.int64), skipped
 

@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from labelkit import artifacts, health, prototypes
 from labelkit.config import PrototypeConfig
-from labelkit.errors import BadInputError
-from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason, up_to_date
+from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings
+from labelkit.stages import _multilabel
+from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import run as run_stage
+from labelkit.teacher import build_prototypes
 
 STAGE = "prototype"
 
 
-def run(ctx: RunContext, cfg: PrototypeConfig, *, force: bool = False) -> StageResult:
-    started = now()
-    ws = ctx.ws
-    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
-    samples.require_labels(STAGE)
-    upstream = pipeline.ensure(ctx, "embed")
-    inputs = {artifacts.SAMPLES: samples_fp, artifacts.EMBEDDINGS: ws.fingerprint(artifacts.EMBEDDINGS) or ""}
-    if ws.path(artifacts.CLASS_EMBEDDINGS).exists():
-        inputs[artifacts.CLASS_EMBEDDINGS] = ws.fingerprint(artifacts.CLASS_EMBEDDINGS) or ""
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
-    if reason is None:
-        return up_to_date(ws, STAGE, artifacts.PROTOTYPES, upstream)
-    summary = _build(ctx, cfg, samples)
-    ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PROTOTYPES], started=started)
-    summary["wall_time_s"] = round(now() - started, 2)
-    return StageResult(STAGE, reason=reason, summary=summary, outputs=[artifacts.PROTOTYPES], upstream=upstream)
+def _check(job: Job) -> None:
+    job.samples.require_labels(STAGE)
 
 
-def _build(ctx: RunContext, cfg: PrototypeConfig, samples) -> dict[str, Any]:
-    ws = ctx.ws
+def _build(job: Job) -> dict[str, Any]:
+    if _multilabel.is_multilabel(job.samples):  # issue 16: label sets, one-vs-rest
+        return _multilabel.build_prototypes(job)
+    ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     text = class_embeddings(ws, a.classes)
     b = build_prototypes(a.vectors, a.labels, len(a.classes), cfg, text, model=a.meta.get("model"))
@@ -56,55 +46,12 @@ def _build(ctx: RunContext, cfg: PrototypeConfig, samples) -> dict[str, Any]:
     return summary
 
 
-class Built(NamedTuple):
-    protos: prototypes.Prototypes
-    n_dropped: int  # labeled samples the clean check left out
-    n_iter: int  # refinement iterations
-    n_doubted: int  # labeled samples the clean check doubted (= n_dropped unless it stood down)
+SPEC = Stage(STAGE, PrototypeConfig, _build, outputs=(artifacts.PROTOTYPES,), inputs=(artifacts.EMBEDDINGS,),
+             optional=(artifacts.CLASS_EMBEDDINGS,), check=_check)
 
 
-def build_prototypes(vectors: np.ndarray, labels: np.ndarray, k_classes: int, cfg: PrototypeConfig, text: np.ndarray | None,
-                     *, model: str | None = None) -> Built:
-    """Prototypes from ``labels`` (-1 = unlabeled), cleaned and refined as the stage does.
-
-    The stage's whole recipe, also replayed by distill with some labels hidden.
-    """
-    labeled = labels >= 0
-    kept, n_doubted = labels, 0
-    if labeled.any() and cfg.clean and labeled.sum() > 2:
-        keep = prototypes.select_clean(vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement)
-        n_doubted = int((labeled & ~keep).sum())
-        # Past max_drop the disagreement is the embedding's, not the labels' (CIFAR-10 photos with 10
-        # labels a class: 71 of 100 labels "unclean" under EfficientNet-Lite0): keep every label.
-        if n_doubted <= cfg.max_drop * labeled.sum():
-            kept = np.where(keep, labels, -1)
-    protos, n_iter = _finish(vectors, kept, labels < 0, k_classes, cfg, text, model=model)
-    return Built(protos, int((labeled & (kept < 0)).sum()), n_iter, n_doubted)
-
-
-def _finish(vectors, kept, unlabeled_rows, k_classes, cfg, text, *, model=None) -> tuple[prototypes.Prototypes, int]:
-    """Prototypes from the ``kept`` labels (or class names alone), refined on the unlabeled rows."""
-    if (kept >= 0).any():
-        protos = prototypes.class_prototypes(vectors, kept, k_classes, n_per_class=cfg.n_per_class, seed=cfg.seed)
-        if text is not None and cfg.text_weight > 0:
-            protos = prototypes.fuse_text(protos, text, weight=cfg.text_weight)
-    elif text is not None:
-        protos = prototypes.text_prototypes(text)  # zero-shot: class names only
-    else:
-        raise BadInputError(
-            f"{STAGE}: no sample is labeled and model '{model}' has no text tower for class names; "
-            "label some samples, or embed with a text-tower model (minilm, clip:...) for zero-shot"
-        )
-    missing = sorted(set(range(k_classes)) - set(protos.classes.tolist()))
-    if missing and text is not None:
-        protos = prototypes.fuse_text(protos, text, weight=0.0)  # adds text prototypes for classes with none
-    n_iter = 0
-    unlabeled = vectors[unlabeled_rows]
-    if cfg.refine and len(unlabeled) and cfg.max_iter > 0:
-        protos, n_iter = prototypes.refine_transductive(
-            protos, unlabeled, temperature=cfg.refine_temperature, min_confidence=cfg.min_confidence, max_iter=cfg.max_iter
-        )
-    return protos, n_iter
+def run(ctx: RunContext, cfg: PrototypeConfig, *, force: bool = False) -> StageResult:
+    return run_stage(ctx, SPEC, cfg, force=force)
 
 
 def _summary(protos, classes, spread, pairs, n_dropped, n_iter, has_text) -> dict[str, Any]:
@@ -142,14 +89,3 @@ def _write(ws, protos, classes, cfg, summary) -> None:
         }
     )
     artifacts.write_table(ws.path(artifacts.PROTOTYPES), table, {"classes": classes, "params": cfg.result_params(), "summary": summary})
-
-
-def read_prototypes(ws, classes: list[str]):
-    """prototypes.parquet back into a :class:`labelkit.prototypes.Prototypes`."""
-
-    t = artifacts.read_table(artifacts.require(ws.path(artifacts.PROTOTYPES), f"labelkit prototype {ws.data}"))
-    index = {c: i for i, c in enumerate(classes)}
-    cls = np.array([index[c] for c in t.column("class").to_pylist()], dtype=np.int64)
-    vecs = np.asarray(t.column("vector").to_pylist(), dtype=np.float32)
-    return prototypes.Prototypes(vecs, cls, np.asarray(t.column("support").to_pylist()), np.asarray(t.column("kind").to_pylist()), len(classes))
-

@@ -7,7 +7,6 @@ which command makes it. Only an empty workspace (no embeddings and no label issu
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from labelkit import report as rep
 from labelkit import report_samples as samples_html
 from labelkit.config import ReportConfig
 from labelkit.errors import MissingArtifactError
-from labelkit.stages._common import RunContext, StageResult, now, stale_reason
+from labelkit.stages._common import RunContext, StageResult, now
+from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, atomic_write
 
 STAGE = "report"
@@ -35,24 +36,27 @@ PSEUDO_CLASSES = 100  # classes shown in the pseudo-label gallery (those with th
 SNIPPET_CHARS = 220
 SEED = 0  # the map's subsample is the same on every run
 ISSUE_TYPES = {"label": "wrong label", "duplicate": "conflicting duplicate", "outlier": "outlier"}
-_SECTIONS_META = re.compile(r'<meta name="labelkit:sections" content="([^"]*)">')
 
 
-def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResult:
-    started = now()
-    ws = ctx.ws
-    have = {name: ws.path(name).exists() for name in (artifacts.SAMPLES, artifacts.EMBEDDINGS, artifacts.PROTOTYPES,
-                                                      artifacts.PSEUDOLABELS, artifacts.LABEL_ISSUES, METRICS)}
+READS = (artifacts.SAMPLES, artifacts.EMBEDDINGS, artifacts.PROTOTYPES, artifacts.PSEUDOLABELS, artifacts.LABEL_ISSUES, METRICS)
+
+
+def _check(job: Job) -> None:
+    ws = job.ws
+    have = {name: ws.path(name).exists() for name in READS}
     if (not have[artifacts.EMBEDDINGS] and not have[artifacts.LABEL_ISSUES]) or not have[artifacts.SAMPLES]:
         missing = artifacts.EMBEDDINGS if not have[artifacts.EMBEDDINGS] else artifacts.SAMPLES
         raise MissingArtifactError(f"{missing} not found in {ws.out}; nothing to report yet: run 'labelkit run {ws.data}' first")
-    inputs = _input_fingerprints(ws, have)
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
+    job.state["have"] = have
+
+
+def _key(job: Job) -> None:
+    job.inputs.update(_input_fingerprints(job.ws, job.state["have"]))
+
+
+def _build(job: Job) -> dict[str, Any]:
+    ws, cfg, have = job.ws, job.cfg, job.state["have"]
     path = ws.path(REPORT)
-    if reason is None:
-        m = _SECTIONS_META.search(path.read_text(encoding="utf-8", errors="replace")[:20000])
-        summary = {"path": str(path), "sections": m.group(1).split(",") if m and m.group(1) else [], "size_kb": round(path.stat().st_size / 1024, 1)}
-        return StageResult(STAGE, skipped=True, reason="up to date", summary=summary, outputs=[REPORT])
     sections = build_sections(ws, cfg, have)
     included = [s.key for s in sections if s.present]
     shown = collect_warnings(ws, have)
@@ -62,8 +66,7 @@ def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResu
                    banner=rep.warnings_banner_html(shown), meta={"labelkit:sections": ",".join(included)})
     with atomic_write(path, "wb") as f:
         f.write(doc.encode("utf-8"))
-    ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[REPORT], started=started)
-    summary = {
+    return {
         "path": str(path),
         "sections": included,
         "missing": [s.key for s in sections if not s.present],
@@ -71,9 +74,15 @@ def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResu
         "warnings_shown": len(shown),  # the upstream stages' warnings in the banner (already counted by their stages)
         **{k: v for s in sections for k, v in (s.facts or {}).items()},
         "warnings": [],
-        "wall_time_s": round(now() - started, 2),
     }
-    return StageResult(STAGE, reason=reason, summary=summary, outputs=[REPORT])
+
+
+# It never runs another stage: what it reads is fingerprinted when present (see _key).
+SPEC = Stage(STAGE, ReportConfig, _build, outputs=(REPORT,), samples=False, check=_check, key=_key)
+
+
+def run(ctx: RunContext, cfg: ReportConfig, *, force: bool = False) -> StageResult:
+    return run_stage(ctx, SPEC, cfg, force=force)
 
 
 def _input_fingerprints(ws: Workspace, have: dict[str, bool]) -> dict[str, str]:
