@@ -17,6 +17,7 @@ import numpy as np
 from labelkit._validation import check_labels, check_probs
 from labelkit.cartography import DynamicsEvidence
 from labelkit.errors import BadInputError
+from labelkit.neighbours import check_graph, vote
 from labelkit.noise import _enum
 
 __all__ = [
@@ -96,23 +97,6 @@ def _check_probs_for(labels: np.ndarray, probs, name: str = "probs") -> np.ndarr
     return probs
 
 
-def _check_graph(sims, idx, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validated kNN graph and the mask of usable edges (present, not a self-loop)."""
-    sims = np.asarray(sims, dtype=np.float32)
-    idx = np.asarray(idx)
-    if sims.ndim != 2 or sims.shape != idx.shape or (n is not None and len(idx) != n):
-        raise BadInputError(f"'sims' and 'idx' must both have shape ({n if n is not None else 'n_samples'}, k). Got {sims.shape} and {idx.shape} instead.")
-    if idx.size and not np.issubdtype(idx.dtype, np.integer):
-        raise BadInputError(f"'idx' must be integers. Got dtype {idx.dtype} instead.")
-    idx = idx.astype(np.int64, copy=False)
-    if idx.size and (idx.max() >= len(idx) or idx.min() < -1):
-        raise BadInputError(f"'idx' must be in [-1, {len(idx) - 1}]. Got range [{idx.min()}, {idx.max()}] instead.")
-    if not np.isfinite(sims[idx >= 0]).all():
-        raise BadInputError("'sims' contains NaN or infinite values.")
-    valid = (idx >= 0) & (idx != np.arange(len(idx))[:, None])
-    return sims, idx, valid
-
-
 def knn_vote_probs(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_classes: int, *,
                    weighting: Weighting | str = Weighting.SIMILARITY, smoothing: float = 1.0) -> np.ndarray:
     """Leave-one-out class probabilities from the labels of each sample's neighbours.
@@ -155,24 +139,8 @@ def knn_vote_probs(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_clas
     weighting = _enum(Weighting, weighting, "weighting")
     if not smoothing >= 0:
         raise BadInputError(f"'smoothing' must be >= 0. Got {smoothing!r} instead.")
-    sims, idx, valid = _check_graph(sims, idx, len(labels))
-    return _knn_vote_impl(labels, sims, idx, valid, int(n_classes), weighting, float(smoothing))
-
-
-def _knn_vote_impl(labels, sims, idx, valid, k, weighting, smoothing) -> np.ndarray:
-    nb = labels[np.where(valid, idx, 0)]
-    valid = valid & (nb >= 0)
-    w = np.ones_like(sims) if weighting is Weighting.UNIFORM else np.maximum(sims, 0)
-    out = np.empty((len(labels), k), dtype=np.float32)
-    step = max(1, (1 << 22) // k)
-    for s in range(0, len(labels), step):  # bincount per block of rows keeps memory at O(block * K)
-        v = valid[s:s + step]
-        rows = np.broadcast_to(np.arange(v.shape[0])[:, None], v.shape)[v]
-        votes = np.bincount(rows * k + nb[s:s + step][v], weights=w[s:s + step][v], minlength=v.shape[0] * k)
-        votes = votes.reshape(-1, k) + smoothing / k
-        total = votes.sum(axis=1, keepdims=True)
-        out[s:s + step] = np.where(total > 0, votes / np.where(total > 0, total, 1), 1.0 / k)
-    return out
+    sims, idx, valid = check_graph(sims, idx, len(labels))
+    return vote(labels, sims, idx, valid, int(n_classes), power=0.0 if weighting is Weighting.UNIFORM else 1.0, smoothing=float(smoothing))
 
 
 def knn_label_issues(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_classes: int, *,
@@ -251,7 +219,7 @@ def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.nd
     labels = check_labels(labels)
     if not -1 <= threshold <= 1:
         raise BadInputError(f"'threshold' must be in [-1, 1]. Got {threshold!r} instead.")
-    sims, idx, valid = _check_graph(sims, idx, len(labels))
+    sims, idx, valid = check_graph(sims, idx, len(labels))
     support = np.zeros(len(labels))
     if probs is not None:
         support = _given_prob(labels, _check_probs_for(labels, probs))
@@ -295,7 +263,7 @@ def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = 3.5) -> Out
     """
     if not cut > 0:
         raise BadInputError(f"'cut' must be > 0. Got {cut!r} instead.")
-    sims, idx, valid = _check_graph(sims, idx)
+    sims, idx, valid = check_graph(sims, idx)
     n_valid = valid.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         dist = (np.where(valid, 1.0 - sims.astype(np.float64), 0).sum(axis=1) / n_valid).astype(np.float32)

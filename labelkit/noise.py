@@ -22,7 +22,7 @@ __all__ = [
     "FilterMethod", "ScoreMethod", "LabelIssues", "NoiseEstimates",
     "confident_thresholds", "confident_joint", "estimate_joint", "estimate_noise_matrices",
     "num_label_issues", "label_quality_scores", "find_label_issues", "rank_label_issues",
-    "detect_label_issues", "detect_label_issues_streaming",
+    "detect_label_issues", "detect_label_issues_streaming", "confident_learning", "ConfidentLearning",
 ]
 
 _FP = 1e-6  # fuzzy comparison used by the reference implementation
@@ -487,12 +487,19 @@ def _analyse(source: ChunkSource, stats: _Stats, *, keep_rows=False, scores=()) 
 
 
 def _detect_impl(source: ChunkSource, spec: _Spec) -> LabelIssues:
+    return _detect_analysed(*_analysed(source, spec), source, spec)
+
+
+def _analysed(source: ChunkSource, spec: _Spec) -> tuple[_Analysis, _Stats]:
     stats = _Stats()
     scores = {spec.score}
     if spec.method.value.startswith("low_"):
         scores.add(ScoreMethod(spec.method.value[4:]))
     keep = spec.method in (FilterMethod.PRUNE_BY_NOISE_RATE, FilterMethod.BOTH)
-    a = _analyse(source, stats, keep_rows=keep, scores=tuple(scores))
+    return _analyse(source, stats, keep_rows=keep, scores=tuple(scores)), stats
+
+
+def _detect_analysed(a: _Analysis, stats: _Stats, source: ChunkSource, spec: _Spec) -> LabelIssues:
     if spec.num_to_remove is not None and len(spec.num_to_remove) != a.k:
         raise BadInputError(f"'num_to_remove_per_class' must have {a.k} entries. Got {len(spec.num_to_remove)} instead.")
     mask = _issue_mask(a, spec, source, stats)
@@ -587,6 +594,47 @@ def detect_label_issues(
     """
     spec = _spec(method, score_method, frac_noise, num_to_remove_per_class, min_examples_per_class)
     return _detect_impl(_checked_source(labels, probs), spec)
+
+
+class ConfidentLearning(NamedTuple):
+    """Everything one confident-learning analysis gives (see :func:`confident_learning`)."""
+
+    issues: LabelIssues  # by the requested filter and score methods
+    off_diagonal: np.ndarray  # (n_samples,) bool: the 'confident_learning' filter's issues (C[y][j], j != y)
+    joint: np.ndarray  # (K, K) estimated joint p(y, y*), as estimate_joint
+    estimates: NoiseEstimates  # as estimate_noise_matrices (converged)
+
+
+def confident_learning(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    *,
+    method: FilterMethod | str = FilterMethod.PRUNE_BY_NOISE_RATE,
+    score_method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE,
+) -> ConfidentLearning:
+    """:func:`detect_label_issues`, the off-diagonal issues, :func:`estimate_joint` and
+    :func:`estimate_noise_matrices` from one analysis of ``probs`` (the thresholds and the
+    confident joint are computed once, not once per result).
+
+    References
+    ----------
+    Northcutt, Jiang & Chuang, JAIR 2021.
+
+    Examples
+    --------
+    >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.95, 0.05]])
+    >>> cl = confident_learning(np.array([0, 0, 1, 1, 1]), p)
+    >>> cl.issues.is_issue.tolist(), cl.off_diagonal.tolist()
+    ([False, False, False, False, True], [False, False, False, False, True])
+    """
+    spec = _spec(method, score_method, 1.0, None, 1)
+    source = _checked_source(labels, probs)
+    a, stats = _analysed(source, spec)
+    issues = _detect_analysed(a, stats, source, spec)
+    off = np.zeros(len(a.labels), dtype=bool)
+    off[np.flatnonzero(a.labels >= 0)] = a.joint.off_diagonal & a.joint.candidate
+    cal = _calibrate(a.cj, a.counts)
+    return ConfidentLearning(issues, off, cal / np.clip(float(np.sum(cal)), _TINY, None), _latent(cal, a.counts, True))
 
 
 def detect_label_issues_streaming(

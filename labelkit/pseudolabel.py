@@ -27,10 +27,11 @@ from enum import Enum
 import numpy as np
 import scipy.sparse as sp
 
-from labelkit._probability import ROW_CHUNK, check_positive, check_unit, log_probs, margin, normalize_rows, softmax
+from labelkit._probability import ROW_CHUNK, check_positive, check_unit, log_probs, margin, softmax
 from labelkit._validation import check_embeddings, check_labels, check_probs, l2_normalize
 from labelkit.calibration import Calibration, _em_prior_impl, calibrate
 from labelkit.errors import BadInputError
+from labelkit.neighbours import check_graph, vote
 from labelkit.propagation import Spreader, _affinity_impl, propagate
 from labelkit.thresholds import ThresholdRule, accept
 
@@ -50,24 +51,6 @@ class ScoreMethod(str, Enum):
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_graph(sims, idx, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    sims = np.asarray(sims, dtype=np.float32)
-    idx = np.asarray(idx)
-    if sims.ndim != 2 or sims.shape != idx.shape:
-        raise BadInputError(f"'sims' and 'idx' must be 2-D of the same shape. Got {sims.shape} and {idx.shape} instead.")
-    if sims.shape[0] != n_nodes:
-        raise BadInputError(f"'sims' must have one row per sample ({n_nodes}). Got {sims.shape[0]} instead.")
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise BadInputError(f"'idx' must be integers. Got dtype {idx.dtype} instead.")
-    if idx.size and (idx.min() < -1 or idx.max() >= n_nodes):
-        raise BadInputError(f"'idx' must be in [-1, {n_nodes}). Got range [{idx.min()}, {idx.max()}] instead.")
-    present = idx >= 0
-    if not np.all(np.isfinite(sims[present])):
-        raise BadInputError("'sims' contains NaN or infinite values at present neighbours.")
-    # Missing neighbours (idx -1) may carry any similarity (knn_graph pads with -inf).
-    return np.where(present, sims, np.float32(0.0)), idx.astype(np.int64, copy=False)
 
 
 def _check_prototypes(vectors, classes, n_classes: int, dim: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,24 +158,9 @@ def knn_vote_scores(labels, sims, idx, n_classes: int, *, gamma: float = 1.0) ->
            [0.33, 0.67]])
     """
     labels = check_labels(labels, n_classes=n_classes)
-    sims, idx = _check_graph(sims, idx, labels.shape[0])
+    sims, idx, _ = check_graph(sims, idx, labels.shape[0])
     check_positive("gamma", gamma, strict=False)
-    return _knn_vote_impl(labels, sims, idx, n_classes, gamma, dtype=np.float64)
-
-
-def _knn_vote_impl(labels, sims, idx, n_classes, gamma, rows=None, dtype=np.float32) -> np.ndarray:
-    rows = np.arange(labels.shape[0]) if rows is None else rows
-    out = np.empty((rows.size, n_classes), dtype=dtype)
-    for lo in range(0, rows.size, ROW_CHUNK):
-        r = rows[lo : lo + ROW_CHUNK]
-        nb = np.where(idx[r] >= 0, labels[np.maximum(idx[r], 0)], -1)
-        w = np.where(nb >= 0, np.maximum(sims[r], 0.0).astype(np.float64) ** gamma, 0.0)
-        ok = nb.ravel() >= 0
-        flat = np.repeat(np.arange(r.size), idx.shape[1])[ok] * n_classes + nb.ravel()[ok]
-        votes = np.bincount(flat, weights=w.ravel()[ok], minlength=r.size * n_classes)
-        votes = votes.astype(np.float64, copy=False).reshape(r.size, n_classes)  # int64 when no vote
-        out[lo : lo + ROW_CHUNK] = normalize_rows(votes)
-    return out
+    return vote(labels, sims, idx, None, n_classes, power=gamma, dtype=np.float64)
 
 
 def label_spreading_scores(
@@ -250,7 +218,7 @@ def label_spreading_scores(
     [0, 0, 1, 1]
     """
     labels = check_labels(labels, n_classes=n_classes)
-    sims, idx = _check_graph(sims, idx, labels.shape[0])
+    sims, idx, _ = check_graph(sims, idx, labels.shape[0])
     x = None
     if anchors is not None:
         if embeddings is None:
@@ -421,7 +389,7 @@ def _components(labels, ctx: _Context, spreader, opts: PseudolabelOptions, rows=
             vec, cls = ctx.prototypes
         out["prototype"] = _prototype_probs(ctx.x, vec, cls, ctx.n_classes, PROTOTYPE_TEMPERATURE, rows)
     if "knn" in weights:
-        out["knn"] = _knn_vote_impl(labels, ctx.sims, ctx.idx, ctx.n_classes, opts.gamma, rows)
+        out["knn"] = vote(labels, ctx.sims, ctx.idx, None, ctx.n_classes, power=opts.gamma, rows=rows)
     if "probe" in weights:
         from labelkit.probe import probe_probs
 
@@ -629,7 +597,7 @@ def _validated(embeddings, labels, n_classes, graph, prototypes, text_prototypes
         raise BadInputError(f"'options' must be a PseudolabelOptions. Got {type(options).__name__} instead.")
     if not (isinstance(graph, tuple) and len(graph) == 2):
         raise BadInputError("'graph' must be a (sims, idx) pair.")
-    sims, idx = _check_graph(graph[0], graph[1], x.shape[0])
+    sims, idx, _ = check_graph(graph[0], graph[1], x.shape[0])
     k = min(options.n_neighbors, sims.shape[1])
     ctx = _Context(
         x, np.ascontiguousarray(sims[:, :k]), np.ascontiguousarray(idx[:, :k]), n_classes,

@@ -304,3 +304,24 @@ def test_streaming_reads_the_data_at_most_three_times():
     calls.clear()
     noise.detect_label_issues_streaming(chunks, method="confident_learning")
     assert len(calls) == 2
+
+
+def test_confident_learning_once_equals_each_result_computed_apart():
+    """Issue 15: one analysis gives detect-noise's four confident-learning results, unchanged."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 4)) + 2.5 * np.eye(4)[labels]
+    flip = rng.random(300) < 0.15
+    labels[flip] = rng.integers(0, 4, int(flip.sum()))  # noisy given labels
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels[:5] = -1
+    for method, score in (("prune_by_noise_rate", "self_confidence"), ("both", "normalized_margin")):
+        cl = noise.confident_learning(labels, probs, method=method, score_method=score)
+        apart = noise.detect_label_issues(labels, probs, method=method, score_method=score)
+        assert np.array_equal(cl.issues.is_issue, apart.is_issue) and np.array_equal(cl.issues.ranked, apart.ranked)
+        assert np.array_equal(cl.issues.label_quality, apart.label_quality, equal_nan=True)
+        assert np.array_equal(cl.off_diagonal, noise.detect_label_issues(labels, probs, method="confident_learning").is_issue)
+        assert np.array_equal(cl.joint, noise.estimate_joint(labels, probs))
+        est = noise.estimate_noise_matrices(labels, probs)
+        assert all(np.array_equal(a, b) for a, b in zip(cl.estimates, est))
+    assert cl.off_diagonal.sum() > 0 and not cl.off_diagonal[:5].any()

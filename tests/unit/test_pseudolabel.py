@@ -242,7 +242,7 @@ def test_pseudolabel_validates_inputs(rng):
         pl.pseudolabel(x, y, 2, (sims[:-1], idx[:-1]))
     bad = idx.copy()
     bad[0, 0] = 999
-    with pytest.raises(BadInputError, match=r"'idx' must be in \[-1, 40\)"):
+    with pytest.raises(BadInputError, match=r"'idx' must be in \[-1, 39\] \(-1 = missing\)"):  # one graph check (issue 15)
         pl.pseudolabel(x, y, 2, (sims, bad))
     with pytest.raises(BadInputError, match="'prototypes' must have dimension 8"):
         pl.pseudolabel(x, y, 2, (sims, idx), (np.eye(2, 3), np.array([0, 1])))
