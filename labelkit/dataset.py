@@ -32,6 +32,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from labelkit import health
 from labelkit.errors import BadInputError
@@ -111,8 +113,12 @@ class Samples:
                 "multi-label data (samples with several labels, or none, in 'labels'): this stage reads one label per "
                 "sample and does not support multi-label data yet; the stages that do are listed in docs/getting-started.md"
             )
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index[v] if v is not None else -1 for v in self.table["label"]], dtype=np.int64)
+        labels = self.table["label"]
+        codes = pd.Index(self.classes, dtype=object).get_indexer(labels.to_numpy(dtype=object)).astype(np.int64)
+        unknown = (codes < 0) & labels.notna().to_numpy()
+        if unknown.any():
+            raise KeyError(labels.iloc[int(np.argmax(unknown))])
+        return codes
 
     def fingerprint(self, data_root) -> str:
         """Content fingerprint: see :func:`samples_fingerprint`."""
@@ -127,24 +133,52 @@ class Samples:
 
 
 def samples_fingerprint(samples: Samples, data_root) -> str:
-    """Content fingerprint of the dataset: ids, sources, labels, and each source file's size and mtime."""
+    """Content fingerprint of the dataset: ids, sources, labels, and each source file's size and mtime.
+
+    Each column is hashed as Arrow buffers (offsets, bytes, nulls), not row by row; an image
+    dataset adds one ``stat`` per file.
+    """
     h = hashlib.blake2b(digest_size=16)
     t = samples.table
     for col in ("id", "source", "label", "split"):
-        h.update("\x1f".join("" if v is None else str(v) for v in t[col]).encode())
-        h.update(b"\x1e")
-    h.update("\x1f".join("" if v is None else "|".join(v) for v in t["labels"]).encode())
+        _hash_strings(h, pa.array(t[col].to_numpy(dtype=object), type=pa.large_string(), from_pandas=True))
+    multi = t["labels"].to_numpy(dtype=object)
+    has_multi = pd.notna(multi)
+    if has_multi.any():  # rare: '|'-joined, as a string column
+        joined = np.full(len(multi), None, dtype=object)
+        joined[has_multi] = ["|".join(v) for v in multi[has_multi]]
+        multi = joined
+    _hash_strings(h, pa.array(multi, type=pa.large_string(), from_pandas=True))
     h.update(("\x1f".join(samples.classes)).encode())
     if samples.kind == "image":
-        for src in t["source"]:
-            try:
-                st = os.stat(os.path.join(data_root, src))
-                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
-            except OSError:
-                h.update(b"missing;")
+        h.update(_file_stats(data_root, t["source"].to_numpy(dtype=object)).tobytes())
     if samples.vectors is not None:
         h.update(np.ascontiguousarray(samples.vectors).tobytes())
     return h.hexdigest()
+
+
+def _hash_strings(h, arr: pa.Array) -> None:
+    """Feed a string column into ``h``: its length, null mask, value offsets and bytes (canonical, whatever the slicing)."""
+    h.update(len(arr).to_bytes(8, "little"))
+    h.update(np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1] if len(arr) else np.zeros(1, np.int64)
+    h.update((offsets - offsets[0]).tobytes())
+    data = arr.buffers()[2]
+    if data is not None:
+        h.update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
+
+
+def _file_stats(data_root, sources: np.ndarray) -> np.ndarray:
+    """(N, 2) int64: each file's size and mtime in ns; (-1, -1) when it cannot be stat'ed."""
+    out = np.full((len(sources), 2), -1, dtype=np.int64)
+    root = os.fspath(data_root)
+    for i, src in enumerate(sources):
+        try:
+            st = os.stat(os.path.join(root, src))
+        except OSError:
+            continue
+        out[i] = st.st_size, st.st_mtime_ns
+    return out
 
 
 def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, require_inputs: bool = True) -> Samples:
@@ -183,8 +217,8 @@ def _skipped_notice(skipped: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _label_set(table: pd.DataFrame) -> set[str]:
-    """The distinct labels of a samples table, every class of every label set included."""
-    seen = set(table["label"].dropna())
+    """The distinct labels of a samples table (hashed in C: iterating a million-row Series costs seconds)."""
+    seen = {v for v in pd.unique(table["label"].to_numpy(dtype=object)) if v is not None}
     multi = table["labels"].to_numpy(dtype=object)
     if pd.notna(multi).any():  # multi-label: every class of every label set
         seen.update(c for v in multi if v is not None for c in v)
@@ -261,7 +295,8 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
     sources = _manifest_sources(data, df, name, has_path, has_text)
     ids = _manifest_ids(df, name, sources)
     labels, multi, notices = _manifest_labels(df, name)
-    split = [("" if _is_missing(v) else str(v)) for v in df["split"]] if "split" in cols else [""] * len(df)
+    split = _text_cells(df["split"]) if "split" in cols else np.full(len(df), "", dtype=object)
+    split[pd.isna(split)] = ""
     vectors = _manifest_vectors(df["embedding"], name) if has_vec else None
     kind: Kind = "vectors" if has_vec else "image" if has_path else "text" if has_text else "labels-only"
     skipped: list[tuple[str, str]] = []
@@ -271,10 +306,12 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
         skipped = [(s, r) for s, r in zip(sources, why) if r is not None]
         if len(skipped) == len(sources):
             raise BadInputError(f"{name}: none of the {len(sources)} files can be read (first: {skipped[0][0]}: {skipped[0][1]})")
-        keep = [r is None for r in why]
-        ids, sources, labels, multi, split = ([v for v, k in zip(col, keep) if k] for col in (ids, sources, labels, multi, split))
-        if vectors is not None:
-            vectors = vectors[np.asarray(keep)]
+        if skipped:
+            keep = np.array([r is None for r in why])
+            ids, sources, labels, split = (np.asarray(col, dtype=object)[keep] for col in (ids, sources, labels, split))
+            multi = [v for v, k in zip(multi, keep) if k]
+            if vectors is not None:
+                vectors = vectors[keep]
     table = _table(ids, sources, labels, multi, split)
     return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name, notices=notices, skipped=skipped)
 
@@ -305,44 +342,85 @@ def _table(ids, sources, labels, multi, split) -> pd.DataFrame:
     return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()})
 
 
-def _manifest_sources(data: Path, df: pd.DataFrame, name: str, has_path: bool, has_text: bool) -> list[str | None]:
+def _text_cells(col: pd.Series) -> np.ndarray:
+    """A column as an object array of ``str(cell)``, None where the cell is missing (null, NaN, blank).
+
+    String and integer columns are read in Arrow (no per-row Python); a blank-looking string is
+    confirmed with Python's own ``str.strip`` so the rule stays :func:`_is_missing`'s. Other types
+    (floats, mixed objects) go cell by cell.
+    """
+    try:
+        arr = pa.array(col, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        arr = None
+    if arr is not None and (pa.types.is_integer(arr.type) or pa.types.is_null(arr.type)):
+        arr = arr.cast(pa.large_string())
+    if arr is None or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return np.array([None if _is_missing(v) else str(v) for v in col], dtype=object)
+    out = arr.to_numpy(zero_copy_only=False)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), False).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(blank):
+        if out[i].strip() == "":  # Arrow's whitespace is a superset of Python's
+            out[i] = None
+    return out
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
+def _manifest_sources(data: Path, df: pd.DataFrame, name: str, has_path: bool, has_text: bool) -> np.ndarray:
     if has_text:
-        out = []
-        for row, v in enumerate(df["text"], start=2):
-            if _is_missing(v):
-                raise BadInputError(f"{name}: row {row} has an empty 'text'")
-            out.append(str(v))
+        out = _text_cells(df["text"])
+        missing = pd.isna(out)
+        if missing.any():
+            raise BadInputError(f"{name}: row {_first(missing) + 2} has an empty 'text'")
         return out
     if not has_path:
-        return [None] * len(df)
-    out = []
-    for row, v in enumerate(df["path"], start=2):
-        if _is_missing(v):
+        return np.full(len(df), None, dtype=object)
+    out = _text_cells(df["path"])
+    # Only paths that are not already plain relative POSIX paths ('a/b.png') need Path's rules:
+    # empty, absolute, '.' or '..' parts, doubled or trailing slashes.
+    odd = pd.isna(out) | pc.fill_null(pc.match_substring_regex(pa.array(out, type=pa.large_string(), from_pandas=True),
+                                                               r"^/|(^|/)\.\.?(/|$)|//|/$|^$"), True).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(odd):
+        row, v = i + 2, out[i]
+        if v is None:
             raise BadInputError(f"{name}: row {row} has an empty 'path'")
-        rel = Path(str(v))
+        rel = Path(v)
         # Written to escape (absolute, or '..' past DATA): bad input. A link inside DATA that
         # leaves it is a skipped file instead (_file_problem), as in an image folder.
         if rel.is_absolute() or os.path.normpath(rel).split(os.sep)[0] == "..":
             raise BadInputError(f"{name}: row {row} path '{v}' escapes the dataset folder; paths must be relative to {data}")
-        out.append(rel.as_posix())
+        out[i] = rel.as_posix()
     return out
 
 
-def _manifest_ids(df: pd.DataFrame, name: str, sources: list[str | None]) -> list[str]:
+def _manifest_ids(df: pd.DataFrame, name: str, sources: np.ndarray) -> np.ndarray:
     if "id" in df.columns:
-        ids = ["" if _is_missing(v) else str(v) for v in df["id"]]
-        if any(i == "" for i in ids):
-            raise BadInputError(f"{name}: row {ids.index('') + 2} has an empty 'id'")
-    elif sources and sources[0] is not None and "path" in df.columns:
-        ids = list(sources)  # a sample's id defaults to its path relative to DATA
+        ids = _text_cells(df["id"])
+        missing = pd.isna(ids)
+        if missing.any():
+            raise BadInputError(f"{name}: row {_first(missing) + 2} has an empty 'id'")
+    elif len(sources) and sources[0] is not None and "path" in df.columns:
+        ids = sources.copy()  # a sample's id defaults to its path relative to DATA
     else:
-        ids = [str(i) for i in range(len(df))]  # text/vector rows: their row number
-    seen: dict[str, int] = {}
-    for row, i in enumerate(ids, start=2):
-        if i in seen:
-            raise BadInputError(f"{name}: duplicate id '{i}' (rows {seen[i]} and {row})")
-        seen[i] = row
+        ids = np.arange(len(df)).astype(str).astype(object)  # text/vector rows: their row number
+    index = pd.Index(ids, dtype=object)
+    if not index.is_unique:
+        row = _first(index.duplicated())
+        first = _first(ids == ids[row])
+        raise BadInputError(f"{name}: duplicate id '{ids[row]}' (rows {first + 2} and {row + 2})")
     return ids
+
+
+def _distinct(values) -> tuple[np.ndarray, list, list[int]]:
+    """(codes, distinct values in order of first appearance, their counts); code -1 for a null or NaN cell."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.to_pandas()
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object) if not isinstance(values, pd.Series) else values, use_na_sentinel=True)
+    counts = np.bincount(codes[codes >= 0], minlength=len(uniques)).tolist()
+    return codes, list(uniques), counts
 
 
 def _split_multi(v) -> list | None:
@@ -361,24 +439,28 @@ class _LabelReader:
 
     def __init__(self) -> None:
         self.as_unlabeled: Counter[str] = Counter()  # spelling -> times read as unlabeled
-        self.stripped: list[str] = []  # cells with spaces around them
-        self.floats: list[str] = []  # whole-number floats read as integers
+        self.stripped: list[str] = []  # cells with spaces around them (the first few)
+        self.n_stripped = 0
+        self.floats: list[str] = []  # whole-number floats read as integers (the first few)
+        self.n_floats = 0
         self.spellings: dict[str, Counter[str]] = {}  # NFC name -> {spelling as written: count}
 
-    def text(self, v) -> str | None:
-        """One cell: None when missing or an NA-like string; else its text, stripped (not yet NFC)."""
+    def text(self, v, count: int = 1) -> str | None:
+        """One cell (written ``count`` times): None when missing or an NA-like string; else its text, stripped (not yet NFC)."""
         if _is_missing(v):
             return None
         t = v if isinstance(v, str) else str(int(v)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else str(v)
         s = t.strip()
         if s != t:
-            self.stripped.append(t)
+            self.n_stripped += count
+            if len(self.stripped) < 3:
+                self.stripped.append(t)
         if s in NA_STRINGS or s.lower() in UNLABELED_WORDS:
-            self.as_unlabeled[s] += 1
+            self.as_unlabeled[s] += count
             return None
         return s
 
-    def integral_floats(self, col: list[str | None]) -> list[str | None]:
+    def integral_floats(self, col: list[str | None], counts: list[int] | None = None) -> list[str | None]:
         """A column of numbers all whole ('0.0', '1', '2.') reads as integers; any other value keeps it as written."""
         vals = [v for v in col if v is not None]
         if not vals or not all(_FLOAT_TEXT.fullmatch(v) for v in vals) or not any("." in v for v in vals):
@@ -386,22 +468,33 @@ class _LabelReader:
         if any(float(v) != int(float(v)) for v in vals):
             return col  # '0.5' is a class name as written
         out = []
-        for v in col:
+        for i, v in enumerate(col):
             if v is not None and "." in v:
-                self.floats.append(v)
+                self.n_floats += 1 if counts is None else counts[i]
+                if len(self.floats) < 3:
+                    self.floats.append(v)
                 v = str(int(float(v)))
             out.append(v)
         return out
 
-    def nfc(self, v: str | None) -> str | None:
+    def nfc(self, v: str | None, count: int = 1) -> str | None:
         if v is None:
             return None
         n = unicodedata.normalize("NFC", v)
-        self.spellings.setdefault(n, Counter())[v] += 1
+        self.spellings.setdefault(n, Counter())[v] += count
         return n
 
-    def column(self, values) -> list[str | None]:
-        return [self.nfc(v) for v in self.integral_floats([self.text(v) for v in values])]
+    def column(self, values) -> np.ndarray:
+        """A label column as an object array of names (None = unlabeled).
+
+        Each distinct cell is read once, weighted by how often it occurs (in order of first
+        appearance, so the notices' examples are the first in the file): a million rows over a
+        hundred classes cost a hundred reads, not a million.
+        """
+        codes, uniques, counts = _distinct(values)
+        texts = [self.text(v, c) for v, c in zip(uniques, counts)]
+        names = [self.nfc(v, c) for v, c in zip(self.integral_floats(texts, counts), counts)]
+        return np.array([*names, None], dtype=object)[codes]  # code -1 (missing) -> the trailing None
 
     def notices(self) -> list[dict[str, str]]:
         out = []
@@ -415,14 +508,14 @@ class _LabelReader:
                 "(e.g. 'NA' -> 'not_applicable')",
             ))
         if self.stripped:
-            n, e = len(self.stripped), self.stripped[0]
+            n, e = self.n_stripped, self.stripped[0]
             out.append(health.warning(
                 "labels_stripped",
                 f"{n} label{'s' if n != 1 else ''} had spaces around them, removed (e.g. {e!r} read as {e.strip()!r})",
                 "write labels without leading or trailing spaces",
             ))
         if self.floats:
-            n, e = len(self.floats), self.floats[0]
+            n, e = self.n_floats, self.floats[0]
             out.append(health.warning(
                 "float_labels",
                 f"{n} label{'s' if n != 1 else ''} written as whole-number floats read as integers (e.g. {e!r} read as {str(int(float(e)))!r})",

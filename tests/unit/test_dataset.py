@@ -139,3 +139,53 @@ def test_parse_classes_option(tmp_path):
     assert parse_classes_option(str(f)) == ("cat", "dog")
     with pytest.raises(BadInputError, match="class names repeat"):
         parse_classes_option("a,a")
+
+
+# -- the vectorised manifest path (issue 17) --------------------------------------------------
+
+
+def test_label_notices_count_every_cell_though_each_distinct_cell_is_read_once(tmp_path):
+    write_csv(tmp_path, "id,label\n" + "".join(f"r{i},{v}\n" for i, v in enumerate([" cat", "dog", " cat", "nan", " cat", "nan", "dog"])))
+    s = discover(tmp_path, require_inputs=False)
+    assert s.table["label"].tolist() == ["cat", "dog", "cat", None, "cat", None, "dog"]
+    assert s.label_codes().tolist() == [0, 1, 0, -1, 0, -1, 1]
+    messages = {n["code"]: n["message"] for n in s.notices}
+    assert messages["labels_read_as_unlabeled"] == "2 labels written as 'nan' (2) read as unlabeled"
+    assert messages["labels_stripped"] == "3 labels had spaces around them, removed (e.g. ' cat' read as 'cat')"
+
+
+@pytest.mark.parametrize("csv, message", [
+    ("id,label\na,x\nb,y\nc,x\nb,x\n", "labels.csv: duplicate id 'b' (rows 3 and 5)"),
+    ("id,label\na,x\n  ,y\n", "labels.csv: row 3 has an empty 'id'"),
+    ("path,label\na.png,x\nsub/./../../b.png,y\n", "labels.csv: row 3 path 'sub/./../../b.png' escapes the dataset folder"),
+])
+def test_vectorised_checks_name_the_first_bad_row(tmp_path, csv, message):
+    write_csv(tmp_path, csv)
+    _png(tmp_path / "a.png")
+    with pytest.raises(BadInputError) as e:
+        discover(tmp_path, require_inputs=False)
+    assert str(e.value).startswith(message)
+
+
+def test_manifest_paths_are_normalised_only_where_needed(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / "cat" / "b.png")
+    write_csv(tmp_path, "path,label\ncat/a.png,cat\n./cat//b.png,cat\n")
+    assert discover(tmp_path).table["source"].tolist() == ["cat/a.png", "cat/b.png"]
+
+
+def test_fingerprint_is_stable_and_changes_with_labels_and_image_files(tmp_path):
+    import os
+
+    from labelkit.dataset import samples_fingerprint
+
+    _png(tmp_path / "cat" / "a.png")
+    _png(tmp_path / "dog" / "b.png")
+    fp = samples_fingerprint(discover(tmp_path), tmp_path)
+    assert samples_fingerprint(discover(tmp_path), tmp_path) == fp
+    os.utime(tmp_path / "dog" / "b.png", ns=(1, 1))  # same bytes, new mtime: the size+mtime check sees it
+    assert samples_fingerprint(discover(tmp_path), tmp_path) != fp
+    s = discover(tmp_path)
+    before = s.fingerprint(tmp_path)
+    s.table.loc[0, "label"] = "dog"
+    assert s.fingerprint(tmp_path) != before
