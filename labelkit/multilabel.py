@@ -26,7 +26,7 @@ from labelkit.multilabel_noise import check_multilabels
 
 __all__ = ["HeadConfig", "C_GRID", "sigmoid_heads_probs", "cross_val_multilabel_probs", "Thresholds",
            "choose_thresholds", "label_sets", "MultilabelPseudolabels", "multilabel_pseudolabels",
-           "multilabel_label_issues"]
+           "multilabel_label_issues", "class_prototypes"]
 
 #: L2 strengths tried by :func:`cross_val_multilabel_probs` when ``C`` is not given (the one with
 #: the lowest held-out binary cross-entropy is kept).
@@ -101,7 +101,7 @@ def _predict(predict, x: torch.Tensor, rows: np.ndarray, out: np.ndarray, dest: 
 
 
 def _tensors(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray | None):
-    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).double()
+    x = torch.from_numpy(np.array(embeddings, dtype=np.float64))  # a writable float64 copy
     y = torch.from_numpy(np.clip(labels, 0, 1).astype(np.float64))
     w = torch.ones_like(y) if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float64))
     return x, y, w
@@ -410,3 +410,41 @@ def multilabel_label_issues(embeddings, labels, *, n_folds: int = 5, seed: int =
     probs, c = cross_val_multilabel_probs(embeddings, labels, n_folds=n_folds, seed=seed, C=C)
     issues = mln.detect_multilabel_issues(labels, probs, method=method or mln.DEFAULT_METHOD)
     return issues, probs, c
+
+
+def class_prototypes(embeddings, labels) -> tuple[np.ndarray, np.ndarray]:
+    """One prototype per class from every sample carrying it: the mean of their unit-norm
+    embeddings, re-normalised (prototypical networks; a sample counts for each of its classes).
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+    labels : ndarray of shape (n_samples, n_classes)
+        0/1 indicator matrix; rows of -1 are unlabeled.
+
+    Returns
+    -------
+    vectors : ndarray of shape (n_classes, dim), float32
+        Zero for a class no sample carries.
+    support : ndarray of shape (n_classes,), int64
+
+    References
+    ----------
+    Snell, Swersky, Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017.
+
+    Examples
+    --------
+    >>> v, n = class_prototypes(np.array([[1, 0], [0, 1]], dtype=np.float32), np.array([[1, 1], [0, 1]]))
+    >>> v.astype(float).round(3).tolist(), n.tolist()
+    ([[1.0, 0.0], [0.707, 0.707]], [1, 2])
+    """
+    from labelkit._validation import l2_normalize
+
+    x = l2_normalize(check_embeddings(embeddings))
+    y = check_multilabels(labels)
+    if len(y) != len(x):
+        raise BadInputError(f"'labels' must have one row per embedding ({len(x)}). Got {len(y)} instead.")
+    member = np.clip(y, 0, 1).astype(np.float32)  # unlabeled rows (-1) carry no class
+    sums = member.T @ x
+    support = member.sum(axis=0).astype(np.int64)
+    return l2_normalize(sums), support

@@ -94,6 +94,8 @@ def _embed(console: Console, res) -> None:
 
 def _detect_noise(console: Console, res) -> None:
     s: dict[str, Any] = res.summary
+    if s.get("task") == "multi-label":
+        return _multilabel(console, res)
     line(console, f"{s['n_issues']} of {s['n_analysed']} labeled samples flagged ({s['issue_rate']:.1%}); "
          f"estimated noise rate {s['estimated_noise_rate']:.1%} (probabilities: {s['probs']}, filter: {s['filter_by']})", head="detect-noise")
     choice = s.get("probs_choice") or {}
@@ -123,6 +125,8 @@ def _detect_noise(console: Console, res) -> None:
 
 def _prototype(console: Console, res) -> None:
     s: dict[str, Any] = res.summary
+    if s.get("task") == "multi-label":
+        return _multilabel(console, res)
     kinds = ", ".join(f"{v} {k}" for k, v in s["kinds"].items())
     line(console, f"{s['n_prototypes']} prototypes ({kinds}) for {s['n_classes']} classes; "
          f"{s['n_dropped_unclean']} labeled samples dropped as unclean; {s['refine_iterations']} refinement iterations", head="prototype")
@@ -139,6 +143,8 @@ def _prototype(console: Console, res) -> None:
 
 def _pseudolabel(console: Console, res) -> None:
     s: dict[str, Any] = res.summary
+    if s.get("task") == "multi-label":
+        return _multilabel(console, res)
     cov = "n/a" if s["coverage"] is None else f"{s['coverage']:.1%}"
     line(console, f"{s['n_accepted']} of {s['n_unlabeled']} unlabeled samples accepted (coverage {cov}) "
          f"by {s['method']}, {s['threshold_rule']} threshold {s['threshold']}", head="pseudolabel")
@@ -152,6 +158,34 @@ def _pseudolabel(console: Console, res) -> None:
     line(console, "  confidence histogram:")
     for i, n in enumerate(hist):
         line(console, f"    {i / 10:.1f}-{(i + 1) / 10:.1f} {'█' * round(30 * n / peak):<30} {n}")
+
+
+def _multilabel(console: Console, res) -> None:
+    """prototype, pseudolabel and detect-noise on multi-label data (issue 16)."""
+    s: dict[str, Any] = res.summary
+    if res.stage == "prototype":
+        line(console, f"{s['n_prototypes']} prototypes for {s['n_classes']} classes (multi-label: one per class from every sample carrying it)", head="prototype")
+        if s["classes_without_samples"]:
+            line(console, "  no labeled sample carries: " + ", ".join(s["classes_without_samples"][:10]))
+    elif res.stage == "pseudolabel":
+        cov = "n/a" if s["coverage"] is None else f"{s['coverage']:.1%}"
+        line(console, f"{s['n_accepted']} of {s['n_unlabeled']} unlabeled samples accepted (coverage {cov}), multi-label: "
+             f"{s['mean_labels_per_sample']} labels a sample, {s['n_empty_label_sets']} with none", head="pseudolabel")
+        t = _table("per class", ("class", "threshold", "held-out precision", "held-out recall", "pseudo-labeled"))
+        for r in s["per_class"][:30]:
+            _row(t, r["class"], f"{r['threshold']:.3f}", "" if r["held_out_precision"] is None else f"{r['held_out_precision']:.3f}",
+                 "" if r["held_out_recall"] is None else f"{r['held_out_recall']:.3f}", r["n_pseudolabeled"])
+        console.print(t)
+    else:
+        line(console, f"{s['n_issues']} of {s['n_analysed']} labeled samples flagged ({s['issue_rate']:.1%}), multi-label: "
+             f"{s['n_labels_to_add']} labels to add, {s['n_labels_to_remove']} to remove ({s['method']})", head="detect-noise")
+        t = _table("per class", ("class", "given", "to add", "to remove"))
+        for r in s["per_class"][:30]:
+            _row(t, r["class"], r["given"], r["to_add"], r["to_remove"])
+        console.print(t)
+        if "review_file" in s:
+            line(console, f"  review queue: {s['review_rows']} rows in {s['review_file']}")
+    line(console, f"  wrote {', '.join(res.outputs)}")
 
 
 def pipeline(console: Console, results) -> None:
