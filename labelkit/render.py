@@ -208,3 +208,34 @@ def status(console: Console, rows) -> None:
 
 
 RENDERERS = {"embed": _embed, "prototype": _prototype, "pseudolabel": _pseudolabel, "detect-noise": _detect_noise}
+
+
+def doctor(console: Console, report: dict[str, Any]) -> None:
+    """``labelkit doctor``'s report: versions, devices, faiss, Ray, weights, network, disk, then what the config needs."""
+    d = report["devices"]
+    line(console, f"{report['labelkit']} on Python {report['python']} ({report['platform']})", head="labelkit")
+    line(console, ", ".join(f"{k} {v or 'not installed'}" for k, v in report["packages"].items()), head="packages")
+    cuda = d["cuda"]
+    gpus = "; ".join(f"cuda:{g['index']} {g['name']} {g['memory_gb']} GiB" for g in cuda["devices"]) or "none"
+    line(console, f"CUDA {gpus} (torch CUDA build {cuda['torch_cuda'] or 'none'}); MPS {'yes' if d['mps'] else 'no'}; "
+                  f"CPU {d['cpu_cores_usable']} of {d['cpu_cores']} cores usable; RAM {d['memory_gb']} GiB "
+                  f"({d['memory_available_gb']} GiB available)", head="devices")
+    f = report["faiss"]
+    line(console, f"{f['version']}, GPU build {'yes' if f['gpu_build'] else 'no'}, {f['gpus']} GPU(s)" if f["installed"] else "not installed",
+         head="faiss")
+    r = report["ray"]
+    where = "" if r["reachable"] is None else f"; {r['address']} {'reachable' if r['reachable'] else 'NOT reachable'}"
+    line(console, (f"{r['version']}{where} ({r.get('detail', '')})" if r["installed"] else "not installed (pip install 'labelkit-ml[ray]')"),
+         head="ray")
+    t = _table("embedder weights", ["model", "present", "from"])
+    for e in report["embedders"]:
+        _row(t, e["model"], Text("yes", style="green") if e["present"] else Text("no", style="red"), e["weights"] or e["detail"])
+    console.print(t)
+    n = report["network"]
+    line(console, "not checked" if n["reachable"] is None else f"{'reachable' if n['reachable'] else 'NOT reachable'} ({n['detail']})", head="network")
+    line(console, f"{report['disk']['free_gb']} GiB free of {report['disk']['total_gb']} GiB under {report['disk']['path']}", head="disk")
+    for need in report["needs"]:
+        style = "green" if need["ok"] else "bold red"
+        console.print(Text.assemble(("ok" if need["ok"] else "missing", style), f": {need['what']} ({need['detail']})"))
+        if need["hint"]:
+            console.print(Text(f"  try: {need['hint']}", style="yellow"))

@@ -14,8 +14,14 @@ from labelkit.workspace import Workspace, text_fingerprint
 RECORD = "knn"
 
 
-def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto", device: str = "cpu", progress: Progress = NULL) -> tuple[np.ndarray, np.ndarray]:
-    """(sims (N, k), idx (N, k)) over the rows of embeddings.parquet, self excluded; cached."""
+def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto", device: str = "auto", progress: Progress = NULL,
+              engine: str = "local", ray_address: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sims (N, k), idx (N, k)) over the rows of embeddings.parquet, self excluded; cached.
+
+    ``device`` auto puts the index on a GPU when the faiss GPU build sees one (same graph up to
+    float rounding). ``engine`` ray builds the index once here and searches row slices on Ray
+    actors (the same graph, exactly); the cache does not depend on the engine.
+    """
     from labelkit import knn
 
     emb_fp = ws.fingerprint(artifacts.EMBEDDINGS) or ""
@@ -28,7 +34,13 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
         return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
     started = time.perf_counter()
     k_eff = min(k, max(1, len(vectors) - 1))
-    sims, idx = knn.knn_graph(vectors, k_eff, method=method, exclude_self=True, device=device, progress=progress)
+    if engine == "ray" and len(vectors) > 1:
+        from labelkit.engines import RayOptions
+        from labelkit.engines.ray_knn import knn_graph as ray_knn_graph
+
+        sims, idx, _ = ray_knn_graph(vectors, k_eff, method=method, ray=RayOptions(address=ray_address), progress=progress)
+    else:
+        sims, idx = knn.knn_graph(vectors, k_eff, method=method, exclude_self=True, device=device, progress=progress)
     if k_eff < k:  # tiny datasets: pad so the artifact keeps its fixed width
         sims = np.pad(sims, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
