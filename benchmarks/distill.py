@@ -1,6 +1,6 @@
 """Student quality: labelkit's pipeline (detect-noise, pseudolabel, distill, predict) from few noisy labels.
 
-    python benchmarks/distill.py [--seeds 5] [--first-seed 0] [--datasets digits,mnist] [--mnist-n 4000] [--rounds 1] [--epochs 100]
+    python benchmarks/distill.py [--seeds 5] [--first-seed 0] [--datasets digits,mnist] [--mnist-n 4000] [--rounds 1] [--epochs 100] [--json runs.json]
     python benchmarks/distill.py --student cnn [--fixmatch 1] [--fixmatch-rule flexmatch] [--image-size 0] [--jobs 1] ...
 
 For each dataset and seed: a stratified split into train and test halves (the test half is seen
@@ -160,10 +160,12 @@ def reference_student(x_train, y_train, x_test, y_test, cfg: DistillConfig, seed
     from dataclasses import replace
 
     from labelkit.distill import fit_student, predict_proba
+    from labelkit.distill.procedure import train_config
+    from labelkit.distill.training_set import min_held_out
 
     # The stage's hold-out rule: early stopping only with enough held-out labels to stop on.
     n_val = round(cfg.val_fraction * len(y_train))
-    tc = replace(distill_stage.train_config(cfg), val_fraction=cfg.val_fraction if n_val >= distill_stage.min_held_out(int(y_test.max()) + 1) else 0.0)
+    tc = replace(train_config(cfg), val_fraction=cfg.val_fraction if n_val >= min_held_out(int(y_test.max()) + 1) else 0.0)
     fit = fit_student(x_train, y_train, config=tc, seed=seed)
     return float(np.mean(predict_proba(fit.model, x_test).argmax(1) == y_test))
 
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, default=0.0, help="cnn: EMA decay of the weights (0 = off)")
     ap.add_argument("--image-size", type=int, default=0, help="cnn: side the images are resized to (0 = their own)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (one torch thread each)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers (per dataset and seed) to this file")
     args = ap.parse_args(argv)
     import torch
 
@@ -289,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = ["Seconds per run by stage (labelkit, wall time from manifest.json; shared, loaded 2-core machine):", "",
               "| dataset | " + " | ".join(STAGES) + " |", "| --- |" + " --- |" * len(STAGES)]
     verdicts = []
+    per_run: dict[str, list[dict]] = {}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for name, x, y in load_datasets(set(args.datasets.split(",")), mnist_n=args.mnist_n, images=args.student == "cnn"):
         if args.jobs > 1:
@@ -298,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = list(pool.map(run_one, *zip(*[(x, y, seed, cfg) for seed in seeds])))
         else:
             runs = [run_one(x, y, seed, cfg) for seed in seeds]
+        per_run[name] = runs
         sp = {k: np.mean([r["_split"][k] for r in runs]) for k in ("n_train", "n_test", "n_labeled", "n_flipped")}
         for method in (PIPELINE, *REFERENCES):
             quality.append(
@@ -319,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(f"{'PASS' if within and beats else 'FAIL'} {name}: {ours:.4f} within {WITHIN:.0%} of all true labels ({ceiling:.4f}): {within}; "
                         f"beats the noisy labeled part ({noisy:.4f}) by {BEAT:.0%}: {beats}")
     print("\n".join(quality + [""] + teacher + [""] + timing + [""] + verdicts))
+    if args.json is not None:
+        args.json.write_text(json.dumps(per_run, indent=1, default=float) + "\n")
     return 0 if verdicts and all(v.startswith("PASS") for v in verdicts) else 1
 
 

@@ -1,16 +1,12 @@
 """distill: train a student on the trusted labels plus the pseudo-labels; write student/.
 
 Trusted = the given labels minus those detect-noise flagged (unless ``--keep-issues``); a random
-``val_fraction`` of them is held out for early stopping and the metrics ("holdout"). When that part
-would be too small to stop on (fewer than 20 labels, or 2 per class), nothing is held out: the
-student trains for the full epoch budget and the metrics are estimated by K-fold cross-fitting
-("crossfit"): K students, each trained on everything but one fold of the trusted labels (the
-pseudo-labels stay in every training set), predict their own fold; the student that is saved is
-trained on everything. Pseudo-labeled = the unlabeled samples with a pseudo-label, with
-their soft label (top_labels/top_probs); by default every pseudo-label, not only the accepted ones,
-each weighted by its confidence. The compute is :func:`labelkit.distill.fit_student`; this
-module assembles its inputs, runs the self-training rounds and the cross-fitting, and writes the
-student folder atomically (built beside it, then swapped in).
+``val_fraction`` of them is held out for early stopping and the metrics ("holdout"), or, when that
+part would be too small to stop on, the metrics are cross-fitted ("crossfit"). Pseudo-labeled = the
+unlabeled samples with a pseudo-label (by default every one, weighted by its confidence). The
+procedure is :func:`labelkit.distill.procedure.distil` over arrays; this module reads its inputs
+(embeddings or pixels, issues, pseudo-labels, the teacher's recipe for refitting it), makes that
+one call, and writes the student folder atomically (built beside it, then swapped in).
 """
 
 from __future__ import annotations
@@ -19,10 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-import math
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +29,29 @@ from labelkit._probability import topk_to_dense
 from labelkit.config import DistillConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
+from labelkit.distill.pixels import load_pixels, pixel_spec
+from labelkit.distill.students import STUDENTS
+from labelkit.distill.training_set import (
+    Frame,
+    PseudoLabels,
+    TrainingSet,
+    acceptance_threshold,
+    assemble,
+    select_pseudolabels,
+    split_trusted,
+)
 from labelkit.errors import BadInputError, DependencyError
-from labelkit.folds import stratified_folds
-from labelkit.stages import pipeline
-from labelkit.stages._common import RunContext, StageResult, input_warnings, now, prepare_samples, stale_reason
+from labelkit.stages import _multilabel, pipeline
+from labelkit.stages._common import (
+    RunContext,
+    StageResult,
+    input_warnings,
+    now,
+    prepare_samples,
+    stale_reason,
+)
+
+__all__ = ["IMAGE_STUDENTS", "acceptance_threshold", "load_pixels", "run"]  # load_pixels: predict reads images as distill does
 
 STAGE = "distill"
 STUDENT = "student"  # the output folder in the workspace
@@ -50,14 +62,7 @@ DYNAMICS_FILE = "dynamics.parquet"
 ONNX_FILE = "model.onnx"
 FORMAT = "labelkit-student"
 FORMAT_VERSION = 1
-DEFAULT_ACCEPT = 0.95  # self-training acceptance when pseudolabels.parquet records no confidence threshold
-ECE_BINS = 15
-IMAGE_STUDENTS = ("cnn", "finetune")  # trained end to end on pixels, not on the embeddings
-# cnn inputs: images resized to a square side between these (their largest side, clipped).
-CNN_MIN_SIDE, CNN_MAX_SIDE = 8, 64
-FINETUNE_SIDE = 224  # EfficientNet-Lite0's training resolution
-MIN_HELD_OUT = 20  # fewer held-out labels than this (or 2 per class): no hold-out, no early stopping
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+IMAGE_STUDENTS = tuple(name for name, arch in STUDENTS.items() if arch.input_kind == "pixels")  # trained end to end on pixels
 
 
 def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageResult:
@@ -109,59 +114,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-# -- the training set -----------------------------------------------------------------------
+# -- reading the inputs ----------------------------------------------------------------------
 
 
-@dataclass
-class TrainingSet:
-    """Rows (positions in samples order) and targets for fit_student, plus the held-out part."""
-
-    train_rows: np.ndarray  # (n,) samples rows trained on
-    hard: np.ndarray  # (n,) int64: trusted label; for pseudo-labeled rows -1 (soft) or their label (--hard)
-    soft: np.ndarray  # (n, K) soft targets, zero rows = none
-    weight: np.ndarray | None  # (n,) sample weights (hard pseudo-labels weighted by confidence)
-    is_pseudo: np.ndarray  # (n,) bool
-    val_rows: np.ndarray  # (m,) held-out trusted rows
-    val_labels: np.ndarray  # (m,) int64
-    unlabeled_rows: np.ndarray  # every unlabeled row with an input: self-training candidates
-    n_dropped_issues: int
-    threshold: float  # confidence a self-training round accepts at
-    codes: np.ndarray  # (N,) given label codes of every samples row, -1 = unlabeled
-
-    @property
-    def n_trusted(self) -> int:
-        return int((~self.is_pseudo).sum())
-
-    def without(self, drop: np.ndarray) -> "TrainingSet":
-        """This set minus the training rows where ``drop`` (n,) is True (trusted rows stay first)."""
-        keep = ~drop
-        return replace(self, train_rows=self.train_rows[keep], hard=self.hard[keep], soft=self.soft[keep],
-                       weight=None if self.weight is None else self.weight[keep], is_pseudo=self.is_pseudo[keep])
-
-
-def _issue_ids(ctx: RunContext) -> set[str]:
+def _issue_mask(ctx: RunContext, ids: np.ndarray) -> np.ndarray:
+    """(N,) True for the samples detect-noise flagged."""
     path = artifacts.require(ctx.ws.path(artifacts.LABEL_ISSUES), f"labelkit detect-noise {ctx.ws.data}")
     t = artifacts.read_table(path, columns=["id", "is_issue"]).to_pandas()
-    return set(t.loc[t["is_issue"].astype(bool), "id"].astype(str))
+    return np.isin(ids, list(set(t.loc[t["is_issue"].astype(bool), "id"].astype(str))))
 
 
-def acceptance_threshold(metadata: dict[str, Any]) -> float:
-    """The confidence a self-training round accepts at: the pseudolabel stage's own, else 0.95.
-
-    pseudolabels.parquet's ``params`` hold ``threshold_rule`` and ``threshold``; the value is a
-    confidence for the ``fixed`` and ``flexmatch`` rules (flexmatch's per-class scaling is not
-    replayed: its base tau is used). A ``margin`` or a ``top_per_class`` count is not a
-    confidence, so those rules give the default 0.95.
-    """
-    params = metadata.get("params")
-    if isinstance(params, dict):
-        rule, value = params.get("threshold_rule", "fixed"), params.get("threshold")
-        if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
-            return float(value)
-    return DEFAULT_ACCEPT
-
-
-def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pa.Table, dict[str, Any]]:
+def _pseudolabels(ctx: RunContext) -> tuple[pa.Table, dict[str, Any]]:
     path = artifacts.require(ctx.ws.path(artifacts.PSEUDOLABELS), f"labelkit pseudolabel {ctx.ws.data}")
     cols = ["id", "label", "confidence", "accepted", "top_labels", "top_probs"]
     try:
@@ -176,7 +139,7 @@ def _pseudolabels(ctx: RunContext, samples: Samples) -> tuple[pa.Table, dict[str
 
 
 def _soft_matrix(t: pa.Table, classes: list[str]) -> np.ndarray:
-    """(n, K) soft labels from the rows' top_labels/top_probs (renormalised over the classes kept)."""
+    """(n, n_classes) soft labels from the rows' top_labels/top_probs (renormalised over the classes kept)."""
     import pyarrow.compute as pc
 
     labels, probs = (t.column(c).combine_chunks() for c in ("top_labels", "top_probs"))
@@ -188,130 +151,34 @@ def _soft_matrix(t: pa.Table, classes: list[str]) -> np.ndarray:
     cols = pd.Index(classes).get_indexer(flat)
     if (cols < 0).any():
         raise BadInputError(f"pseudolabels.parquet names class '{flat[cols < 0][0]}', which is not among the dataset's classes; rerun 'labelkit pseudolabel --force'")
-    rows = pc.list_parent_indices(labels).to_numpy()
-    return topk_to_dense(t.num_rows, len(classes), rows, cols, p)
-
-
-def min_held_out(n_classes: int) -> int:
-    """Fewest held-out labels worth early stopping on: 20, and 2 per class."""
-    return max(MIN_HELD_OUT, 2 * n_classes)
+    return topk_to_dense(t.num_rows, len(classes), pc.list_parent_indices(labels).to_numpy(), cols, p)
 
 
 def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, has_input: np.ndarray) -> TrainingSet:
-    """Trusted rows (minus flagged issues), the held-out split, and the accepted pseudo-labels."""
-    codes = samples.label_codes()
+    """Trusted rows (minus flagged issues), the held-out split, and the pseudo-labels trained on."""
+    codes, classes = samples.label_codes(), list(samples.classes)
     ids = samples.table["id"].astype(str).to_numpy()
-    labeled = (codes >= 0) & has_input
-    dropped = np.zeros(len(ids), dtype=bool)
-    if not cfg.keep_issues:
-        dropped = labeled & np.isin(ids, list(_issue_ids(ctx)))
-    trusted = np.flatnonzero(labeled & ~dropped)
-    if trusted.size == 0:
-        raise BadInputError(f"no trusted labels left: detect-noise flagged all {int(dropped.sum())} labeled samples; use --keep-issues to train on them")
-    rng = np.random.default_rng(cfg.seed)
-    n_val = int(round(cfg.val_fraction * trusted.size))
-    if n_val < min_held_out(len(samples.classes)) or n_val >= trusted.size:
-        n_val = 0  # too few to stop on (a handful of possibly noisy labels stops training at random): cross-fit the metrics instead
-    perm = rng.permutation(trusted.size)
-    val_rows = np.sort(trusted[perm[:n_val]])
-    fit_trusted = np.sort(trusted[perm[n_val:]])
+    issue = np.zeros(len(ids), bool) if cfg.keep_issues else _issue_mask(ctx, ids)
+    trusted, val_rows, n_dropped = split_trusted(codes, has_input, issue, len(classes), val_fraction=cfg.val_fraction, seed=cfg.seed)
     unlabeled = np.flatnonzero((codes < 0) & has_input)
-    k = len(samples.classes)
-
-    threshold = DEFAULT_ACCEPT
-    pseudo_rows = np.zeros(0, dtype=np.int64)
-    pseudo_soft = np.zeros((0, k))
-    pseudo_conf = np.zeros(0)
+    pseudo, threshold = PseudoLabels.none(len(classes)), acceptance_threshold({})
     if cfg.use_pseudolabels:
-        t, meta = _pseudolabels(ctx, samples)
+        t, meta = _pseudolabels(ctx)
         threshold = acceptance_threshold(meta)
         pos = pd.Index(t.column("id").to_numpy(zero_copy_only=False).astype(str)).get_indexer(ids)  # samples row -> pseudolabels row (-1: none)
-        accepted = np.zeros(len(ids), dtype=bool)
         taken = np.ones(t.num_rows, bool) if cfg.pseudolabels == "all" else t.column("accepted").to_numpy(zero_copy_only=False).astype(bool)
-        accepted[pos >= 0] = taken[pos[pos >= 0]]
-        pseudo_rows = np.flatnonzero(accepted & (codes < 0) & has_input)
-        chosen = t.take(pa.array(pos[pseudo_rows]))
-        pseudo_soft = _soft_matrix(chosen, samples.classes)
-        pseudo_conf = chosen.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
-    return _assemble(cfg, codes, k, fit_trusted, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, int(dropped.sum()), threshold)
-
-
-def _assemble(cfg, codes, k, trusted, pseudo_rows, pseudo_soft, pseudo_conf, val_rows, unlabeled, n_dropped, threshold) -> TrainingSet:
-    """Targets for fit_student: trusted labels (cross-entropy), and soft pseudo-labels (KL) or their
-    argmax weighted by confidence (--hard). Trusted rows have no soft label: alpha does not apply."""
-    rows = np.concatenate([trusted, pseudo_rows]).astype(np.int64)
-    is_pseudo = np.r_[np.zeros(trusted.size, bool), np.ones(pseudo_rows.size, bool)]
-    if cfg.soft:
-        hard = np.r_[codes[trusted], np.full(pseudo_rows.size, -1)].astype(np.int64)
-        soft = np.vstack([np.zeros((trusted.size, k)), pseudo_soft])
-        weight = None  # fit_student weights soft-only rows by their confidence (config.confidence_weighting)
-    else:
-        hard = np.r_[codes[trusted], pseudo_soft.argmax(axis=1) if pseudo_rows.size else []].astype(np.int64)
-        soft = np.zeros((rows.size, k))  # none, but it fixes n_classes to K
-        weight = np.r_[np.ones(trusted.size), pseudo_conf] if cfg.confidence_weighting else None
-    return TrainingSet(rows, hard, soft, weight, is_pseudo, val_rows, codes[val_rows], unlabeled, n_dropped, threshold, codes)
-
-
-# -- inputs: embeddings or pixels -----------------------------------------------------------
-
-
-def pixel_spec(root: Path, sources: list[str], n: int = 32, *, student: str = "cnn", size: int = 0) -> dict[str, Any]:
-    """How an image student reads images: grayscale or RGB, and one square side (``size``, else
-    from the first readable images for cnn, 224 for finetune, which always reads RGB)."""
-    from PIL import Image
-
-    sides, modes = [], []
-    for src in sources:
-        try:
-            with Image.open(root / src) as img:
-                sides.append(max(img.size))
-                modes.append(img.mode)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # too large: skipped as in embed
-            continue
-        if len(sides) >= n:
-            break
-    if not sides:
-        raise BadInputError(f"--student {student}: none of the images could be read")
-    if student == "finetune":
-        side, mode = size or FINETUNE_SIDE, "RGB"
-    else:
-        side = size or int(min(CNN_MAX_SIDE, max(CNN_MIN_SIDE, max(sides))))
-        mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
-    return {"kind": "pixels", "mode": mode, "channels": 1 if mode == "L" else 3, "size": [side, side], "resample": "bilinear", "scale": "x / 255"}
-
-
-def load_pixels(paths: list[str], spec: dict[str, Any], progress=None, description: str = "load images") -> tuple[np.ndarray, np.ndarray]:
-    """(pixels (n_ok, C, H, W) float32 in [0, 1], ok mask (n,)) for the images at ``paths``."""
-    from PIL import Image
-
-    from labelkit._progress import NULL
-    from labelkit.embedders import open_image
-
-    progress = NULL if progress is None else progress
-    h, w = spec["size"]
-    out = np.zeros((len(paths), spec["channels"], h, w), dtype=np.float32)
-    ok = np.zeros(len(paths), dtype=bool)
-    with progress.task(description, total=len(paths)) as task:
-        for i, p in enumerate(paths):
-            try:
-                img = open_image(p, spec["mode"])
-            except (OSError, ValueError):
-                task.advance()
-                continue
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-            out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            ok[i] = True
-            task.advance()
-    return out[ok], ok
+        rows, at = select_pseudolabels(pos, taken, (codes < 0) & has_input)
+        chosen = t.take(pa.array(at))
+        pseudo = PseudoLabels(rows, _soft_matrix(chosen, classes), chosen.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64))
+    frame = Frame(codes, val_rows, unlabeled, n_dropped, threshold)
+    return assemble(frame, trusted, pseudo, soft=cfg.soft, confidence_weighting=cfg.confidence_weighting)
 
 
 def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
     """(x for every samples row (zeros where none), has_input mask, input spec, embedder spec)."""
-    from labelkit.stages.embed import read_embeddings
-
-    emb_ids, vecs, meta = read_embeddings(ctx.ws)
+    path = artifacts.require(ctx.ws.path(artifacts.EMBEDDINGS), f"labelkit embed {ctx.ws.data}")
+    emb_ids, vecs = artifacts.read_embeddings(path, cache=ctx.ws.path(artifacts.EMBEDDINGS_CACHE))
+    meta = artifacts.read_metadata(path)
     pos = pd.Index(emb_ids).get_indexer(samples.table["id"])
     has = pos >= 0
     embedder = {k: meta.get(k) for k in ("model", "dim", "preprocessing", "normalized")}
@@ -320,8 +187,7 @@ def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.n
         x = np.zeros((len(pos), vecs.shape[1]), dtype=np.float32)
         x[has] = vecs[pos[has]]
         return x, has, {"kind": "embedding", "dim": int(vecs.shape[1]), "normalized": "l2"}, embedder
-    root = ctx.ws.data
-    sources = samples.table["source"].tolist()
+    root, sources = ctx.ws.data, samples.table["source"].tolist()
     spec = pixel_spec(root, [s for s, h in zip(sources, has) if h], student=cfg.student, size=cfg.image_size)
     rows = np.flatnonzero(has)
     px, ok = load_pixels([str(root / sources[r]) for r in rows], spec, ctx.progress)
@@ -332,259 +198,55 @@ def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.n
     return x, has, spec, embedder
 
 
-# -- training -------------------------------------------------------------------------------
-
-
-def train_config(cfg: DistillConfig):
-    from labelkit.distill import TrainConfig
-
-    return TrainConfig(
-        architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, temperature=cfg.temperature, alpha=cfg.alpha, confidence_weighting=cfg.confidence_weighting,
-        soften_below=cfg.soften_below, val_fraction=0.0, patience=cfg.patience, vat=cfg.vat,
-        fixmatch=cfg.fixmatch, fixmatch_threshold=cfg.fixmatch_threshold, fixmatch_rule=cfg.fixmatch_rule, label_filter=cfg.label_filter, ema=cfg.ema,
-    )
-
-
-def _self_training(ts: TrainingSet, probs: np.ndarray, cfg: DistillConfig) -> TrainingSet:
-    """The next round's set: the student's probabilities on the unlabeled rows replace the teacher's.
-
-    With ``pseudolabels = "all"`` every unlabeled row is taken (weighted by the student's confidence),
-    else those where it reaches the pseudo-labels' own threshold; the trusted rows and the held-out
-    split stay as they were.
-    """
-    conf = probs.max(axis=1) if probs.size else np.zeros(0)
-    accepted = conf >= (0.0 if cfg.pseudolabels == "all" else ts.threshold)
-    p = probs[accepted].astype(np.float64)
-    p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-    n = ts.n_trusted
-    return _assemble(cfg, ts.codes, probs.shape[1], ts.train_rows[:n], ts.unlabeled_rows[accepted], p, conf[accepted],
-                     ts.val_rows, ts.unlabeled_rows, ts.n_dropped_issues, ts.threshold)
-
-
-def _fit_rounds(progress, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_classes: int, device: str):
-    """Round 1 learns from the teacher; each further round from the previous student (self-training)."""
-    from labelkit.distill import fit_student, predict_proba
-
-    tc = train_config(cfg)
-    val = (x[ts.val_rows], ts.val_labels) if ts.val_rows.size else None
-    rounds = []
-    fit = None
-    for r in range(cfg.rounds):
-        if r > 0:
-            unl = ts.unlabeled_rows
-            probs = predict_proba(fit.model, x[unl], device=device) if unl.size else np.zeros((0, n_classes))
-            ts = _self_training(ts, probs, cfg)
-        unlabeled = x[ts.unlabeled_rows] if cfg.fixmatch > 0 else None
-        fit = fit_student(x[ts.train_rows], ts.hard, ts.soft, config=tc, sample_weight=ts.weight, val=val, unlabeled=unlabeled,
-                          progress=progress, seed=cfg.seed + r, device=device)
-        rounds.append(_round_record(r, ts, fit))
-    return fit, ts, rounds
-
-
-def _round_record(r: int, ts: TrainingSet, fit) -> dict[str, Any]:
-    finite = lambda a: [None if not np.isfinite(v) else round(float(v), 6) for v in a]  # noqa: E731
-    return {
-        "round": r + 1,
-        "n_trusted": int((~ts.is_pseudo).sum()),
-        "n_set_aside": int(fit.set_aside.sum()),
-        "n_pseudo": int(ts.is_pseudo.sum()),
-        "epochs_run": int(fit.train_loss.size),
-        "best_epoch": int(fit.best_epoch) + 1,
-        "stopped_early": bool(fit.stopped_early),
-        "val_accuracy": None if not np.isfinite(fit.val_acc[fit.best_epoch]) else round(float(fit.val_acc[fit.best_epoch]), 6),
-        "curve": {"train_loss": finite(fit.train_loss), "val_loss": finite(fit.val_loss), "val_accuracy": finite(fit.val_acc)},
-        "seconds": round(fit.seconds, 2),
-    }
-
-
-def _metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, ECE (15 bins) and per-class accuracy of ``probs`` against ``y`` (None without labels)."""
-    from labelkit.metrics import accuracy, expected_calibration_error, macro_f1, per_class_accuracy
-
-    if y.size == 0:
-        return {"n_val": 0, "accuracy": None, "macro_f1": None, "ece": None, "per_class_accuracy": {}}
-    pred = probs.argmax(axis=1)
-    pca = per_class_accuracy(y, pred, len(classes))
-    return {
-        "n_val": int(y.size),
-        "accuracy": round(accuracy(y, pred), 6),
-        "macro_f1": round(macro_f1(y, pred), 6),
-        "ece": round(expected_calibration_error(probs, y, n_bins=ECE_BINS), 6),
-        "per_class_accuracy": {c: (None if np.isnan(v) else round(float(v), 6)) for c, v in zip(classes, pca)},
-    }
-
-
-def _n_folds(cfg: DistillConfig, ts: TrainingSet) -> int:
-    """Cross-fitting folds: only without a held-out part, at most one per trusted label; 0 = none."""
-    k = min(cfg.folds, ts.n_trusted) if ts.val_rows.size == 0 else 0
-    return k if k >= 2 else 0
-
-
-def _cross_fit(part, cfg: DistillConfig, ts: TrainingSet, x: np.ndarray, n_classes: int, device: str, n_folds: int, teacher=None):
-    """Out-of-fold probabilities (n_trusted, K) of the trusted rows, and per-fold records.
-
-    Fold f's student runs the whole procedure (every self-training round, the fixed epoch budget)
-    on the training set minus fold f's trusted rows, so it never sees their labels. Its
-    pseudo-labels come from ``teacher(hidden rows)`` (a teacher that did not see them either), or,
-    without one, are the shared ones. Folds are stratified by trusted label. ``part(name)`` gives
-    the progress each fold's fits report to.
-    """
-    from labelkit.distill import predict_proba
-
-    n = ts.n_trusted
-    y = ts.hard[:n]
-    folds = stratified_folds(y, n_folds, np.random.default_rng(cfg.seed))
-    oof = np.zeros((n, n_classes))
-    records = []
-    for f in range(n_folds):
-        held = np.r_[folds == f, np.zeros(ts.train_rows.size - n, bool)]
-        hidden = ts.train_rows[held]
-        t0 = time.perf_counter()
-        if teacher is not None:
-            part(f"fold {f + 1}/{n_folds}: teacher").update()
-        fold_set = teacher(hidden) if teacher is not None else ts.without(held)
-        fit, _, _ = _fit_rounds(part(f"fold {f + 1}/{n_folds}"), cfg, fold_set, x, n_classes, device)
-        oof[held[:n]] = predict_proba(fit.model, x[hidden], device=device)
-        acc = float(np.mean(oof[held[:n]].argmax(1) == y[held[:n]]))
-        records.append({"fold": f + 1, "n_val": int(held.sum()), "accuracy": round(acc, 6), "seconds": round(time.perf_counter() - t0, 2)})
-    return oof, records
-
-
-def _teacher_note(ctx: RunContext, cfg: DistillConfig, evaluated: int) -> str:
-    """"refit" when the metrics' labels get a teacher of their own, else why the shared one is used."""
-    from labelkit.stages.pseudolabel import replay_configs
+def _teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, evaluated: int):
+    """("refit", hidden rows -> PseudoLabels) when the metrics' labels get a teacher of their own, else (why the shared one is used, None)."""
+    from labelkit.stages.pseudolabel import Relabeler, replay_configs
 
     if not cfg.use_pseudolabels or not evaluated:
-        return "shared"
+        return "shared", None
     if not cfg.refit_teacher:
-        return "shared (--shared-teacher)"
+        return "shared (--shared-teacher)", None
     why = replay_configs(ctx.ws)
-    return f"shared ({why})" if isinstance(why, str) else "refit"
-
-
-def _refit_teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, ts: TrainingSet, has_input: np.ndarray):
-    """``teacher(hidden rows) -> TrainingSet``: ``ts`` minus those trusted rows, with pseudo-labels
-    recomputed by the prototype and pseudolabel stages' recipe without their labels."""
-    from labelkit.stages.pseudolabel import Relabeler
-
+    if isinstance(why, str):
+        return f"shared ({why})", None
     relabel = Relabeler(ctx.ws, samples)
-    ids = samples.table["id"].astype(str).to_numpy()
-    n = ts.n_trusted
+    ids = samples.table["id"].astype(str)
 
-    def teacher(hidden: np.ndarray) -> TrainingSet:
-        rel = relabel(ids[hidden])
-        pos = pd.Index(rel.ids).get_indexer(ids)  # samples row -> relabeled row (-1: none)
-        taken = np.ones(len(rel.ids), bool) if cfg.pseudolabels == "all" else rel.accepted
-        chosen = np.zeros(len(ids), dtype=bool)
-        chosen[pos >= 0] = taken[pos[pos >= 0]]
-        rows = np.flatnonzero(chosen & (ts.codes < 0) & has_input)
-        trusted = ts.train_rows[:n]
-        return _assemble(cfg, ts.codes, ts.soft.shape[1], trusted[~np.isin(trusted, hidden)], rows, rel.soft[pos[rows]],
-                         rel.confidence[pos[rows]], ts.val_rows, ts.unlabeled_rows, ts.n_dropped_issues, ts.threshold)
+    def teacher(hidden: np.ndarray) -> PseudoLabels:
+        rel = relabel(ids.to_numpy()[hidden])
+        return PseudoLabels(pd.Index(ids).get_indexer(rel.ids), rel.soft, rel.confidence, rel.accepted)
 
-    return teacher
+    return "refit", teacher
 
 
-class _FitPart:
-    """Progress for one fit inside the stage's single bar: its epochs advance the bar, its fields are tagged with the part."""
-
-    def __init__(self, bar, name: str, epochs: int):
-        self._bar, self._name, self._epochs, self._done = bar, name, epochs, 0
-
-    @contextmanager
-    def task(self, description: str, total: int | None = None):
-        self._done = 0
-        yield self
-        self._bar.advance(max(0, self._epochs - self._done))  # stopped early: the bar still counts the budget
-
-    def advance(self, n: int = 1) -> None:
-        self._done += n
-        self._bar.advance(n)
-
-    def update(self, **fields) -> None:
-        shown = {k: v for k, v in fields.items() if not (isinstance(v, float) and math.isnan(v))}  # no hold-out: no val_* fields
-        self._bar.update(part=self._name, **shown)
-
-    def log(self, message: str) -> None:
-        pass
-
-
-@contextmanager
-def _torch_threads(cfg: DistillConfig):
-    """CPU threads for the fits (``cfg.threads``, 0 = 1 for mlp/linear), restored afterwards.
-
-    Measured on the 2-core shared machine: fitting the default mlp on 900 x 64 for 100 epochs took
-    11 s with one thread and 56 s with two.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    n = cfg.threads or (before if cfg.student in IMAGE_STUDENTS else 1)
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# -- the student ----------------------------------------------------------------------------
 
 
 def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str, Any]:
-    from labelkit.distill import predict_proba
+    from labelkit.distill.procedure import distil, n_folds
 
+    if _multilabel.is_multilabel(samples):  # issue 16: a sigmoid head on label sets
+        return _multilabel.build_student(ctx, cfg, samples, _write_student)
     device = resolve_device(cfg.device)
     x, has_input, input_spec, embedder = _inputs(ctx, cfg, samples)
     ts = build_training_set(ctx, cfg, samples, has_input)
-    first_pseudo = int(ts.is_pseudo.sum())
     classes = list(samples.classes)
-    n_folds = _n_folds(cfg, ts)
-    fold_records: list[dict[str, Any]] = []
-    teacher_note = _teacher_note(ctx, cfg, n_folds or ts.val_rows.size)
-    teacher = _refit_teacher(ctx, cfg, samples, ts, has_input) if teacher_note == "refit" else None
-    with _torch_threads(cfg), ctx.progress.task(STAGE, total=(n_folds + 1) * cfg.rounds * cfg.epochs) as task:
-        part = lambda name: _FitPart(task, name, cfg.epochs)  # noqa: E731
-        if n_folds:
-            oof, fold_records = _cross_fit(part, cfg, ts, x, len(classes), device, n_folds, teacher)
-        elif teacher is not None:
-            part("train: teacher").update()
-            ts = teacher(ts.val_rows)  # the held-out labels must not reach the student through its pseudo-labels
-            first_pseudo = int(ts.is_pseudo.sum())
-        fit, ts, rounds = _fit_rounds(part("final" if n_folds else "train"), cfg, ts, x, len(classes), device)
-    if n_folds:
-        held_out = {"estimate": "crossfit", "folds": n_folds, **_metrics(oof, ts.hard[: ts.n_trusted], classes)}
-    elif ts.val_rows.size:
-        held_out = {"estimate": "holdout", "folds": None, **_metrics(predict_proba(fit.model, x[ts.val_rows], device=device), ts.val_labels, classes)}
-    else:
-        held_out = {"estimate": "none", "folds": None, **_metrics(np.zeros((0, len(classes))), np.zeros(0, np.int64), classes)}
-    ids = samples.table["id"].astype(str).to_numpy()
-    last = rounds[-1]
+    note, teacher = _teacher(ctx, cfg, samples, n_folds(cfg.folds, ts) or ts.frame.val_rows.size)
+    d = distil(x, ts, classes, cfg, teacher=teacher, progress=ctx.progress, device=device)
+    last, held, fit, ts = d.rounds[-1], d.held_out, d.fit, d.ts
     summary = {
-        "student": cfg.student,
-        "device": device,
-        "embedder": embedder["model"],
-        "n_classes": len(classes),
-        "n_trusted": last["n_trusted"],
-        "n_pseudo": last["n_pseudo"],
-        "n_pseudo_teacher": first_pseudo,
-        "n_dropped_issues": ts.n_dropped_issues,
-        "n_set_aside": last["n_set_aside"],
-        "n_val": held_out["n_val"],
-        "estimate": held_out["estimate"],
-        "folds": held_out["folds"],
-        "teacher": teacher_note,
-        "rounds": cfg.rounds,
-        "accept_threshold": ts.threshold,
-        "epochs_run": last["epochs_run"],
-        "best_epoch": last["best_epoch"],
-        "stopped_early": last["stopped_early"],
-        "val_accuracy": held_out["accuracy"],
-        "val_macro_f1": held_out["macro_f1"],
-        "val_ece": held_out["ece"],
-        "model_dir": str(ctx.ws.path(STUDENT)),
-        "onnx": cfg.onnx,
+        "student": cfg.student, "device": device, "embedder": embedder["model"], "n_classes": len(classes),
+        "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_pseudo_teacher": d.n_pseudo_teacher,
+        "n_dropped_issues": ts.frame.n_dropped_issues, "n_set_aside": last["n_set_aside"], "n_val": held["n_val"],
+        "estimate": held["estimate"], "folds": held["folds"], "teacher": note, "rounds": cfg.rounds, "accept_threshold": ts.frame.threshold,
+        "epochs_run": last["epochs_run"], "best_epoch": last["best_epoch"], "stopped_early": last["stopped_early"],
+        "val_accuracy": held["accuracy"], "val_macro_f1": held["macro_f1"], "val_ece": held["ece"],
+        "model_dir": str(ctx.ws.path(STUDENT)), "onnx": cfg.onnx,
     }
-    summary["warnings"] = input_warnings(samples, health.student(held_out["accuracy"], held_out["ece"], len(classes)))
-    metrics = {**held_out, "teacher": teacher_note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.n_dropped_issues,
-               "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": fold_records, "rounds": rounds, "summary": summary}
+    summary["warnings"] = input_warnings(samples, health.student(held["accuracy"], held["ece"], len(classes)))
+    ids = samples.table["id"].astype(str).to_numpy()
+    metrics = {**held, "teacher": note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.frame.n_dropped_issues,
+               "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": d.folds, "rounds": d.rounds, "summary": summary}
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__,
         "architecture": cfg.student, "student_config": fit.student_config, "classes": classes,
@@ -592,13 +254,9 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     dyn = pd.DataFrame({
-        "id": ids[ts.train_rows],
-        "label": np.asarray(classes, dtype=object)[fit.target_labels],
-        "confidence": fit.confidence.astype(np.float32),
-        "variability": fit.variability.astype(np.float32),
-        "correctness": fit.correctness.astype(np.float32),
-        "is_pseudo": ts.is_pseudo,
-        "set_aside": fit.set_aside,
+        "id": ids[ts.train_rows], "label": np.asarray(classes, dtype=object)[fit.target_labels],
+        "confidence": fit.confidence.astype(np.float32), "variability": fit.variability.astype(np.float32),
+        "correctness": fit.correctness.astype(np.float32), "is_pseudo": ts.is_pseudo, "set_aside": fit.set_aside,
         "view_confidence": fit.view_confidence.astype(np.float32),
     })
     _write_student(ctx.ws.path(STUDENT), fit.model, config, metrics, dyn, x.shape[1:] if cfg.onnx else None)
@@ -627,7 +285,8 @@ def _write_student(dest: Path, model, config: dict, metrics: dict, dynamics: pd.
         if onnx_shape is not None:
             from labelkit.onnx_export import export_onnx
 
-            export_onnx(model, tmp / ONNX_FILE, onnx_shape[0] if len(onnx_shape) == 1 else tuple(int(s) for s in onnx_shape))
+            export_onnx(model, tmp / ONNX_FILE, onnx_shape[0] if len(onnx_shape) == 1 else tuple(int(s) for s in onnx_shape),
+                        multi_label=config.get("task") == "multi-label")
         # mkdtemp/mkstemp make owner-only entries; a student is meant to be shipped and read by others.
         os.chmod(tmp, 0o755)
         for f in tmp.iterdir():

@@ -17,7 +17,7 @@ import torch
 
 from labelkit import __version__, artifacts
 from labelkit.cli import app
-from labelkit.stages.distill import acceptance_threshold
+from labelkit.distill.training_set import acceptance_threshold
 
 N_PER, DIM, CLASSES = 30, 8, ("a", "b", "c")
 
@@ -220,17 +220,16 @@ def test_issue5_small_trusted_set_gets_crossfit_metrics(runner, blobs, fast):
 
 def test_crossfit_folds_never_see_their_trusted_labels(monkeypatch, blobs, fast, runner):
     """Each fold's training rows exclude exactly that fold's trusted rows; the pseudo-labeled rows stay in."""
-    from labelkit.distill import training
-    from labelkit.stages import distill as stage
+    from labelkit.distill import procedure, training
 
     seen = []
-    real = stage._fit_rounds
+    real = procedure.fit_rounds
 
-    def spy(progress, cfg, ts, x, n_classes, device):
+    def spy(progress, cfg, ts, x, device):
         seen.append((set(ts.train_rows[~ts.is_pseudo].tolist()), set(ts.train_rows[ts.is_pseudo].tolist())))
-        return real(progress, cfg, ts, x, n_classes, device)
+        return real(progress, cfg, ts, x, device)
 
-    monkeypatch.setattr(stage, "_fit_rounds", spy)
+    monkeypatch.setattr(procedure, "fit_rounds", spy)
     assert training  # the compute is untouched; only the stage's fold loop is observed
     _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(fast), "--folds", "3", "--json"]))
     *folds, final = seen
@@ -260,10 +259,12 @@ def test_defaults_train_on_every_pseudo_label_weighted_by_confidence(runner, blo
     out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(cfg), "--json"]))
     assert (out["n_trusted"], out["n_pseudo"]) == (30, 60)
     from labelkit.config import DistillConfig
-    from labelkit.stages import distill as stage
+    from labelkit.distill.training_set import Frame, PseudoLabels, assemble
 
-    ts = stage._assemble(DistillConfig(), np.array([0, -1, -1]), 3, np.array([0]), np.array([1, 2]), np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.6]]),
-                         np.array([0.9, 0.6]), np.zeros(0, np.int64), np.array([1, 2]), 0, 0.95)
+    defaults = DistillConfig()
+    frame = Frame(np.array([0, -1, -1]), np.zeros(0, np.int64), np.array([1, 2]), 0, 0.95)
+    pseudo = PseudoLabels(np.array([1, 2]), np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.6]]), np.array([0.9, 0.6]))
+    ts = assemble(frame, np.array([0]), pseudo, soft=defaults.soft, confidence_weighting=defaults.confidence_weighting)
     assert ts.hard.tolist() == [0, 0, 2] and ts.weight.tolist() == [1.0, 0.9, 0.6] and not ts.soft.any()
     out = _json(runner.invoke(app, ["distill", str(blobs), "--keep-issues", "--config", str(cfg), "--pseudolabels", "accepted", "--json"]))
     assert out["n_pseudo"] == 45
@@ -436,7 +437,7 @@ def _has(module: str) -> bool:
 def test_refit_teacher_hides_each_folds_labels_from_the_pseudo_labels(monkeypatch, runner, tmp_path, fast):
     """With the real upstream stages, each cross-fitting fold gets pseudo-labels propagated without
     its own trusted labels (the labels it is scored on never reach the student through its teacher)."""
-    from labelkit import teacher as pl_stage  # the recipe both the stage and the refit teacher run
+    from labelkit.stages import pseudolabel as pl_stage
 
     x, y = _blob_vectors()
     labels = [CLASSES[c] if i % 3 == 0 else None for i, c in enumerate(y)]  # 10 labeled per class

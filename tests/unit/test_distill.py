@@ -22,8 +22,8 @@ from labelkit.distill import (
     student_state,
 )
 from labelkit.distill.targets import _prepare_targets
-from labelkit.metrics import accuracy
 from labelkit.errors import BadInputError
+from labelkit.metrics import accuracy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -350,3 +350,236 @@ def test_dynamics_evidence_finds_flipped_labels_from_fit_student():
     # exactly the six flipped labels first.
     assert 2 <= ev.is_issue.sum() and set(np.flatnonzero(ev.is_issue)) <= set(flipped)
     assert set(np.argsort(-ev.score)[:6]) == set(flipped)
+
+
+# --- the training set (labelkit/distill/training_set.py) ----------------------------------------
+
+
+def test_split_trusted_drops_issues_and_holds_out_only_enough_labels():
+    from labelkit.distill.training_set import split_trusted
+
+    codes = np.array([0, 1, -1, 1, 0, 0])
+    has_input = np.array([True, True, True, True, True, False])  # row 5 has no input: never trusted
+    issue = np.array([False, True, False, False, False, False])
+    trusted, val, dropped = split_trusted(codes, has_input, issue, 2, val_fraction=0.5, seed=0)
+    assert trusted.tolist() == [0, 3, 4] and val.size == 0 and dropped == 1  # 2 held out < 20: none
+    codes = np.repeat([0, 1], 30)
+    trusted, val, dropped = split_trusted(codes, np.ones(60, bool), np.zeros(60, bool), 2, val_fraction=0.5, seed=0)
+    assert (trusted.size, val.size, dropped) == (30, 30, 0) and not set(trusted) & set(val)
+    assert np.all(np.diff(trusted) > 0) and np.all(np.diff(val) > 0)
+    with pytest.raises(BadInputError, match="no trusted labels left: detect-noise flagged all 2 labeled samples"):
+        split_trusted(np.array([0, 1, -1]), np.ones(3, bool), np.array([True, True, False]), 2, val_fraction=0.1, seed=0)
+
+
+def test_take_pseudolabels_keeps_accepted_eligible_rows_in_samples_order():
+    from labelkit.distill.training_set import Frame, PseudoLabels, take_pseudolabels
+
+    frame = Frame(np.array([0, -1, -1, -1, -1]), np.zeros(0, np.int64), np.array([1, 2, 4]), 0, 0.9)
+    soft = np.eye(2)[[0, 1, 1, 0, 0]].astype(float)
+    pl = PseudoLabels(np.array([4, 2, 0, -1, 3]), soft, np.array([0.6, 0.7, 0.8, 0.9, 0.95]), np.array([True, False, True, True, True]))
+    got = take_pseudolabels(frame, pl, take_all=False)  # row 0 is labeled, row 3 has no input, row 2 not accepted
+    assert got.rows.tolist() == [4] and got.confidence.tolist() == [0.6]
+    got = take_pseudolabels(frame, pl, take_all=True)
+    assert got.rows.tolist() == [2, 4] and got.confidence.tolist() == [0.7, 0.6]
+    np.testing.assert_array_equal(got.soft, soft[[1, 0]])
+
+
+def test_assemble_soft_targets_and_without():
+    from labelkit.distill.training_set import Frame, PseudoLabels, assemble
+
+    frame = Frame(np.array([1, 0, -1, -1]), np.zeros(0, np.int64), np.array([2, 3]), 0, 0.95)
+    pseudo = PseudoLabels(np.array([2, 3]), np.array([[0.8, 0.2], [0.3, 0.7]]), np.array([0.8, 0.7]))
+    ts = assemble(frame, np.array([0, 1]), pseudo, soft=True, confidence_weighting=True)
+    assert ts.hard.tolist() == [1, 0, -1, -1] and ts.weight is None and ts.n_trusted == 2 and ts.n_classes == 2
+    np.testing.assert_array_equal(ts.soft, [[0, 0], [0, 0], [0.8, 0.2], [0.3, 0.7]])
+    smaller = ts.without(np.array([True, False, False, True]))
+    assert smaller.train_rows.tolist() == [1, 2] and smaller.is_pseudo.tolist() == [False, True] and smaller.trusted_rows.tolist() == [1]
+
+
+def test_self_training_set_takes_the_students_confident_rows():
+    from labelkit.distill.training_set import (
+        Frame,
+        PseudoLabels,
+        assemble,
+        self_training_set,
+    )
+
+    frame = Frame(np.array([0, 1, -1, -1, -1]), np.zeros(0, np.int64), np.array([2, 3, 4]), 0, 0.9)
+    ts = assemble(frame, np.array([0, 1]), PseudoLabels.none(2), soft=False, confidence_weighting=True)
+    probs = np.array([[0.95, 0.05], [0.5, 0.5], [0.02, 0.98]])
+    nxt = self_training_set(ts, probs, take_all=False, soft=False, confidence_weighting=True)
+    assert nxt.train_rows.tolist() == [0, 1, 2, 4] and nxt.hard.tolist() == [0, 1, 0, 1]
+    assert nxt.weight.tolist() == [1.0, 1.0, 0.95, 0.98]
+    everything = self_training_set(ts, probs, take_all=True, soft=False, confidence_weighting=False)
+    assert everything.train_rows.tolist() == [0, 1, 2, 3, 4] and everything.weight is None
+
+
+# --- the procedure (labelkit/distill/procedure.py) -----------------------------------------------
+
+
+def test_held_out_metrics_known_answer_and_empty():
+    from labelkit.distill.procedure import held_out_metrics
+
+    m = held_out_metrics(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert (m["n_val"], m["accuracy"]) == (4, 0.75) and m["per_class_accuracy"] == {"a": 1.0, "b": pytest.approx(2 / 3, abs=1e-6)}
+    assert m["macro_f1"] == pytest.approx(round((2 / 3 + 0.8) / 2, 6))
+    assert held_out_metrics(np.zeros((0, 2)), np.zeros(0, np.int64), ["a", "b"])["accuracy"] is None
+
+
+def _toy_set(n_per: int = 6, n_unl: int = 6):
+    """Two blobs: n_per trusted labels per class, n_unl unlabeled rows with (correct) pseudo-labels."""
+    from labelkit.distill.training_set import Frame, PseudoLabels, assemble
+
+    x, y = _blobs(n_per=n_per + n_unl // 2)
+    codes = y.copy()
+    unl = np.r_[np.arange(n_unl // 2), n_per + n_unl // 2 + np.arange(n_unl // 2)]
+    codes[unl] = -1
+    frame = Frame(codes, np.zeros(0, np.int64), unl, 0, 0.9)
+    pseudo = PseudoLabels(unl, np.eye(2)[y[unl]] * 0.9 + 0.05, np.full(unl.size, 0.95))
+    return x, y, assemble(frame, np.flatnonzero(codes >= 0), pseudo, soft=False, confidence_weighting=True)
+
+
+def test_cross_fit_predicts_each_trusted_label_from_a_fold_that_never_saw_it(monkeypatch):
+    from labelkit.config import DistillConfig
+    from labelkit.distill import procedure
+
+    x, y, ts = _toy_set()
+    cfg = DistillConfig(epochs=5, hidden=8, lr=0.05, folds=3, device="cpu")
+    assert procedure.n_folds(cfg.folds, ts) == 3 and procedure.n_folds(1, ts) == 0
+    seen = []
+    real = procedure.fit_rounds
+    monkeypatch.setattr(procedure, "fit_rounds", lambda p, c, t, xx, d: seen.append(set(t.trusted_rows.tolist())) or real(p, c, t, xx, d))
+    hidden_by_teacher = []
+
+    def teacher(hidden):
+        from labelkit.distill.training_set import PseudoLabels
+
+        hidden_by_teacher.append(set(hidden.tolist()))
+        unl = ts.frame.unlabeled_rows
+        return PseudoLabels(unl, np.eye(2)[y[unl]], np.ones(unl.size), np.ones(unl.size, bool))
+
+    part = lambda name: procedure.FitPart(_NullBar(), name, cfg.epochs)
+    oof, records = procedure.cross_fit(part, cfg, ts, x, "cpu", 3, teacher)
+    trusted = set(ts.trusted_rows.tolist())
+    assert len(seen) == 3 and all(s < trusted for s in seen)
+    assert [trusted - s for s in seen] == hidden_by_teacher and set().union(*hidden_by_teacher) == trusted
+    assert oof.shape == (12, 2) and np.allclose(oof.sum(1), 1, atol=1e-5)
+    assert sum(r["n_val"] for r in records) == 12 and [r["fold"] for r in records] == [1, 2, 3]
+
+
+class _NullBar:
+    def advance(self, n=1):
+        pass
+
+    def update(self, **fields):
+        pass
+
+
+def test_distil_holdout_refits_the_teacher_without_the_held_out_labels():
+    from labelkit.config import DistillConfig
+    from labelkit.distill.procedure import distil
+    from labelkit.distill.training_set import Frame, PseudoLabels, assemble
+
+    x, y = _blobs(n_per=30)
+    codes = y.copy()
+    codes[::3] = -1  # 20 unlabeled
+    trusted = np.flatnonzero(codes >= 0)
+    frame = Frame(codes, trusted[::2], np.flatnonzero(codes < 0), 0, 0.9)  # 20 held out
+    fit_rows = np.setdiff1d(trusted, frame.val_rows)
+    ts = assemble(frame, fit_rows, PseudoLabels.none(2), soft=False, confidence_weighting=True)
+    asked = []
+
+    def teacher(hidden):
+        asked.append(hidden.tolist())
+        unl = frame.unlabeled_rows
+        return PseudoLabels(unl, np.eye(2)[y[unl]], np.ones(unl.size), np.ones(unl.size, bool))
+
+    cfg = DistillConfig(epochs=40, hidden=8, lr=0.05, batch_size=16, device="cpu")
+    d = distil(x, ts, ["a", "b"], cfg, teacher=teacher, progress=_RecordingProgress(), device="cpu")
+    assert asked == [frame.val_rows.tolist()]
+    assert (d.held_out["estimate"], d.held_out["n_val"], d.n_pseudo_teacher) == ("holdout", 20, 20)
+    assert d.held_out["accuracy"] > 0.9 and d.folds == [] and len(d.rounds) == 1 and d.rounds[0]["n_pseudo"] == 20
+
+
+def test_torch_threads_follows_the_architectures_policy_and_restores():
+    from labelkit.distill.procedure import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads("mlp"):
+        assert torch.get_num_threads() == 1
+    with torch_threads("cnn"):
+        assert torch.get_num_threads() == before
+    with torch_threads("linear", 2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+# --- architectures and the loop's parts ------------------------------------------------------------
+
+
+def test_every_architecture_is_one_registry_entry():
+    from labelkit.distill import STUDENTS
+    from labelkit.distill.train_config import student_config
+
+    assert {n: (a.input_kind, a.input_ndim, a.threads) for n, a in STUDENTS.items()} == {
+        "linear": ("embeddings", 2, "one"), "mlp": ("embeddings", 2, "one"), "cnn": ("pixels", 4, "torch"), "finetune": ("pixels", 4, "torch")}
+    assert STUDENTS["finetune"].image_side == 224 and STUDENTS["finetune"].image_mode == "RGB" and STUDENTS["cnn"].image_side == 0
+    for name, shape in (("linear", (5,)), ("mlp", (5,)), ("cnn", (1, 8, 8))):
+        cfg = student_config(TrainConfig(architecture=name, hidden=4, width=4), shape, 3)
+        assert set(cfg) == {"architecture", *STUDENTS[name].keys}
+        assert build_student(cfg)(torch.zeros(2, *shape)).shape == (2, 3)
+    with pytest.raises(BadInputError, match="the finetune student reads RGB images"):
+        student_config(TrainConfig(architecture="finetune"), (1, 8, 8), 3)
+
+
+def test_pixel_spec_reads_mode_and_side(tmp_path):
+    from PIL import Image
+
+    from labelkit.distill.pixels import load_pixels, pixel_spec
+
+    Image.fromarray(np.full((5, 3), 255, np.uint8), mode="L").save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((100, 90, 3), np.uint8), mode="RGB").save(tmp_path / "b.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert pixel_spec(tmp_path, ["a.png"])["size"] == [8, 8] and pixel_spec(tmp_path, ["a.png"])["mode"] == "L"
+    spec = pixel_spec(tmp_path, ["bad.png", "a.png", "b.png"])
+    assert (spec["mode"], spec["channels"], spec["size"]) == ("RGB", 3, [64, 64])  # one RGB image: RGB; 100 px clipped to 64
+    assert pixel_spec(tmp_path, ["a.png"], student="finetune")["size"] == [224, 224]
+    assert pixel_spec(tmp_path, ["a.png"], student="finetune", size=32)["mode"] == "RGB"
+    with pytest.raises(BadInputError, match="--student cnn: none of the images could be read"):
+        pixel_spec(tmp_path, ["bad.png"])
+    px, ok = load_pixels([str(tmp_path / p) for p in ("a.png", "bad.png")], pixel_spec(tmp_path, ["a.png"], size=4))
+    assert ok.tolist() == [True, False] and px.shape == (1, 1, 4, 4) and np.allclose(px, 1.0)
+
+
+def test_evaluate_and_record_dynamics_known_answer():
+    from labelkit.distill.training import evaluate, record_dynamics
+
+    m = build_student({"architecture": "linear", "in_dim": 2, "n_classes": 2})
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        m.fc.bias.zero_()
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    p = torch.softmax(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), dim=1)
+    ce, acc = evaluate(m, x, y, 2, "cpu")
+    assert ce == pytest.approx(float(-torch.log(p[[0, 1, 2], [0, 0, 1]]).mean()), rel=1e-6) and acc == pytest.approx(1 / 3)
+    dyn = record_dynamics(m, x, y, 2, "cpu")
+    np.testing.assert_allclose(dyn[0], p[[0, 1, 2], [0, 0, 1]].numpy(), rtol=1e-6)
+    assert dyn[1].tolist() == [1.0, 0.0, 0.0]  # the tie (row 2) goes to class 0
+
+
+def test_label_filter_hook_zeroes_the_weights_of_the_labels_set_aside():
+    from labelkit.distill.regularisers import LabelFilterHook
+
+    class Bright(torch.nn.Module):  # class 1 when the image is bright
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([0.5 - m, m - 0.5], 1) * 20
+
+    dark, bright = torch.full((1, 8, 8), 0.05), torch.full((1, 8, 8), 0.95)
+    images = torch.stack([dark] * 4 + [bright] * 4 + [dark, bright])
+    hard = torch.tensor([0] * 4 + [1] * 4 + [-1, 0])  # row 8 is pseudo-labeled; row 9's label is wrong
+    weights = torch.tensor([1.0] * 8 + [0.5, 2.0])
+    hook = LabelFilterHook(images, hard, weights, 2, start_epoch=0, seed=0, device="cpu", batch_size=4)
+    hook.after_epoch(Bright(), 0)
+    assert weights.tolist() == [1.0] * 8 + [0.5, 0.0] and hook.set_aside().tolist() == [9]
