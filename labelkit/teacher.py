@@ -113,7 +113,8 @@ class Clock:
         self._last = now_
 
 
-def _options(cfg: PseudolabelConfig) -> compute.PseudolabelOptions:
+def pseudolabel_options(cfg: PseudolabelConfig) -> compute.PseudolabelOptions:
+    """The compute options (labelkit.pseudolabel.PseudolabelOptions) a pseudolabel config gives."""
     return compute.PseudolabelOptions(
         method=cfg.method, n_neighbors=cfg.k, alpha=cfg.alpha, gamma=cfg.gamma, one_way_weight=cfg.one_way_weight,
         reach_prior=cfg.reach_prior, refine=cfg.refine, weights=cfg.weights, probe_weights=cfg.probe_weights, threshold=cfg.threshold_rule,
@@ -129,7 +130,7 @@ def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: Pseudolabel
     ``accept_rows`` are the rows the threshold rule accepts among (default: those unlabeled after
     seed cleaning); the pseudolabel stage passes the rows it writes, so acceptance is computed once.
     """
-    options = _options(cfg)
+    options = pseudolabel_options(cfg)
     dropped, cal = np.zeros(len(labels), bool), None
     if task is not None:
         task.update(step="clean seeds")

@@ -193,6 +193,8 @@ def _base_fp(spec: Stage, job: Job) -> str | None:
     """For a refining node: the params fingerprint of the node it refines, run with this config."""
     if spec.refines is None:
         return None
+    if "base_params_fp" in job.state:  # the base node's key hook adds to its config's fingerprint
+        return job.state["base_params_fp"]
     try:
         base = node(spec.refines)
     except KeyError:  # a node outside the registry (tests): the base runs with the same config

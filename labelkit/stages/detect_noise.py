@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import artifacts, cartography, evidence, health, noise
+from labelkit import artifacts, cartography, evidence, health, probability_sources, review
 from labelkit.config import DetectNoiseConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
@@ -39,7 +40,6 @@ from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_f
 STAGE = "detect-noise"
 EXIT_THRESHOLD = ThresholdExceededError.exit_code
 DYNAMICS = "student/dynamics.parquet"  # written by labelkit distill (labelkit.stages.distill)
-SELECT_BY = evidence.SelectBy.ACCURACY  # --probs auto's rule; see choose_probs and docs/stages/detect-noise.md
 
 
 def _check(job: Job) -> None:
@@ -56,6 +56,12 @@ def _key(job: Job) -> None:
         job.inputs["pred_probs"] = file_fingerprint(_existing(cfg.pred_probs))
     # The dynamics file is recorded with the parameters: the --dynamics node reads a file the user
     # names (or distill's), which never makes distill run first.
+    base = _first_pass(cfg).fingerprint()  # what the first pass records: a --dynamics pass over it refines it
+    if cfg.pred_probs is None and cfg.probs in ("auto", "propagation"):  # the propagation source's options (issue 15)
+        job.params["propagation"] = _propagation_params(job)
+        shared = json.dumps(job.params["propagation"], sort_keys=True)
+        job.params_fp, base = text_fingerprint(job.params_fp, shared), text_fingerprint(base, shared)
+    job.state["base_params_fp"] = base
     dyn_path = job.state["dyn_path"]
     if dyn_path is not None:
         job.params["dynamics_fingerprint"] = file_fingerprint(dyn_path)
@@ -137,59 +143,48 @@ def _existing(path: str) -> Path:
 
 # -- probabilities --------------------------------------------------------------------------
 
-
-def _crossval_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, k_classes: int) -> np.ndarray:
-    from labelkit.probe import cross_val_probs
-
-    folds = max(2, min(cfg.folds, len(labels)))
-    return cross_val_probs(vecs, labels, k_classes, n_folds=folds, seed=cfg.seed, device=resolve_device(cfg.device), progress=ctx.progress)
+# The pseudolabel stage's options that shape its held-out label spreading: the propagation source
+# is that calibrated ensemble, so a [pseudolabel] value in --config reaches it too (issue 15);
+# k, the folds and the seed are detect-noise's own.
+SHARED_PROPAGATION = ("method", "alpha", "gamma", "one_way_weight", "reach_prior", "refine", "weights", "probe_weights", "calibration_samples")
 
 
-def _propagation_probs(ctx: RunContext, cfg: DetectNoiseConfig, emb_labels: np.ndarray, emb_rows: np.ndarray, vecs: np.ndarray,
-                       full_graph, classes: list[str]) -> np.ndarray:
-    """Held-out label spreading over the graph of every sample, labeled or not: (len(emb_rows), K).
-
-    Each labeled sample's probabilities come from the fold of labels that hides its own (the
-    pseudolabel stage's calibrated ensemble, labelkit.pseudolabel.heldout_calibration).
-    """
-    from labelkit import pseudolabel as compute
-    from labelkit.stages._inputs import class_embeddings
-
-    options = compute.PseudolabelOptions(n_neighbors=cfg.k, n_folds=max(2, cfg.folds), seed=cfg.seed)
-    text = class_embeddings(ctx.ws, classes)  # class-name anchors, when the embedder has a text tower
-    cal = compute.heldout_calibration(vecs, emb_labels, len(classes), full_graph, None, text_prototypes=text, options=options)
-    at = np.full(len(vecs), -1)
-    at[cal.rows] = np.arange(cal.rows.size)
-    if (at[emb_rows] < 0).any():
-        raise BadInputError(f"{STAGE} --probs propagation needs at least 2 labeled samples and --folds >= 2")
-    return cal.probs[at[emb_rows]].astype(np.float64)
+def _propagation_params(job: Job) -> dict[str, Any]:
+    pl = job.ctx.config("pseudolabel").result_params()
+    return {k: pl[k] for k in SHARED_PROPAGATION}
 
 
-def _model_probs(ctx: RunContext, cfg: DetectNoiseConfig, labels: np.ndarray, vecs: np.ndarray, graph, k_classes: int,
-                 propagation, transductive: bool) -> tuple[np.ndarray, dict]:
-    """The probabilities --probs asks for; auto computes the sources that apply and keeps the most
-    accurate (evidence.choose_probs). ``propagation()`` gives the propagation source, which auto
-    uses when some samples are unlabeled (``transductive``): without them it sees what the kNN
-    vote sees."""
-    candidates = {}
-    if cfg.probs in ("auto", "crossval"):
-        candidates["crossval"] = _crossval_probs(ctx, cfg, labels, vecs, k_classes)
-    if cfg.probs in ("auto", "knn"):
-        candidates["knn"] = evidence.knn_vote_probs(labels, *graph, k_classes)
-    if cfg.probs == "propagation" or (cfg.probs == "auto" and transductive):
-        candidates["propagation"] = propagation()
-    choice = evidence.choose_probs(labels, candidates, by=SELECT_BY)
-    scores = {src: {m: round(v, 4) for m, v in sc.items()} for src, sc in choice.scores.items()}
-    return candidates[choice.chosen], {"requested": cfg.probs, "chosen": choice.chosen, "by": choice.by, "scores": scores}, candidates
+def _propagation_options(ctx: RunContext, cfg: DetectNoiseConfig):
+    from dataclasses import replace
+
+    from labelkit.teacher import pseudolabel_options
+
+    return replace(pseudolabel_options(ctx.config("pseudolabel")), n_neighbors=cfg.k, n_folds=max(2, cfg.folds), seed=cfg.seed)
 
 
-def _second_opinion(ctx, cfg, chosen: str, candidates: dict, labels, vecs, graph, k_classes: int) -> np.ndarray:
-    """Out-of-sample probabilities from the other model family: the kNN vote for the linear probe,
-    the linear probe for the graph-based sources (kNN vote, propagation)."""
-    other = "knn" if chosen == "crossval" else "crossval"
-    if other not in candidates:
-        candidates[other] = evidence.knn_vote_probs(labels, *graph, k_classes) if other == "knn" else _crossval_probs(ctx, cfg, labels, vecs, k_classes)
-    return candidates[other]
+def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: np.ndarray) -> tuple[probability_sources.Sources, np.ndarray, Any]:
+    """The probability sources over the labeled rows with embeddings, those rows, and the graph of every sample."""
+    from labelkit.stages._inputs import class_embeddings, read_embeddings
+
+    emb_ids, vecs, _ = read_embeddings(ctx.ws)
+    pos = pd.Index(emb_ids).get_indexer(samples.table["id"])  # -1: no embedding (unreadable input)
+    rows = np.flatnonzero((codes >= 0) & (pos >= 0))
+    if len(rows) < 2:
+        raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
+    # The graph among the labeled rows (Sources.graph) serves the kNN vote and the duplicates; the
+    # cached graph of every sample, the outliers and the propagation.
+    full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress)
+    emb_labels = np.full(len(vecs), -1, dtype=np.int64)
+    emb_labels[pos[rows]] = codes[rows]
+
+    def propagation() -> np.ndarray:
+        text = class_embeddings(ctx.ws, samples.classes)  # class-name anchors, when the embedder has a text tower
+        return probability_sources.heldout_propagation(vecs, emb_labels, pos[rows], full, len(samples.classes), text=text,
+                                                       options=_propagation_options(ctx, cfg))
+
+    src = probability_sources.Sources(codes[rows], vecs[pos[rows]], len(samples.classes), k=cfg.k, folds=cfg.folds, seed=cfg.seed,
+                                      device=resolve_device(cfg.device), progress=ctx.progress, propagation=propagation)
+    return src, rows, (full, pos[rows], len(rows) < len(vecs))
 
 
 # --pred-probs are never cut (they must equal cleanlab's results), only warned about below this accuracy.
@@ -226,67 +221,33 @@ def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartograp
 # -- the stage's work -----------------------------------------------------------------------
 
 
-def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path: Path | None) -> dict[str, Any]:
-    ws = ctx.ws
-    classes = samples.classes
-    codes = samples.label_codes()
-    table = samples.table
-    dup = out = None
+def _evidence(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: np.ndarray) -> dict[str, Any]:
+    """The analysed rows, their out-of-sample probabilities (and the second opinion) and embedding evidence."""
     if cfg.pred_probs is not None:
-        probs_all = load_pred_probs(Path(cfg.pred_probs), samples)
         rows = np.flatnonzero(codes >= 0)
-        probs = _normalise_rows(probs_all[rows], f"--pred-probs {Path(cfg.pred_probs).name}", renormalize=cfg.renormalize,
-                                ids=table["id"].to_numpy()[rows])
+        probs = _normalise_rows(load_pred_probs(Path(cfg.pred_probs), samples)[rows], f"--pred-probs {Path(cfg.pred_probs).name}",
+                                renormalize=cfg.renormalize, ids=samples.table["id"].to_numpy()[rows])
         choice = {"requested": "pred_probs", "chosen": "pred_probs", "by": None, "scores": {}}
-    else:
-        from labelkit import knn
-        from labelkit.stages._inputs import read_embeddings
+        return {"rows": rows, "probs": probs, "choice": choice, "second": None, "duplicates": None, "outliers": None}
+    src, rows, (full, at, transductive) = _sources(ctx, cfg, samples, codes)
+    probs, choice = probability_sources.choose(src, cfg.probs, transductive=transductive)
+    second = probability_sources.second_opinion(src, choice["chosen"])
+    dup = evidence.find_conflicting_duplicates(codes[rows], *src.graph, threshold=cfg.duplicate_threshold, probs=probs)
+    out = evidence.find_outliers(*full, cut=cfg.outlier_cut)
+    return {"rows": rows, "probs": probs, "choice": choice, "second": second, "duplicates": dup,
+            "outliers": type(out)(*(f[at] for f in out))}
 
-        emb_ids, vecs, _ = read_embeddings(ws)
-        pos = pd.Index(emb_ids).get_indexer(table["id"])  # -1: no embedding (unreadable input)
-        rows = np.flatnonzero((codes >= 0) & (pos >= 0))
-        if len(rows) < 2:
-            raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
-        lab_vecs = vecs[pos[rows]]
-        # One graph among the labeled samples serves the kNN vote and the duplicates; the graph of
-        # every sample, the outliers and the propagation.
-        graph = knn.knn_graph(lab_vecs, min(cfg.k, len(rows) - 1), exclude_self=True)
-        fs, fi = knn_graph(ws, vecs, k=cfg.k, progress=ctx.progress)
-        emb_labels = np.full(len(vecs), -1, dtype=np.int64)
-        emb_labels[pos[rows]] = codes[rows]
-        propagation = lambda: _propagation_probs(ctx, cfg, emb_labels, pos[rows], vecs, (fs, fi), classes)  # noqa: E731
-        probs, choice, candidates = _model_probs(ctx, cfg, codes[rows], lab_vecs, graph, len(classes), propagation, len(rows) < len(vecs))
-        second = _second_opinion(ctx, cfg, choice["chosen"], candidates, codes[rows], lab_vecs, graph, len(classes))
-        dup = evidence.find_conflicting_duplicates(codes[rows], *graph, threshold=cfg.duplicate_threshold, probs=probs)
-        full = evidence.find_outliers(fs, fi, cut=cfg.outlier_cut)
-        out = type(full)(*(field[pos[rows]] for field in full))
-    labels = codes[rows]
-    names = np.asarray(classes, dtype=object)
-    ids = table["id"].to_numpy()[rows]
+
+def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path: Path | None) -> dict[str, Any]:
+    classes, codes = samples.classes, samples.label_codes()
+    ev = _evidence(ctx, cfg, samples, codes)
+    rows = ev["rows"]
+    labels, names = codes[rows], np.asarray(classes, dtype=object)
+    ids = samples.table["id"].to_numpy()[rows]
     dyn, dyn_summary = _dynamics(dyn_path, ids, names[labels]) if dyn_path is not None else (None, None)
-    cl = noise.detect_label_issues(labels, probs, method=cfg.filter_by, score_method=cfg.rank_by)
-    est = noise.estimate_noise_matrices(labels, probs)
-    joint = noise.estimate_joint(labels, probs)
-    # Confident learning doubts a label when the row falls off the diagonal of the confident joint,
-    # C[y][j], j != y (another class clears its threshold t_j; Northcutt et al. 2021, eq. 1): only
-    # such outliers are issues. Measured on digits, an outlier alone was a flipped label 0-19% of the time.
-    doubted = noise.detect_label_issues(labels, probs, method="confident_learning").is_issue
-    q = evidence.combine_evidence(labels, probs=probs, label_issues=cl.is_issue, duplicates=dup, outliers=out, dynamics=dyn, doubted=doubted)
-    accuracy = float(np.mean(probs.argmax(axis=1) == labels))
-    n_candidates = int((q.is_issue & (q.issue_type == "label")).sum())
-    # A wrong label is contradicted by any good model; a weak model's own errors are idiosyncratic.
-    # So when the other model family (linear probe vs kNN vote) confirms few of the chosen source's
-    # label flags beyond chance, most flags are the models' errors, not the labels': weak evidence.
-    # Measured: digits with 10% flipped 0.73, synthetic clusters with 20% flipped 0.83; CIFAR-10 on
-    # EfficientNet-Lite0 features (0.5% wrong labels) 0.23; random vectors 0.
-    consensus = None
-    if cfg.pred_probs is None:
-        also = noise.detect_label_issues(labels, second, method=cfg.filter_by, score_method=cfg.rank_by).is_issue
-        label_flags = q.is_issue & (q.issue_type == "label")
-        consensus = confirmation(label_flags, also)
-    weak = consensus is not None and consensus < cfg.min_consensus
-    if weak:
-        q = q._replace(is_issue=_within_budget(q, also, budget=int(np.ceil(cfg.review_budget * len(labels)))))
+    j = review.judge(labels, ev["probs"], second=ev["second"], duplicates=ev["duplicates"], outliers=ev["outliers"], dynamics=dyn,
+                     filter_by=cfg.filter_by, rank_by=cfg.rank_by, min_consensus=cfg.min_consensus, review_budget=cfg.review_budget)
+    q = j.quality
     order = np.argsort(q.rank, kind="stable")
     issues = pd.DataFrame(
         {
@@ -299,47 +260,21 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
             "rank": q.rank[order].astype(np.int64),
         }
     )
-    summary = _summary(issues, joint, classes, cfg, choice, dyn_summary, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
-    summary["out_of_sample_accuracy"] = round(accuracy, 4)
-    summary["flag_consensus"] = None if consensus is None else round(consensus, 4)
-    summary["weak_evidence"] = weak
-    summary["n_label_candidates"] = n_candidates
-    summary["warnings"] = input_warnings(samples, _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=n_candidates))
+    summary = _summary(issues, j.cl.joint, classes, cfg, ev["choice"], dyn_summary, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
+    summary["out_of_sample_accuracy"] = round(j.accuracy, 4)
+    summary["flag_consensus"] = None if j.consensus is None else round(j.consensus, 4)
+    summary["weak_evidence"] = j.weak
+    summary["n_label_candidates"] = j.n_candidates
+    summary["warnings"] = input_warnings(samples, _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=j.n_candidates))
+    est = j.cl.estimates
     meta = {
-        "classes": classes, "params": cfg.result_params(), "probs": choice["chosen"], "summary": summary,
-        "noise_matrix": est.noise_matrix.tolist(), "joint": joint.tolist(), "py": est.py.tolist(),
+        "classes": classes, "params": cfg.result_params(), "probs": ev["choice"]["chosen"], "summary": summary,
+        "noise_matrix": est.noise_matrix.tolist(), "joint": j.cl.joint.tolist(), "py": est.py.tolist(),
     }
     schema = pa.schema([("id", pa.string()), ("given_label", pa.string()), ("suggested_label", pa.string()), ("label_quality", pa.float32()),
                         ("is_issue", pa.bool_()), ("issue_type", pa.string()), ("rank", pa.int64())])
-    artifacts.write_table(ws.path(artifacts.LABEL_ISSUES), pa.Table.from_pandas(issues, schema=schema, preserve_index=False), meta)
+    artifacts.write_table(ctx.ws.path(artifacts.LABEL_ISSUES), pa.Table.from_pandas(issues, schema=schema, preserve_index=False), meta)
     return summary
-
-
-def confirmation(flags: np.ndarray, other: np.ndarray) -> float:
-    """How far a second source's flags ``other`` confirm ``flags`` beyond chance, in [-1, 1] (kappa-like):
-    (p_o - p_e) / (1 - p_e), with p_o the share of ``flags`` that ``other`` also flags and p_e the
-    share of all rows ``other`` flags. 1 when none is flagged (nothing to doubt).
-
-    >>> confirmation(np.array([True, True, False, False]), np.array([True, True, False, False]))
-    1.0
-    >>> confirmation(np.array([True, True, True, True]), np.array([True, True, False, False]))
-    0.0
-    """
-    if not flags.any():
-        return 1.0
-    p_o = float((flags & other).sum() / flags.sum())
-    p_e = float(other.mean())
-    return 1.0 if p_e >= 1 else (p_o - p_e) / (1 - p_e)
-
-
-def _within_budget(q, also: np.ndarray, *, budget: int) -> np.ndarray:
-    """``is_issue`` keeping only the label flags that the second source ``also`` flags, at most the
-    ``budget`` most likely (by rank); other issue types kept."""
-    label = q.is_issue & (q.issue_type == "label")
-    out = q.is_issue & ~(label & ~also)
-    flagged = np.flatnonzero(label & also)
-    out[flagged[np.argsort(q.rank[flagged], kind="stable")][budget:]] = False
-    return out
 
 
 def _warnings(summary: dict[str, Any], cfg, *, n_classes: int, n_candidates: int) -> list[dict[str, str]]:

@@ -270,3 +270,35 @@ def test_auto_skips_propagation_when_every_sample_is_labeled_but_it_can_be_asked
     assert out["probs"] == "propagation" and set(out["probs_choice"]["scores"]) == {"propagation"}
     issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas()
     assert {"0", "13"} <= set(issues.loc[issues["is_issue"], "id"].astype(str))
+
+
+def test_issue15_pseudolabel_propagation_options_reach_the_propagation_source(runner, tmp_path, monkeypatch):
+    """A TOML [pseudolabel] gamma (and the other propagation options) reaches detect-noise's
+    propagation source, and changing it reruns detect-noise (issue 15)."""
+    from labelkit import pseudolabel
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 12)
+    x = 4.0 * np.eye(3, 6)[y] + rng.normal(size=(36, 6))
+    labels = ["abc"[c] if i % 2 == 0 else "" for i, c in enumerate(y)]  # half unlabeled
+    write_csv(tmp_path, "id,embedding,label\n" + "".join(f'{i},"{json.dumps(v.round(4).tolist())}",{g}\n' for i, (v, g) in enumerate(zip(x, labels))))
+    seen = []
+    real = pseudolabel.heldout_calibration
+
+    def spy(*args, options, **kwargs):
+        seen.append(options)
+        return real(*args, options=options, **kwargs)
+
+    monkeypatch.setattr(pseudolabel, "heldout_calibration", spy)
+    toml = tmp_path / "lk.toml"
+    toml.write_text('[pseudolabel]\ngamma = 1.5\nalpha = 0.8\none_way_weight = 0.3\n[detect-noise]\nprobs = "propagation"\nk = 6\n')
+    r = runner.invoke(app, ["detect-noise", str(tmp_path), "--config", str(toml), "--json"])
+    assert r.exit_code == 0, r.output
+    assert [(o.gamma, o.alpha, o.one_way_weight, o.n_neighbors) for o in seen] == [(1.5, 0.8, 0.3, 6)]
+    record = json.loads((tmp_path / ".labelkit" / "manifest.json").read_text())["stages"]["detect-noise"]
+    assert record["params"]["propagation"]["gamma"] == 1.5
+    toml.write_text(toml.read_text().replace("gamma = 1.5", "gamma = 2.0"))
+    r = runner.invoke(app, ["detect-noise", str(tmp_path), "--config", str(toml), "--json"])
+    assert json.loads(r.stdout)["reason"] == "parameters changed" and seen[-1].gamma == 2.0
+    r = runner.invoke(app, ["detect-noise", str(tmp_path), "--config", str(toml), "--json"])
+    assert json.loads(r.stdout)["skipped"] is True and len(seen) == 2
