@@ -240,7 +240,7 @@ def _upper_bound(n, k, delta, binary):
     return hi if hi.ndim else float(hi)
 
 
-def heldout_losses(label, confidence, given, heldout, dropped) -> tuple[np.ndarray, np.ndarray]:
+def heldout_losses(label, confidence, given, heldout, dropped, *, rejected=None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, 0/1 losses) of the labeled samples whose pseudo-label was made without their label.
 
     Those are the rows scored in a held-out calibration fold (``heldout``) and the seeds that seed
@@ -256,6 +256,9 @@ def heldout_losses(label, confidence, given, heldout, dropped) -> tuple[np.ndarr
     given : ndarray of shape (n_samples,)
         Given labels, -1 = unlabeled.
     heldout, dropped : ndarray of shape (n_samples,), bool
+    rejected : ndarray of shape (n_samples,), bool, optional
+        Rows another rule rejects whatever their confidence (e.g. judged novel): their score is
+        set to -inf, so the certificate is about the acceptance rule actually applied.
 
     Returns
     -------
@@ -271,4 +274,139 @@ def heldout_losses(label, confidence, given, heldout, dropped) -> tuple[np.ndarr
     given = np.asarray(given)
     rows = np.flatnonzero((np.asarray(heldout, bool) | np.asarray(dropped, bool)) & (given >= 0))
     label = np.asarray(label)
-    return np.asarray(confidence, np.float64)[rows], (label[rows] != given[rows]).astype(np.float64)
+    scores = np.asarray(confidence, np.float64)[rows]
+    if rejected is not None:
+        scores = np.where(np.asarray(rejected, bool)[rows], -np.inf, scores)
+    return scores, (label[rows] != given[rows]).astype(np.float64)
+
+
+#: Why a pseudo-label was not accepted (the ``reason`` column of pseudolabels.parquet; null = accepted).
+BELOW_THRESHOLD, NOVEL, UNCERTIFIED = "below_threshold", "novel", "uncertified"
+
+
+def acceptance(confidence, passes_rule, novel, *, reject_novel: bool, certificate: Certificate | None = None):
+    """(accepted, reason) of each row: the threshold rule or the certified threshold, then novelty.
+
+    Parameters
+    ----------
+    confidence : ndarray of shape (n_rows,)
+    passes_rule : ndarray of shape (n_rows,), bool
+        What the threshold rule accepts (used when there is no certificate).
+    novel : ndarray of shape (n_rows,), bool
+        Judged novel (:func:`labelkit.novelty.novelty_scores`).
+    reject_novel : bool
+        Novel rows are not accepted (reason ``novel``, which wins over ``below_threshold``).
+    certificate : Certificate, optional
+        With one, a row is accepted when its confidence reaches the certified threshold; when it
+        certified nothing, no row is (reason ``uncertified``).
+
+    Returns
+    -------
+    accepted : ndarray of shape (n_rows,), bool
+    reason : ndarray of shape (n_rows,), object
+        None when accepted, else ``"below_threshold"``, ``"novel"`` or ``"uncertified"``.
+
+    Examples
+    --------
+    >>> acc, why = acceptance(np.array([0.99, 0.5, 0.99]), np.array([True, False, True]), np.array([False, False, True]), reject_novel=True)
+    >>> acc.tolist(), why.tolist()
+    ([True, False, False], [None, 'below_threshold', 'novel'])
+    """
+    confidence = np.asarray(confidence, np.float64)
+    novel = np.asarray(novel, bool)
+    reason = np.full(confidence.shape[0], None, dtype=object)
+    if certificate is not None and not certificate.certified:
+        reason[:] = UNCERTIFIED
+        return np.zeros(confidence.shape[0], bool), reason
+    base = confidence >= certificate.threshold if certificate is not None else np.asarray(passes_rule, bool)
+    accepted = base & ~novel if reject_novel else base.copy()
+    reason[~base] = BELOW_THRESHOLD
+    if reject_novel:
+        reason[novel] = NOVEL
+    return accepted, reason
+
+
+@dataclass(frozen=True, eq=False)
+class Acceptance:
+    """What :func:`accept_pseudolabels` decided for the rows asked about.
+
+    Attributes
+    ----------
+    accepted : ndarray of shape (n_rows,), bool
+    reason : ndarray of shape (n_rows,), object
+        None when accepted, else ``"below_threshold"``, ``"novel"`` or ``"uncertified"``.
+    novelty : ndarray of shape (n_rows,), float32
+        :func:`labelkit.novelty.novelty_scores` (higher = farther from every known class).
+    novel : ndarray of shape (n_rows,), bool
+    novelty_threshold : float
+        The novelty at which a row is judged novel.
+    n_reference : int
+        Held-out labeled samples novelty was calibrated on.
+    certificate : Certificate or None
+        With ``max_error``.
+    """
+
+    accepted: np.ndarray
+    reason: np.ndarray
+    novelty: np.ndarray
+    novel: np.ndarray
+    novelty_threshold: float
+    n_reference: int
+    certificate: Certificate | None
+
+
+def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows, *, reject_novel: bool, novelty_rate: float,
+                        max_error: float | None = None, error_confidence: float = 0.9) -> Acceptance:
+    """Which pseudo-labels of ``rows`` to accept, and why not: novelty, then the rule or the certificate.
+
+    1. Novelty (:func:`labelkit.novelty.novelty_scores`) of every sample from the embeddings and
+       the teacher's confidence, calibrated on the labeled samples scored without their label
+       (the held-out folds and the seeds seed cleaning set aside).
+    2. With ``max_error``, the Learn-then-Test certificate (:func:`certify_threshold`) on those
+       same samples, for the acceptance rule actually applied (novel samples never accepted when
+       ``reject_novel``); otherwise the teacher's threshold rule (``result.accepted``).
+    3. :func:`acceptance` combines them.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, dim)
+    given : ndarray of shape (n_samples,)
+        Given labels, -1 = unlabeled.
+    n_classes : int
+    result : labelkit.pseudolabel.PseudolabelResult
+        The teacher's result for the same rows (``label``, ``confidence``, ``heldout``, ``accepted``).
+    dropped : ndarray of shape (n_samples,), bool
+        Seeds seed cleaning set aside.
+    rows : ndarray of int
+        The rows to decide for (the unlabeled ones the stage writes).
+    reject_novel : bool
+    novelty_rate : float
+        Share of known-class samples that may be wrongly judged novel, in (0, 1).
+    max_error : float, optional
+        Certify the error rate among accepted pseudo-labels at most this, in (0, 1).
+    error_confidence : float, default=0.9
+        Confidence of the certificate, ``1 - delta``.
+
+    Returns
+    -------
+    Acceptance
+
+    References
+    ----------
+    Angelopoulos et al., "Learn then Test", 2021; see :mod:`labelkit.novelty` for novelty.
+    """
+    from labelkit.novelty import novelty_scores
+
+    given = np.asarray(given)
+    dropped = np.asarray(dropped, bool)
+    reference = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
+    nov = novelty_scores(embeddings, given, n_classes, reject_rate=novelty_rate, confidence=result.confidence, reference=reference)
+    cert = None
+    if max_error is not None:
+        if not 0 < error_confidence < 1:
+            raise BadInputError(f"'error_confidence' must be in (0, 1). Got {error_confidence!r} instead.")
+        scores, losses = heldout_losses(result.label, result.confidence, given, result.heldout, dropped,
+                                        rejected=nov.novel if reject_novel else None)
+        cert = certify_threshold(scores, losses, target=max_error, delta=1.0 - error_confidence)
+    accepted, reason = acceptance(result.confidence[rows], result.accepted[rows], nov.novel[rows], reject_novel=reject_novel, certificate=cert)
+    return Acceptance(accepted, reason, nov.score[rows], nov.novel[rows], nov.threshold, nov.n_reference, cert)

@@ -8,6 +8,12 @@ the labeled samples give their held-out distribution):
   (prototypical networks; ProtoGCD's "far from every prototype").
 - ``knn``: one minus the mean cosine to the ``k`` nearest labeled samples, the sample itself
   excluded (deep nearest-neighbour OOD detection, Sun et al. 2022).
+- ``confidence`` (when given): one minus the classifier's confidence in its best class, the
+  maximum-softmax-probability score (Hendrycks and Gimpel 2017); for the labeled samples it must
+  be held out (the pseudolabel stage passes its calibration folds' out-of-fold confidence and
+  calibrates on those rows only, ``reference``). Distances alone miss unseen classes that sit
+  between known ones (CIFAR-10's animals); a classifier's doubt alone misses tight far-away
+  clusters it labels confidently; benchmarks/openset.py measures the mix.
 
 Each is put on the scale of its distribution over the labeled samples (a robust z-score: minus the
 median, over 1.4826 times the median absolute deviation), and ``novelty`` is the mean of the two:
@@ -65,7 +71,8 @@ class Novelty:
     n_reference: int
 
 
-def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = 0.05, device: str = "cpu") -> Novelty:
+def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = 0.05, confidence=None, reference=None,
+                   device: str = "cpu") -> Novelty:
     """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
 
     Parameters
@@ -79,6 +86,12 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         Labeled neighbours averaged by the ``knn`` distance (fewer when fewer exist).
     reject_rate : float, default=0.05
         In (0, 1): the share of known-class samples that may be wrongly judged novel.
+    confidence : ndarray of shape (n_samples,), optional
+        A classifier's confidence in its best class, out-of-sample for the ``reference`` rows;
+        adds the ``confidence`` component.
+    reference : ndarray of shape (n_samples,), bool, optional
+        Labeled rows to calibrate on (default: every labeled row). With ``confidence``, pass the
+        rows whose confidence was computed without their own label.
     device : str, default="cpu"
         For the nearest-labeled-neighbour search (:func:`labelkit.knn.search`).
 
@@ -92,7 +105,8 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
     Zhu, Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022. Ma et al.,
     "ProtoGCD: Unified and Unbiased Prototype Learning for Generalized Category Discovery", 2025.
     Bates, Candès, Lei, Romano, Sesia, "Testing for Outliers with Conformal p-values", Ann.
-    Statist. 2023.
+    Statist. 2023. Hendrycks, Gimpel, "A Baseline for Detecting Misclassified and
+    Out-of-Distribution Examples in Neural Networks", ICLR 2017.
 
     Examples
     --------
@@ -112,15 +126,30 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         raise BadInputError(f"'k' must be an integer >= 1. Got {k!r} instead.")
     if not (isinstance(reject_rate, (int, float, np.floating)) and 0 < reject_rate < 1):
         raise BadInputError(f"'reject_rate' must be in (0, 1). Got {reject_rate!r} instead.")
-    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), device)
+    if confidence is not None:
+        confidence = np.asarray(confidence, np.float64)
+        if confidence.shape != labels.shape or not np.all(np.isfinite(confidence)):
+            raise BadInputError(f"'confidence' must be finite with one entry per sample ({labels.shape[0]}). Got shape {confidence.shape} instead.")
+    ref = labels >= 0
+    if reference is not None:
+        reference = np.asarray(reference, bool)
+        if reference.shape != labels.shape:
+            raise BadInputError(f"'reference' must be a boolean mask of shape {labels.shape}. Got {reference.shape} instead.")
+        ref &= reference
+    if ref.sum() < 2:
+        raise BadInputError("novelty needs at least two labeled reference samples to calibrate on. Label a few samples per class.")
+    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device)
 
 
-def _novelty_impl(x, labels, n_classes, k, reject_rate, device) -> Novelty:
+def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device) -> Novelty:
     lab = np.flatnonzero(labels >= 0)
     comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": _knn_distance(x, lab, k, device)}
+    if confidence is not None:
+        comps["confidence"] = 1.0 - confidence
+    lab = np.flatnonzero(ref_mask)  # the rows calibrated on
     # Each distance on the scale of its labeled distribution; their mean, judged by a conformal p-value.
     score = np.mean([_robust_z(d[lab], d) for d in comps.values()], axis=0).astype(np.float32)
-    p = _conformal_p(score[lab], score, labels >= 0)
+    p = _conformal_p(score[lab], score, ref_mask)
     ref = np.sort(score[lab])
     rank = int(np.ceil((1 - reject_rate) * (lab.size + 1)))  # p <= rate  <=>  score >= ref[rank - 1]
     threshold = float(ref[rank - 1]) if rank <= lab.size else float("inf")

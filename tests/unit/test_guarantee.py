@@ -103,3 +103,35 @@ def test_no_held_out_samples():
     c = certify_threshold(np.zeros(0), np.zeros(0), target=0.1)
     assert not c.certified and np.isnan(c.best_bound) and c.n_calibration == 0
     assert c.to_dict()["threshold"] is None
+
+
+def test_heldout_losses_keep_dropped_seeds_and_skip_in_sample_rows():
+    from labelkit.guarantee import heldout_losses
+
+    label = np.array([0, 1, 1, 0, 2])
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    given = np.array([0, 0, 1, -1, 2])
+    heldout = np.array([True, False, False, False, False])
+    dropped = np.array([False, True, False, False, False])  # row 2: labeled but scored in-sample, row 4 too
+    s, l = heldout_losses(label, conf, given, heldout, dropped)
+    assert s.tolist() == [0.9, 0.8] and l.tolist() == [0.0, 1.0]
+    s, _ = heldout_losses(label, conf, given, heldout, dropped, rejected=np.array([True, False, False, False, False]))
+    assert s.tolist() == [-np.inf, 0.8]
+
+
+def test_acceptance_reasons():
+    from labelkit.guarantee import acceptance
+
+    conf = np.array([0.99, 0.97, 0.6, 0.99])
+    rule = np.array([True, True, False, True])
+    novel = np.array([False, False, True, True])
+    acc, why = acceptance(conf, rule, novel, reject_novel=False)
+    assert acc.tolist() == [True, True, False, True] and why.tolist() == [None, None, "below_threshold", None]
+    acc, why = acceptance(conf, rule, novel, reject_novel=True)
+    assert acc.tolist() == [True, True, False, False] and why.tolist() == [None, None, "novel", "novel"]
+    cert = certify_threshold(np.full(500, 0.98), np.zeros(500), target=0.02, grid=[0.98])
+    acc, why = acceptance(conf, rule, novel, reject_novel=False, certificate=cert)
+    assert acc.tolist() == [True, False, False, True] and why.tolist() == [None, "below_threshold", "below_threshold", None]
+    none = certify_threshold(np.full(50, 0.98), np.zeros(50), target=0.02)
+    acc, why = acceptance(conf, rule, novel, reject_novel=True, certificate=none)
+    assert not acc.any() and set(why) == {"uncertified"}

@@ -59,3 +59,20 @@ def test_bad_inputs():
         novelty_scores(x, np.array([0, 0, -1]), 1, reject_rate=1.5)
     with pytest.raises(BadInputError, match="'k' must be an integer >= 1"):
         novelty_scores(x, np.array([0, 0, -1]), 1, k=0)
+
+
+def test_a_classifier_confidence_joins_and_only_reference_rows_calibrate(rng):
+    centers = np.eye(8)[:3] * 3
+    x, y = _clusters(rng, centers, 60, 0.4)
+    labels = np.where(np.arange(y.size) % 60 < 30, y, -1)
+    conf = rng.uniform(0.85, 0.95, y.size)
+    conf[(labels < 0) & (np.arange(y.size) % 60 == 59)] = 0.2  # the classifier doubts one unlabeled sample per class
+    ref = labels >= 0
+    ref[:5] = False  # e.g. labeled rows scored in-sample
+    r = novelty_scores(x, labels, 3, confidence=conf, reference=ref)
+    assert set(r.components) == {"prototype", "knn", "confidence"}
+    assert r.n_reference == int(ref.sum()) == 85
+    doubted = conf < 0.5
+    assert r.score[doubted].min() > np.median(r.score[(labels < 0) & ~doubted])
+    with pytest.raises(BadInputError, match="'confidence' must be finite"):
+        novelty_scores(x, labels, 3, confidence=conf[:3])
