@@ -17,18 +17,20 @@ __all__ = ["export_onnx"]
 
 
 class _LogitsAndProbs(nn.Module):
-    """Wraps a student so the graph returns both logits and softmax probabilities."""
+    """Wraps a student so the graph returns both logits and probabilities (softmax, or per-class sigmoid)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, sigmoid: bool = False):
         super().__init__()
         self.model = model
+        self.sigmoid = sigmoid
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
 
 
-def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int | tuple[int, ...], *, opset: int = 17) -> None:
+def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int | tuple[int, ...], *, opset: int = 17,
+                multi_label: bool = False) -> None:
     """Write ``model`` as an ONNX graph with a dynamic batch axis.
 
     The graph has one input ``input`` of shape (batch, *in_dim) float32 and two outputs,
@@ -45,6 +47,8 @@ def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int |
     in_dim : int or tuple of int
         Input shape without the batch axis: ``D`` for heads on embeddings, ``(C, H, W)`` for ``cnn`` and ``finetune``.
     opset : int, default=17
+    multi_label : bool, default=False
+        ``probs`` is then the per-class sigmoid of the logits (multi-label students), not the softmax.
 
     Raises
     ------
@@ -60,7 +64,7 @@ def export_onnx(model: nn.Module, f: str | os.PathLike | BinaryIO, in_dim: int |
     shape = (in_dim,) if isinstance(in_dim, int) else tuple(in_dim)
     if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
         raise BadInputError(f"'in_dim' must be a positive int or a tuple of them. Got {in_dim!r} instead.")
-    wrapped = _LogitsAndProbs(copy.deepcopy(model).to("cpu").eval()).eval()
+    wrapped = _LogitsAndProbs(copy.deepcopy(model).to("cpu").eval(), sigmoid=multi_label).eval()
     example = torch.zeros((2, *shape), dtype=torch.float32)
     buf = io.BytesIO()
     with warnings.catch_warnings():

@@ -214,3 +214,211 @@ def ml_default_method() -> str:
     from labelkit.multilabel_noise import DEFAULT_METHOD
 
     return DEFAULT_METHOD.value
+
+
+# ----------------------------------------------------------------------------- distill
+
+
+def _list_column(table, name: str) -> list:
+    return table.column(name).to_pylist()
+
+
+def build_student(ctx, cfg, samples, write_student) -> dict[str, Any]:
+    """student/ for a multi-label task: a sigmoid head trained by BCE on the trusted label sets and
+    the pseudo-labels' per-class probabilities; per-class thresholds saved in config.json.
+
+    ``write_student(dest, model, config, metrics, dynamics, onnx_shape)`` is the distill stage's
+    atomic folder writer.
+    """
+    import time
+
+    from labelkit import __version__
+    from labelkit.distill.multilabel import distil_multilabel
+
+    ws = ctx.ws
+    ids, vecs, y, classes, meta, n_missing = _aligned(ws, samples)
+    _check_labeled("distill", y, len(ids))
+    index = {c: i for i, c in enumerate(classes)}
+    row_of = {i: r for r, i in enumerate(ids)}
+    trust = np.ones(y.shape, dtype=np.float32)
+    n_doubted = 0
+    if not cfg.keep_issues:  # the labels detect-noise doubts get no weight
+        t = artifacts.read_table(ws.path(artifacts.LABEL_ISSUES))
+        for i, add, rem in zip(_list_column(t, "id"), _list_column(t, "labels_to_add"), _list_column(t, "labels_to_remove")):
+            r = row_of.get(i)
+            for c in (add or []) + (rem or []):
+                if r is not None and c in index:
+                    trust[r, index[c]] = 0.0
+                    n_doubted += 1
+    pseudo = np.zeros(y.shape, dtype=np.float32)
+    weight = np.zeros(len(ids), dtype=np.float32)
+    if cfg.use_pseudolabels:
+        t = artifacts.read_table(ws.path(artifacts.PSEUDOLABELS))
+        for i, p, ok in zip(_list_column(t, "id"), _list_column(t, "label_probs"), _list_column(t, "accepted")):
+            r = row_of.get(i)
+            if r is not None and y[r, 0] < 0 and (ok or cfg.pseudolabels == "all"):
+                pseudo[r] = p
+                weight[r] = 1.0
+    fit = distil_multilabel(vecs, y, trust, pseudo, weight, val_fraction=max(cfg.val_fraction, 0.1), seed=0,
+                            architecture=cfg.student, hidden=cfg.hidden, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+    summary = {
+        "task": TASK, "student": cfg.student, "n_classes": len(classes),
+        "n_trusted": int((y[:, 0] >= 0).sum()), "n_labels_doubted": n_doubted, "n_pseudo": int((weight > 0).sum()),
+        "n_not_embedded": n_missing, **{k: v for k, v in fit.metrics.items() if k != "val_per_class_f1"},
+        "thresholds": {c: round(float(v), 4) for c, v in zip(classes, fit.thresholds)},
+        "model_dir": str(ws.path("student")), "onnx": cfg.onnx,
+    }
+    summary["warnings"] = input_warnings(samples, [])
+    embedder = {k: meta.get(k) for k in ("model", "dim", "preprocessing", "normalized")}
+    embedder["params"] = meta.get("params", {})
+    config = {
+        "format": "labelkit-student", "format_version": 1, "labelkit_version": __version__, "task": TASK,
+        "architecture": cfg.student, "student_config": fit.student_config, "classes": classes,
+        "thresholds": [float(v) for v in fit.thresholds],
+        "input": {"kind": "embedding", "dim": int(vecs.shape[1]), "normalized": "l2"}, "embedder": embedder,
+        "train_params": cfg.result_params(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    metrics = {**fit.metrics, "per_class": dict(zip(classes, fit.metrics["val_per_class_f1"])), "summary": summary}
+    dyn = pd.DataFrame({"id": pd.Series([], dtype=str), "label": pd.Series([], dtype=str),
+                        **{c: pd.Series([], dtype=np.float32) for c in ("confidence", "variability", "correctness")},
+                        "is_pseudo": pd.Series([], dtype=bool), "set_aside": pd.Series([], dtype=bool),
+                        "view_confidence": pd.Series([], dtype=np.float32)})
+    write_student(ws.path("student"), fit.model, config, metrics, dyn, (vecs.shape[1],) if cfg.onnx else None)
+    return summary
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+PREDICTIONS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
+                                ("labels", pa.list_(pa.string())), ("label_probs", pa.list_(pa.float32()))])
+
+
+def write_predictions(ctx, cfg, found, student, x, rows: np.ndarray, skipped: dict[str, str]) -> dict[str, Any]:
+    """predictions.parquet of a multi-label student: label sets at its saved per-class thresholds."""
+    from pathlib import Path
+
+    from labelkit.distill.multilabel import predict_multilabel_proba
+
+    classes = list(student["classes"])
+    thresholds = np.asarray(student["config"]["thresholds"], dtype=np.float64)
+    probs = predict_multilabel_proba(student["model"], x) if len(rows) else np.zeros((0, len(classes)), np.float32)
+    sets = ml.label_sets(probs, thresholds)
+    names = np.asarray(classes, dtype=object)
+    best = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
+    ids = found.samples.table["id"].to_numpy()[rows].astype(str)
+    table = pa.table({
+        "id": pa.array(ids.tolist(), pa.string()),
+        "label": pa.array(names[best].tolist(), pa.string()),
+        "confidence": pa.array(probs.max(axis=1) if len(rows) else np.zeros(0), pa.float32()),
+        "labels": _strings([_names(m, names) for m in sets]),
+        "label_probs": pa.array([p.tolist() for p in probs.astype(np.float32)], pa.list_(pa.float32())),
+    }, schema=PREDICTIONS_SCHEMA)
+    meta = {"model_dir": str(Path(student["dir"]).resolve()), "classes": classes, "task": TASK, "thresholds": thresholds.tolist(),
+            "embedder": student["config"]["embedder"].get("model"), "architecture": student["config"].get("architecture"),
+            "params": cfg.result_params(), "skipped": sorted(skipped)}
+    artifacts.write_table(ctx.ws.path(artifacts.PREDICTIONS), table, meta)
+    return {
+        "task": TASK, "model_dir": str(student["dir"]), "input": found.origin, "predictions": str(ctx.ws.path(artifacts.PREDICTIONS)),
+        "student": student["config"].get("architecture"), "embedder": student["config"]["embedder"].get("model"),
+        "n_predicted": int(len(rows)), "n_skipped": len(skipped), "skipped_ids": sorted(skipped)[:20],
+        "skip_errors": {i: skipped[i] for i in sorted(skipped)[:20]},
+        "mean_labels_per_sample": round(float(sets.sum(axis=1).mean()), 4) if len(rows) else None,
+        "class_counts": {c: int(sets[:, i].sum()) for i, c in enumerate(classes)},
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report_sections(ws, samples: pd.DataFrame, classes: list[str], have: dict[str, bool], *, embedder_section, student_section) -> list:
+    """The report's sections for a multi-label workspace: per-class counts and co-occurrence, the
+    pseudo-label sets, the flagged samples with the labels to add and to remove, the student."""
+    from labelkit import report as rep
+
+    data = str(ws.data)
+    sets = samples["labels"].tolist()
+    k = len(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.full((len(sets), k), -1, dtype=np.int8)
+    for r, v in enumerate(sets):
+        if v is not None:
+            y[r] = 0
+            y[r, [index[c] for c in v if c in index]] = 1
+    lab = y[:, 0] >= 0 if k else np.zeros(len(sets), bool)
+    yl = (y[lab] == 1).astype(np.int64)
+    counts = yl.sum(axis=0)
+    sizes = yl.sum(axis=1)
+    stats = [("samples", f"{len(sets):,}"), ("labeled", f"{int(lab.sum()):,}"), ("unlabeled", f"{int((~lab).sum()):,}"),
+             ("classes", f"{k:,}"), ("task", "multi-label"),
+             ("labels a sample", f"{sizes.mean():.2f}" if len(sizes) else "n/a"), ("with no class", f"{int((sizes == 0).sum()):,}")]
+    body = rep.stat_cards(stats)
+    facts = {"multilabel_class_counts": {c: int(n) for c, n in zip(classes, counts)}}
+    if k:
+        body += rep.figure(rep.bar_chart_svg(classes, counts, label="labeled samples carrying each class", colors=rep.class_colors(k)),
+                           "Labeled samples carrying each class (a sample counts for each of its classes).")
+        co = yl.T @ yl
+        cond = co / np.maximum(counts[:, None], 1)  # P(column class | row class)
+        body += rep.figure(rep.heatmap_svg(cond, classes, row_title="class", col_title="also carries", label="label co-occurrence"),
+                           "Co-occurrence: the share of the labeled samples carrying the row's class that also carry the column's "
+                           "(the diagonal is 100% for every class that occurs).")
+        pairs = [(classes[i], classes[j], int(co[i, j])) for i in range(k) for j in range(i + 1, k) if co[i, j]]
+        pairs.sort(key=lambda p: -p[2])
+        facts["multilabel_top_pairs"] = [{"a": a, "b": b, "n": n} for a, b, n in pairs[:10]]
+    out = [rep.Section("dataset", "Dataset", body, facts=facts)]
+    out.append(embedder_section() if have.get(artifacts.EMBEDDINGS)
+               else rep.missing_section("embedder", "Embedder", artifacts.EMBEDDINGS, f"labelkit embed {data}"))
+    if have.get(artifacts.PSEUDOLABELS):
+        out.append(_report_pseudolabels(rep, ws, classes))
+    else:
+        out.append(rep.missing_section("pseudolabels", "Pseudo-labels", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}"))
+    if have.get(artifacts.LABEL_ISSUES):
+        out.append(_report_issues(rep, ws, classes))
+    else:
+        out.append(rep.missing_section("issues", "Label issues", artifacts.LABEL_ISSUES, f"labelkit detect-noise {data}"))
+    out.append(student_section())
+    return out
+
+
+def _report_pseudolabels(rep, ws, classes: list[str]):
+    path = ws.path(artifacts.PSEUDOLABELS)
+    t = artifacts.read_table(path, columns=["labels", "accepted"])
+    meta = artifacts.read_metadata(path)
+    sets, acc = t.column("labels").to_pylist(), np.asarray(t.column("accepted").to_pylist(), dtype=bool)
+    per = np.array([sum(c in s for s in sets) for c in classes], dtype=np.int64)
+    stats = [("unlabeled", f"{len(sets):,}"), ("accepted", f"{int(acc.sum()):,}"),
+             ("labels a sample", f"{np.mean([len(s) for s in sets]):.2f}" if sets else "n/a"),
+             ("with no class", f"{sum(not s for s in sets):,}")]
+    body = rep.stat_cards(stats)
+    if classes and sets:
+        thr = meta.get("thresholds") or []
+        cap = "Unlabeled samples given each class (probability at or above the class's threshold"
+        if len(thr) == len(classes):
+            cap += ": " + ", ".join(f"{rep.esc(c)} {float(v):.2f}" for c, v in zip(classes, thr))
+        body += rep.figure(rep.bar_chart_svg(classes, per, label="pseudo-labels per class", colors=rep.class_colors(len(classes))), cap + ").")
+    return rep.Section("pseudolabels", "Pseudo-labels", body)
+
+
+def _report_issues(rep, ws, classes: list[str], limit: int = 200):
+    t = artifacts.read_table(ws.path(artifacts.LABEL_ISSUES)).to_pandas().sort_values("rank", kind="stable")
+    flagged = t[t["is_issue"]]
+    add = np.array([sum(c in (s if s is not None else []) for s in flagged["labels_to_add"]) for c in classes], dtype=np.int64)
+    rem = np.array([sum(c in (s if s is not None else []) for s in flagged["labels_to_remove"]) for c in classes], dtype=np.int64)
+    stats = [("labeled", f"{len(t):,}"), ("flagged", f"{len(flagged):,}"), ("labels to add", f"{int(add.sum()):,}"),
+             ("labels to remove", f"{int(rem.sum()):,}")]
+    body = rep.stat_cards(stats)
+    if classes:
+        body += '<div class="grid2">' + rep.figure(rep.bar_chart_svg(classes, add, label="labels to add per class", colors=rep.class_colors(len(classes))),
+                                                   "Labels likely missing, per class.")
+        body += rep.figure(rep.bar_chart_svg(classes, rem, label="labels to remove per class", colors=rep.class_colors(len(classes))),
+                           "Labels likely wrong, per class.") + "</div>"
+    rows = "".join(
+        f"<tr><td>{int(r['rank'])}</td><td>{rep.esc(r['id'])}</td><td>{rep.esc(', '.join(r['given_labels']))}</td>"
+        f"<td>{rep.esc(', '.join(r['labels_to_add']))}</td><td>{rep.esc(', '.join(r['labels_to_remove']))}</td>"
+        f"<td>{float(r['label_quality']):.3f}</td></tr>"
+        for _, r in flagged.head(limit).iterrows())
+    more = f'<p class="hint">The {limit} lowest-quality of {len(flagged):,} flagged samples; label_issues.parquet has them all.</p>' if len(flagged) > limit else ""
+    body += ("<table><thead><tr><th>rank</th><th>id</th><th>given</th><th>add</th><th>remove</th><th>quality</th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>{more}") if len(flagged) else '<p class="hint">No sample is flagged.</p>'
+    return rep.Section("issues", "Label issues", body, facts={"multilabel_flagged": int(len(flagged))})

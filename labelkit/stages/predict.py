@@ -28,6 +28,7 @@ from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.predict_inputs import PredictInputs, discover_inputs
+from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, now, samples_fingerprint
 from labelkit.distill.pixels import load_pixels
 from labelkit.stages.distill import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format: H3 moves it out of the stage
@@ -57,10 +58,13 @@ def run(model_dir: Path | str, ctx: RunContext, cfg: PredictConfig) -> StageResu
     samples_fp = _write_samples(ws, found)
     device = resolve_device(cfg.device)
     x, rows, skipped = _inputs(ctx, found, student, device)
-    from labelkit.distill import predict_proba
+    if student["config"].get("task") == "multi-label":  # issue 16: label sets at the student's thresholds
+        summary = _multilabel.write_predictions(ctx, cfg, found, student, x, rows, skipped)
+    else:
+        from labelkit.distill import predict_proba
 
-    probs = predict_proba(student["model"], x, batch_size=cfg.batch_size, device=device) if len(rows) else np.zeros((0, len(student["classes"])))
-    summary = _write_predictions(ctx, cfg, found, student, rows, probs, skipped)
+        probs = predict_proba(student["model"], x, batch_size=cfg.batch_size, device=device) if len(rows) else np.zeros((0, len(student["classes"])))
+        summary = _write_predictions(ctx, cfg, found, student, rows, probs, skipped)
     inputs = {artifacts.SAMPLES: samples_fp, "student": student["fingerprint"]}
     params = {**cfg.result_params(), "model_dir": str(Path(model_dir).resolve())}
     ws.commit(STAGE, params=params, params_fp=cfg.fingerprint(), inputs=inputs, outputs=[artifacts.PREDICTIONS], started=started)

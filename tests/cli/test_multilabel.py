@@ -1,0 +1,121 @@
+"""Multi-label data through the stages (issue 16): the task is recorded, every row is accounted for.
+
+The data is synthetic (no multi-label dataset ships offline): scikit-learn's
+make_multilabel_classification as a manifest of precomputed vectors with label sets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelkit import artifacts
+from labelkit.cli import app
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture
+def multilabel_data(tmp_path: Path) -> Path:
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=160, n_features=12, n_classes=4, n_labels=2, length=40,
+                                          allow_unlabeled=True, random_state=0)
+    rng = np.random.default_rng(0)
+    labeled = rng.random(len(y)) < 0.6
+    y[np.flatnonzero(labeled)[:5], 0] ^= 1  # five flipped labels of class a
+    rows = [{"id": f"s{i:03d}", "embedding": x[i].astype(float).tolist(),
+             "labels": [CLASSES[k] for k in np.flatnonzero(y[i])] if labeled[i] else None} for i in range(len(y))]
+    data = tmp_path / "ml"
+    data.mkdir()
+    pd.DataFrame(rows).to_parquet(data / "labels.parquet")
+    return data
+
+
+def _meta(path: Path) -> dict:
+    return artifacts.read_metadata(path)
+
+
+def test_detect_noise_and_pseudolabel_account_for_every_row(runner, multilabel_data):
+    data = multilabel_data
+    given = pd.read_parquet(data / "labels.parquet")
+    n_labeled = int(given["labels"].notna().sum())
+    n_unlabeled = len(given) - n_labeled
+    assert 0 < n_labeled < len(given)
+
+    r = runner.invoke(app, ["detect-noise", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    ws = data / ".labelkit"
+    issues = pd.read_parquet(ws / "label_issues.parquet")
+    # every labeled row is analysed (issue 16: only the single-label rows were, in silence)
+    assert len(issues) == n_labeled and set(issues["id"]) == set(given["id"][given["labels"].notna()])
+    assert _meta(ws / "samples.parquet")["task"] == "multi-label"
+    manifest = json.loads((ws / "manifest.json").read_text())
+    assert manifest["stages"]["detect-noise"]["task"] == "multi-label"
+    flagged = issues[issues["is_issue"]]
+    assert len(flagged) > 0
+    # a flagged sample has something to add or remove, and its suggestion is given + add - remove
+    for _, row in flagged.iterrows():
+        assert len(row["labels_to_add"]) + len(row["labels_to_remove"]) > 0
+        assert set(row["suggested_labels"]) == (set(row["given_labels"]) | set(row["labels_to_add"])) - set(row["labels_to_remove"])
+    assert sorted(issues["rank"]) == list(range(1, n_labeled + 1))
+
+    r = runner.invoke(app, ["pseudolabel", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    pseudo = pd.read_parquet(ws / "pseudolabels.parquet")
+    assert len(pseudo) == n_unlabeled
+    assert all(len(p) == len(CLASSES) for p in pseudo["label_probs"])
+    meta = _meta(ws / "pseudolabels.parquet")
+    assert meta["task"] == "multi-label" and meta["classes"] == CLASSES
+    thresholds = np.array(meta["thresholds"])
+    for _, row in pseudo.iterrows():  # the label set is the classes at or above their threshold
+        assert row["labels"].tolist() == [c for c, p, t in zip(CLASSES, row["label_probs"], thresholds) if p >= t]
+    protos = pd.read_parquet(ws / "prototypes.parquet")
+    assert sorted(protos["class"]) == CLASSES
+
+
+def test_run_end_to_end_then_predict_with_no_row_dropped(runner, multilabel_data, tmp_path):
+    data = multilabel_data
+    given = pd.read_parquet(data / "labels.parquet")
+    labeled = given["labels"].notna()
+    r = runner.invoke(app, ["run", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    done = json.loads(r.stdout)
+    assert [s["stage"] for s in done["stages"]] == ["embed", "prototype", "pseudolabel", "detect-noise", "distill", "report"]
+    ws = data / ".labelkit"
+    assert len(pd.read_parquet(ws / "label_issues.parquet")) == int(labeled.sum())
+    assert len(pd.read_parquet(ws / "pseudolabels.parquet")) == int((~labeled).sum())
+    config = json.loads((ws / "student" / "config.json").read_text())
+    assert config["task"] == "multi-label" and config["classes"] == CLASSES and len(config["thresholds"]) == len(CLASSES)
+    metrics = json.loads((ws / "student" / "metrics.json").read_text())
+    assert 0 < metrics["val_micro_f1"] <= 1
+    html = (ws / "report.html").read_text()
+    assert "also carries" in html and "Label issues" in html  # co-occurrence and the flagged samples
+
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", str(ws / "student"), str(data), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert len(pred) == len(given)  # every sample, labeled or not
+    thresholds = np.array(config["thresholds"])
+    for _, row in pred.head(20).iterrows():
+        assert row["labels"].tolist() == [c for c, p, t in zip(CLASSES, row["label_probs"], thresholds) if p >= t]
+
+
+def test_distill_onnx_gives_the_sigmoid_probabilities(runner, multilabel_data, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    data = multilabel_data
+    r = runner.invoke(app, ["distill", str(data), "--onnx"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "pred"
+    assert runner.invoke(app, ["predict", str(data / ".labelkit" / "student"), str(data), "--out", str(out)]).exit_code == 0
+    pred = pd.read_parquet(out / "predictions.parquet")
+    x = np.stack(pd.read_parquet(data / "labels.parquet")["embedding"].to_numpy()).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    session = ort.InferenceSession(str(data / ".labelkit" / "student" / "model.onnx"))
+    _, probs = session.run(None, {"input": x})
+    np.testing.assert_allclose(probs, np.stack(pred["label_probs"].to_numpy()), atol=1e-5)
