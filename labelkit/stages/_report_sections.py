@@ -15,6 +15,7 @@ from labelkit import artifacts, projection
 from labelkit import report as rep
 from labelkit import report_samples as samples_html
 from labelkit.config import ReportConfig
+from labelkit.stages import _multilabel
 from labelkit.stages._common import now
 from labelkit.workspace import Workspace
 
@@ -37,6 +38,10 @@ def build_sections(ws: Workspace, cfg: ReportConfig, have: dict[str, bool]) -> l
     samples, meta = artifacts.read_samples(ws.path(artifacts.SAMPLES))
     classes = [str(c) for c in meta.get("classes") or sorted({str(v) for v in samples["label"].dropna()})]
     kind = meta.get("kind", "")
+    if meta.get("task") == "multi-label":  # issue 16: counts, co-occurrence, labels to add and remove
+        return _multilabel.report_sections(ws, samples, classes, have, embedder_section=lambda: _embedder(ws),
+                                           student_section=lambda: _student(ws, classes) if have[METRICS] else rep.missing_section(
+                                               "student", "Student model", METRICS, f"labelkit distill {ws.data}"))
     issues = _read_issues(ws) if have[artifacts.LABEL_ISSUES] else None
     data = str(ws.data)
     previews = _Previews(ws.data, kind, samples)
