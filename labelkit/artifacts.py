@@ -34,11 +34,12 @@ PROTOTYPES = "prototypes.parquet"
 PSEUDOLABELS = "pseudolabels.parquet"
 LABEL_ISSUES = "label_issues.parquet"
 PREDICTIONS = "predictions.parquet"
+DISCOVERIES = "discoveries.parquet"
 
 # The stage that (re)writes each derived artifact: what a damaged one's message tells the user to run.
 OWNER = {
     SAMPLES: "embed", EMBEDDINGS: "embed", CLASS_EMBEDDINGS: "embed", KNN: "pseudolabel", PROTOTYPES: "prototype",
-    PSEUDOLABELS: "pseudolabel", LABEL_ISSUES: "detect-noise",
+    PSEUDOLABELS: "pseudolabel", LABEL_ISSUES: "detect-noise", DISCOVERIES: "discover",
 }
 CACHE_KEY = b"labelkit:source_fingerprint"  # in embeddings.arrow's schema: content key of the parquet it copies
 
@@ -104,7 +105,12 @@ def problem(path: Path, *, full: bool = False) -> str | None:
     one at a time. A path that does not exist has no problem (it is missing, which callers check).
     """
     path = Path(path)
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path] if path.exists() else []
+    if not path.exists():
+        return None
+    try:
+        files = parts(path)
+    except DamagedArtifactError as e:
+        return str(e).split(": ", 1)[1].split("; ", 1)[0]
     for f in files:
         try:
             pf = pq.ParquetFile(f)
@@ -123,6 +129,12 @@ def content_key(path: Path) -> str:
     metadata, so a rewritten file differs there; unlike an mtime, a copy of the same bytes keeps it.
     """
     path = Path(path)
+    if path.is_dir():  # a folder of parts: each part's key, with its name
+        h = hashlib.blake2b(digest_size=16)
+        with reading(path):
+            for f in parts(path):
+                h.update(f"{f.relative_to(path).as_posix()}={content_key(f)};".encode())
+        return h.hexdigest()
     h = hashlib.blake2b(digest_size=16)
     with reading(path), open(path, "rb") as f:
         size = f.seek(0, 2)
@@ -145,7 +157,7 @@ def _meta(metadata: dict[str, Any]) -> dict[bytes, bytes]:
 def read_metadata(path: Path) -> dict[str, Any]:
     """The ``labelkit:*`` key-value metadata of a Parquet file, decoded."""
     with reading(path):
-        raw = pq.read_schema(path).metadata or {}
+        raw = _schema(path).metadata or {}
         return {k.decode()[len("labelkit:"):]: json.loads(v) for k, v in raw.items() if k.startswith(b"labelkit:")}
 
 
@@ -160,9 +172,14 @@ def stored_metadata(path: Path) -> dict[str, Any]:
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """``pq.read_table`` with a DamagedArtifactError (file, what, what to run) when the file cannot be read."""
+    """``pq.read_table`` (memory-mapped; a folder's parts concatenated in name order) with a
+    DamagedArtifactError (file, what, what to run) when it cannot be read."""
     with reading(path):
-        return pq.read_table(path, columns=columns)
+        files = parts(path)
+        if len(files) == 1:
+            return pq.read_table(files[0], columns=columns, memory_map=True)
+        tables = [pq.read_table(f, columns=columns, memory_map=True) for f in files]
+        return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
 
 
 def write_table(path: Path, table: pa.Table, metadata: dict[str, Any], *, row_group_size: int | None = None) -> None:
@@ -170,6 +187,27 @@ def write_table(path: Path, table: pa.Table, metadata: dict[str, Any], *, row_gr
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_meta(metadata)})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
+
+
+def parts(path: Path) -> list[Path]:
+    """The Parquet files an artifact is made of: itself, or a folder's ``*.parquet`` parts in name order.
+
+    An artifact may be one file or a folder of parts (a distributed engine writes one part per
+    task, ``part-00000.parquet``, ...); every reader here accepts both. Hidden and temporary files
+    (names starting with '.' or '_') are not parts.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.rglob("*.parquet") if not any(q.startswith((".", "_")) for q in p.relative_to(path).parts))
+    if not found:
+        raise damaged(path, "unreadable (a folder without Parquet parts)")
+    return found
+
+
+def _schema(path: Path) -> pa.Schema:
+    """The schema (with labelkit metadata) of a file, or of a folder's first part."""
+    return pq.read_schema(parts(path)[0])
 
 
 def require(path: Path, hint: str) -> Path:
@@ -261,9 +299,10 @@ class EmbeddingsWriter:
 
 def read_content_hashes(path: Path) -> list[str] | None:
     """The ``content_hash`` column of an embeddings file, or None for files written without it."""
-    if "content_hash" not in pq.read_schema(path).names:
-        return None
-    return pq.read_table(path, columns=["content_hash"]).column("content_hash").to_pylist()
+    with reading(path):
+        if "content_hash" not in _schema(path).names:
+            return None
+    return read_table(path, columns=["content_hash"]).column("content_hash").to_pylist()
 
 
 def read_embedding_ids(path: Path) -> list[str]:
@@ -279,15 +318,16 @@ def _embedding_dim(path: Path, schema: pa.Schema) -> int:
 
 
 def iter_embedding_batches(path: Path) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Row group by row group: (ids, float32 (n, d)); bounded memory."""
+    """Row group by row group (part by part for a folder): (ids, float32 (n, d)); bounded memory."""
     with reading(path):
-        f = pq.ParquetFile(path)
-    _embedding_dim(path, f.schema_arrow)
-    for g in range(f.num_row_groups):
-        with reading(path):
-            t = f.read_row_group(g)
-            batch = t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("embedding"))
-        yield batch
+        files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
+    for f in files:
+        _embedding_dim(path, f.schema_arrow)
+        for g in range(f.num_row_groups):
+            with reading(path):
+                t = f.read_row_group(g)
+                batch = t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("embedding"))
+            yield batch
 
 
 def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -324,9 +364,9 @@ def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callabl
         values = col.flatten().to_numpy(zero_copy_only=col.type.value_type == pa.float32())
         return ids, values.reshape(-1, col.type.list_size).astype(np.float32, copy=False)
     with reading(path):
-        f = pq.ParquetFile(path)
-    dim = _embedding_dim(path, f.schema_arrow)
-    out = np.empty((f.metadata.num_rows, dim), dtype=np.float32)  # preallocated: peak ≈ output + one row group
+        files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
+    dim = _embedding_dim(path, files[0].schema_arrow)
+    out = np.empty((sum(f.metadata.num_rows for f in files), dim), dtype=np.float32)  # preallocated: peak ≈ output + one row group
     ids: list[str] = []
     row = 0
     for batch_ids, vecs in iter_embedding_batches(path):
@@ -358,31 +398,30 @@ def _open_cache(cache: Path, key: str) -> tuple[pa.Table | None, str | None]:
 
 def _write_cache(path: Path, cache: Path, key: str) -> None:
     with reading(path):
-        f = pq.ParquetFile(path)
-        _embedding_dim(path, f.schema_arrow)
-        schema = f.schema_arrow.with_metadata({**(f.schema_arrow.metadata or {}), CACHE_KEY: key.encode()})
+        files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
+        first = files[0].schema_arrow
+        _embedding_dim(path, first)
+        schema = first.with_metadata({**(first.metadata or {}), CACHE_KEY: key.encode()})
         with atomic_path(cache) as tmp:
             with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
-                for g in range(f.num_row_groups):
-                    w.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata))
+                for f in files:
+                    for g in range(f.num_row_groups):
+                        w.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata))
 
 
 def embeddings_for(ids: Iterable[str], emb_ids: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``vectors`` for ``ids``: (vectors (n_found, D), positions in ``ids`` found)."""
-    index = {i: r for r, i in enumerate(emb_ids)}
-    pos, rows = [], []
-    for p, i in enumerate(ids):
-        r = index.get(i)
-        if r is not None:
-            pos.append(p)
-            rows.append(r)
-    rows_arr = np.asarray(rows, dtype=np.int64)
-    return vectors[rows_arr], np.asarray(pos, dtype=np.int64)
+    index = pd.Index(np.asarray(emb_ids, dtype=object))
+    last = np.flatnonzero(~index.duplicated(keep="last"))  # a repeated id: its last row, as a dict would keep
+    at = index[last].get_indexer(np.asarray(list(ids), dtype=object))  # one hash lookup, not a dict per row
+    pos = np.flatnonzero(at >= 0)
+    at = last[at]
+    return vectors[at[pos]], pos.astype(np.int64)
 
 
 def check_dims(path: Path, expected: int) -> None:
     with reading(path):
-        schema = pq.read_schema(path)
+        schema = _schema(path)
     dim = _embedding_dim(path, schema)
     if dim != expected:
         raise BadInputError(f"{path.name}: vectors have {dim} dimensions, expected {expected}")
