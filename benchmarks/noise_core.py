@@ -8,6 +8,13 @@ minus what was allocated before it). cleanlab's time is for its defaults (``n_jo
 process pool, whose CPU and memory this process cannot see), its memory for ``n_jobs=1`` so that
 every allocation is in this process. The script asserts that the masks are equal.
 
+Table 0 (``--command``): the whole command ``labelkit detect-noise DATA --pred-probs probs.parquet``
+on the same synthetic arrays, written once into a temporary folder (DATA/labels.parquet with ``id``
+and ``label``; probs.parquet with ``id`` and one float32 column per class), run in a subprocess
+(interpreter start, imports, read, validate, compute, write), against cleanlab's
+``find_label_issues`` alone on the in-memory arrays, timed in the same run. ``--profile`` also runs
+the command under cProfile and prints its top entries by cumulative and by own time.
+
 Table 2 (real): labelkit's default filter on the cleanlab-label-errors arrays (``../shared/data``),
 with the validated label errors of Northcutt, Athalye & Mueller (2021); skipped when absent. It
 asserts the counts equal cleanlab's (SOURCE.md lists them).
@@ -18,6 +25,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -102,6 +115,82 @@ def bench_synthetic(n: int, k: int, repeat: int) -> list[str]:
     return head + lines + ["", "Masks equal to cleanlab's: yes (also for confident_learning)."]
 
 
+def write_command_inputs(folder: Path, labels: np.ndarray, probs: np.ndarray) -> tuple[Path, Path, list[str]]:
+    """DATA/labels.parquet (id, label) and probs.parquet (id, one float32 column per class) for the command."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, k = probs.shape
+    classes = [f"c{j:03d}" for j in range(k)]  # zero-padded: sorted order is index order
+    ids = pa.array(np.char.add("s", np.arange(n).astype("U7")))
+    data = folder / "data"
+    data.mkdir(exist_ok=True)
+    names = pa.array(classes).take(pa.array(labels))
+    pq.write_table(pa.table({"id": ids, "label": names}), data / "labels.parquet")
+    cols = {"id": ids, **{c: probs[:, j] for j, c in enumerate(classes)}}
+    pq.write_table(pa.table(cols), folder / "probs.parquet")
+    return data, folder / "probs.parquet", classes
+
+
+def run_command(data: Path, probs: Path, *, profile: Path | None = None) -> tuple[float, float, dict]:
+    """Wall and CPU (user + sys) seconds of ``labelkit detect-noise`` in a fresh interpreter, and its --json summary."""
+    prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    cmd = [*prefix, "-m", "labelkit", "detect-noise", str(data), "--pred-probs", str(probs), "--force", "--json"]
+    t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise SystemExit(f"labelkit detect-noise failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(out.stdout)
+
+
+def bench_command(n: int, k: int, repeat: int, *, profile: bool, workdir: Path | None = None) -> list[str]:
+    from cleanlab.filter import find_label_issues as cl_find
+
+    labels, probs = synthetic(n, k)
+    lines = [f"### Whole command vs cleanlab core, {n:,} x {k} (probs.parquet float32)", "",
+             "| what | wall s (best) | CPU s (user + sys, that run) | runs (wall) |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="noise_core_") as tmp:
+        folder = workdir / f"{n}x{k}" if workdir else Path(tmp)
+        t = time.perf_counter()
+        if not (folder / "probs.parquet").is_file():  # --workdir keeps them for the next run
+            folder.mkdir(parents=True, exist_ok=True)
+            write_command_inputs(folder, labels, probs)
+        data, probs_file = folder / "data", folder / "probs.parquet"
+        written = time.perf_counter() - t
+        runs, summary = [], None
+        for _ in range(repeat):
+            wall, cpu, summary = run_command(data, probs_file)
+            runs.append((wall, cpu))
+        _, cl_wall, cl_cpu = timed(lambda: cl_find(labels, probs), repeat)
+        _, cl1_wall, cl1_cpu = timed(lambda: cl_find(labels, probs, n_jobs=1), repeat)
+        cmd_wall, cmd_cpu = min(runs)
+        ratio = (f"Ratio command / cleanlab core: wall {cmd_wall / cl_wall:.2f} (vs its defaults), {cmd_wall / cl1_wall:.2f} (vs n_jobs=1); "
+                 f"CPU {cmd_cpu / cl1_cpu:.2f} (vs n_jobs=1). Inputs written (or found) in {written:.1f} s (not timed). "
+                 f"Flagged by the command: {summary['n_issues']:,}; by label type {summary['issues_by_type']}.")
+        command = (f"| `labelkit detect-noise DATA --pred-probs probs.parquet` (subprocess: start, read, validate, compute, write) "
+                   f"| {cmd_wall:.2f} | {cmd_cpu:.2f} | {', '.join(f'{w:.2f}' for w, _ in runs)} |")
+        lines += [command,
+                  f"| cleanlab 2.9 `find_label_issues` (defaults: a process pool; arrays in memory) | {cl_wall:.2f} | {cl_cpu:.2f} (parent only) | best of {repeat} |",
+                  f"| cleanlab 2.9 `find_label_issues(n_jobs=1)` (arrays in memory) | {cl1_wall:.2f} | {cl1_cpu:.2f} | best of {repeat} |", "", ratio]
+        if profile:
+            prof = folder / "detect.prof"
+            wall, _, _ = run_command(data, probs_file, profile=prof)
+            lines += ["", f"Profile (cProfile, {wall:.2f} s under the profiler), top entries by cumulative time:", "```"]
+            lines += _top(prof, "cumulative", 25) + ["```", "By own time:", "```"] + _top(prof, "tottime", 15) + ["```"]
+    return lines
+
+
+def _top(prof: Path, key: str, n: int) -> list[str]:
+    stats = pstats.Stats(str(prof))
+    rows = []
+    for (file, line, func), (_, nc, tt, ct, _) in stats.stats.items():
+        rows.append((ct if key == "cumulative" else tt, tt, ct, nc, f"{Path(file).name}:{line}({func})"))
+    rows.sort(reverse=True)
+    return [f"{ct:8.2f} cum {tt:8.2f} own {nc:>9} calls  {name}" for _, tt, ct, nc, name in rows[:n]]
+
+
 def bench_real() -> list[str]:
     if not DATA.is_dir():
         return ["(real datasets skipped: ../shared/data/cleanlab-label-errors not present)"]
@@ -134,8 +223,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--command", action="store_true", help="only the whole-command table (table 0)")
+    parser.add_argument("--profile", action="store_true", help="with --command: also profile the command (cProfile)")
+    parser.add_argument("--workdir", type=Path, help="with --command: write the inputs here once and reuse them")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="cleanlab")
+    if args.command:
+        print("\n".join(bench_command(args.rows, args.classes, args.repeat, profile=args.profile, workdir=args.workdir)))
+        return
     print("\n".join(bench_synthetic(args.rows, args.classes, args.repeat)))
     print()
     print("\n".join(bench_real()))
