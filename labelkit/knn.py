@@ -29,18 +29,34 @@ Missing neighbours (``k`` larger than what exists) are padded with index ``-1`` 
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import faiss
 import numpy as np
-import torch
 
 from labelkit._progress import NULL, Progress
 from labelkit._validation import check_embeddings, l2_normalize
 from labelkit.errors import BadInputError, LabelkitWarning
+
+
+class _OnFirstUse:
+    """A module imported when first used: importing labelkit.knn (every stage does) must not cost
+    torch's and faiss's import (seconds) on paths that never search, e.g. detect-noise --pred-probs."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        module = importlib.import_module(self._name)
+        globals()[self._name] = module  # later uses go straight to the module
+        return getattr(module, attr)
+
+
+faiss = _OnFirstUse("faiss")
+torch = _OnFirstUse("torch")
 
 Method = Literal["auto", "exact", "hnsw", "ivf"]
 METHODS = ("auto", "exact", "hnsw", "ivf")
