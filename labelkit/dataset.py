@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from labelkit import health
 from labelkit.errors import BadInputError
@@ -256,13 +257,21 @@ def parse_classes_option(value: str | None) -> tuple[str, ...] | None:
 # -- manifest -------------------------------------------------------------------------------
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
+def _read_manifest(path: Path) -> tuple[pd.DataFrame, pa.ChunkedArray | None]:
+    """The manifest as a DataFrame, and a Parquet 'embedding' column kept in Arrow (None otherwise).
+
+    The vectors stay columnar: a million list cells as pandas objects would be a million arrays.
+    """
     try:
         if path.suffix == ".csv":
             # Everything as text: ids like "007" and labels like "1" stay strings.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-        return pd.read_parquet(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[]), None
+        names = pq.read_schema(path).names
+        if "embedding" not in names:
+            return pd.read_parquet(path), None
+        df = pd.read_parquet(path, columns=[c for c in names if c != "embedding"])
+        return df, pq.read_table(path, columns=["embedding"], memory_map=True).column("embedding")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError, pa.ArrowException) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadInputError(f"{path.name}: cannot read manifest ({msg})") from None
 
@@ -276,9 +285,9 @@ def _is_missing(v) -> bool:
 
 
 def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
-    df = _read_manifest(path)
+    df, emb = _read_manifest(path)
     name = path.name
-    cols = [str(c) for c in df.columns]
+    cols = [str(c) for c in df.columns] + (["embedding"] if emb is not None else [])
     unknown = [c for c in cols if c not in KNOWN_COLUMNS]
     if unknown:
         raise BadInputError(f"{name}: unknown column '{unknown[0]}' (known: {', '.join(KNOWN_COLUMNS)})")
@@ -297,7 +306,7 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
     labels, multi, notices = _manifest_labels(df, name)
     split = _text_cells(df["split"]) if "split" in cols else np.full(len(df), "", dtype=object)
     split[pd.isna(split)] = ""
-    vectors = _manifest_vectors(df["embedding"], name) if has_vec else None
+    vectors = (_arrow_vectors(emb, name) if emb is not None else _manifest_vectors(df["embedding"], name)) if has_vec else None
     kind: Kind = "vectors" if has_vec else "image" if has_path else "text" if has_text else "labels-only"
     skipped: list[tuple[str, str]] = []
     if has_path:
@@ -576,6 +585,43 @@ def _task(table: pd.DataFrame) -> Task:
     """Multi-label when some sample carries a label set and no single label (decided once, in discover)."""
     multi = table["labels"].notna().to_numpy() & table["label"].isna().to_numpy()
     return "multi-label" if multi.any() else "multi-class"
+
+
+def _arrow_vectors(col: pa.ChunkedArray, name: str) -> np.ndarray:
+    """A Parquet list column of numbers as (N, D) float32 without a Python object per row; the
+    first bad row gets :func:`_manifest_vectors`' message. Other types go through that function."""
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    typ = arr.type
+    listy = pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)
+    if not listy or not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+        return _manifest_vectors(col.to_pandas(), name)
+    n = len(arr)
+    null = arr.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_fixed_size_list(typ):
+        lengths = np.full(n, typ.list_size, dtype=np.int64)
+        lengths[null] = 0
+    else:
+        offsets = arr.offsets.to_numpy()
+        lengths = np.diff(offsets).astype(np.int64)
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # null rows add nothing
+    width = lengths[np.argmax(~null)] if (~null).any() else 0
+    mismatch = ~null & (lengths != width)
+    bad = null | (lengths == 0) | mismatch
+    row_of_value = np.repeat(np.arange(n), lengths)
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad[row_of_value[~finite]] = True
+    if bad.any():
+        i = int(np.argmax(bad))
+        row = i + 2
+        if null[i]:
+            raise BadInputError(f"{name}: row {row} has no 'embedding'")
+        if lengths[i] == 0:
+            raise BadInputError(f"{name}: row {row} 'embedding' is not a flat list of numbers")
+        if mismatch[i]:
+            raise BadInputError(f"{name}: row {row} 'embedding' has {lengths[i]} values, row 2 has {width}; vectors must all have one length")
+        raise BadInputError(f"{name}: row {row} 'embedding' contains NaN or infinite values")
+    return values.reshape(n, int(width))
 
 
 def _manifest_vectors(col: pd.Series, name: str) -> np.ndarray:

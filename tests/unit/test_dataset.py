@@ -189,3 +189,27 @@ def test_fingerprint_is_stable_and_changes_with_labels_and_image_files(tmp_path)
     before = s.fingerprint(tmp_path)
     s.table.loc[0, "label"] = "dog"
     assert s.fingerprint(tmp_path) != before
+
+
+def test_parquet_vectors_are_read_columnar_with_the_same_row_messages(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(vectors):
+        col = pa.array(vectors, type=pa.list_(pa.float16()))
+        pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(vectors))], "embedding": col}), tmp_path / "labels.parquet")
+
+    write([[1.0, 0.5], [0.25, 2.0], [0.0, -1.0]])
+    s = discover(tmp_path)
+    assert s.kind == "vectors" and s.vectors.dtype == np.float32
+    np.testing.assert_array_equal(s.vectors, [[1.0, 0.5], [0.25, 2.0], [0.0, -1.0]])
+    for vectors, message in [
+        ([[1.0, 0.5], None, [1.0, 2.0]], "labels.parquet: row 3 has no 'embedding'"),
+        ([[1.0, 0.5], [1.0, 2.0], [1.0, 2.0, 3.0]], "labels.parquet: row 4 'embedding' has 3 values, row 2 has 2; vectors must all have one length"),
+        ([[1.0, 0.5], [1.0, float("nan")], [1.0]], "labels.parquet: row 3 'embedding' contains NaN or infinite values"),
+        ([[1.0, 0.5], []], "labels.parquet: row 3 'embedding' is not a flat list of numbers"),
+    ]:
+        write(vectors)
+        with pytest.raises(BadInputError) as e:
+            discover(tmp_path)
+        assert str(e.value) == message
