@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -24,7 +25,7 @@ RAY_INSTALL_HINT = "pip install 'labelkit-ml[ray]'"
 class RayOptions:
     """How to reach (or start) Ray, and how many actors to use.
 
-    ``address`` None starts a local Ray on this machine with ``num_cpus`` CPUs (None: all) and an
+    ``address`` None joins ``RAY_ADDRESS`` when it is set, else starts a local Ray on this machine with ``num_cpus`` CPUs (None: all) and an
     object store of ``object_store_bytes`` (None: Ray's default, 30% of RAM); an address joins that
     cluster and the two sizes are ignored. ``workers`` None: one actor per GPU of the cluster, else
     one per CPU.
@@ -52,6 +53,12 @@ def import_ray():
     return ray
 
 
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: ``--ray-address``, else the ``RAY_ADDRESS`` environment variable (Ray's own
+    convention, so a job submitted to a cluster finds it), else None: start a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 @contextlib.contextmanager
 def ray_session(opts: RayOptions) -> Iterator[Any]:
     """Ray, initialised for the duration: joins ``opts.address`` or starts a local Ray.
@@ -63,17 +70,17 @@ def ray_session(opts: RayOptions) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    address = resolve_address(opts.address)
     common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     with _quiet_ray_logs():
         try:
-            if opts.address:
-                ray.init(address=opts.address, **common)
+            if address:
+                ray.init(address=address, **common)
             else:
-                # address='local' always starts a new Ray here, whatever RAY_ADDRESS says: the caller
-                # resolved the address already (--ray-address, else RAY_ADDRESS).
+                # address='local' always starts a new Ray here (ray.init(None) would read RAY_ADDRESS again).
                 ray.init(address="local", num_cpus=opts.num_cpus, object_store_memory=opts.object_store_bytes, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise DependencyError(f"could not start or join {where}: {str(e).splitlines()[0]} "
                                   f"(check --ray-address / RAY_ADDRESS; 'labelkit doctor --engine ray' probes it)") from e
         try:

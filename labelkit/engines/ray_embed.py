@@ -126,3 +126,24 @@ def embed_parts(ids: list[str], sources: list[Any], hashes: list[str], *, spec: 
                     on_part(path)
                 task.advance(len(b_ids))
     return out
+
+
+def embed_missing(ws, samples, cfg, embedder, model: str, have, todo_rows: list[int], hashes: list[str], parts_dir: Path,
+                  progress: Progress = NULL) -> tuple[dict[str, str], int, int]:
+    """The embed stage's ``embed_missing`` on Ray: the rows no vector was found for, embedded by
+    actors into parts that join ``have``; ({skipped id: why}, batch size, actors)."""
+    from labelkit.engines import RayOptions
+    from labelkit.stages import _vectors
+
+    table, ids = samples.table, samples.table["id"].tolist()
+    if samples.kind == "image":
+        sources = [str(ws.data / table["source"].iat[r]) for r in todo_rows]
+    else:
+        sources = [table["source"].iat[r] for r in todo_rows]
+    res = embed_parts([ids[r] for r in todo_rows], sources, [hashes[r] for r in todo_rows], spec=model, dim=embedder.dim,
+                      parts_dir=parts_dir, weights=cfg.weights, device=cfg.device, allow_download=cfg.allow_download,
+                      batch_size=cfg.batch_size, rows_per_part=cfg.row_group_size, ray=RayOptions(address=cfg.ray_address),
+                      progress=progress)
+    for path in res["parts"]:
+        _vectors.add_file(have, path)
+    return res["errors"], cfg.batch_size or embedder.default_batch_size(), res["workers"]
