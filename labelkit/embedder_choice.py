@@ -108,3 +108,52 @@ def pick(scores: dict[str, float], *, tie: float) -> str:
         raise BadInputError("no embedder candidate to choose from")
     best = max(scores.values())
     return next(spec for spec, s in scores.items() if s >= best - tie)
+
+
+def score_candidates(candidates: list[tuple[str, str | None]], sources: list[str], labels: np.ndarray, *, batch_size: int | None,
+                     device: str, allow_download: bool, tie: float, progress=None) -> tuple[dict, tuple | None]:
+    """Embed ``sources`` (paths or texts, labeled ``labels``) with each (spec, weights) candidate and keep the best.
+
+    Every candidate is scored by leave-one-out kNN accuracy on the rows all of them could read; a
+    cheaper candidate (earlier in the list) within ``tie`` wins. A candidate that cannot run is
+    recorded with its error. Returns the choice record (chosen, weights, by, scores, seconds) and
+    (embedder, readable mask, L2-normalised vectors) of the chosen one, whose vectors can be reused.
+    """
+    import time
+
+    from labelkit._progress import NULL
+    from labelkit._validation import l2_normalize
+    from labelkit.embedders import EmbedderOptions, create_embedder
+    from labelkit.embedding import embed_some
+    from labelkit.errors import LabelkitError
+
+    scores: dict[str, dict] = {}
+    embedded: dict[str, tuple] = {}
+    with (progress or NULL).task("choose embedder", total=len(candidates) * len(sources)) as task:
+        for spec, weights in candidates:
+            t0 = time.perf_counter()
+            try:
+                emb = create_embedder(spec, EmbedderOptions(weights=weights, device=device, allow_download=allow_download))
+                ok, vecs = embed_some(emb, sources, batch_size)
+            except LabelkitError as e:
+                scores[spec] = {"score": None, "error": str(e)}
+                task.advance(len(sources))
+                continue
+            task.advance(len(sources))
+            embedded[spec] = (emb, ok, vecs)
+            scores[spec] = {"seconds": round(time.perf_counter() - t0, 2), "weights": weights}
+    if not embedded:
+        raise BadInputError("no embedder candidate could run: " + "; ".join(f"{k}: {v.get('error')}" for k, v in scores.items()))
+    common = np.logical_and.reduce([embedded[s][1] for s in embedded])
+    for spec, (emb, ok, vecs) in embedded.items():
+        scores[spec]["score"] = round(loo_knn_accuracy(l2_normalize(vecs[common[ok]]), labels[common]), 4)
+        scores[spec]["n"] = int(common.sum())
+    chosen = pick({s: scores[s]["score"] for s in embedded}, tie=tie)
+    emb, ok, vecs = embedded[chosen]
+    record = {
+        "chosen": chosen, "weights": scores[chosen].pop("weights"),
+        "by": f"leave-one-out {SCORE_K}-NN accuracy on {int(common.sum())} labeled samples",
+        "scores": {k: {kk: vv for kk, vv in v.items() if kk != "weights"} for k, v in scores.items()},
+        "seconds": round(sum(v.get("seconds", 0) for v in scores.values()), 2),
+    }
+    return record, (emb, ok, l2_normalize(vecs))

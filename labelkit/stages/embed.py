@@ -7,7 +7,6 @@ after a kill embeds only the missing ids; a different model (fingerprint) starts
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,18 @@ import numpy as np
 from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
 from labelkit.embedders.base import image_size
-from labelkit.embedder_choice import SCORE_K, loo_knn_accuracy, pick, stratified_sample
+from labelkit.embedder_choice import score_candidates, stratified_sample
 from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.stages._common import RunContext, StageResult, input_warnings, now
-from labelkit.stages._inputs import read_embeddings  # noqa: F401  (stages/distill.py's import, until it takes it from _inputs)
-from labelkit.stages._runner import Job, Stage
+from labelkit.stages._common import RunContext, StageResult, input_warnings
+from labelkit.stages import _vectors
+from labelkit.stages._runner import Job, Stage, recorded_summary
 from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, file_fingerprint, text_fingerprint
 
 STAGE = "embed"
-PARTS = "embeddings.parts"
 DEFAULT_MODELS = {"image": "efficientnet-lite0", "text": "minilm", "vectors": "precomputed"}
 # The pixels candidate's side: the images' own up to this (CIFAR's 32 px), enough for a raw-pixel
 # baseline and cheap; larger images are shrunk to it.
@@ -89,7 +87,8 @@ def _build(job: Job) -> dict[str, Any]:
     weights_fp = job.state["weights_fp"]
     choice, chosen, hashes = None, None, None
     if samples.kind != "vectors":
-        hashes = _hashes(samples, ws.data)  # read once: keys the auto choice and the reuse of vectors
+        t = samples.table  # content hashes, read once: they key the auto choice and the reuse of vectors
+        hashes = embedding.content_hashes(samples.kind, t["id"].tolist(), t["source"].tolist(), ws.data)
     if samples.kind == "vectors":
         model = "precomputed"
     elif cfg.model == "auto":
@@ -134,9 +133,6 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     Returns the choice record and (embedder, sample ids, sample vectors) of the chosen backend,
     whose vectors the full run reuses.
     """
-    from labelkit.embedders import EmbedderOptions, create_embedder
-    from labelkit.errors import LabelkitError
-
     default = DEFAULT_MODELS[samples.kind]
     codes = samples.single_label_codes()  # multi-label: the samples with one class score the choice
     counts = np.bincount(codes[codes >= 0], minlength=len(samples.classes))
@@ -148,59 +144,23 @@ def _choose(ws: Workspace, samples: Samples, cfg: EmbedConfig, cands: list[tuple
     table = samples.table.iloc[rows]
     sources = [str(ws.data / s) for s in table["source"]] if samples.kind == "image" else table["source"].tolist()
     # The same candidates on the same scoring sample (content and labels) give the same choice:
-    # reuse the last one instead of loading and running every candidate again.
+    # reuse the last one (as the manifest recorded it) instead of loading and running every candidate again.
     key = text_fingerprint(json.dumps([cands, cfg.choice_per_class, cfg.choice_max, cfg.choice_tie,
                                        [hashes[r] for r in rows], codes[rows].tolist()]))
-    last = artifacts.stored_metadata(ws.path(artifacts.EMBEDDINGS)).get("summary", {}).get("model_choice") or {}
+    last = recorded_summary(ws, STAGE).get("model_choice") or {}
     if last.get("key") == key and last.get("chosen") in dict(cands):
         return {**last, "weights": dict(cands)[last["chosen"]], "reused": True, "seconds": 0.0}, None
-    device = resolve_device(cfg.device)
-    scores: dict[str, dict[str, Any]] = {}
-    embedded: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
-    with progress.task("choose embedder", total=len(cands) * len(rows)) as task:
-        for spec, weights in cands:
-            t0 = now()
-            try:
-                emb = create_embedder(spec, EmbedderOptions(weights=weights, device=device, allow_download=cfg.allow_download))
-                ok, vecs = embedding.embed_some(emb, sources, cfg.batch_size)
-            except LabelkitError as e:
-                scores[spec] = {"score": None, "error": str(e)}
-                task.advance(len(rows))
-                continue
-            task.advance(len(rows))
-            embedded[spec] = (emb, ok, vecs)
-            scores[spec] = {"seconds": round(now() - t0, 2), "weights": weights}
-    usable = [s for s in embedded]
-    if not usable:
-        raise BadInputError("no embedder candidate could run: " + "; ".join(f"{k}: {v.get('error')}" for k, v in scores.items()))
-    # Score every candidate on the rows all of them could read.
-    common = np.logical_and.reduce([embedded[s][1] for s in usable])
-    for spec in usable:
-        emb, ok, vecs = embedded[spec]
-        keep = common[ok]
-        scores[spec]["score"] = round(loo_knn_accuracy(l2_normalize(vecs[keep]), codes[rows][common]), 4)
-        scores[spec]["n"] = int(common.sum())
-    chosen = pick({s: scores[s]["score"] for s in usable}, tie=cfg.choice_tie)
-    emb, ok, vecs = embedded[chosen]
-    sample = (emb, table["id"].to_numpy()[ok].tolist(), l2_normalize(vecs))
-    record = {
-        "chosen": chosen, "weights": scores[chosen].pop("weights"), "key": key, "reused": False,
-        "by": f"leave-one-out {SCORE_K}-NN accuracy on {int(common.sum())} labeled samples "
-              f"(up to {cfg.choice_per_class} per class); a cheaper candidate within {cfg.choice_tie} wins",
-        "scores": {k: {kk: vv for kk, vv in v.items() if kk != "weights"} for k, v in scores.items()},
-        "seconds": round(sum(v.get("seconds", 0) for v in scores.values()), 2),
-    }
-    return record, sample
+    record, (emb, ok, vecs) = score_candidates(cands, sources, codes[rows], batch_size=cfg.batch_size, device=resolve_device(cfg.device),
+                                               allow_download=cfg.allow_download, tie=cfg.choice_tie, progress=progress)
+    record = {"chosen": record["chosen"], "weights": record["weights"], "key": key, "reused": False,
+              "by": f"{record['by']} (up to {cfg.choice_per_class} per class); a cheaper candidate within {cfg.choice_tie} wins",
+              "scores": record["scores"], "seconds": record["seconds"]}
+    return record, (emb, table["id"].to_numpy()[ok].tolist(), vecs)
 
 
 def separation_check(samples: Samples, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings."""
     return embedding.separation(samples.single_label_codes(), samples.table["id"], ids, vectors, model)
-
-
-def _hashes(samples: Samples, root: Path) -> list[str]:
-    t = samples.table
-    return embedding.content_hashes(samples.kind, t["id"].tolist(), t["source"].tolist(), root)
 
 
 def _metadata(model: str, dim: int, params: dict[str, Any], preprocessing: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
@@ -227,97 +187,6 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
 # -- model path -----------------------------------------------------------------------------
 
 
-def _add_file(store: embedding.VectorStore, path: Path) -> bool:
-    """The vectors of an embeddings file that records content hashes; False for one that does not."""
-    hashes = artifacts.read_content_hashes(path)
-    if hashes is None:
-        return False
-    store.add(artifacts.read_embeddings(path)[1], hashes)
-    store.unreadable.update(artifacts.read_metadata(path).get("skipped_content", []))
-    return True
-
-
-def _reusable(ws, ids: list[str], hashes: list[str], dim: int, parts_dir: Path, params_fp: str, *, force: bool) -> tuple[embedding.VectorStore, int]:
-    """Vectors this backend made already (a resumed run's parts, the previous embeddings.parquet), and
-    how many samples changed content since it."""
-    have = embedding.VectorStore(dim)
-    for p in sorted(parts_dir.glob("part-*.parquet")) if parts_dir.exists() else []:
-        _add_file(have, p)  # a resumed run's finished chunks
-    previous = ws.path(artifacts.EMBEDDINGS)
-    n_changed = 0
-    if not force and previous.exists() and artifacts.read_metadata(previous).get("params_fingerprint") == params_fp and _add_file(have, previous):
-        before = dict(zip(artifacts.read_embedding_ids(previous), artifacts.read_content_hashes(previous) or []))
-        n_changed = sum(1 for i, h in zip(ids, hashes) if i in before and before[i] != h)
-    return have, n_changed
-
-
-def _parts_dir(ws, params_fp: str, *, force: bool) -> Path:
-    """embeddings.parts/<params_fp>/, with the parts of other fingerprints (another model) removed."""
-    if force and ws.path(PARTS).exists():
-        shutil.rmtree(ws.path(PARTS))
-    if ws.path(PARTS).exists():
-        for other in ws.path(PARTS).iterdir():
-            if other.name != params_fp:
-                shutil.rmtree(other, ignore_errors=True)
-    return ws.path(PARTS) / params_fp
-
-
-class _Parts:
-    """Finished chunks written to parts_dir as they complete (a killed run resumes from them)."""
-
-    def __init__(self, parts_dir: Path, have: embedding.VectorStore, ids: list[str], hashes: list[str], row_group_size: int):
-        self.dir, self.have, self.ids, self.hashes, self.size = parts_dir, have, ids, hashes, row_group_size
-        self.n = len(list(parts_dir.glob("part-*.parquet"))) if parts_dir.exists() else 0
-        self.rows: list[int] = []
-        self.vecs: list[np.ndarray] = []
-        self.skipped: list[str] = []
-
-    def add(self, rows: list[int], vecs: np.ndarray, failed: list[int]) -> None:
-        self.skipped.extend(self.hashes[i] for i in failed)
-        if rows:
-            self.vecs.append(vecs)
-            self.rows.extend(rows)
-        if len(self.rows) + len(self.skipped) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows and not self.skipped:
-            return
-        dim = self.have.dim
-        vecs = np.concatenate(self.vecs) if self.vecs else np.zeros((0, dim), np.float32)
-        part_hashes = [self.hashes[i] for i in self.rows]
-        w = artifacts.EmbeddingsWriter(self.dir / f"part-{self.n:06d}.parquet", dim, "float32",
-                                       {"skipped_content": self.skipped}, self.size, content_hash=True)
-        w.write([self.ids[i] for i in self.rows], vecs, part_hashes)
-        w.close()
-        self.have.add(vecs, part_hashes)
-        self.have.unreadable.update(self.skipped)
-        self.n += 1
-        self.rows, self.vecs, self.skipped = [], [], []
-
-
-def _embed_missing(ws, samples, cfg, embedder, model: str, have, todo_rows: list[int], hashes: list[str], parts_dir: Path,
-                   progress) -> tuple[dict[str, str], int, int]:
-    """Embed the rows no vector was found for, in parts; ({skipped id: why}, batch size, workers)."""
-    table, ids = samples.table, samples.table["id"].tolist()
-    if samples.kind == "image":
-        sources = [str(ws.data / table["source"].iat[r]) for r in todo_rows]
-    else:
-        sources = [table["source"].iat[r] for r in todo_rows]
-    batch_size = cfg.batch_size or embedder.default_batch_size()
-    workers = cfg.num_workers if cfg.num_workers is not None else embedding.auto_workers(embedder, len(sources))
-    parts = _Parts(parts_dir, have, [ids[r] for r in todo_rows], [hashes[r] for r in todo_rows], cfg.row_group_size)
-    errors: dict[str, str] = {}
-    with progress.task(f"embed ({model})", total=len(sources)) as task:
-        for rows, vecs, failed in embedding.embed_batches(embedder, sources, batch_size=batch_size, num_workers=workers, prefetch=4):
-            for i, e in failed:
-                errors[parts.ids[i]] = embedding.error_text(e)
-            parts.add(rows, vecs, [i for i, _ in failed])
-            task.advance(len(rows) + len(failed))
-    parts.flush()
-    return errors, batch_size, workers
-
-
 def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[str], *, force, progress, chosen=None) -> dict[str, Any]:
     from labelkit.embedders import EmbedderOptions, create_embedder
 
@@ -326,9 +195,9 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
         embedder = chosen[0]
     else:
         embedder = create_embedder(model, EmbedderOptions(weights=cfg.weights, device=device, allow_download=cfg.allow_download))
-    parts_dir = _parts_dir(ws, params_fp, force=force)
+    parts_dir = _vectors.parts_dir(ws, params_fp, force=force)
     ids = samples.table["id"].tolist()
-    have, n_changed = _reusable(ws, ids, hashes, embedder.dim, parts_dir, params_fp, force=force)
+    have, n_changed = _vectors.reusable(ws, ids, hashes, embedder.dim, parts_dir, params_fp, force=force)
     n_reused = sum(1 for h in hashes if h in have.where)
     n_scored = 0
     if chosen is not None:  # the scoring sample's vectors, embedded already
@@ -337,7 +206,7 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
         n_scored = sum(1 for h in set(sample_hashes) if h not in have.where)
         have.add(chosen[2], sample_hashes)
     todo_rows = [r for r, h in enumerate(hashes) if h not in have.where and h not in have.unreadable]
-    errors, batch_size, workers = _embed_missing(ws, samples, cfg, embedder, model, have, todo_rows, hashes, parts_dir, progress)
+    errors, batch_size, workers = _vectors.embed_missing(ws, samples, cfg, embedder, model, have, todo_rows, hashes, parts_dir, progress)
     # Assemble in samples order, every vector found by its content.
     keep, ordered = have.take(hashes)
     skipped_now = sorted(i for i, k in zip(ids, keep) if not k)
@@ -356,21 +225,8 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
     meta["params_fingerprint"] = params_fp
     meta["skipped_content"] = sorted(h for h, k in zip(hashes, keep) if not k)
     meta["summary"] = summary
-    _write_final(ws, cfg, embedder.dim, ordered_ids, ordered, [h for h, k in zip(hashes, keep) if k], meta)
+    _vectors.write_final(ws, cfg, embedder.dim, ordered_ids, ordered, [h for h, k in zip(hashes, keep) if k], meta)
     return summary
-
-
-def _write_final(ws, cfg, dim: int, ids: list[str], vectors: np.ndarray, hashes: list[str], meta: dict[str, Any]) -> None:
-    """embeddings.parquet (with each row's content hash); the parts and the memory-mapped cache go."""
-    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, meta, cfg.row_group_size, content_hash=True)
-    for s in range(0, len(ids), cfg.row_group_size):
-        e = s + cfg.row_group_size
-        w.write(ids[s:e], vectors[s:e], hashes[s:e])
-    w.close()
-    shutil.rmtree(ws.path(PARTS), ignore_errors=True)
-    cache = ws.path(artifacts.EMBEDDINGS_CACHE)
-    if cache.exists():
-        cache.unlink()
 
 
 def _write_class_embeddings(ws: Workspace, embedder, classes: list[str], model: str) -> int:
