@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labelkit._progress import NULL, Progress
 from labelkit.dataset import Samples
 from labelkit.errors import BadInputError
 
@@ -29,13 +30,14 @@ _BLOCK = 16384  # rows per transposing block (measured at K = 100: 0.9 s for 1M 
 _CACHE_BYTES = 2**21  # rows of float64 per block in normalise_rows: about 2 MB, within a core's cache
 
 
-def load_pred_probs(path: Path, samples: Samples) -> np.ndarray:
+def load_pred_probs(path: Path, samples: Samples, *, progress: Progress = NULL) -> np.ndarray:
     """(N, K) probabilities in samples order from .npy (rows = samples or labeled samples) or .parquet.
 
     A .parquet has an 'id' column (unique) and exactly one column per class: a column that is not a
     class, or a class without a column, is an error naming them (sums are checked by normalise_rows).
     Rows of samples that the file does not cover are NaN (only unlabeled samples may lack a row).
     A float32 (or float16) file gives float32, else float64: :func:`normalise_rows` widens it.
+    ``progress`` gets one task, advanced per batch of rows read (rate and ETA on the terminal).
     """
     k, n = len(samples.classes), len(samples.table)
     labeled = samples.table["label"].notna().to_numpy()
@@ -57,11 +59,11 @@ def load_pred_probs(path: Path, samples: Samples) -> np.ndarray:
             return out
         raise BadInputError(f"--pred-probs {path.name}: {arr.shape[0]} rows, but there are {n} samples ({labeled.sum()} labeled)")
     if path.suffix == ".parquet":
-        return _load_parquet(path, samples, labeled)
+        return _load_parquet(path, samples, labeled, progress)
     raise BadInputError(f"--pred-probs {path.name}: use a .npy or .parquet file")
 
 
-def _load_parquet(path: Path, samples: Samples, labeled: np.ndarray) -> np.ndarray:
+def _load_parquet(path: Path, samples: Samples, labeled: np.ndarray, progress: Progress) -> np.ndarray:
     name, classes = path.name, samples.classes
     try:
         pf = pq.ParquetFile(path, memory_map=True)
@@ -83,7 +85,8 @@ def _load_parquet(path: Path, samples: Samples, labeled: np.ndarray) -> np.ndarr
         ids = _ids(pf.read(columns=["id"]).column("id"), name)
         sample_ids = samples.table["id"].to_numpy(dtype=object)
         where = _file_rows_to_samples(ids, sample_ids, labeled, name)
-        return _class_matrix(pf, classes, _dtype(schema, classes), where, len(sample_ids), name)
+        with progress.task(f"read {name}", total=pf.metadata.num_rows) as task:
+            return _class_matrix(pf, classes, _dtype(schema, classes), where, len(sample_ids), name, task)
     except (OSError, pa.ArrowException) as e:
         raise BadInputError(f"--pred-probs {name}: cannot read ({_first_line(e)})") from None
 
@@ -139,7 +142,7 @@ def _file_rows_to_samples(file_ids: np.ndarray, sample_ids: np.ndarray, labeled:
     return where
 
 
-def _class_matrix(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, where: np.ndarray | None, n: int, name: str) -> np.ndarray:
+def _class_matrix(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, where: np.ndarray | None, n: int, name: str, task) -> np.ndarray:
     """(n, K) in samples order (NaN for samples without a row), read a batch of rows at a time.
 
     Each batch's columns are copied into a (K, batch) buffer and transposed into place in one copy:
@@ -159,6 +162,7 @@ def _class_matrix(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, where
             to = where[s:e]
             keep = to >= 0
             out[to[keep]] = block[:, : e - s].T[keep]
+        task.advance(e - s)
         s = e
     return out
 

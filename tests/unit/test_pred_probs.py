@@ -95,3 +95,24 @@ def test_normalise_rows_names_the_first_bad_row_in_order_of_checks():
         normalise_rows(p[[0, 1, 3]], "f", ids=np.array(["b", "c", "d"]))
     with pytest.raises(BadInputError, match="the row for row 2 sums to 0"):
         normalise_rows(p[:2], "f")
+
+
+def test_reading_reports_progress_per_batch(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    monkeypatch.setattr(pred_probs, "_BLOCK", 2)
+    s = _samples(tmp_path)
+    _write(tmp_path / "p.parquet", ["w", "x", "y", "z"], [0.9, 0.2, 0.5, 0.8], [0.1, 0.8, 0.5, 0.2])
+    seen = []
+
+    class Recorder:
+        @contextmanager
+        def task(self, description, total=None):
+            seen.append((description, total))
+            yield type("T", (), {"advance": lambda self, n=1: seen.append(n), "update": lambda self, **f: None})()
+
+        def log(self, message):
+            pass
+
+    load_pred_probs(tmp_path / "p.parquet", s, progress=Recorder())
+    assert seen == [("read p.parquet", 4), 2, 2]
