@@ -8,7 +8,8 @@ holds the probability that a sample carries each class (rows need not sum to one
 The heads are K independent logistic regressions on standardised embeddings sharing one L2
 strength, chosen by held-out binary cross-entropy on the folds. Per-class thresholds are chosen
 on those held-out probabilities, so that the pseudo-labels of unlabeled samples are cut where
-each class's held-out F1 peaks, or where its held-out precision first reaches a target.
+each class's expected F1 on held-out probabilities peaks, or where its held-out precision first
+reaches a target.
 """
 
 from __future__ import annotations
@@ -248,15 +249,25 @@ class Thresholds:
     reached: np.ndarray
 
 
-def _one_threshold(p: np.ndarray, y: np.ndarray, target: float | None, default: float) -> tuple[float, float, float, bool]:
-    pos = int(y.sum())
-    if pos == 0 or pos == len(y):
-        return default, math.nan, math.nan, target is None
+def _one_threshold(p: np.ndarray, y: np.ndarray, target: float | None, default: float, rule: str) -> tuple[float, float, float, bool]:
     order = np.argsort(-p, kind="stable")
     ps, ys = p[order], y[order]
-    tp = np.cumsum(ys)
     k = np.arange(1, len(ys) + 1)
     last = np.r_[ps[1:] != ps[:-1], True]  # a cut can only fall between distinct values
+    pos = int(y.sum())
+    if target is None and rule == "expected_f1":
+        # E[F1] of predicting the top n, the probabilities taken as calibrated:
+        # 2 sum_{i<=n} p_i / (n + sum_i p_i) (Nan et al. 2012; Lipton et al. 2014). No labels used.
+        ef1 = 2 * np.cumsum(ps)[last] / (k[last] + ps.sum())
+        if ps.size == 0 or ef1.max() <= 0:
+            return default, math.nan, math.nan, True
+        i = int(np.argmax(ef1))
+        cut = float(ps[last][i])
+        tp, n = int(ys[ps >= cut].sum()), int((ps >= cut).sum())
+        return cut, (tp / n if n else math.nan), (tp / pos if pos else math.nan), True
+    if pos == 0 or pos == len(y):
+        return default, math.nan, math.nan, target is None
+    tp = np.cumsum(ys)
     tp, k, cut = tp[last], k[last], ps[last]
     prec, rec = tp / k, tp / pos
     if target is None:
@@ -270,9 +281,22 @@ def _one_threshold(p: np.ndarray, y: np.ndarray, target: float | None, default: 
     return float(cut[i]), float(prec[i]), float(rec[i]), True
 
 
-def choose_thresholds(labels, probs, *, target_precision: float | None = None, default: float = 0.5) -> Thresholds:
-    """Per-class thresholds on held-out probabilities: the F1-best cut, or the lowest cut whose
-    precision reaches ``target_precision``.
+#: How :func:`choose_thresholds` cuts a class without a target precision.
+THRESHOLD_RULES = ("expected_f1", "f1")
+
+
+def choose_thresholds(labels, probs, *, target_precision: float | None = None, rule: str = "expected_f1",
+                      default: float = 0.5) -> Thresholds:
+    """Per-class thresholds on held-out probabilities: the cut with the highest expected F1, or
+    the F1-best cut against the labels, or the lowest cut whose precision reaches
+    ``target_precision``.
+
+    ``expected_f1`` (the default) reads only the held-out probabilities: predicting the n most
+    probable samples has expected F1 ``2 sum_{i<=n} p_i / (n + sum_i p_i)`` when they are
+    calibrated, and the best n sets the cut. With noisy labels it is steadier than ``f1``, the
+    empirical F1 peak against the labels: on benchmarks/multilabel.py, pseudo-label micro-F1 0.634
+    vs 0.587 (rate 0.1) and 0.621 vs 0.597 (0.2), and within 0.011 across fold seeds where ``f1``
+    moved by 0.13 on one run (docs/performance.md).
 
     Parameters
     ----------
@@ -282,6 +306,9 @@ def choose_thresholds(labels, probs, *, target_precision: float | None = None, d
         Their out-of-sample probabilities.
     target_precision : float, default=None
         In (0, 1]. A class that never reaches it gets its strictest cut and ``reached`` False.
+    rule : {"expected_f1", "f1"}, default="expected_f1"
+        The cut without a target. ``precision`` and ``recall`` are measured against the labels
+        either way.
     default : float, default=0.5
         The cut of a class whose held-out rows are all positive or all negative.
 
@@ -292,13 +319,17 @@ def choose_thresholds(labels, probs, *, target_precision: float | None = None, d
     References
     ----------
     Lipton, Elkan, Naryanaswamy, "Optimal Thresholding of Classifiers to Maximize F1 Measure",
-    ECML PKDD 2014; CDUL (Abdelfattah et al., ICCV 2023) for per-class thresholds on per-class scores.
+    ECML PKDD 2014; Nan, Chai, Lee, Chieu, "Optimizing F-measure: A Tale of Two Approaches",
+    ICML 2012 (the decision-theoretic, expected-F1 cut); CDUL (Abdelfattah et al., ICCV 2023) for
+    per-class thresholds on per-class scores.
 
     Examples
     --------
     >>> y = np.array([[1], [1], [0], [0]])
-    >>> choose_thresholds(y, np.array([[0.9], [0.6], [0.4], [0.1]])).value.tolist()
+    >>> choose_thresholds(y, np.array([[0.9], [0.6], [0.4], [0.1]]), rule="f1").value.tolist()
     [0.6]
+    >>> choose_thresholds(y, np.array([[0.9], [0.6], [0.4], [0.1]])).value.tolist()  # E[F1] of the top 1-4: .60 .75 .76 .67
+    [0.4]
     """
     y = check_multilabels(labels)
     p = np.asarray(probs, dtype=np.float64)
@@ -306,9 +337,11 @@ def choose_thresholds(labels, probs, *, target_precision: float | None = None, d
         raise BadInputError(f"'probs' must have shape {y.shape}. Got {p.shape} instead.")
     if target_precision is not None and not 0 < target_precision <= 1:
         raise BadInputError(f"'target_precision' must be in (0, 1]. Got {target_precision!r} instead.")
+    if rule not in THRESHOLD_RULES:
+        raise BadInputError(f"'rule' must be one of {', '.join(map(repr, THRESHOLD_RULES))}. Got {rule!r} instead.")
     rows = y[:, 0] >= 0
     y, p = y[rows], p[rows]
-    res = [_one_threshold(p[:, k], y[:, k], target_precision, default) for k in range(y.shape[1])]
+    res = [_one_threshold(p[:, k], y[:, k], target_precision, default, rule) for k in range(y.shape[1])]
     v, pr, rc, ok = (np.array(c) for c in zip(*res)) if res else (np.zeros(0),) * 4
     return Thresholds(v.astype(np.float64), pr.astype(np.float64), rc.astype(np.float64), ok.astype(bool))
 
@@ -354,8 +387,8 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
 
     The heads are fitted on the labeled rows, each (sample, class) label weighted by ``trust``
     (detect-noise's flagged labels get 0); per-class thresholds are chosen on the held-out
-    probabilities against the labels with the untrusted ones corrected (:func:`choose_thresholds`:
-    F1 peak, or the lowest cut reaching ``target_precision``).
+    probabilities (:func:`choose_thresholds`: the expected-F1 peak; with ``target_precision``, the
+    lowest cut whose precision against the labels, the untrusted ones corrected, reaches it).
 
     Parameters
     ----------

@@ -119,3 +119,35 @@ def test_distill_onnx_gives_the_sigmoid_probabilities(runner, multilabel_data, t
     session = ort.InferenceSession(str(data / ".labelkit" / "student" / "model.onnx"))
     _, probs = session.run(None, {"input": x})
     np.testing.assert_allclose(probs, np.stack(pred["label_probs"].to_numpy()), atol=1e-5)
+
+
+def test_image_folder_copies_in_several_class_folders_run_as_multi_label(runner, tmp_path):
+    """An image sitting (identical bytes) in several class folders is one sample with those classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "imgs"
+    n_multi = n_single = 0
+    for i in range(72):
+        classes = [c for c in CLASSES[:3] if rng.random() < 0.45] or [CLASSES[i % 3]]
+        img = rng.integers(0, 60, (8, 8), dtype=np.uint8)
+        for c in classes:  # class k brightens its own quarter of the image
+            k = CLASSES.index(c)
+            img[(k // 2) * 4:(k // 2) * 4 + 4, (k % 2) * 4:(k % 2) * 4 + 4] += 150
+        folders = ["unlabeled"] if i >= 56 else classes
+        for f in folders:
+            (data / f).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(data / f / f"{i:03d}.png")
+        if i < 56:
+            n_multi += len(classes) > 1
+            n_single += len(classes) == 1
+    r = runner.invoke(app, ["run", str(data), "--model", "pixels:8", "--until", "detect-noise", "--json"])
+    assert r.exit_code == 0, r.output
+    ws = data / ".labelkit"
+    samples = pd.read_parquet(ws / "samples.parquet")
+    assert artifacts.read_metadata(ws / "samples.parquet")["task"] == "multi-label"
+    assert len(samples) == 72  # each copied image once
+    assert sum(len(v) > 1 for v in samples["labels"] if v is not None) == n_multi
+    assert len(pd.read_parquet(ws / "label_issues.parquet")) == 56
+    assert len(pd.read_parquet(ws / "pseudolabels.parquet")) == 16
+    assert "multi_label_from_folders" in r.stdout

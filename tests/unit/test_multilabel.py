@@ -55,7 +55,7 @@ def test_zero_weight_labels_do_not_move_the_fit():
 def test_thresholds_f1_peak_and_target_precision():
     y = np.array([[1], [1], [0], [1], [0], [0]])
     p = np.array([[0.9], [0.8], [0.7], [0.6], [0.3], [0.1]])
-    t = ml.choose_thresholds(y, p)
+    t = ml.choose_thresholds(y, p, rule="f1")
     # cuts: 0.9 (P1 R1/3), 0.8 (1, 2/3, F1 .8), 0.7 (2/3, 2/3), 0.6 (3/4, 1, F1 .857) -> 0.6
     assert t.value.tolist() == [0.6] and t.reached.tolist() == [True]
     t = ml.choose_thresholds(y, p, target_precision=0.95)
@@ -64,8 +64,17 @@ def test_thresholds_f1_peak_and_target_precision():
     assert t.reached.tolist() == [False] and t.value.tolist() == [0.9]
 
 
+def test_expected_f1_cut_reads_the_probabilities_not_the_labels():
+    p = np.array([[0.9], [0.6], [0.4], [0.1]])
+    # E[F1] of predicting the top n: 2 sum_{i<=n} p_i / (n + 2.0) = .60, .75, .76, .67 -> the top 3
+    for y in (np.array([[1], [1], [0], [0]]), np.array([[0], [0], [1], [1]])):
+        assert ml.choose_thresholds(y, p).value.tolist() == [0.4]
+    t = ml.choose_thresholds(np.array([[1], [1], [0], [0]]), p)
+    assert t.precision.tolist() == [2 / 3] and t.recall.tolist() == [1.0]  # measured against the labels
+
+
 def test_a_class_with_no_positives_keeps_the_default_cut():
-    t = ml.choose_thresholds(np.array([[0, 1], [0, 0]]), np.array([[0.2, 0.9], [0.1, 0.2]]))
+    t = ml.choose_thresholds(np.array([[0, 1], [0, 0]]), np.array([[0.2, 0.9], [0.1, 0.2]]), rule="f1")
     assert t.value[0] == 0.5 and np.isnan(t.precision[0])
 
 
@@ -99,6 +108,7 @@ def test_label_issues_find_flipped_labels():
     (lambda: ml.cross_val_multilabel_probs(np.ones((6, 2)), np.ones((6, 2)), C=-1.0), "'C' must be > 0"),
     (lambda: ml.choose_thresholds(np.ones((2, 1)), np.ones((2, 1)), target_precision=0.0), "'target_precision' must be in"),
     (lambda: ml.label_sets(np.ones((2, 2)), [0.5]), "one value per class"),
+    (lambda: ml.choose_thresholds(np.ones((2, 1)), np.ones((2, 1)), rule="mean"), "'rule' must be one of"),
 ])
 def test_bad_inputs(call, match):
     with pytest.raises(BadInputError, match=match):
