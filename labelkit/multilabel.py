@@ -32,6 +32,8 @@ __all__ = ["HeadConfig", "C_GRID", "sigmoid_heads_probs", "cross_val_multilabel_
 #: L2 strengths tried by :func:`cross_val_multilabel_probs` when ``C`` is not given (the one with
 #: the lowest held-out binary cross-entropy is kept).
 C_GRID = (0.1, 1.0, 10.0)
+#: Most labeled rows one fit of the heads uses (a fixed-seed random subset beyond it), as the probe.
+MAX_TRAIN = 50_000
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,19 @@ def _fit_heads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: HeadCo
 def _predict(predict, x: torch.Tensor, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
     with torch.no_grad():
         for lo in range(0, rows.size, 65536):
-            out[dest[lo:lo + 65536]] = predict(x[torch.from_numpy(rows[lo:lo + 65536])]).numpy()
+            out[dest[lo:lo + 65536]] = predict(x[torch.from_numpy(rows[lo:lo + 65536])].double()).numpy()
+
+
+def _fit_on(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: np.ndarray, config: HeadConfig):
+    """The heads fitted on ``rows`` (at most MAX_TRAIN of them, drawn with a fixed seed), in float64."""
+    if rows.size > MAX_TRAIN:  # full-batch L-BFGS cost grows with the rows; K linear heads need far fewer
+        rows = np.sort(np.random.default_rng(0).choice(rows, MAX_TRAIN, replace=False))
+    t = torch.from_numpy(rows)
+    return _fit_heads(x[t].double(), y[t], w[t], config)
 
 
 def _tensors(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray | None):
-    x = torch.from_numpy(np.array(embeddings, dtype=np.float64))  # a writable float64 copy
+    x = torch.from_numpy(embeddings if embeddings.flags.writeable else embeddings.copy())  # float32; fits copy their rows to float64
     y = torch.from_numpy(np.clip(labels, 0, 1).astype(np.float64))
     w = torch.ones_like(y) if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float64))
     return x, y, w
@@ -118,9 +128,7 @@ def _cross_val_impl(x, y, w, labeled: np.ndarray, n_folds: int, seed: int, confi
     fold = _folds(labeled.size, n_folds, seed)
     for f in range(n_folds):
         tr, te = labeled[fold != f], np.flatnonzero(fold == f)
-        t = torch.from_numpy(tr)
-        predict = _fit_heads(x[t], y[t], w[t], config)
-        _predict(predict, x, labeled[te], out, te)
+        _predict(_fit_on(x, y, w, tr, config), x, labeled[te], out, te)
     return out
 
 
@@ -208,8 +216,7 @@ def cross_val_multilabel_probs(
     out[labeled] = held
     unl = np.flatnonzero(y[:, 0] < 0)
     if unl.size:
-        t = torch.from_numpy(labeled)
-        _predict(_fit_heads(xt[t], yt[t], wt[t], HeadConfig(C=c)), xt, unl, out, unl)
+        _predict(_fit_on(xt, yt, wt, labeled, HeadConfig(C=c)), xt, unl, out, unl)
     return out, c
 
 
@@ -225,9 +232,8 @@ def sigmoid_heads_probs(embeddings, labels, rows=None, *, C: float = 1.0, weight
         raise BadInputError("'labels' must have at least one labeled row. Got only rows of -1 instead.")
     want = np.arange(len(y)) if rows is None else np.asarray(rows, dtype=np.int64)
     xt, yt, wt = _tensors(x, y, weights)
-    t = torch.from_numpy(labeled)
     out = np.zeros((want.size, y.shape[1]), dtype=np.float32)
-    _predict(_fit_heads(xt[t], yt[t], wt[t], HeadConfig(C=C)), xt, want, out, np.arange(want.size))
+    _predict(_fit_on(xt, yt, wt, labeled, HeadConfig(C=C)), xt, want, out, np.arange(want.size))
     return out
 
 
