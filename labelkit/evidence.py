@@ -16,9 +16,12 @@ import numpy as np
 
 from labelkit._validation import check_labels, check_probs
 from labelkit.cartography import DynamicsEvidence
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 from labelkit.neighbours import check_graph, vote
 from labelkit.noise import _enum
+
+_DETECT = defaults("detect-noise")  # the duplicate threshold and outlier cut default to the detect-noise stage's
 
 __all__ = [
     "Weighting", "SelectBy", "KnnLabelIssues", "DuplicateConflicts", "Outliers", "ProbsChoice", "LabelQuality",
@@ -180,7 +183,7 @@ def knn_label_issues(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, n_cl
 
 
 def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.ndarray, *,
-                                threshold: float = 0.98, probs: np.ndarray | None = None) -> DuplicateConflicts:
+                                threshold: float = _DETECT.duplicate_threshold, probs: np.ndarray | None = None) -> DuplicateConflicts:
     """Near-duplicate pairs (cosine similarity >= ``threshold``) whose given labels differ.
 
     A pair counts whichever of its two members lists the other as a neighbour. At most one of
@@ -194,7 +197,7 @@ def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.nd
         Given labels, -1 = unlabeled (never in conflict).
     sims, idx : ndarray of shape (n_samples, k)
         The kNN graph, self excluded.
-    threshold : float, default=0.98
+    threshold : float, default: the detect-noise stage's ``duplicate_threshold``
     probs : ndarray of shape (n_samples, n_classes), default=None
         Out-of-sample probabilities that decide which member of a pair is flagged.
 
@@ -238,7 +241,7 @@ def find_conflicting_duplicates(labels: np.ndarray, sims: np.ndarray, idx: np.nd
     return DuplicateConflicts(partner >= 0, partner, similarity)
 
 
-def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = 3.5) -> Outliers:
+def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = _DETECT.outlier_cut) -> Outliers:
     """Outliers by mean cosine distance to the k neighbours, with a robust (median/MAD) cut.
 
     z = 0.6745 (d - median d) / MAD (the modified z-score; MAD falls back to 1.2533 x the mean
@@ -250,7 +253,7 @@ def find_outliers(sims: np.ndarray, idx: np.ndarray, *, cut: float = 3.5) -> Out
     ----------
     sims, idx : ndarray of shape (n_samples, k)
         The kNN graph, self excluded.
-    cut : float, default=3.5
+    cut : float, default: the detect-noise stage's ``outlier_cut``
 
     Returns
     -------

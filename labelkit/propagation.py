@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from labelkit._probability import EPS, ROW_CHUNK, check_positive, check_unit, log_probs, normalize_rows_
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
 #: Relative residual at which conjugate gradients stop (per column) in the pipeline.
@@ -32,9 +33,10 @@ REORDER_ABOVE = 50_000
 #: Sparse products with fewer multiply-adds (nnz x columns) than this run in scipy: torch's
 #: threaded product costs tens of milliseconds of start-up on a busy machine, whatever the size.
 TORCH_ABOVE = 2**24
+_STAGE = defaults("pseudolabel")  # gamma, one_way_weight and alpha default to the pseudolabel stage's (docs/options.md)
 
 
-def knn_affinity(sims, idx, *, gamma: float = 3.0, one_way_weight: float = 0.1) -> sp.csr_matrix:
+def knn_affinity(sims, idx, *, gamma: float = _STAGE.gamma, one_way_weight: float = _STAGE.one_way_weight) -> sp.csr_matrix:
     """Symmetric sparse affinity of a kNN graph that favours mutual neighbours.
 
     ``W_ij = max(s_ij, 0) ** gamma`` for each listed neighbour ``j`` of ``i``; the affinity
@@ -47,10 +49,10 @@ def knn_affinity(sims, idx, *, gamma: float = 3.0, one_way_weight: float = 0.1) 
     ----------
     sims, idx : ndarray of shape (n_samples, k)
         Cosine similarities and neighbour indices (-1 = missing).
-    gamma : float, default=3.0
+    gamma : float, default: the pseudolabel stage's ``gamma``
         Power on the similarities; larger values keep only the strongest edges (Iscen et al.
         use 3).
-    one_way_weight : float, default=0.1
+    one_way_weight : float, default: the pseudolabel stage's ``one_way_weight``
         In [0, 1]: 1 gives the plain symmetrised graph ``max(W, W^T)``, 0 the mutual kNN graph.
 
     Returns
@@ -89,7 +91,7 @@ def _affinity_impl(sims, idx, gamma, one_way_weight) -> sp.csr_matrix:
     return (mutual + one_way_weight * (union - mutual)).tocsr()
 
 
-def spread_labels(affinity, seeds, *, alpha: float = 0.9, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
+def spread_labels(affinity, seeds, *, alpha: float = _STAGE.alpha, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
     """Label spreading: the fixed point of ``F <- alpha S F + (1 - alpha) Y``.
 
     ``S = D^-1/2 A D^-1/2`` is the symmetrically normalised affinity. The fixed point
@@ -104,7 +106,7 @@ def spread_labels(affinity, seeds, *, alpha: float = 0.9, tol: float = 1e-6, max
     seeds : ndarray of shape (n_nodes, n_classes)
         ``Y``: one row per node, zero for unlabeled nodes. float32 seeds are solved in float32
         (half the memory, relative accuracy about 1e-6), anything else in float64.
-    alpha : float, default=0.9
+    alpha : float, default: the pseudolabel stage's ``alpha``
         In [0, 1): weight of the neighbours against the seeds (Zhou et al. use 0.99).
     tol : float, default=1e-6
         Stop when every column's residual norm is below ``tol`` times its right-hand side's.

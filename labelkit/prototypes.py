@@ -14,6 +14,7 @@ import numpy as np
 
 from labelkit import knn
 from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
 KINDS = ("visual", "text", "fused")
@@ -21,6 +22,7 @@ _CHUNK = 16_384  # rows per block when scoring samples against prototypes
 _MAD_SCALE = 1.4826  # MAD -> standard deviation under a normal model
 _MAD_FLOOR = 0.01  # chord distance; keeps a class of near-identical points from cutting noise
 _MIN_CLASS_FOR_CUT = 5  # robust statistics need a few points
+_STAGE = defaults("prototype")  # n_per_class, k, min_agreement, text_weight and the refinement's default to the prototype stage's
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +134,7 @@ def class_prototypes(
     labels,
     n_classes: int,
     *,
-    n_per_class: int = 1,
+    n_per_class: int = _STAGE.n_per_class,
     n_iter: int = 20,
     seed: int = 0,
 ) -> Prototypes:
@@ -146,7 +148,7 @@ def class_prototypes(
         ``-1`` = unlabeled (ignored). To use only clean samples, pass
         ``np.where(select_clean(...), labels, -1)``.
     n_classes : int
-    n_per_class : int, default=1
+    n_per_class : int, default: the prototype stage's ``n_per_class``
         Prototypes per class. Above 1, spherical k-means inside each class splits it; a class
         with fewer samples than ``n_per_class`` gets one prototype per sample at most, and
         clusters left empty are dropped.
@@ -277,8 +279,8 @@ def select_clean(
     *,
     sims=None,
     idx=None,
-    k: int = 10,
-    min_agreement: float = 0.5,
+    k: int = _STAGE.k,
+    min_agreement: float = _STAGE.min_agreement,
     max_mad: float | None = 3.0,
 ) -> np.ndarray:
     """Labeled samples clean enough to build prototypes from.
@@ -299,9 +301,9 @@ def select_clean(
         A kNN graph over the rows of ``embeddings`` (as from :func:`labelkit.knn.knn_graph`),
         ideally over the labeled rows only. When None, the ``k``-NN graph of the labeled rows is
         computed here.
-    k : int, default=10
+    k : int, default: the prototype stage's ``k``
         Neighbours when the graph is computed here.
-    min_agreement : float, default=0.5
+    min_agreement : float, default: the prototype stage's ``min_agreement``
         In [0, 1]. Samples without any labeled neighbour are not judged by this test.
     max_mad : float or None, default=3.0
         Distance cut in MADs (x1.4826); None disables it.
@@ -365,7 +367,7 @@ def _select_clean_impl(x, y, agreement, *, min_agreement, max_mad) -> np.ndarray
 # text prototypes
 
 
-def fuse_text(protos, text_embeddings, *, weight: float = 0.5) -> Prototypes:
+def fuse_text(protos, text_embeddings, *, weight: float = _STAGE.text_weight) -> Prototypes:
     """Blend each prototype with its class's text embedding; add text prototypes for classes
     that have none (with no visual prototypes at all this is zero-shot).
 
@@ -379,7 +381,7 @@ def fuse_text(protos, text_embeddings, *, weight: float = 0.5) -> Prototypes:
         E.g. from :func:`class_prototypes`, or ``Prototypes.empty(n_classes, dim)``.
     text_embeddings : ndarray of shape (n_classes, dim)
         One class-name embedding per class (from a text tower in the same space).
-    weight : float, default=0.5
+    weight : float, default: the prototype stage's ``text_weight``
         Text weight in [0, 1].
 
     Returns
@@ -469,9 +471,9 @@ def refine_transductive(
     protos,
     embeddings_unlabeled,
     *,
-    temperature: float = 0.05,
-    min_confidence: float = 0.8,
-    max_iter: int = 10,
+    temperature: float = _STAGE.refine_temperature,
+    min_confidence: float = _STAGE.min_confidence,
+    max_iter: int = _STAGE.max_iter,
     tol: float = 1e-4,
 ) -> tuple[Prototypes, int]:
     """Soft k-means refinement of the prototypes with confident unlabeled samples.
@@ -491,11 +493,11 @@ def refine_transductive(
     ----------
     protos : Prototypes
     embeddings_unlabeled : ndarray of shape (n_unlabeled, dim)
-    temperature : float, default=0.05
+    temperature : float, default: the prototype stage's ``refine_temperature``
         Softmax temperature T over cosine similarities (> 0).
-    min_confidence : float, default=0.8
+    min_confidence : float, default: the prototype stage's ``min_confidence``
         In [0, 1]; samples below it do not move the prototypes.
-    max_iter : int, default=10
+    max_iter : int, default: the prototype stage's ``max_iter``
     tol : float, default=1e-4
 
     Returns

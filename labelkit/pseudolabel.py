@@ -21,19 +21,22 @@ done in row chunks or column blocks, so memory stays a few (N, K) arrays at any 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 
 import numpy as np
 import scipy.sparse as sp
 
-from labelkit._probability import ROW_CHUNK, check_positive, check_unit, log_probs, margin, softmax
+from labelkit._probability import ROW_CHUNK, check_positive, log_probs, margin, softmax
 from labelkit._validation import check_embeddings, check_labels, check_probs, l2_normalize
 from labelkit.calibration import Calibration, _em_prior_impl, calibrate
+from labelkit.config import PseudolabelConfig, defaults, validate_options
 from labelkit.errors import BadInputError
 from labelkit.neighbours import check_graph, vote
 from labelkit.propagation import Spreader, _affinity_impl, propagate
 from labelkit.thresholds import ThresholdRule, accept
+
+_STAGE = defaults("pseudolabel")  # the pseudolabel stage's config: the options' defaults are declared there, once
 
 #: Softmax temperature of the prototype score inside the pipeline; the calibration rescales it.
 PROTOTYPE_TEMPERATURE = 0.1
@@ -169,8 +172,8 @@ def label_spreading_scores(
     idx,
     n_classes: int,
     *,
-    alpha: float = 0.9,
-    gamma: float = 3.0,
+    alpha: float = _STAGE.alpha,
+    gamma: float = _STAGE.gamma,
     anchors=None,
     embeddings=None,
 ) -> np.ndarray:
@@ -178,7 +181,7 @@ def label_spreading_scores(
 
     Seeds are class-balanced (``Y_ic = 1 / n_c`` for the ``n_c`` samples labeled ``c``, so
     every class injects the same mass); the graph is :func:`labelkit.propagation.knn_affinity`
-    (``one_way_weight=0.1``); the spread scores are divided by their class's total mass
+    (mutual edges favoured, ``one_way_weight``); the spread scores are divided by their class's total mass
     (class-mass normalisation, Zhou et al.), then normalised per row. This assumes equal class
     priors; see :func:`labelkit.calibration.em_prior_shift` to re-estimate them.
     :func:`pseudolabel` adds a refinement round and a reach prior.
@@ -190,8 +193,7 @@ def label_spreading_scores(
     sims, idx : ndarray of shape (n_samples, k)
         The kNN graph (cosine, self excluded, -1 = missing).
     n_classes : int
-    alpha : float, default=0.9
-    gamma : float, default=3.0
+    alpha, gamma : float, default: the pseudolabel stage's ``alpha`` and ``gamma``
     anchors : tuple (vectors (T, dim), classes (T,)), optional
         Class-name (text) embeddings added as extra labeled nodes (ZLaP). Each sample links to
         its most similar anchor with weight ``cos ** gamma``. Needs ``embeddings``.
@@ -402,77 +404,89 @@ def _components(labels, ctx: _Context, spreader, opts: PseudolabelOptions, rows=
 # --------------------------------------------------------------------------------------------
 
 
+# Compute argument -> the config key it is (the others share their name).
+_CONFIG_KEYS = {"n_neighbors": "k", "threshold": "threshold_rule", "threshold_value": "threshold", "n_folds": "calibration_folds"}
+_METHOD, _RULE = ScoreMethod(_STAGE.method), ThresholdRule(_STAGE.threshold_rule)
+
+
 @dataclass(frozen=True)
 class PseudolabelOptions:
-    """Options of :func:`pseudolabel`. The defaults are those benchmarks/pseudolabel.py found best.
+    """Options of :func:`pseudolabel`: the fields of the pseudolabel stage's config
+    (:class:`labelkit.config.PseudolabelConfig`; every key, default and bound in docs/options.md) under
+    the compute layer's names, with the defaults, bounds and checks declared there once. The defaults
+    are those benchmarks/pseudolabel.py found best. :meth:`from_config` builds one from a config.
 
     Attributes
     ----------
-    method : ScoreMethod, default="ensemble"
-    n_neighbors : int, default=10
-        Neighbours used from the graph (its first columns); the graph may hold more.
-    alpha : float, default=0.9
-        Label spreading: weight of the neighbours against the seeds, in [0, 1).
-    gamma : float, default=3.0
+    method : ScoreMethod
+        Config key ``method``.
+    n_neighbors : int
+        Config key ``k``: neighbours used from the graph (its first columns); the graph may hold more.
+    alpha : float
+        Label spreading: weight of the neighbours against the seeds.
+    gamma : float
         Edge weight ``max(sim, 0) ** gamma`` (propagation and kNN vote).
-    one_way_weight : float, default=0.1
+    one_way_weight : float
         Weight of a kNN edge that is not mutual, relative to a mutual one (see
         :func:`labelkit.propagation.knn_affinity`).
-    reach_prior : float, default=0.1
+    reach_prior : float
         Shrinks each sample's propagated distribution toward uniform by the weight
         ``r / (r + reach_prior * mean(r))``, where ``r`` is the probability that a random walk
         with restart from the sample stops at a labeled one: samples far from every label
         (e.g. a sub-cluster with no labeled member, which spreading alone would label
         confidently from a neighbouring class) lose confidence. 0 disables it.
-    refine : bool, default=True
+    refine : bool
         One transductive round (Iscen et al. 2019): spread again with every sample's
         pseudo-label as a seed weighted by its certainty ``1 - H(p) / log K``.
-    weights : (float, float, float), default=(1.0, 0.5, 0.0)
+    weights : (float, float, float)
         Ensemble weights of the calibrated propagation, prototype and kNN-vote scores.
-    probe_weights : tuple of float, default=(0.5, 1.0, 2.0)
+    probe_weights : tuple of float
         Ensemble only: weights to try for a fourth member, a linear softmax probe fitted on the
         labeled samples (multinomial logistic regression, :mod:`labelkit.probe`); the held-out
         folds keep the weight (or none, 0) whose calibrated mixture has the lowest held-out
         negative log-likelihood. With hundreds of labels on features whose classes are closer to
         linearly separable than clustered (CIFAR-10 photos), a linear model is the better teacher;
         with ten labels a class the graph is. Empty: no probe.
-    threshold : ThresholdRule, default="fixed"
-    threshold_value : float, default=0.95
-        tau (fixed, flexmatch), n_per_class (top_per_class) or min_margin (margin).
-    top_k : int, default=3
+    threshold : ThresholdRule
+        Config key ``threshold_rule``.
+    threshold_value : float
+        Config key ``threshold``: tau (fixed, flexmatch), n_per_class (top_per_class) or
+        min_margin (margin).
+    top_k : int
         Classes kept in the soft label.
-    sharpen : float, default=1.0
+    sharpen : float
         Temperature of the soft label (``< 1`` sharpens).
-    n_folds : int, default=5
-        Folds of labeled samples for held-out calibration; 0 or 1 disables calibration.
-    calibration_samples : int or None, default=2000
+    n_folds : int
+        Config key ``calibration_folds``: folds of labeled samples for held-out calibration; 0 or
+        1 disables calibration.
+    calibration_samples : int or None
         Held-out samples to calibrate on: whole folds are scored until this many are held out
-        (every fold when None). Each fold costs a full propagation; past a few thousand
+        (every fold when None or 0). Each fold costs a full propagation; past a few thousand
         samples more only refine the three temperatures. Labeled rows outside the scored
         folds get in-sample scores (see ``PseudolabelResult.heldout``).
-    prior_correction : bool, default=False
+    prior_correction : bool
         Re-estimate the class priors of the unlabeled samples by EM (Saerens et al. 2002).
-    seed : int, default=0
+    seed : int
         Seeds the fold split.
     """
 
-    method: ScoreMethod = ScoreMethod.ENSEMBLE
-    n_neighbors: int = 10
-    alpha: float = 0.9
-    gamma: float = 3.0
-    one_way_weight: float = 0.1
-    reach_prior: float = 0.1
-    refine: bool = True
-    weights: tuple[float, float, float] = (1.0, 0.5, 0.0)
-    probe_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
-    threshold: ThresholdRule = ThresholdRule.FIXED
-    threshold_value: float = 0.95
-    top_k: int = 3
-    sharpen: float = 1.0
-    n_folds: int = 5
-    calibration_samples: int | None = 2000
-    prior_correction: bool = False
-    seed: int = 0
+    method: ScoreMethod = _METHOD
+    n_neighbors: int = _STAGE.k
+    alpha: float = _STAGE.alpha
+    gamma: float = _STAGE.gamma
+    one_way_weight: float = _STAGE.one_way_weight
+    reach_prior: float = _STAGE.reach_prior
+    refine: bool = _STAGE.refine
+    weights: tuple[float, float, float] = _STAGE.weights
+    probe_weights: tuple[float, ...] = _STAGE.probe_weights
+    threshold: ThresholdRule = _RULE
+    threshold_value: float = _STAGE.threshold
+    top_k: int = _STAGE.top_k
+    sharpen: float = _STAGE.sharpen
+    n_folds: int = _STAGE.calibration_folds
+    calibration_samples: int | None = _STAGE.calibration_samples or None
+    prior_correction: bool = _STAGE.prior_correction
+    seed: int = _STAGE.seed
 
     def __post_init__(self) -> None:
         for name, enum in (("method", ScoreMethod), ("threshold", ThresholdRule)):
@@ -480,31 +494,19 @@ class PseudolabelOptions:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
                 raise BadInputError(f"'{name}' must be one of {[m.value for m in enum]}. Got {getattr(self, name)!r} instead.") from None
-        for name in ("n_neighbors", "top_k"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"'{name}' must be >= 1. Got {getattr(self, name)!r} instead.")
-        if self.n_folds < 0:
-            raise BadInputError(f"'n_folds' must be >= 0. Got {self.n_folds!r} instead.")
-        if self.calibration_samples is not None and self.calibration_samples < 1:
-            raise BadInputError(f"'calibration_samples' must be >= 1 or None. Got {self.calibration_samples!r} instead.")
-        check_unit("alpha", self.alpha, closed_high=False)
-        check_positive("gamma", self.gamma, strict=False)
-        check_unit("one_way_weight", self.one_way_weight)
-        check_positive("reach_prior", self.reach_prior, strict=False)
-        check_positive("sharpen", self.sharpen)
-        w = tuple(float(v) for v in self.weights)
-        if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
-            raise BadInputError(f"'weights' must be 3 non-negative numbers, not all zero. Got {self.weights!r} instead.")
-        object.__setattr__(self, "weights", w)
-        pw = tuple(float(v) for v in self.probe_weights)
-        if any(not v > 0 for v in pw):
-            raise BadInputError(f"'probe_weights' must be numbers > 0. Got {self.probe_weights!r} instead.")
-        object.__setattr__(self, "probe_weights", pw)
-        if self.threshold is ThresholdRule.TOP_PER_CLASS:
-            if self.threshold_value < 0 or self.threshold_value != int(self.threshold_value):
-                raise BadInputError(f"'threshold_value' must be an integer >= 0 for top_per_class. Got {self.threshold_value!r} instead.")
-        else:
-            check_unit("threshold_value", self.threshold_value)
+        # Every other check is the config's (labelkit.config.PseudolabelConfig), in these names.
+        values = {_CONFIG_KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+        values.update(method=self.method.value, threshold_rule=self.threshold.value, calibration_samples=self.calibration_samples or 0)
+        cfg = validate_options("pseudolabel", values, names={key: name for name, key in _CONFIG_KEYS.items()})
+        object.__setattr__(self, "weights", tuple(float(v) for v in cfg.weights))
+        object.__setattr__(self, "probe_weights", tuple(float(v) for v in cfg.probe_weights))
+        object.__setattr__(self, "calibration_samples", cfg.calibration_samples or None)
+
+    @classmethod
+    def from_config(cls, cfg: PseudolabelConfig, **changes) -> PseudolabelOptions:
+        """The options a pseudolabel config gives (``changes``: compute names overriding some of them)."""
+        values = {name: getattr(cfg, _CONFIG_KEYS.get(name, name)) for name in (f.name for f in fields(cls))}
+        return cls(**{**values, **changes})
 
 
 @dataclass(frozen=True, eq=False)

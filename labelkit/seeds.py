@@ -22,9 +22,10 @@ import numpy as np
 
 from labelkit import noise
 from labelkit import pseudolabel as pl
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
-DEFAULT_ODDS = 5.0
+DEFAULT_ODDS = defaults("pseudolabel").clean_seeds_odds  # declared once, in labelkit.config
 
 
 def clean_seeds(embeddings, labels, n_classes: int, graph, prototypes=None, *, text_prototypes=None,
