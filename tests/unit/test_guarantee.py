@@ -115,8 +115,11 @@ def test_heldout_losses_keep_dropped_seeds_and_skip_in_sample_rows():
     dropped = np.array([False, True, False, False, False])  # row 2: labeled but scored in-sample, row 4 too
     s, l = heldout_losses(label, conf, given, heldout, dropped)
     assert s.tolist() == [0.9, 0.8] and l.tolist() == [0.0, 1.0]
-    s, _ = heldout_losses(label, conf, given, heldout, dropped, rejected=np.array([True, False, False, False, False]))
+    s, loss = heldout_losses(label, conf, given, heldout, dropped, rejected=np.array([True, False, False, False, False]))
     assert s.tolist() == [-np.inf, 0.8]
+    # A rejected sample is never accepted, whatever the threshold.
+    c = certify_threshold(np.r_[s, np.full(300, 0.9)], np.r_[loss, np.zeros(300)], target=0.5, grid=[0.85, 0.0])
+    assert c.certified and c.n_accepted == 301 and c.n_errors == 1
 
 
 def test_acceptance_reasons():
