@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from labelkit import artifacts  # noqa: E402
 from labelkit.config import DatasetConfig, DistillConfig, PredictConfig  # noqa: E402
+from labelkit.distill.students import STUDENTS  # noqa: E402
 from labelkit.stages import distill as distill_stage  # noqa: E402
 from labelkit.stages import predict as predict_stage  # noqa: E402
 from labelkit.stages._common import RunContext  # noqa: E402
@@ -206,7 +207,7 @@ def run_one(x: np.ndarray, y: np.ndarray, seed: int, cfg: DistillConfig) -> dict
     """
     train, test = split(y, seed)
     given, flipped = noisy_labels(y[train], seed)
-    images = cfg.student in distill_stage.IMAGE_STUDENTS
+    images = STUDENTS[cfg.student].input_kind == "pixels"
     file_config = {"embed": {"model": f"pixels:{x.shape[1]}"}} if images else {}
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,8 @@ package is split by what each module owns:
     cross-fitting with a refit teacher, the held-out metrics, CPU thread control.
 :mod:`~labelkit.distill.pixels`
     How image students read images (the spec saved with the student) and reading them.
+:mod:`~labelkit.distill.folder`
+    The student folder's file names and format tag (written by distill, read by predict).
 
 The cross-validated probe lives in :mod:`labelkit.probe`, the metrics in :mod:`labelkit.metrics`,
 ONNX export in :mod:`labelkit.onnx_export`.

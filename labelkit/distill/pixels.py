@@ -16,7 +16,7 @@ import numpy as np
 from labelkit.distill.students import STUDENTS
 from labelkit.errors import BadInputError
 
-__all__ = ["CNN_MAX_SIDE", "CNN_MIN_SIDE", "load_pixels", "pixel_spec"]
+__all__ = ["CNN_MAX_SIDE", "CNN_MIN_SIDE", "load_pixels", "pixel_spec", "read_inputs"]
 
 # cnn inputs: images resized to a square side between these (their largest side, clipped).
 CNN_MIN_SIDE, CNN_MAX_SIDE = 8, 64
@@ -75,3 +75,16 @@ def load_pixels(paths: list[str], spec: dict[str, Any], progress=None, descripti
             ok[i] = True
             task.advance()
     return out[ok], ok
+
+
+def read_inputs(root: Path, sources: list[str], has: np.ndarray, *, student: str, size: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(pixels (N, C, H, W) for every row of ``sources`` (zeros where none), the rows read, the spec) for
+    the rows where ``has`` is True: the spec from their first readable images, then every one read."""
+    spec = pixel_spec(root, [s for s, h in zip(sources, has) if h], student=student, size=size)
+    rows = np.flatnonzero(has)
+    px, ok = load_pixels([str(root / sources[r]) for r in rows], spec, progress)
+    x = np.zeros((len(sources), spec["channels"], *spec["size"]), dtype=np.float32)
+    x[rows[ok]] = px
+    read = np.zeros(len(sources), dtype=bool)
+    read[rows[ok]] = True
+    return x, read, spec

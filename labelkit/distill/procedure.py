@@ -134,8 +134,8 @@ def held_out_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> di
 
 def n_folds(folds: int, ts: TrainingSet) -> int:
     """Cross-fitting folds: only without a held-out part, at most one per trusted label; 0 = none."""
-    k = min(folds, ts.n_trusted) if ts.frame.val_rows.size == 0 else 0
-    return k if k >= 2 else 0
+    n = min(folds, ts.n_trusted) if ts.frame.val_rows.size == 0 else 0
+    return n if n >= 2 else 0
 
 
 def refit(ts: TrainingSet, hidden: np.ndarray, teacher: Teacher, cfg) -> TrainingSet:
@@ -190,7 +190,7 @@ class FitPart:
         self._bar.advance(n)
 
     def update(self, **fields) -> None:
-        shown = {k: v for k, v in fields.items() if not (isinstance(v, float) and math.isnan(v))}  # no hold-out: no val_* fields
+        shown = {key: v for key, v in fields.items() if not (isinstance(v, float) and math.isnan(v))}  # no hold-out: no val_* fields
         self._bar.update(part=self._name, **shown)
 
     def log(self, message: str) -> None:
@@ -208,6 +208,28 @@ class Distilled:
     held_out: dict[str, Any]
     folds: list[dict[str, Any]]
     n_pseudo_teacher: int
+
+    def counts(self) -> dict[str, Any]:
+        """The summary's counts: trusted, pseudo-labeled (last round, and the teacher's), dropped, set aside, evaluated."""
+        last = self.rounds[-1]
+        return {"n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_pseudo_teacher": self.n_pseudo_teacher,
+                "n_dropped_issues": self.ts.frame.n_dropped_issues, "n_set_aside": last["n_set_aside"], "n_val": self.held_out["n_val"],
+                "estimate": self.held_out["estimate"], "folds": self.held_out["folds"]}
+
+    def outcome(self) -> dict[str, Any]:
+        """The summary's training record: rounds, threshold, epochs and the held-out metrics."""
+        last, held = self.rounds[-1], self.held_out
+        return {"rounds": len(self.rounds), "accept_threshold": self.ts.frame.threshold, "epochs_run": last["epochs_run"],
+                "best_epoch": last["best_epoch"], "stopped_early": last["stopped_early"], "val_accuracy": held["accuracy"],
+                "val_macro_f1": held["macro_f1"], "val_ece": held["ece"]}
+
+    def dynamics(self, ids: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
+        """dynamics.parquet's columns, one row per training row of the final fit."""
+        fit, ts = self.fit, self.ts
+        return {"id": ids[ts.train_rows], "label": np.asarray(classes, dtype=object)[fit.target_labels],
+                "confidence": fit.confidence.astype(np.float32), "variability": fit.variability.astype(np.float32),
+                "correctness": fit.correctness.astype(np.float32), "is_pseudo": ts.is_pseudo, "set_aside": fit.set_aside,
+                "view_confidence": fit.view_confidence.astype(np.float32)}
 
 
 def distil(x: np.ndarray, ts: TrainingSet, classes: list[str], cfg, *, teacher: Teacher | None = None, progress, device: str) -> Distilled:

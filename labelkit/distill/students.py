@@ -170,7 +170,7 @@ class FinetuneNet(nn.Module):
         """Load the packaged ImageNet weights into the backbone and set the fixed input scaling."""
         from labelkit.embedders.efficientnet import _read_state_dict, packaged_weights
 
-        state = {k: v for k, v in _read_state_dict(packaged_weights()).items() if not k.startswith("_fc.")}
+        state = {key: v for key, v in _read_state_dict(packaged_weights()).items() if not key.startswith("_fc.")}
         self.backbone.load_state_dict(state, strict=True)
         with torch.no_grad():
             self.norm.mean.fill_(127.0 / 255.0)
@@ -290,15 +290,15 @@ def build_student(config: dict[str, Any]) -> nn.Module:
     if name not in STUDENTS:
         raise BadInputError(f"'architecture' must be one of {sorted(STUDENTS)}. Got {name!r} instead.")
     arch = STUDENTS[name]
-    missing = [k for k in arch.keys if k not in config]
+    missing = [key for key in arch.keys if key not in config]
     if missing:
         raise BadInputError(f"student config for {name!r} is missing {missing}; it needs {list(arch.keys)}.")
-    for k in arch.keys:
-        if k == "dropout":
-            if not 0.0 <= float(config[k]) < 1.0:
-                raise BadInputError(f"'dropout' must be in [0, 1). Got {config[k]!r} instead.")
-        elif not (isinstance(config[k], (int, np.integer)) and config[k] >= 1):
-            raise BadInputError(f"'{k}' must be a positive int. Got {config[k]!r} instead.")
+    for key in arch.keys:
+        if key == "dropout":
+            if not 0.0 <= float(config[key]) < 1.0:
+                raise BadInputError(f"'dropout' must be in [0, 1). Got {config[key]!r} instead.")
+        elif not (isinstance(config[key], (int, np.integer)) and config[key] >= 1):
+            raise BadInputError(f"'{key}' must be a positive int. Got {config[key]!r} instead.")
     # Built on the meta device, then initialised from a local generator: the global RNG is not used.
     with torch.device("meta"):
         model = arch.build(config)
@@ -309,7 +309,7 @@ def build_student(config: dict[str, Any]) -> nn.Module:
 
 def student_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters and buffers as contiguous CPU tensors (ready for safetensors' save_file)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return {key: v.detach().to("cpu").contiguous().clone() for key, v in model.state_dict().items()}
 
 
 def load_student(config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:

@@ -155,12 +155,12 @@ def distillation_loss(
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise BadInputError("'logits' must be a 2-D torch.Tensor (n_samples, n_classes).")
-    n, k = logits.shape
-    hard = check_labels(labels, n_classes=k)
+    n, n_classes = logits.shape
+    hard = check_labels(labels, n_classes=n_classes)
     if hard.shape[0] != n:
         raise BadInputError(f"'labels' must have length {n}. Got {hard.shape[0]} instead.")
     cfg = TrainConfig(temperature=temperature, alpha=alpha, confidence_weighting=False, soften_below=0.0)
-    tg = _prepare_targets(_check_soft(soft, n, k), hard, _check_weight(sample_weight, n), k, cfg)
+    tg = _prepare_targets(_check_soft(soft, n, n_classes), hard, _check_weight(sample_weight, n), n_classes, cfg)
     dev = logits.device
     return _distillation_loss(
         logits, *(torch.from_numpy(v).to(dev) for v in (tg.tempered, tg.hard, tg.a, tg.b, tg.w)), temperature

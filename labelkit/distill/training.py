@@ -320,7 +320,7 @@ def train_epoch(fit: _Fit, x_train: torch.Tensor, tg: dict[str, torch.Tensor], b
     tot, wsum = 0.0, 0.0
     for bi in batches:
         xb = x_train[bi].to(fit.device, non_blocking=True)
-        batch = [tg[k][bi].to(fit.device, non_blocking=True) for k in TARGET_FIELDS]
+        batch = [tg[name][bi].to(fit.device, non_blocking=True) for name in TARGET_FIELDS]
         for r in regs:
             xb = r.view(xb)
         with fit.autocast():
@@ -435,7 +435,7 @@ class _EarlyStopping:
         if not self.validated:
             self.loss, self.epoch = math.nan, epoch
         elif val_loss < self.loss:
-            self.loss, self.epoch, self.state = val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.loss, self.epoch, self.state = val_loss, epoch, {key: v.detach().clone() for key, v in model.state_dict().items()}
         elif epoch - self.epoch >= self.patience:
             return True
         return False
@@ -450,7 +450,7 @@ def _fit_impl(data: _Data, config: TrainConfig, *, progress: Progress, seed: int
     val_idx, val = _split_validation(x, hard, data.val, config.val_fraction, gen)
     train_idx = np.setdiff1d(np.arange(x.shape[0]), val_idx)
     x_train = torch.from_numpy(x)[torch.from_numpy(train_idx)]
-    tg = {k: torch.from_numpy(getattr(targets, k)[train_idx]) for k in TARGET_FIELDS}
+    tg = {name: torch.from_numpy(getattr(targets, name)[train_idx]) for name in TARGET_FIELDS}
     student_cfg = student_config(config, x.shape[1:], n_classes)
     model = build_student(student_cfg)
     init_weights(model, gen)

@@ -185,17 +185,17 @@ def assemble(frame: Frame, trusted: np.ndarray, pseudo: PseudoLabels, *, soft: b
     >>> ts.hard.tolist(), ts.weight.tolist()
     ([0, 0, 1], [1.0, 0.9, 0.7])
     """
-    k = pseudo.soft.shape[1]
+    n_classes = pseudo.soft.shape[1]
     codes = frame.codes
     rows = np.concatenate([trusted, pseudo.rows]).astype(np.int64)
     is_pseudo = np.r_[np.zeros(trusted.size, bool), np.ones(pseudo.rows.size, bool)]
     if soft:
         hard = np.r_[codes[trusted], np.full(pseudo.rows.size, -1)].astype(np.int64)
-        targets = np.vstack([np.zeros((trusted.size, k)), pseudo.soft])
+        targets = np.vstack([np.zeros((trusted.size, n_classes)), pseudo.soft])
         weight = None  # fit_student weights soft-only rows by their confidence (config.confidence_weighting)
     else:
         hard = np.r_[codes[trusted], pseudo.soft.argmax(axis=1) if pseudo.rows.size else []].astype(np.int64)
-        targets = np.zeros((rows.size, k))  # none, but it fixes n_classes to K
+        targets = np.zeros((rows.size, n_classes))  # none, but it fixes the class count
         weight = np.r_[np.ones(trusted.size), pseudo.confidence] if confidence_weighting else None
     return TrainingSet(rows, hard, targets, weight, is_pseudo, frame)
 

@@ -1,16 +1,14 @@
 """distill: train a student on the trusted labels plus the pseudo-labels; write student/.
 
-Trusted = the given labels minus those detect-noise flagged (unless ``--keep-issues``); a random
-``val_fraction`` of them is held out for early stopping and the metrics ("holdout"), or, when that
-part would be too small to stop on, the metrics are cross-fitted ("crossfit"). Pseudo-labeled = the
-unlabeled samples with a pseudo-label (by default every one, weighted by its confidence). The
-procedure is :func:`labelkit.distill.procedure.distil` over arrays; this module reads its inputs
-(embeddings or pixels, issues, pseudo-labels, the teacher's recipe for refitting it), makes that
-one call, and writes the student folder atomically (built beside it, then swapped in).
+The procedure is :func:`labelkit.distill.procedure.distil` over arrays (docs/stages/distill.md).
+This module reads its inputs (embeddings or pixels, issues, pseudo-labels, the teacher's recipe to
+refit it without the evaluated labels), makes that one call, and writes the student folder
+atomically (built beside it, then swapped in).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -29,46 +27,33 @@ from labelkit._probability import topk_to_dense
 from labelkit.config import DistillConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
-from labelkit.distill.pixels import load_pixels, pixel_spec
+from labelkit.distill.folder import CONFIG_FILE, DYNAMICS_FILE, FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FILE, ONNX_FILE
+from labelkit.distill.pixels import read_inputs
 from labelkit.distill.students import STUDENTS
-from labelkit.distill.training_set import (
-    Frame,
-    PseudoLabels,
-    TrainingSet,
-    acceptance_threshold,
-    assemble,
-    select_pseudolabels,
-    split_trusted,
-)
+from labelkit.distill.training_set import Frame, PseudoLabels, TrainingSet, acceptance_threshold, assemble, select_pseudolabels, split_trusted
 from labelkit.errors import BadInputError, DependencyError
-from labelkit.stages import _multilabel, pipeline
-from labelkit.stages._common import (
-    RunContext,
-    StageResult,
-    input_warnings,
-    now,
-    prepare_samples,
-    stale_reason,
-)
+from labelkit.stages import _multilabel
+from labelkit.stages._common import RunContext, StageResult, input_warnings
+from labelkit.stages._inputs import read_embeddings, relabeler, replay_configs
+from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import run as run_stage
 
-__all__ = ["IMAGE_STUDENTS", "acceptance_threshold", "load_pixels", "run"]  # load_pixels: predict reads images as distill does
+__all__ = ["IMAGE_STUDENTS", "SPEC", "run"]
 
 STAGE = "distill"
-STUDENT = "student"  # the output folder in the workspace
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-DYNAMICS_FILE = "dynamics.parquet"
-ONNX_FILE = "model.onnx"
-FORMAT = "labelkit-student"
-FORMAT_VERSION = 1
+STUDENT = "student"  # the output folder in the workspace (labelkit.distill.folder: its files)
 IMAGE_STUDENTS = tuple(name for name, arch in STUDENTS.items() if arch.input_kind == "pixels")  # trained end to end on pixels
 
 
-def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageResult:
-    started = now()
-    ws = ctx.ws
-    samples, samples_fp = prepare_samples(ws, ctx.dcfg)
+def _reads(cfg: DistillConfig) -> tuple[str, ...]:
+    """The embeddings, the label issues (unless --keep-issues), the pseudo-labels (unless --without-pseudolabels)."""
+    return (artifacts.EMBEDDINGS, *(() if cfg.keep_issues else (artifacts.LABEL_ISSUES,)),
+            *((artifacts.PSEUDOLABELS,) if cfg.use_pseudolabels else ()))
+
+
+def _check(job: Job) -> None:
+    """Refusals before any upstream stage runs."""
+    cfg, samples = job.cfg, job.samples
     samples.require_labels(STAGE)
     if samples.n_labeled == 0:
         raise BadInputError(f"{STAGE} needs labeled samples: none of the {len(samples.table)} samples has a label")
@@ -76,42 +61,19 @@ def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageRes
         raise BadInputError(f"--student {cfg.student} trains on image pixels, but DATA holds {samples.kind}; use --student mlp or linear")
     if cfg.fixmatch > 0 and cfg.student not in IMAGE_STUDENTS:
         raise BadInputError(f"--fixmatch augments images: use --student cnn or finetune (got --student {cfg.student})")
-    if cfg.onnx:
-        _require_onnx()
-    upstream = pipeline.ensure(ctx, "embed")
-    if not cfg.keep_issues:
-        upstream += pipeline.ensure(ctx, "detect-noise")
-    if cfg.use_pseudolabels:
-        upstream += pipeline.ensure(ctx, "pseudolabel")
-    inputs = {artifacts.SAMPLES: samples_fp, artifacts.EMBEDDINGS: ws.fingerprint(artifacts.EMBEDDINGS) or ""}
-    if not cfg.keep_issues:
-        inputs[artifacts.LABEL_ISSUES] = ws.fingerprint(artifacts.LABEL_ISSUES) or ""
-    if cfg.use_pseudolabels:
-        inputs[artifacts.PSEUDOLABELS] = ws.fingerprint(artifacts.PSEUDOLABELS) or ""
-    reason = stale_reason(ws, STAGE, cfg, inputs, force=force)
-    if reason is None:
-        res = StageResult(STAGE, skipped=True, reason="up to date", outputs=[STUDENT], upstream=upstream)
-        res.summary = _read_json(ws.path(STUDENT) / METRICS_FILE).get("summary", {})
-        return res
-
-    summary = _distill(ctx, cfg, samples)
-    ws.commit(STAGE, params=cfg.result_params(), params_fp=cfg.fingerprint(), inputs=inputs, outputs=[STUDENT], started=started)
-    summary["wall_time_s"] = round(now() - started, 2)
-    return StageResult(STAGE, reason=reason, summary=summary, outputs=[STUDENT], upstream=upstream)
+    if cfg.onnx and importlib.util.find_spec("onnx") is None:
+        raise DependencyError("--onnx needs the 'onnx' package; install it with 'pip install onnx onnxruntime'")
 
 
-def _require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise DependencyError("--onnx needs the 'onnx' package; install it with 'pip install onnx onnxruntime'") from None
+def _build(job: Job) -> dict[str, Any]:
+    return _distill(job.ctx, job.cfg, job.samples)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+SPEC = Stage(STAGE, DistillConfig, _build, outputs=(STUDENT,), inputs=_reads, check=_check)
+
+
+def run(ctx: RunContext, cfg: DistillConfig, *, force: bool = False) -> StageResult:
+    return run_stage(ctx, SPEC, cfg, force=force)
 
 
 # -- reading the inputs ----------------------------------------------------------------------
@@ -176,32 +138,21 @@ def build_training_set(ctx: RunContext, cfg: DistillConfig, samples: Samples, ha
 
 def _inputs(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
     """(x for every samples row (zeros where none), has_input mask, input spec, embedder spec)."""
-    path = artifacts.require(ctx.ws.path(artifacts.EMBEDDINGS), f"labelkit embed {ctx.ws.data}")
-    emb_ids, vecs = artifacts.read_embeddings(path, cache=ctx.ws.path(artifacts.EMBEDDINGS_CACHE))
-    meta = artifacts.read_metadata(path)
+    emb_ids, vecs, meta = read_embeddings(ctx.ws)
     pos = pd.Index(emb_ids).get_indexer(samples.table["id"])
     has = pos >= 0
-    embedder = {k: meta.get(k) for k in ("model", "dim", "preprocessing", "normalized")}
+    embedder = {key: meta.get(key) for key in ("model", "dim", "preprocessing", "normalized")}
     embedder["params"] = meta.get("params", {})
     if cfg.student not in IMAGE_STUDENTS:
         x = np.zeros((len(pos), vecs.shape[1]), dtype=np.float32)
         x[has] = vecs[pos[has]]
         return x, has, {"kind": "embedding", "dim": int(vecs.shape[1]), "normalized": "l2"}, embedder
-    root, sources = ctx.ws.data, samples.table["source"].tolist()
-    spec = pixel_spec(root, [s for s, h in zip(sources, has) if h], student=cfg.student, size=cfg.image_size)
-    rows = np.flatnonzero(has)
-    px, ok = load_pixels([str(root / sources[r]) for r in rows], spec, ctx.progress)
-    x = np.zeros((len(pos), spec["channels"], *spec["size"]), dtype=np.float32)
-    x[rows[ok]] = px
-    has = np.zeros(len(pos), dtype=bool)
-    has[rows[ok]] = True
+    x, has, spec = read_inputs(ctx.ws.data, samples.table["source"].tolist(), has, student=cfg.student, size=cfg.image_size, progress=ctx.progress)
     return x, has, spec, embedder
 
 
 def _teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, evaluated: int):
     """("refit", hidden rows -> PseudoLabels) when the metrics' labels get a teacher of their own, else (why the shared one is used, None)."""
-    from labelkit.stages.pseudolabel import Relabeler, replay_configs
-
     if not cfg.use_pseudolabels or not evaluated:
         return "shared", None
     if not cfg.refit_teacher:
@@ -209,7 +160,7 @@ def _teacher(ctx: RunContext, cfg: DistillConfig, samples: Samples, evaluated: i
     why = replay_configs(ctx.ws)
     if isinstance(why, str):
         return f"shared ({why})", None
-    relabel = Relabeler(ctx.ws, samples)
+    relabel = relabeler(ctx.ws, samples)  # labelkit.teacher.Relabeler over the workspace's arrays, read once
     ids = samples.table["id"].astype(str)
 
     def teacher(hidden: np.ndarray) -> PseudoLabels:
@@ -233,39 +184,22 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
     classes = list(samples.classes)
     note, teacher = _teacher(ctx, cfg, samples, n_folds(cfg.folds, ts) or ts.frame.val_rows.size)
     d = distil(x, ts, classes, cfg, teacher=teacher, progress=ctx.progress, device=device)
-    last, held, fit, ts = d.rounds[-1], d.held_out, d.fit, d.ts
-    summary = {
-        "student": cfg.student, "device": device, "embedder": embedder["model"], "n_classes": len(classes),
-        "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_pseudo_teacher": d.n_pseudo_teacher,
-        "n_dropped_issues": ts.frame.n_dropped_issues, "n_set_aside": last["n_set_aside"], "n_val": held["n_val"],
-        "estimate": held["estimate"], "folds": held["folds"], "teacher": note, "rounds": cfg.rounds, "accept_threshold": ts.frame.threshold,
-        "epochs_run": last["epochs_run"], "best_epoch": last["best_epoch"], "stopped_early": last["stopped_early"],
-        "val_accuracy": held["accuracy"], "val_macro_f1": held["macro_f1"], "val_ece": held["ece"],
-        "model_dir": str(ctx.ws.path(STUDENT)), "onnx": cfg.onnx,
-    }
-    summary["warnings"] = input_warnings(samples, health.student(held["accuracy"], held["ece"], len(classes)))
+    summary = {"student": cfg.student, "device": device, "embedder": embedder["model"], "n_classes": len(classes), **d.counts(),
+               "teacher": note, **d.outcome(), "model_dir": str(ctx.ws.path(STUDENT)), "onnx": cfg.onnx}
+    summary["warnings"] = input_warnings(samples, health.student(d.held_out["accuracy"], d.held_out["ece"], len(classes)))
     ids = samples.table["id"].astype(str).to_numpy()
-    metrics = {**held, "teacher": note, "n_trusted": last["n_trusted"], "n_pseudo": last["n_pseudo"], "n_dropped_issues": ts.frame.n_dropped_issues,
-               "n_set_aside": last["n_set_aside"], "set_aside": ids[ts.train_rows[fit.set_aside]].tolist(), "crossfit": d.folds, "rounds": d.rounds, "summary": summary}
-    config = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__,
-        "architecture": cfg.student, "student_config": fit.student_config, "classes": classes,
-        "input": input_spec, "embedder": embedder, "train_params": cfg.result_params(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    dyn = pd.DataFrame({
-        "id": ids[ts.train_rows], "label": np.asarray(classes, dtype=object)[fit.target_labels],
-        "confidence": fit.confidence.astype(np.float32), "variability": fit.variability.astype(np.float32),
-        "correctness": fit.correctness.astype(np.float32), "is_pseudo": ts.is_pseudo, "set_aside": fit.set_aside,
-        "view_confidence": fit.view_confidence.astype(np.float32),
-    })
-    _write_student(ctx.ws.path(STUDENT), fit.model, config, metrics, dyn, x.shape[1:] if cfg.onnx else None)
+    metrics = {**d.held_out, "teacher": note, **{key: summary[key] for key in ("n_trusted", "n_pseudo", "n_dropped_issues", "n_set_aside")},
+               "set_aside": ids[d.ts.train_rows[d.fit.set_aside]].tolist(), "crossfit": d.folds, "rounds": d.rounds, "summary": summary}
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "labelkit_version": __version__, "architecture": cfg.student,
+              "student_config": d.fit.student_config, "classes": classes, "input": input_spec, "embedder": embedder,
+              "train_params": cfg.result_params(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    dyn = pd.DataFrame(d.dynamics(ids, classes))
+    _write_student(ctx.ws.path(STUDENT), d.fit.model, config, metrics, dyn, x.shape[1:] if cfg.onnx else None)
     return summary
 
 
 DYNAMICS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()), ("variability", pa.float32()),
-                             ("correctness", pa.float32()), ("is_pseudo", pa.bool_()),
-                             ("set_aside", pa.bool_()), ("view_confidence", pa.float32())])
+                             ("correctness", pa.float32()), ("is_pseudo", pa.bool_()), ("set_aside", pa.bool_()), ("view_confidence", pa.float32())])
 
 
 def _write_student(dest: Path, model, config: dict, metrics: dict, dynamics: pd.DataFrame, onnx_shape: tuple[int, ...] | None) -> None:

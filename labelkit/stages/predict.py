@@ -31,7 +31,7 @@ from labelkit.predict_inputs import PredictInputs, discover_inputs
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, now, samples_fingerprint
 from labelkit.distill.pixels import load_pixels
-from labelkit.stages.distill import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format: H3 moves it out of the stage
+from labelkit.distill.folder import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format
 from labelkit.workspace import Workspace, text_fingerprint
 
 STAGE = "predict"

@@ -437,7 +437,7 @@ def _has(module: str) -> bool:
 def test_refit_teacher_hides_each_folds_labels_from_the_pseudo_labels(monkeypatch, runner, tmp_path, fast):
     """With the real upstream stages, each cross-fitting fold gets pseudo-labels propagated without
     its own trusted labels (the labels it is scored on never reach the student through its teacher)."""
-    from labelkit.stages import pseudolabel as pl_stage
+    from labelkit import teacher as pl_stage  # the recipe both the stage and the refit teacher run
 
     x, y = _blob_vectors()
     labels = [CLASSES[c] if i % 3 == 0 else None for i, c in enumerate(y)]  # 10 labeled per class

@@ -499,6 +499,11 @@ def test_distil_holdout_refits_the_teacher_without_the_held_out_labels():
     assert asked == [frame.val_rows.tolist()]
     assert (d.held_out["estimate"], d.held_out["n_val"], d.n_pseudo_teacher) == ("holdout", 20, 20)
     assert d.held_out["accuracy"] > 0.9 and d.folds == [] and len(d.rounds) == 1 and d.rounds[0]["n_pseudo"] == 20
+    assert d.counts() == {"n_trusted": 20, "n_pseudo": 20, "n_pseudo_teacher": 20, "n_dropped_issues": 0, "n_set_aside": 0, "n_val": 20,
+                          "estimate": "holdout", "folds": None}
+    assert d.outcome()["rounds"] == 1 and d.outcome()["accept_threshold"] == 0.9 and d.outcome()["val_accuracy"] == d.held_out["accuracy"]
+    dyn = d.dynamics(np.array([f"s{i}" for i in range(60)]), ["a", "b"])
+    assert dyn["id"].tolist() == [f"s{i}" for i in d.ts.train_rows] and dyn["is_pseudo"].sum() == 20 and not dyn["set_aside"].any()
 
 
 def test_torch_threads_follows_the_architectures_policy_and_restores():
@@ -549,6 +554,11 @@ def test_pixel_spec_reads_mode_and_side(tmp_path):
         pixel_spec(tmp_path, ["bad.png"])
     px, ok = load_pixels([str(tmp_path / p) for p in ("a.png", "bad.png")], pixel_spec(tmp_path, ["a.png"], size=4))
     assert ok.tolist() == [True, False] and px.shape == (1, 1, 4, 4) and np.allclose(px, 1.0)
+    from labelkit.distill.pixels import read_inputs
+
+    x, read, spec = read_inputs(tmp_path, ["a.png", "bad.png", "b.png"], np.array([True, True, False]), student="cnn", size=4)
+    assert read.tolist() == [True, False, False] and x.shape == (3, 1, 4, 4) and spec["mode"] == "L"  # b.png not asked for
+    assert np.allclose(x[0], 1.0) and not x[1:].any()
 
 
 def test_evaluate_and_record_dynamics_known_answer():
