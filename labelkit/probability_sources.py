@@ -18,6 +18,7 @@ import numpy as np
 
 from labelkit import evidence, knn
 from labelkit._progress import NULL, Progress
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
 
@@ -31,6 +32,8 @@ class Source(str, Enum):
 
 SELECT_BY = evidence.SelectBy.ACCURACY  # auto's rule; see evidence.choose_probs and docs/stages/detect-noise.md
 
+_DETECT = defaults("detect-noise")  # k and folds default to the detect-noise stage's
+
 
 @dataclass
 class Sources:
@@ -43,8 +46,8 @@ class Sources:
     labels: np.ndarray
     vectors: np.ndarray
     n_classes: int
-    k: int = 10
-    folds: int = 5
+    k: int = _DETECT.k
+    folds: int = _DETECT.folds
     seed: int = 0
     device: str = "cpu"
     progress: Progress = NULL

@@ -12,7 +12,10 @@ import numpy as np
 
 from labelkit._probability import ROW_CHUNK, check_unit, margin
 from labelkit._validation import check_probs
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
+
+_TAU = defaults("pseudolabel").threshold  # tau defaults to the pseudolabel stage's --threshold
 
 
 class ThresholdRule(str, Enum):
@@ -35,13 +38,13 @@ def _confidence_and_class(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return conf, pred
 
 
-def threshold_fixed(probs, *, tau: float = 0.95) -> np.ndarray:
+def threshold_fixed(probs, *, tau: float = _TAU) -> np.ndarray:
     """Accept the samples whose confidence ``max_c p_ic`` is at least ``tau``.
 
     Parameters
     ----------
     probs : ndarray of shape (n_samples, n_classes)
-    tau : float, default=0.95
+    tau : float, default: the pseudolabel stage's ``threshold``
 
     Returns
     -------
@@ -62,7 +65,7 @@ def threshold_fixed(probs, *, tau: float = 0.95) -> np.ndarray:
     return _confidence_and_class(probs)[0] >= tau
 
 
-def threshold_flexmatch(probs, *, tau: float = 0.95, warmup: bool = True) -> np.ndarray:
+def threshold_flexmatch(probs, *, tau: float = _TAU, warmup: bool = True) -> np.ndarray:
     """Class-adaptive thresholds scaled by each class's learning status (FlexMatch).
 
     ``sigma_c`` counts the samples predicted ``c`` with confidence ``>= tau``;
@@ -75,7 +78,7 @@ def threshold_flexmatch(probs, *, tau: float = 0.95, warmup: bool = True) -> np.
     Parameters
     ----------
     probs : ndarray of shape (n_samples, n_classes)
-    tau : float, default=0.95
+    tau : float, default: the pseudolabel stage's ``threshold``
     warmup : bool, default=True
 
     Returns

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from labelkit._validation import check_labels
+from labelkit.config import defaults
 from labelkit.distill.train_config import TrainConfig
 from labelkit.errors import BadInputError
 
@@ -112,8 +113,8 @@ def distillation_loss(
     soft,
     labels,
     *,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
+    temperature: float = defaults("distill").temperature,
+    alpha: float = defaults("distill").alpha,
     sample_weight=None,
 ) -> torch.Tensor:
     """Knowledge-distillation loss: T²-scaled KL on soft targets plus cross-entropy on hard labels.
@@ -135,8 +136,8 @@ def distillation_loss(
         Teacher probabilities; a row of zeros means "no soft target".
     labels : array-like of shape (n_samples,)
         Trusted hard labels, -1 where there is none.
-    temperature : float, default=2.0
-    alpha : float, default=0.5
+    temperature : float, default: the distill stage's ``temperature``
+    alpha : float, default: the distill stage's ``alpha``
     sample_weight : array-like of shape (n_samples,), default=None
 
     Returns
@@ -176,4 +177,3 @@ def _check_weight(sample_weight, n: int) -> np.ndarray | None:
     if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
         raise BadInputError("'sample_weight' must be finite and >= 0.")
     return w
-

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "take_pseudolabels",
 ]
 
-DEFAULT_ACCEPT = 0.95  # self-training acceptance when pseudolabels.parquet records no confidence threshold
+DEFAULT_ACCEPT = defaults("pseudolabel").threshold  # self-training acceptance when pseudolabels.parquet records no confidence threshold
 MIN_HELD_OUT = 20  # fewer held-out labels than this (or 2 per class): no hold-out, no early stopping
 
 
@@ -102,16 +103,16 @@ class TrainingSet:
 
 
 def acceptance_threshold(metadata: dict[str, Any]) -> float:
-    """The confidence a self-training round accepts at: the pseudolabel stage's own, else 0.95.
+    """The confidence a self-training round accepts at: the pseudolabel stage's own, else its default.
 
     pseudolabels.parquet's ``params`` hold ``threshold_rule`` and ``threshold``; the value is a
     confidence for the ``fixed`` and ``flexmatch`` rules (flexmatch's per-class scaling is not
     replayed: its base tau is used). A ``margin`` or a ``top_per_class`` count is not a
-    confidence, so those rules give the default 0.95.
+    confidence, so those rules give the pseudolabel stage's default ``threshold``.
     """
     params = metadata.get("params")
     if isinstance(params, dict):
-        rule, value = params.get("threshold_rule", "fixed"), params.get("threshold")
+        rule, value = params.get("threshold_rule", defaults("pseudolabel").threshold_rule), params.get("threshold")
         if rule in ("fixed", "flexmatch") and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
             return float(value)
     return DEFAULT_ACCEPT

@@ -118,6 +118,7 @@ COMPUTE_OPTIONS = [
       "temperature": "temperature", "alpha": "alpha", "confidence_weighting": "confidence_weighting", "soften_below": "soften_below",
       "val_fraction": "val_fraction", "patience": "patience", "vat": "vat", "fixmatch": "fixmatch", "fixmatch_threshold": "fixmatch_threshold",
       "fixmatch_rule": "fixmatch_rule", "label_filter": "label_filter", "ema": "ema"}),
+    ("labelkit.probability_sources", "Sources", "detect-noise", {"k": "k", "folds": "folds"}),
 ]
 
 
@@ -158,6 +159,10 @@ COMPUTE_DEFAULTS = [  # public compute functions whose keyword is a config optio
     ("labelkit.prototypes", "refine_transductive", "max_iter", "prototype", "max_iter"),
     ("labelkit.evidence", "find_conflicting_duplicates", "threshold", "detect-noise", "duplicate_threshold"),
     ("labelkit.evidence", "find_outliers", "cut", "detect-noise", "outlier_cut"),
+    ("labelkit.thresholds", "threshold_fixed", "tau", "pseudolabel", "threshold"),
+    ("labelkit.thresholds", "threshold_flexmatch", "tau", "pseudolabel", "threshold"),
+    ("labelkit.distill.targets", "distillation_loss", "temperature", "distill", "temperature"),
+    ("labelkit.distill.targets", "distillation_loss", "alpha", "distill", "alpha"),
 ]
 
 
@@ -225,3 +230,15 @@ def test_pseudolabel_options_from_config_map_every_key_and_check_in_compute_name
         PseudolabelOptions(threshold_value=5)
     with pytest.raises(BadInputError, match=r"^'n_folds' must be >= 0\. Got -1 instead\.$"):
         PseudolabelOptions(n_folds=-1)
+
+
+def test_the_config_choices_are_the_compute_enums_and_registry():
+    """A choice is declared by the compute layer's enum or registry and offered by the config's Literal: they must agree."""
+    from labelkit import noise, pseudolabel, thresholds
+    from labelkit.distill.students import STUDENTS
+
+    assert set(option_of("pseudolabel", "method").choices) == {m.value for m in pseudolabel.ScoreMethod}
+    assert set(option_of("pseudolabel", "threshold_rule").choices) == {m.value for m in thresholds.ThresholdRule}
+    assert set(option_of("detect-noise", "filter_by").choices) <= {m.value for m in noise.FilterMethod}
+    assert set(option_of("detect-noise", "rank_by").choices) == {m.value for m in noise.ScoreMethod}
+    assert set(option_of("distill", "student").choices) == set(STUDENTS)
