@@ -85,7 +85,9 @@ def test_run_end_to_end_then_predict_with_no_row_dropped(runner, multilabel_data
     r = runner.invoke(app, ["run", str(data), "--json"])
     assert r.exit_code == 0, r.output
     done = json.loads(r.stdout)
-    assert [s["stage"] for s in done["stages"]] == ["embed", "prototype", "pseudolabel", "detect-noise", "distill", "report"]
+    ran = [s["stage"] for s in done["stages"]]
+    assert {"embed", "prototype", "pseudolabel", "detect-noise", "distill", "report"} <= set(ran)
+    assert all(s.get("exit_code") in (None, 0) for s in done["stages"])
     ws = data / ".labelkit"
     assert len(pd.read_parquet(ws / "label_issues.parquet")) == int(labeled.sum())
     assert len(pd.read_parquet(ws / "pseudolabels.parquet")) == int((~labeled).sum())
