@@ -125,7 +125,7 @@ def prototype_scores(embeddings, prototypes, prototype_classes, n_classes: int, 
     return _prototype_probs(x, v, c, n_classes, temperature, dtype=np.float64)
 
 
-def knn_vote_scores(labels, sims, idx, n_classes: int, *, gamma: float = 1.0) -> np.ndarray:
+def knn_vote_scores(labels, sims, idx, n_classes: int, *, gamma: float = _STAGE.gamma) -> np.ndarray:
     """Similarity-weighted vote of each sample's labeled neighbours.
 
     ``p_ic ∝ sum_{j in N(i), y_j = c} max(s_ij, 0) ** gamma``; a sample with no labeled
@@ -138,8 +138,8 @@ def knn_vote_scores(labels, sims, idx, n_classes: int, *, gamma: float = 1.0) ->
     sims, idx : ndarray of shape (n_samples, k)
         kNN graph: cosine similarities and neighbour rows (-1 = missing), self excluded.
     n_classes : int
-    gamma : float, default=1.0
-        Power on the similarities (>= 0).
+    gamma : float, default: the pseudolabel stage's ``gamma``
+        Power on the similarities (>= 0); 1 is a plain similarity-weighted vote.
 
     Returns
     -------
@@ -158,7 +158,7 @@ def knn_vote_scores(labels, sims, idx, n_classes: int, *, gamma: float = 1.0) ->
     >>> knn_vote_scores(np.array([0, 1, -1]), sims, idx, 2).round(2)
     array([[0.  , 1.  ],
            [1.  , 0.  ],
-           [0.33, 0.67]])
+           [0.11, 0.89]])
     """
     labels = check_labels(labels, n_classes=n_classes)
     sims, idx, _ = check_graph(sims, idx, labels.shape[0])
