@@ -148,6 +148,7 @@ COMPUTE_DEFAULTS = [  # public compute functions whose keyword is a config optio
     ("labelkit.propagation", "spread_labels", "alpha", "pseudolabel", "alpha"),
     ("labelkit.pseudolabel", "label_spreading_scores", "alpha", "pseudolabel", "alpha"),
     ("labelkit.pseudolabel", "label_spreading_scores", "gamma", "pseudolabel", "gamma"),
+    ("labelkit.pseudolabel", "knn_vote_scores", "gamma", "pseudolabel", "gamma"),
     ("labelkit.seeds", "drop_doubted", "odds", "pseudolabel", "clean_seeds_odds"),
     ("labelkit.api", "find_label_issues", "filter_by", "detect-noise", "filter_by"),
     ("labelkit.prototypes", "class_prototypes", "n_per_class", "prototype", "n_per_class"),
