@@ -110,3 +110,30 @@ def _dynamics_impl(conf, var, known, max_confidence, max_variability) -> Dynamic
     quality = np.where(known, 1.0 - score, 1.0)
     is_issue = known & (c < max_confidence) & (v < max_variability)
     return DynamicsEvidence(score, quality, is_issue)
+
+
+FILTER_COLUMNS = ("set_aside", "view_confidence")  # written by distill --fixmatch's label filter; absent in older files
+
+
+def evidence_from_table(dyn, ids: np.ndarray, given: np.ndarray) -> tuple[DynamicsEvidence, dict[str, int]]:
+    """Evidence for the rows ``ids`` (labeled ``given``) from a dynamics table (dynamics.parquet's columns
+    id, label, confidence, variability, is_pseudo, and optionally FILTER_COLUMNS), and its counts.
+
+    A row counts when the student trained on its given label. Where the table has the FixMatch label
+    filter's columns, a label it set aside is an issue too, and the strong views' probability of the
+    label caps its quality.
+    """
+    import pandas as pd
+
+    dyn = dyn[~dyn["is_pseudo"].astype(bool)].assign(id=lambda d: d["id"].astype(str)).drop_duplicates("id").set_index("id")
+    at = dyn.reindex(pd.Index(ids.astype(str)))
+    same = (at["label"].to_numpy(dtype=object) == given) & at["confidence"].notna().to_numpy()
+    conf = np.where(same, at["confidence"].to_numpy(dtype=np.float64), np.nan)
+    var = np.where(same, at["variability"].to_numpy(dtype=np.float64), np.nan)
+    ev = dynamics_evidence(conf, var)
+    hard_to_learn = int(ev.is_issue.sum())
+    aside = same & (at["set_aside"].fillna(False).to_numpy(dtype=bool) if "set_aside" in at else False)
+    views = np.where(same, at["view_confidence"].to_numpy(dtype=np.float64), np.nan) if "view_confidence" in at else np.full(len(ids), np.nan)
+    quality = np.fmin(ev.label_quality, np.clip(views, 0.0, 1.0))  # fmin: NaN views leave the quality as it was
+    ev = DynamicsEvidence(np.where(np.isnan(ev.score) & np.isnan(views), np.nan, 1.0 - quality), quality, ev.is_issue | aside)
+    return ev, {"n_with_dynamics": int(same.sum()), "n_hard_to_learn": hard_to_learn, "n_set_aside": int(np.sum(aside))}

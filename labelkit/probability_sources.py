@@ -127,3 +127,25 @@ def heldout_propagation(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarra
     if (at[rows] < 0).any():
         raise BadInputError("--probs propagation needs at least 2 labeled samples and --folds >= 2")
     return cal.probs[at[rows]].astype(np.float64)
+
+
+# The pseudolabel stage's options that shape its held-out label spreading: the propagation source
+# is that calibrated ensemble, so a [pseudolabel] value in --config reaches it too (issue 15);
+# k, the folds and the seed are detect-noise's own.
+SHARED_PROPAGATION = ("method", "alpha", "gamma", "one_way_weight", "reach_prior", "refine", "weights", "probe_weights", "calibration_samples")
+
+
+def shared_params(pseudolabel_cfg) -> dict[str, Any]:
+    """The pseudolabel config's values of SHARED_PROPAGATION (JSON types), as detect-noise records them."""
+    params = pseudolabel_cfg.result_params()
+    return {k: params[k] for k in SHARED_PROPAGATION}
+
+
+def propagation_options(pseudolabel_cfg, *, k: int, folds: int, seed: int):
+    """labelkit.pseudolabel.PseudolabelOptions of the propagation source: the pseudolabel config's, with
+    detect-noise's ``k`` neighbours, ``folds`` (at least 2) and ``seed``."""
+    from dataclasses import replace
+
+    from labelkit.teacher import pseudolabel_options
+
+    return replace(pseudolabel_options(pseudolabel_cfg), n_neighbors=k, n_folds=max(2, folds), seed=seed)

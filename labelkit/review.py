@@ -6,11 +6,15 @@ Numpy in, numpy out (labelkit.noise, labelkit.evidence underneath).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
-from labelkit import evidence, noise
+from labelkit import evidence, health, noise
+
+# The user's --pred-probs are never cut (they must equal cleanlab's results), only warned about below this accuracy.
+WEAK_USER_PROBS_ACCURACY = 0.8
 
 
 class Judgement(NamedTuple):
@@ -97,3 +101,81 @@ def within_budget(q: evidence.LabelQuality, also: np.ndarray, *, budget: int) ->
     flagged = np.flatnonzero(label & also)
     out[flagged[np.argsort(q.rank[flagged], kind="stable")][budget:]] = False
     return out
+
+
+def warnings(summary: dict[str, Any], *, review_budget: float, user_probs: bool, n_classes: int, n_candidates: int) -> list[dict[str, str]]:
+    """The health warnings (labelkit.health) of a :func:`summary`: one class, weak evidence, a high noise rate."""
+    acc, rate = summary["out_of_sample_accuracy"], summary["estimated_noise_rate"]
+    out = health.one_class(n_classes)
+    if summary["weak_evidence"]:
+        out.append(health.warning(
+            "weak_evidence",
+            f"a second out-of-sample classifier hardly confirms the label flags (agreement beyond chance {summary['flag_consensus']:.2f}) "
+            f"(the chosen one is {acc:.0%} accurate on the given labels): most flags are the models' errors, not the labels'. "
+            f"Of {n_candidates} candidate label flags, the {summary['issues_by_type'].get('label', 0)} that both flag and rank highest "
+            f"are kept (review budget {review_budget:.0%}); the rest stay ranked in label_issues.parquet",
+            "review by rank from the top; a stronger embedder (labelkit embed --model ...) sharpens the evidence",
+        ))
+    elif user_probs and acc < WEAK_USER_PROBS_ACCURACY:
+        out.append(health.warning(
+            "weak_evidence",
+            f"your probabilities are only {acc:.0%} accurate on the given labels: many flags may be the model's errors",
+            "review by rank from the top, or use a stronger model's out-of-sample probabilities",
+        ))
+    return out + health.noise_rate(rate)
+
+
+def summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], *, top: int, filter_by: str, choice: dict, dynamics: dict | None,
+            n_labeled: int, n_analysed: int) -> dict[str, Any]:
+    """The detect-noise summary of ``issues`` (label_issues.parquet's rows, by rank) and the estimated ``joint``."""
+    flagged = issues[issues["is_issue"]]
+    reported = issues[~issues["is_issue"] & issues["issue_type"].notna()]
+    by_type = flagged["issue_type"].value_counts().to_dict()
+    by_class = flagged.groupby("given_label").size().sort_values(ascending=False).to_dict()
+    off = joint.copy()
+    np.fill_diagonal(off, 0)
+    pairs = []
+    for flat in np.argsort(off, axis=None)[::-1][:5]:
+        i, j = divmod(int(flat), len(classes))
+        if off[i, j] <= 0:
+            break
+        pairs.append({"given": classes[i], "true": classes[j], "joint": round(float(off[i, j]), 4)})
+    top = flagged.head(top)
+    return {
+        "n_labeled": n_labeled,
+        "n_analysed": n_analysed,
+        "n_issues": int(len(flagged)),
+        "issue_rate": round(len(flagged) / max(n_analysed, 1), 4),
+        "estimated_noise_rate": round(float(1 - np.trace(joint)), 4),
+        "issues_by_type": {str(k): int(v) for k, v in by_type.items()},
+        "reported_not_issues": {str(k): int(v) for k, v in reported["issue_type"].value_counts().items()},
+        "issues_by_class": {str(k): int(v) for k, v in by_class.items()},
+        "confused_pairs": pairs,
+        "top_issues": [
+            {"rank": int(r.rank), "id": r.id, "given": r.given_label, "suggested": r.suggested_label, "quality": round(float(r.label_quality), 4), "type": r.issue_type}
+            for r in top.itertuples()
+        ],
+        "probs": choice["chosen"],
+        "probs_choice": choice,
+        "filter_by": filter_by,
+        "dynamics": dynamics,
+    }
+
+
+QUEUE_COLUMNS = ("rank", "id", "source", "given_label", "suggested_label", "label_quality", "issue_type")
+
+
+def queue(issues: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
+    """The review queue for annotators: the rows flagged ``is_issue``, most likely wrong first, with each
+    sample's ``source`` (from ``sources``: id, source)."""
+    return issues[issues["is_issue"]].merge(sources, on="id", how="left")[list(QUEUE_COLUMNS)]
+
+
+def issues_frame(ids: np.ndarray, given: np.ndarray, suggested: np.ndarray, q: evidence.LabelQuality) -> pd.DataFrame:
+    """label_issues.parquet's rows (its column contract, docs/artifacts.md), most likely wrong first."""
+    order = np.argsort(q.rank, kind="stable")
+    return pd.DataFrame({
+        "id": ids[order], "given_label": given[order], "suggested_label": suggested[order],
+        "label_quality": q.label_quality[order].astype(np.float32), "is_issue": q.is_issue[order],
+        "issue_type": q.issue_type[order], "rank": q.rank[order].astype(np.int64),
+    })

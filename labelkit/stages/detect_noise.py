@@ -13,7 +13,6 @@ pass, which a current ``--dynamics`` pass over the same inputs satisfies (labelk
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import artifacts, cartography, evidence, health, probability_sources, review
+from labelkit import artifacts, cartography, evidence, probability_sources, review
 from labelkit.config import DetectNoiseConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
@@ -32,6 +31,7 @@ from labelkit.pred_probs import load_pred_probs
 from labelkit.pred_probs import normalise_rows as _normalise_rows
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages import _multilabel
+from labelkit.stages import _runner
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.stages._knn import knn_graph
@@ -39,7 +39,7 @@ from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_f
 
 STAGE = "detect-noise"
 EXIT_THRESHOLD = ThresholdExceededError.exit_code
-DYNAMICS = "student/dynamics.parquet"  # written by labelkit distill (labelkit.stages.distill)
+DYNAMICS = _runner.DYNAMICS  # written by labelkit distill
 
 
 def _check(job: Job) -> None:
@@ -53,12 +53,14 @@ def _check(job: Job) -> None:
 def _key(job: Job) -> None:
     cfg = job.cfg
     if cfg.pred_probs is not None:
-        job.inputs["pred_probs"] = file_fingerprint(_existing(cfg.pred_probs))
+        if not Path(cfg.pred_probs).is_file():
+            raise BadInputError(f"--pred-probs {cfg.pred_probs}: no such file")
+        job.inputs["pred_probs"] = file_fingerprint(Path(cfg.pred_probs))
     # The dynamics file is recorded with the parameters: the --dynamics node reads a file the user
     # names (or distill's), which never makes distill run first.
     base = _first_pass(cfg).fingerprint()  # what the first pass records: a --dynamics pass over it refines it
     if cfg.pred_probs is None and cfg.probs in ("auto", "propagation"):  # the propagation source's options (issue 15)
-        job.params["propagation"] = _propagation_params(job)
+        job.params["propagation"] = probability_sources.shared_params(job.ctx.config("pseudolabel"))
         shared = json.dumps(job.params["propagation"], sort_keys=True)
         job.params_fp, base = text_fingerprint(job.params_fp, shared), text_fingerprint(base, shared)
     job.state["base_params_fp"] = base
@@ -83,20 +85,12 @@ def _build(job: Job) -> dict[str, Any]:
     return _detect(job.ctx, job.cfg, job.samples, job.state["dyn_path"])
 
 
-def _after(job: Job, res: StageResult) -> None:
-    _apply_gates(job.ctx, job.cfg, job.samples, res)
-
-
 def _first_pass(cfg: DetectNoiseConfig) -> DetectNoiseConfig:
     return cfg.model_copy(update={"dynamics": False, "dynamics_file": None})
 
 
-def _reads(cfg: DetectNoiseConfig) -> tuple[str, ...]:
-    return () if cfg.pred_probs is not None else (artifacts.EMBEDDINGS,)
-
-
-_COMMON = dict(outputs=(artifacts.LABEL_ISSUES,), inputs=_reads, require_inputs=lambda cfg: cfg.pred_probs is None,
-               check=_check, key=_key, explain=_explain, after=_after)
+_COMMON = dict(outputs=(artifacts.LABEL_ISSUES,), inputs=lambda cfg: () if cfg.pred_probs is not None else (artifacts.EMBEDDINGS,),
+               require_inputs=lambda cfg: cfg.pred_probs is None, check=_check, key=_key, explain=_explain, after=lambda job, res: _apply_gates(job, res))
 # Two nodes write label_issues.parquet: the first pass (in the pipeline; distill reads its output)
 # and the --dynamics pass after distill, which refines it: a pipeline step finds the first pass
 # satisfied by a current --dynamics pass over the same inputs, so the pipeline keeps it.
@@ -113,10 +107,8 @@ def run(ctx: RunContext, cfg: DetectNoiseConfig, *, force: bool = False) -> Stag
 def _recorded_config(ws: Workspace) -> DetectNoiseConfig | None:
     """The config of detect-noise's last recorded run (None if none, or unreadable)."""
     rec = ws.record(STAGE)
-    if rec is None:
-        return None
     try:
-        return DetectNoiseConfig(**{k: v for k, v in rec.params.items() if k in DetectNoiseConfig.model_fields})
+        return None if rec is None else DetectNoiseConfig(**{k: v for k, v in rec.params.items() if k in DetectNoiseConfig.model_fields})
     except ValueError:
         return None
 
@@ -134,33 +126,7 @@ def _dynamics_path(ws: Workspace, cfg: DetectNoiseConfig) -> Path | None:
     return path
 
 
-def _existing(path: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"--pred-probs {path}: no such file")
-    return p
-
-
 # -- probabilities --------------------------------------------------------------------------
-
-# The pseudolabel stage's options that shape its held-out label spreading: the propagation source
-# is that calibrated ensemble, so a [pseudolabel] value in --config reaches it too (issue 15);
-# k, the folds and the seed are detect-noise's own.
-SHARED_PROPAGATION = ("method", "alpha", "gamma", "one_way_weight", "reach_prior", "refine", "weights", "probe_weights", "calibration_samples")
-
-
-def _propagation_params(job: Job) -> dict[str, Any]:
-    pl = job.ctx.config("pseudolabel").result_params()
-    return {k: pl[k] for k in SHARED_PROPAGATION}
-
-
-def _propagation_options(ctx: RunContext, cfg: DetectNoiseConfig):
-    from dataclasses import replace
-
-    from labelkit.teacher import pseudolabel_options
-
-    return replace(pseudolabel_options(ctx.config("pseudolabel")), n_neighbors=cfg.k, n_folds=max(2, cfg.folds), seed=cfg.seed)
-
 
 def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: np.ndarray) -> tuple[probability_sources.Sources, np.ndarray, Any]:
     """The probability sources over the labeled rows with embeddings, those rows, and the graph of every sample."""
@@ -173,23 +139,21 @@ def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: n
         raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
     # The graph among the labeled rows (Sources.graph) serves the kNN vote and the duplicates; the
     # cached graph of every sample, the outliers and the propagation.
-    full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress)
+    full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress, engine=cfg.engine, ray_address=cfg.ray_address)
     emb_labels = np.full(len(vecs), -1, dtype=np.int64)
     emb_labels[pos[rows]] = codes[rows]
 
     def propagation() -> np.ndarray:
         text = class_embeddings(ctx.ws, samples.classes)  # class-name anchors, when the embedder has a text tower
         return probability_sources.heldout_propagation(vecs, emb_labels, pos[rows], full, len(samples.classes), text=text,
-                                                       options=_propagation_options(ctx, cfg))
+                                                       options=probability_sources.propagation_options(
+                                                           ctx.config("pseudolabel"), k=cfg.k, folds=cfg.folds, seed=cfg.seed))
 
     src = probability_sources.Sources(codes[rows], vecs[pos[rows]], len(samples.classes), k=cfg.k, folds=cfg.folds, seed=cfg.seed,
                                       device=resolve_device(cfg.device), progress=ctx.progress, propagation=propagation)
     return src, rows, (full, pos[rows], len(rows) < len(vecs))
 
 
-# --pred-probs are never cut (they must equal cleanlab's results), only warned about below this accuracy.
-WEAK_PRED_PROBS_ACCURACY = 0.8
-FILTER_COLUMNS = ("set_aside", "view_confidence")  # written by distill --fixmatch's label filter; absent in older files
 
 
 def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartography.DynamicsEvidence, dict]:
@@ -200,22 +164,12 @@ def _dynamics(path: Path, ids: np.ndarray, given: np.ndarray) -> tuple[cartograp
     """
     try:
         present = set(pq.read_schema(path).names)
-        extra = [c for c in FILTER_COLUMNS if c in present]
+        extra = [c for c in cartography.FILTER_COLUMNS if c in present]
         dyn = pq.read_table(path, columns=["id", "label", "confidence", "variability", "is_pseudo", *extra]).to_pandas()  # a user file: its own message below
     except (OSError, KeyError, pa.ArrowInvalid) as e:
         raise BadInputError(f"--dynamics {path}: cannot read id, label, confidence, variability, is_pseudo ({e})") from None
-    dyn = dyn[~dyn["is_pseudo"].astype(bool)].assign(id=lambda d: d["id"].astype(str)).drop_duplicates("id").set_index("id")
-    at = dyn.reindex(pd.Index(ids.astype(str)))
-    same = (at["label"].to_numpy(dtype=object) == given) & at["confidence"].notna().to_numpy()
-    conf = np.where(same, at["confidence"].to_numpy(dtype=np.float64), np.nan)
-    var = np.where(same, at["variability"].to_numpy(dtype=np.float64), np.nan)
-    ev = cartography.dynamics_evidence(conf, var)
-    hard_to_learn = int(ev.is_issue.sum())
-    aside = same & (at["set_aside"].fillna(False).to_numpy(dtype=bool) if "set_aside" in extra else False)
-    views = np.where(same, at["view_confidence"].to_numpy(dtype=np.float64), np.nan) if "view_confidence" in extra else np.full(len(ids), np.nan)
-    quality = np.fmin(ev.label_quality, np.clip(views, 0.0, 1.0))  # fmin: NaN views leave the quality as it was
-    ev = cartography.DynamicsEvidence(np.where(np.isnan(ev.score) & np.isnan(views), np.nan, 1.0 - quality), quality, ev.is_issue | aside)
-    return ev, {"file": str(path), "n_with_dynamics": int(same.sum()), "n_hard_to_learn": hard_to_learn, "n_set_aside": int(np.sum(aside))}
+    ev, counts = cartography.evidence_from_table(dyn, ids, given)
+    return ev, {"file": str(path), **counts}
 
 
 # -- the stage's work -----------------------------------------------------------------------
@@ -247,25 +201,15 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     dyn, dyn_summary = _dynamics(dyn_path, ids, names[labels]) if dyn_path is not None else (None, None)
     j = review.judge(labels, ev["probs"], second=ev["second"], duplicates=ev["duplicates"], outliers=ev["outliers"], dynamics=dyn,
                      filter_by=cfg.filter_by, rank_by=cfg.rank_by, min_consensus=cfg.min_consensus, review_budget=cfg.review_budget)
-    q = j.quality
-    order = np.argsort(q.rank, kind="stable")
-    issues = pd.DataFrame(
-        {
-            "id": ids[order],
-            "given_label": names[labels][order],
-            "suggested_label": names[q.suggested_label][order],
-            "label_quality": q.label_quality[order].astype(np.float32),
-            "is_issue": q.is_issue[order],
-            "issue_type": q.issue_type[order],
-            "rank": q.rank[order].astype(np.int64),
-        }
-    )
-    summary = _summary(issues, j.cl.joint, classes, cfg, ev["choice"], dyn_summary, n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
+    issues = review.issues_frame(ids, names[labels], names[j.quality.suggested_label], j.quality)
+    summary = review.summary(issues, j.cl.joint, classes, top=cfg.top, filter_by=cfg.filter_by, choice=ev["choice"], dynamics=dyn_summary,
+                             n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
     summary["out_of_sample_accuracy"] = round(j.accuracy, 4)
     summary["flag_consensus"] = None if j.consensus is None else round(j.consensus, 4)
     summary["weak_evidence"] = j.weak
     summary["n_label_candidates"] = j.n_candidates
-    summary["warnings"] = input_warnings(samples, _warnings(summary, cfg, n_classes=len(np.unique(labels)), n_candidates=j.n_candidates))
+    summary["warnings"] = input_warnings(samples, review.warnings(summary, review_budget=cfg.review_budget, user_probs=cfg.pred_probs is not None,
+                                                                  n_classes=len(np.unique(labels)), n_candidates=j.n_candidates))
     est = j.cl.estimates
     meta = {
         "classes": classes, "params": cfg.result_params(), "probs": ev["choice"]["chosen"], "summary": summary,
@@ -277,72 +221,14 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     return summary
 
 
-def _warnings(summary: dict[str, Any], cfg, *, n_classes: int, n_candidates: int) -> list[dict[str, str]]:
-    acc, rate = summary["out_of_sample_accuracy"], summary["estimated_noise_rate"]
-    out = health.one_class(n_classes)
-    if summary["weak_evidence"]:
-        out.append(health.warning(
-            "weak_evidence",
-            f"a second out-of-sample classifier hardly confirms the label flags (agreement beyond chance {summary['flag_consensus']:.2f}) "
-            f"(the chosen one is {acc:.0%} accurate on the given labels): most flags are the models' errors, not the labels'. "
-            f"Of {n_candidates} candidate label flags, the {summary['issues_by_type'].get('label', 0)} that both flag and rank highest "
-            f"are kept (review budget {cfg.review_budget:.0%}); the rest stay ranked in label_issues.parquet",
-            "review by rank from the top; a stronger embedder (labelkit embed --model ...) sharpens the evidence",
-        ))
-    elif cfg.pred_probs is not None and acc < WEAK_PRED_PROBS_ACCURACY:
-        out.append(health.warning(
-            "weak_evidence",
-            f"your probabilities are only {acc:.0%} accurate on the given labels: many flags may be the model's errors",
-            "review by rank from the top, or use a stronger model's out-of-sample probabilities",
-        ))
-    return out + health.noise_rate(rate)
-
-
-def _summary(issues: pd.DataFrame, joint: np.ndarray, classes: list[str], cfg, choice: dict, dynamics: dict | None, *,
-             n_labeled: int, n_analysed: int) -> dict[str, Any]:
-    flagged = issues[issues["is_issue"]]
-    reported = issues[~issues["is_issue"] & issues["issue_type"].notna()]
-    by_type = flagged["issue_type"].value_counts().to_dict()
-    by_class = flagged.groupby("given_label").size().sort_values(ascending=False).to_dict()
-    off = joint.copy()
-    np.fill_diagonal(off, 0)
-    pairs = []
-    for flat in np.argsort(off, axis=None)[::-1][:5]:
-        i, j = divmod(int(flat), len(classes))
-        if off[i, j] <= 0:
-            break
-        pairs.append({"given": classes[i], "true": classes[j], "joint": round(float(off[i, j]), 4)})
-    top = flagged.head(cfg.top)
-    return {
-        "n_labeled": n_labeled,
-        "n_analysed": n_analysed,
-        "n_issues": int(len(flagged)),
-        "issue_rate": round(len(flagged) / max(n_analysed, 1), 4),
-        "estimated_noise_rate": round(float(1 - np.trace(joint)), 4),
-        "issues_by_type": {str(k): int(v) for k, v in by_type.items()},
-        "reported_not_issues": {str(k): int(v) for k, v in reported["issue_type"].value_counts().items()},
-        "issues_by_class": {str(k): int(v) for k, v in by_class.items()},
-        "confused_pairs": pairs,
-        "top_issues": [
-            {"rank": int(r.rank), "id": r.id, "given": r.given_label, "suggested": r.suggested_label, "quality": round(float(r.label_quality), 4), "type": r.issue_type}
-            for r in top.itertuples()
-        ],
-        "probs": choice["chosen"],
-        "probs_choice": choice,
-        "filter_by": cfg.filter_by,
-        "dynamics": dynamics,
-    }
-
-
-def _apply_gates(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, res: StageResult) -> None:
-    """--export-review writes the review queue; --fail-above sets the CI exit code."""
+def _apply_gates(job: Job, res: StageResult) -> None:
+    """--export-review writes the review queue; --fail-above sets the CI exit code (skipped or not)."""
+    cfg = job.cfg
     if cfg.export_review:
-        issues = artifacts.read_table(ctx.ws.path(artifacts.LABEL_ISSUES)).to_pandas()
-        queue = issues[issues["is_issue"]].merge(samples.table[["id", "source"]], on="id", how="left")
-        buf = io.StringIO()
-        queue[["rank", "id", "source", "given_label", "suggested_label", "label_quality", "issue_type"]].to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
+        issues = artifacts.read_table(job.ws.path(artifacts.LABEL_ISSUES)).to_pandas()
+        queue = review.queue(issues, job.samples.table[["id", "source"]])
         with atomic_write(Path(cfg.export_review), "w") as f:
-            f.write(buf.getvalue())
+            f.write(queue.to_csv(index=False, quoting=csv.QUOTE_MINIMAL))
         res.summary["review_file"] = str(cfg.export_review)
         res.summary["review_rows"] = int(len(queue))
     if cfg.fail_above is not None:
