@@ -326,6 +326,8 @@ def run(
     until: Annotated[str | None, typer.Option("--until", help="last stage to run")] = None,
     model: flag(option_of("embed", "model"), help=f"the embed stage's model, as --set embed.model=...: {option_of('embed', 'model').help_text()}") = None,
     device: flag(option_of("embed", "device"), help=f"the device of every stage that has one (embed, detect-noise, distill), as --set STAGE.device=...: {option_of('embed', 'device').help_text()}") = None,
+    engine: flag(option_of("embed", "engine"), help=f"the engine of every stage that has one (embed, pseudolabel, detect-noise), as --set STAGE.engine=...: {option_of('embed', 'engine').help_text()}") = None,
+    ray_address: flag(option_of("embed", "ray_address"), help=f"with --engine ray, for every stage that has an engine: {option_of('embed', 'ray_address').help_text()}") = None,
     sets: Annotated[list[str] | None, typer.Option("--set", metavar="STAGE.KEY=VALUE", help="one stage option, checked as in a --config file and overriding it; VALUE is read as TOML (0.9, true, \"a b\"), else as text; repeatable, e.g. --set pseudolabel.threshold=0.9")] = None,
     out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
@@ -336,9 +338,10 @@ def run(
     given = parse_set(sets or [])
     if model is not None:
         given["embed", "model"] = (model, "--model")
-    for name in pipeline.ORDER if device is not None else []:
-        if "device" in STAGE_CONFIGS[name].model_fields:
-            given[name, "device"] = (device, "--device")
+    for key, value, where in (("device", device, "--device"), ("engine", engine, "--engine"), ("ray_address", ray_address, "--ray-address")):
+        for name in pipeline.ORDER if value is not None else []:
+            if key in STAGE_CONFIGS[name].model_fields:
+                given[name, key] = (value, where)
     ctx = Context(data, out, config, classes, json_out, given, wait=not no_wait)
     ctx.check([*pipeline.ORDER, *ctx.file_config])  # every stage's config, before the first one runs
     results = pipeline.run_pipeline(ctx.run_context(), start=start, until=until, force=force)
@@ -363,6 +366,36 @@ def status(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes:
         sys.stdout.write(json.dumps({"stages": [r.__dict__ for r in rows]}) + "\n")
     else:
         render.status(console(stderr=False), rows)
+
+
+@app.command()
+def doctor(
+    data: Annotated[Path | None, typer.Argument(help="a dataset folder: free disk is measured under its workspace [default: the current folder]", show_default=False)] = None,
+    engine: flag(option_of("embed", "engine"), help="check what this engine needs (ray: installed, and the cluster reachable)") = None,
+    ray_address: flag(option_of("embed", "ray_address")) = None,
+    model: flag(option_of("embed", "model"), help="check that this embed backend's weights are here") = None,
+    device: flag(option_of("embed", "device"), help="check that this device exists") = None,
+    network: Annotated[bool, typer.Option("--network/--no-network", help="probe the network (one connect to pypi.org:443, 2 s)")] = True,
+    out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Show what labelkit would use here (versions, devices, faiss GPU, Ray, weights, network, disk); exit 1 when the config needs something missing."""
+    from labelkit import doctor as checks, render
+    from labelkit.engines import ENGINES, resolve_address
+
+    if engine not in (None, *ENGINES):
+        raise typer.BadParameter(f"must be one of {', '.join(ENGINES)}. Got {engine!r} instead.", param_hint="--engine")
+    given = {"engine": engine, "ray_address": ray_address, "model": model, "device": device}
+    embed = {**load_config_file(config).get("embed", {}), **{k: v for k, v in given.items() if v is not None}}
+    needs = checks.Needs(engine=embed.get("engine", "local"), ray_address=resolve_address(embed.get("ray_address")), model=embed.get("model"),
+                         weights=embed.get("weights"), device=embed.get("device", "auto"))
+    report = checks.diagnose(needs, workspace=out or (data / ".labelkit" if data else None), network=network)
+    if json_out:
+        sys.stdout.write(json.dumps(report) + "\n")
+        render.doctor_needs(console(), report)
+    else:
+        render.doctor(console(), report)
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def _version(value: bool) -> None:

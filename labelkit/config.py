@@ -59,6 +59,14 @@ def _graph_k() -> Any:
     return option(10, "neighbours in the kNN graph", ge=1)
 
 
+def _engine() -> Any:
+    return option("local", "where the work that grows with N runs: local (this process) or ray (a Ray cluster: docs/scale.md); same results")
+
+
+def _ray_address() -> Any:
+    return option(None, "with engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto)", shown="RAY_ADDRESS, else a local Ray")
+
+
 def _usable_weights(v: tuple[float, float, float]) -> tuple[float, float, float]:
     if min(v) < 0 or sum(v) <= 0:
         raise ValueError("must be 3 non-negative numbers, not all zero")
@@ -95,7 +103,7 @@ class DatasetConfig(StageConfig):
 
 
 class EmbedConfig(StageConfig):
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "device", "allow_download"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "num_workers", "device", "allow_download", "engine", "ray_address"})
 
     model: str = option(
         "auto", "backend: auto, efficientnet-lite0, pixels[:SIZE], minilm, sbert:PATH, clip:ARCH/PRETRAINED, precomputed; auto = score every "
@@ -115,6 +123,8 @@ class EmbedConfig(StageConfig):
     batch_size: int | None = option(None, "inputs per forward pass", shown="per backend", gt=0)
     num_workers: int | None = option(None, "DataLoader decoding workers", shown="automatic", ge=0)
     device: str = _device()
+    engine: Literal["local", "ray"] = _engine()
+    ray_address: str | None = _ray_address()
     row_group_size: int = option(8192, "embeddings per Parquet row group (and per resumable chunk)", gt=0)
 
 
@@ -138,12 +148,14 @@ class PrototypeConfig(StageConfig):
 
 
 class PseudolabelConfig(StageConfig):
-    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"engine", "ray_address"})
 
     method: Literal["ensemble", "propagation", "prototype", "knn"] = option(
         "ensemble", "scores: label propagation + prototypes (ensemble), label spreading alone, prototype softmax, or kNN vote"
     )
     k: int = _graph_k()
+    engine: Literal["local", "ray"] = _engine()
+    ray_address: str | None = _ray_address()
     alpha: float = option(0.9, "label spreading: weight of neighbours against the seeds", ge=0, lt=1)
     gamma: float = option(3.0, "graph edge weight max(cos, 0)^gamma (and the kNN vote's power)", ge=0)
     one_way_weight: float = option(0.1, "weight of a kNN edge that is not mutual: 0 = mutual kNN graph, 1 = plain symmetrised graph", ge=0, le=1)
@@ -182,7 +194,7 @@ class PseudolabelConfig(StageConfig):
 
 
 class DetectNoiseConfig(StageConfig):
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"device", "fail_above", "export_review", "top", "engine", "ray_address"})
 
     probs: Literal["auto", "crossval", "knn", "propagation"] = option(
         "auto", "out-of-sample probabilities: crossval (K-fold softmax head), knn (leave-one-out vote), propagation (K-fold label spreading over every "
@@ -208,6 +220,8 @@ class DetectNoiseConfig(StageConfig):
     dynamics_file: str | None = option(None, "dynamics.parquet to read (implies dynamics)", shown="WORKSPACE/student/dynamics.parquet")
     seed: int = option(0, "seed for the fold assignment")
     device: str = _device()
+    engine: Literal["local", "ray"] = _engine()
+    ray_address: str | None = _ray_address()
     fail_above: float | None = option(None, "exit with code 3 when the estimated label-issue rate is above this fraction (for CI)", ge=0, le=1)
     export_review: str | None = option(None, "write a CSV review queue for annotators here, most useful first")
     top: int = option(10, "issues listed in the printed summary", ge=0)

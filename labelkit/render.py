@@ -234,6 +234,11 @@ def doctor(console: Console, report: dict[str, Any]) -> None:
     n = report["network"]
     line(console, "not checked" if n["reachable"] is None else f"{'reachable' if n['reachable'] else 'NOT reachable'} ({n['detail']})", head="network")
     line(console, f"{report['disk']['free_gb']} GiB free of {report['disk']['total_gb']} GiB under {report['disk']['path']}", head="disk")
+    doctor_needs(console, report)
+
+
+def doctor_needs(console: Console, report: dict[str, Any]) -> None:
+    """What the config needs, each ``ok`` or ``missing`` (with how to get it)."""
     for need in report["needs"]:
         style = "green" if need["ok"] else "bold red"
         console.print(Text.assemble(("ok" if need["ok"] else "missing", style), f": {need['what']} ({need['detail']})"))

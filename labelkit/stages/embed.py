@@ -206,7 +206,11 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
         n_scored = sum(1 for h in set(sample_hashes) if h not in have.where)
         have.add(chosen[2], sample_hashes)
     todo_rows = [r for r, h in enumerate(hashes) if h not in have.where and h not in have.unreadable]
-    errors, batch_size, workers = _vectors.embed_missing(ws, samples, cfg, embedder, model, have, todo_rows, hashes, parts_dir, progress)
+    if cfg.engine == "ray":  # the same parts, written from what Ray actors return (labelkit/engines, docs/scale.md)
+        from labelkit.engines.ray_embed import embed_missing
+    else:
+        embed_missing = _vectors.embed_missing
+    errors, batch_size, workers = embed_missing(ws, samples, cfg, embedder, model, have, todo_rows, hashes, parts_dir, progress)
     # Assemble in samples order, every vector found by its content.
     keep, ordered = have.take(hashes)
     skipped_now = sorted(i for i, k in zip(ids, keep) if not k)
@@ -218,7 +222,7 @@ def _embed_with_model(ws, samples, cfg, model, params, params_fp, hashes: list[s
     summary = {
         "model": model, "device": device, "dim": embedder.dim, "n_embedded": n_scored + len(todo_rows) - len(errors),
         "n_reused": n_reused, "n_changed": n_changed, "n_skipped": len(skipped_now), "skipped_ids": skipped_now[:20],
-        "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers,
+        "skip_errors": {k: errors[k] for k in skipped_now[:20] if k in errors}, "batch_size": batch_size, "num_workers": workers, "engine": cfg.engine,
         "class_embeddings": n_class, "model_choice": params.get("model_choice"), "separation": sep, "warnings": input_warnings(samples, warnings),
     }
     meta = _metadata(model, embedder.dim, params, embedder.preprocessing(), skipped_now)

@@ -40,7 +40,7 @@ def _build(job: Job) -> dict[str, Any]:
     ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     clock = Clock()
-    graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress)
+    graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress, engine=cfg.engine, ray_address=cfg.ray_address)
     clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)

@@ -130,3 +130,74 @@ def test_without_ray_the_engine_says_how_to_install(monkeypatch):
 def test_bad_ray_options():
     with pytest.raises(BadInputError, match="'workers' must be a positive integer"):
         RayOptions(workers=0)
+
+
+# -- through the CLI: the same artifacts as the local engine ---------------------------------
+
+
+def _table(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas().sort_values("id").reset_index(drop=True)
+
+
+def test_run_with_ray_writes_the_local_artifacts(local_ray, runner, digits, tmp_path):
+    import json
+
+    from labelkit.cli import app
+
+    local = tmp_path / "local"
+    shutil.copytree(digits, local)
+    r = runner.invoke(app, ["run", str(local), "--until", "detect-noise", "--model", "pixels:8", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["run", str(digits), "--until", "detect-noise", "--model", "pixels:8", "--engine", "ray", "--json"])
+    assert r.exit_code == 0, r.output
+    stages = {s["stage"]: s for s in json.loads(r.stdout)["stages"]}
+    assert stages["embed"]["engine"] == "ray" and stages["embed"]["num_workers"] == 2
+    ws_local, ws_ray = local / ".labelkit", digits / ".labelkit"
+    e_local, e_ray = _table(ws_local / "embeddings.parquet"), _table(ws_ray / "embeddings.parquet")
+    assert e_local["id"].tolist() == e_ray["id"].tolist()
+    np.testing.assert_allclose(np.stack(e_ray["embedding"]), np.stack(e_local["embedding"]), atol=1e-6)
+    for name in ("knn.parquet",):
+        assert _table_rows(ws_local / name) == _table_rows(ws_ray / name)
+    p_local, p_ray = _table(ws_local / "pseudolabels.parquet"), _table(ws_ray / "pseudolabels.parquet")
+    assert p_local[["id", "label", "accepted"]].equals(p_ray[["id", "label", "accepted"]])
+    np.testing.assert_allclose(p_ray["confidence"], p_local["confidence"], atol=1e-6)
+    i_local, i_ray = _table(ws_local / "label_issues.parquet"), _table(ws_ray / "label_issues.parquet")
+    assert i_local[["id", "is_issue", "rank"]].equals(i_ray[["id", "is_issue", "rank"]])
+
+
+def _table_rows(path: Path) -> list:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def test_killed_ray_embed_resumes_with_the_missing_rows(local_ray, runner, digits, tmp_path, monkeypatch):
+    import json
+
+    from labelkit.cli import app
+    from labelkit.engines import ray_embed
+
+    cfg = tmp_path / "lk.toml"
+    cfg.write_text('[embed]\nmodel = "pixels:8"\nrow_group_size = 300\n')
+    real = ray_embed.embed_parts
+    written = []
+
+    def killed_after_two_parts(*args, **kwargs):
+        def on_part(path):
+            written.append(path)
+            if len(written) == 2:
+                raise KeyboardInterrupt  # the driver stops here, as on Ctrl-C
+        return real(*args, **{**kwargs, "on_part": on_part})
+
+    monkeypatch.setattr(ray_embed, "embed_parts", killed_after_two_parts)
+    r = runner.invoke(app, ["embed", str(digits), "--engine", "ray", "--config", str(cfg)])
+    assert r.exit_code == 130 and len(written) == 2
+    assert not (digits / ".labelkit" / "embeddings.parquet").exists()
+    monkeypatch.setattr(ray_embed, "embed_parts", real)
+    r = runner.invoke(app, ["embed", str(digits), "--engine", "ray", "--config", str(cfg), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["engine"] == "ray"
+    assert summary["n_reused"] == 600 and summary["n_embedded"] == 1797 - 600
