@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from labelkit.dataset import IMAGE_EXTS, MANIFEST_NAMES, UNLABELED_DIR, Samples, _from_image_folder, _from_manifest, _merge_classes, _table, discover
@@ -112,3 +114,42 @@ def _from_text_file(path: Path, classes) -> Samples:
     samples = Samples(table=table, kind="text", classes=[], vectors=None, origin=path.name)
     samples.classes = _merge_classes(samples, classes)
     return samples
+
+
+# -- whether a student can read them ----------------------------------------------------------
+
+MODALITY_KIND = {"image": "image", "text": "text"}  # embedder modality -> the DATA kind it reads
+# The modality of the embedder families known without loading them (the refusal is then instant);
+# any other spec is checked once its embedder is built.
+FAMILY_MODALITY = {"pixels": "image", "clip": "image", "efficientnet-lite0": "image", "minilm": "text", "sbert": "text"}
+KIND_WORDS = {"image": "images", "text": "texts", "vectors": "vectors", "labels-only": "labels only"}
+FEED_HINT = {"image": "give it a folder of images or an image file",
+             "text": "give it a CSV/Parquet with a 'text' column, or a .txt file with one text per line"}
+
+
+def check_fits(config: dict[str, Any], samples: Samples) -> None:
+    """Refuse DATA a student (its config.json, ``config``) cannot read, before anything is loaded or written (one line, how to fix)."""
+    spec = config["input"]
+    held = KIND_WORDS.get(samples.kind, samples.kind)
+    if spec.get("kind") == "pixels":
+        if samples.kind != "image":
+            raise BadInputError(f"this student ({config.get('architecture')}) reads images, but DATA holds {held}; {FEED_HINT['image']}")
+        return
+    model = str(config["embedder"].get("model"))
+    dim = int(spec["dim"])
+    if samples.kind == "vectors":
+        if samples.vectors.shape[1] != dim:
+            raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.shape[1]} dimensions, but this student expects {dim} ({model} embeddings)")
+        if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
+            raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
+        return
+    if model == "precomputed":
+        raise BadInputError(f"this student was trained on your own {dim}-d vectors; DATA must be a manifest with an 'embedding' column of them, not {held}")
+    modality = FAMILY_MODALITY.get(model.partition(":")[0])
+    if modality is not None and samples.kind != MODALITY_KIND[modality]:
+        raise modality_error(model, modality, samples.kind)
+
+
+def modality_error(model: str, modality: str, kind: str) -> BadInputError:
+    hint = FEED_HINT.get(modality, "")
+    return BadInputError(f"this student's embedder {model} reads {modality} inputs, but DATA holds {KIND_WORDS.get(kind, kind)}" + (f"; {hint}" if hint else ""))

@@ -24,26 +24,18 @@ import pyarrow as pa
 from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
 from labelkit.config import PredictConfig
-from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
-from labelkit.predict_inputs import PredictInputs, discover_inputs
+from labelkit.predict_inputs import MODALITY_KIND, PredictInputs, check_fits, discover_inputs, modality_error
 from labelkit.stages import _multilabel
-from labelkit.stages._common import RunContext, StageResult, now, samples_fingerprint
+from labelkit.dataset import samples_fingerprint
+from labelkit.stages._common import RunContext, StageResult, now
 from labelkit.distill.pixels import load_pixels
 from labelkit.distill.folder import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format
 from labelkit.workspace import Workspace, text_fingerprint
 
 STAGE = "predict"
 PREVIEW_ROWS = 10
-MODALITY_KIND = {"image": "image", "text": "text"}  # embedder modality -> the DATA kind it reads
-# The modality of the embedder families known without loading them (the refusal is then instant);
-# any other spec is checked once its embedder is built.
-FAMILY_MODALITY = {"pixels": "image", "clip": "image", "efficientnet-lite0": "image", "minilm": "text", "sbert": "text"}
-KIND_WORDS = {"image": "images", "text": "texts", "vectors": "vectors", "labels-only": "labels only"}
-FEED_HINT = {"image": "give it a folder of images or an image file",
-             "text": "give it a CSV/Parquet with a 'text' column, or a .txt file with one text per line"}
-
 PREDICTIONS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
                                 ("top_labels", pa.list_(pa.string())), ("top_probs", pa.list_(pa.float32()))])
 
@@ -54,7 +46,7 @@ def run(model_dir: Path | str, ctx: RunContext, cfg: PredictConfig) -> StageResu
     student = load_student_dir(Path(model_dir))
     found = discover_inputs(ws.data, classes=ctx.dcfg.classes)
     samples = found.samples
-    _check_fits(student, samples)
+    check_fits(student["config"], samples)
     samples_fp = _write_samples(ws, found)
     device = resolve_device(cfg.device)
     x, rows, skipped = _inputs(ctx, found, student, device)
@@ -117,34 +109,6 @@ def load_student_dir(model_dir: Path) -> dict[str, Any]:
 # -- inputs ---------------------------------------------------------------------------------
 
 
-def _check_fits(student: dict[str, Any], samples: Samples) -> None:
-    """Refuse DATA the student cannot read before anything is loaded or written (one line, how to fix)."""
-    spec = student["config"]["input"]
-    held = KIND_WORDS.get(samples.kind, samples.kind)
-    if spec.get("kind") == "pixels":
-        if samples.kind != "image":
-            raise BadInputError(f"this student ({student['config'].get('architecture')}) reads images, but DATA holds {held}; {FEED_HINT['image']}")
-        return
-    model = str(student["config"]["embedder"].get("model"))
-    dim = int(spec["dim"])
-    if samples.kind == "vectors":
-        if samples.vectors.shape[1] != dim:
-            raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.shape[1]} dimensions, but this student expects {dim} ({model} embeddings)")
-        if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
-            raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
-        return
-    if model == "precomputed":
-        raise BadInputError(f"this student was trained on your own {dim}-d vectors; DATA must be a manifest with an 'embedding' column of them, not {held}")
-    modality = FAMILY_MODALITY.get(model.partition(":")[0])
-    if modality is not None and samples.kind != MODALITY_KIND[modality]:
-        raise _modality_error(model, modality, samples.kind)
-
-
-def _modality_error(model: str, modality: str, kind: str) -> BadInputError:
-    hint = FEED_HINT.get(modality, "")
-    return BadInputError(f"this student's embedder {model} reads {modality} inputs, but DATA holds {KIND_WORDS.get(kind, kind)}" + (f"; {hint}" if hint else ""))
-
-
 def _write_samples(ws: Workspace, found: PredictInputs) -> str:
     """samples.parquet in the workspace, rewritten only when its content changed; its fingerprint."""
     _make_workspace(ws.out)
@@ -195,7 +159,7 @@ def _embed(ctx: RunContext, found: PredictInputs, embedder_spec: dict[str, Any],
         raise BadInputError(f"the student's embedder {model} used weights {weights}, which are not there; put them back to embed DATA")
     embedder = create_embedder(model, EmbedderOptions(weights=weights, device=device, allow_download=bool(params.get("allow_download", False))))
     if samples.kind != MODALITY_KIND.get(embedder.modality):
-        raise _modality_error(model, embedder.modality, samples.kind)
+        raise modality_error(model, embedder.modality, samples.kind)
     if embedder.dim != dim:
         raise BadInputError(f"embedder {model} gives {embedder.dim}-d vectors, but this student expects {dim}")
     table = samples.table
@@ -221,8 +185,8 @@ def _write_predictions(ctx, cfg: PredictConfig, found: PredictInputs, student, r
     samples = found.samples
     classes = student["classes"]
     names = np.asarray(classes, dtype=object)
-    k = min(cfg.top_k, len(classes))
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    width = min(cfg.top_k, len(classes))  # classes kept in top_labels
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :width]
     top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
     ids = samples.table["id"].to_numpy()[rows]
     df = pd.DataFrame({
