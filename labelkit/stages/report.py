@@ -6,7 +6,6 @@ which command makes it. Only an empty workspace (no embeddings and no label issu
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from labelkit.config import ReportConfig
 from labelkit.errors import MissingArtifactError
 from labelkit.stages._common import RunContext, StageResult
 from labelkit.stages._report_sections import METRICS, build_sections
-from labelkit.stages._runner import Job, Stage
+from labelkit.stages._runner import Job, Stage, recorded_summary
 from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, atomic_write
 
@@ -24,7 +23,8 @@ STAGE = "report"
 REPORT = "report.html"
 
 
-READS = (artifacts.SAMPLES, artifacts.EMBEDDINGS, artifacts.PROTOTYPES, artifacts.PSEUDOLABELS, artifacts.LABEL_ISSUES, METRICS)
+READS = (artifacts.SAMPLES, artifacts.EMBEDDINGS, artifacts.PROTOTYPES, artifacts.PSEUDOLABELS, artifacts.LABEL_ISSUES, METRICS,
+         artifacts.DISCOVERIES)
 
 
 def _check(job: Job) -> None:
@@ -86,24 +86,19 @@ def _input_fingerprints(ws: Workspace, have: dict[str, bool]) -> dict[str, str]:
 
 # -- warnings -------------------------------------------------------------------------------
 
-# Where each stage stores its summary (and so its warnings): Parquet metadata, or metrics.json.
+# The stages whose warnings the banner shows, with the artifact that must be there (their summaries
+# are read from manifest.json, as a skipped stage reports them).
 WARNING_SOURCES = (("embed", artifacts.EMBEDDINGS), ("prototype", artifacts.PROTOTYPES), ("pseudolabel", artifacts.PSEUDOLABELS),
                    ("detect-noise", artifacts.LABEL_ISSUES), ("distill", METRICS))
 
 
 def collect_warnings(ws: Workspace, have: dict[str, bool]) -> list[dict[str, str]]:
-    """Every stored stage summary's ``warnings``, in pipeline order, each tagged with its stage."""
+    """Every recorded stage summary's ``warnings``, in pipeline order, each tagged with its stage."""
     out = []
     for stage, name in WARNING_SOURCES:
         if not have.get(name):
             continue
-        if name == METRICS:
-            try:
-                summary = json.loads(ws.path(name).read_text(encoding="utf-8")).get("summary")
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                continue  # the student section says the file is unreadable
-        else:
-            summary = artifacts.read_metadata(ws.path(name)).get("summary")
+        summary = recorded_summary(ws, stage)
         found = summary.get("warnings") if isinstance(summary, dict) else None
         for w in found if isinstance(found, list) else []:
             w = w if isinstance(w, dict) else {"message": str(w)}

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from labelkit import artifacts
 from labelkit.cli import app
 from labelkit.config import DatasetConfig, ReportConfig
 from labelkit.stages import report as stage
@@ -246,15 +247,12 @@ def test_issue_table_filter_hides_the_other_classes_in_chromium(runner, pipeline
 
 
 def _set_summary(path: Path, **changes) -> None:
-    """Rewrite a Parquet artifact's stored summary (key-value metadata), as a stage would have written it."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path)
-    meta = dict(t.schema.metadata)
-    summary = json.loads(meta.get(b"labelkit:summary", b"{}"))
-    summary.update(changes)
-    meta[b"labelkit:summary"] = json.dumps(summary).encode()
-    pq.write_table(t.replace_schema_metadata(meta), path)
+    """Rewrite the summary manifest.json recorded for the stage that wrote ``path``, as that stage would have."""
+    owner = {"metrics.json": "distill"}.get(path.name) or artifacts.OWNER[path.name]
+    manifest = path.parent / "manifest.json" if path.name != "metrics.json" else path.parent.parent / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["stages"][owner].setdefault("summary", {}).update(changes)
+    manifest.write_text(json.dumps(m))
 
 
 def _workspace_copy(data: Path, tmp_path: Path) -> Path:
@@ -272,9 +270,7 @@ def test_banner_shows_every_stored_warning_with_its_stage_and_hint(runner, pipel
     _set_summary(ws / "pseudolabels.parquet", warnings=[])
     _set_summary(ws / "label_issues.parquet", warnings=[{"code": "high_noise_rate", "message": "estimated label-noise rate 41%", "hint": "review by rank"}])
     if (ws / "student" / "metrics.json").exists():
-        metrics = json.loads((ws / "student" / "metrics.json").read_text())
-        metrics.setdefault("summary", {})["warnings"] = []
-        (ws / "student" / "metrics.json").write_text(json.dumps(metrics))
+        _set_summary(ws / "student" / "metrics.json", warnings=[])
     r = runner.invoke(app, ["report", str(data), "--out", str(ws), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
