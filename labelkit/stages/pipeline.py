@@ -15,7 +15,7 @@ def pipeline_nodes() -> list[_runner.Stage]:
     return [s for s in _runner.nodes() if s.in_pipeline]
 
 
-ORDER = ["embed", "prototype", "pseudolabel", "detect-noise", "distill", "report"]
+ORDER = [s.id for s in pipeline_nodes()]  # from the stages' declarations (labelkit.stages._runner.MODULES)
 
 
 def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> StageResult:
