@@ -190,8 +190,8 @@ class Teacher:
         labels = np.asarray(labels, dtype=np.int64)
         if embeddings.ndim != 2 or len(embeddings) != len(labels):
             raise BadInputError(f"'embeddings' must be (n_samples, dim) with one row per label. Got {embeddings.shape} for {len(labels)} labels instead.")
-        k = int(n_classes if n_classes is not None else (labels.max() + 1 if (labels >= 0).any() else 0))
-        if k < 1:
+        n_cls = int(n_classes if n_classes is not None else (labels.max() + 1 if (labels >= 0).any() else 0))
+        if n_cls < 1:
             raise BadInputError("'n_classes' must be given when no sample is labeled.")
         clock = Clock()
         if graph is None:
@@ -200,12 +200,12 @@ class Teacher:
             graph = knn.knn_graph(embeddings, min(self.pseudolabel.k, max(1, len(embeddings) - 1)), exclude_self=True)
             clock.lap("knn_graph")
         if prototypes is None:
-            prototypes = build_prototypes(embeddings, labels, k, self.prototype, text, model=model).protos
+            prototypes = build_prototypes(embeddings, labels, n_cls, self.prototype, text, model=model).protos
         with progress.task("pseudolabel", total=2) as task:  # two steps: checking the seeds, then scoring
-            self.result_, self.seeds_dropped_ = teach(embeddings, labels, k, graph, prototypes, text, self.pseudolabel, task=task,
+            self.result_, self.seeds_dropped_ = teach(embeddings, labels, n_cls, graph, prototypes, text, self.pseudolabel, task=task,
                                                       clock=clock, accept_rows=np.flatnonzero(labels < 0))
             task.update(step="done")
-        self.prototypes_, self.n_classes_, self.timings_ = prototypes, k, clock.laps
+        self.prototypes_, self.n_classes_, self.timings_ = prototypes, n_cls, clock.laps
         return self
 
     def predict_proba(self) -> np.ndarray:

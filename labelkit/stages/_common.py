@@ -94,21 +94,6 @@ def input_warnings(samples: Samples, warnings: list[dict[str, str]]) -> list[dic
     return [n for n in samples.notices if n["code"] not in own] + list(warnings)
 
 
-def stale_reason(ws: Workspace, stage: str, cfg: StageConfig, inputs: dict[str, str], *, force: bool, params_fp: str | None = None) -> str | None:
-    """None when the stage can be skipped; otherwise why it must run.
-
-    A stage that must run first removes its own outputs that no longer open (truncated, corrupt):
-    they are derived data it is about to rebuild, and a stage that resumes from its previous
-    output (embed) must not trip over them. The reason then says so.
-    """
-    reason = "--force" if force else ws.staleness(stage, params_fp or cfg.fingerprint(), inputs)
-    if reason is not None:
-        removed = drop_damaged_outputs(ws, stage)
-        if removed and not force:
-            reason = removed
-    return reason
-
-
 def drop_damaged_artifacts(ws: Workspace) -> list[str]:
     """Remove every derived Parquet artifact of ``ws`` that does not open (its footer), each with a LabelkitWarning.
 

@@ -92,7 +92,6 @@ class Stage:
     key: Hook | None = None
     explain: Callable[[Job, str], str] | None = None
     after: Callable[[Job, StageResult], None] | None = None
-    legacy: Callable[..., StageResult] | None = None  # a module's own run(ctx, cfg, force=...), until it declares a SPEC
 
     @property
     def id(self) -> str:
@@ -110,22 +109,8 @@ def nodes() -> list[Stage]:
     out = []
     for name in MODULES:
         module = importlib.import_module(f"labelkit.stages.{name}")
-        found = getattr(module, "SPECS", None) or ([module.SPEC] if hasattr(module, "SPEC") else [])
-        out.extend(found or [_undeclared(name, module)])
+        out.extend(getattr(module, "SPECS", None) or [module.SPEC])
     return out
-
-
-def _undeclared(name: str, module) -> Stage:
-    """A stage module that runs itself (its own ``run``) until it declares a SPEC: its place in the DAG."""
-    if name != "distill":
-        raise TypeError(f"labelkit.stages.{name} declares no SPEC")
-    from labelkit.config import DistillConfig
-
-    def inputs(cfg) -> tuple[str, ...]:
-        return (artifacts.EMBEDDINGS, *(() if cfg.keep_issues else (artifacts.LABEL_ISSUES,)),
-                *((artifacts.PSEUDOLABELS,) if cfg.use_pseudolabels else ()))
-
-    return Stage("distill", DistillConfig, build=None, outputs=(STUDENT,), inputs=inputs, legacy=module.run)  # type: ignore[arg-type]
 
 
 def node(name: str) -> Stage:
@@ -152,8 +137,6 @@ def run(ctx: RunContext, spec: Stage, cfg: StageConfig, *, force: bool = False, 
     ``step``: run as a pipeline step (``labelkit run``, a missing upstream), which a current run
     of a node that refines this one satisfies; a stage asked for by name is not.
     """
-    if spec.legacy is not None:
-        return spec.legacy(ctx, cfg, force=force)
     with ctx.ws.lock(command=f"labelkit {spec.name}"):
         job = Job(ctx, spec, spec.configure(cfg) if spec.configure else cfg, force=force, step=step)
         if spec.samples:

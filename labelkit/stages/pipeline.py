@@ -23,11 +23,6 @@ def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> S
     return _runner.run_node(ctx, _runner.node(name), cfg, force=force)
 
 
-def ensure(ctx: RunContext, name: str) -> list[StageResult]:
-    """Run stage ``name`` first when an output of it is missing or damaged (see _runner.ensure, which takes an artifact)."""
-    return _runner.ensure(ctx, _runner.node(name).outputs[0])
-
-
 def run_pipeline(ctx: RunContext, *, start: str | None = None, until: str | None = None, force: bool = False) -> list[StageResult]:
     """Every stage in order (each skipped when up to date), from ``start`` to ``until`` inclusive."""
     order = [s.id for s in pipeline_nodes()]
