@@ -116,6 +116,41 @@ def _graph_job(n: int, k: int, n_check: int, method: str, out) -> None:
                  total=t_total, cpu=cpu, peak=peak, data=data_gb, recall=recall, n_check=len(rows)))
 
 
+def _sweep_job(n: int, d: int, m: int, ef_construction: int, efs: tuple[int, ...], k: int, n_check: int, out) -> None:
+    """One process: build HNSW(M, efConstruction) over n x d, then for each efSearch the recall@k and
+    search seconds on ``n_check`` sampled rows (a whole graph's search is n / n_check times that)."""
+    import faiss
+
+    from labelkit import knn
+
+    x = clustered(n, d)
+    rows = np.sort(np.random.default_rng(123).choice(n, min(n_check, n), replace=False))
+    exact = _exact_without_self(x, rows, k)
+    c0, t0 = _cpu(), time.perf_counter()
+    index = knn.KnnIndex("hnsw", device="cpu", ann=knn.AnnParams(hnsw_m=m, ef_construction=ef_construction)).build(x)
+    build, build_cpu = time.perf_counter() - t0, _cpu() - c0
+    curve = []
+    for ef in efs:
+        c1, t1 = _cpu(), time.perf_counter()
+        _, idx = index._index.search(x[rows], k + 1, params=faiss.SearchParametersHNSW(efSearch=max(ef, k + 1)))
+        wall, cpu = time.perf_counter() - t1, _cpu() - c1
+        keep = idx != rows[:, None]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        curve.append((ef, knn.recall_at_k(np.take_along_axis(idx, order, axis=1), exact), wall * n / len(rows), cpu * n / len(rows)))
+    out.put({"build": build, "build_cpu": build_cpu, "peak": _peak_gb(), "index_gb": (x.nbytes + n * 2 * m * 4) / 1024**3, "curve": curve})
+
+
+def sweep(sizes: list[int], dims: list[int], configs: list[tuple[int, int]], efs: tuple[int, ...], k: int, n_check: int) -> None:
+    """Print the HNSW trade-off curve: build time, search time, recall@k and memory per (n, d, M, efConstruction, efSearch)."""
+    for n in sizes:
+        for d in dims:
+            for m, efc in configs:
+                r = _in_child(_sweep_job, n, d, m, efc, efs, k, n_check)
+                for ef, recall, wall, cpu in r["curve"]:
+                    print(f"| {n:,} x {d} | {m} | {efc} | {r['build']:.0f} ({r['build_cpu']:.0f}) | {ef} | {recall:.4f} | "
+                          f"{wall:.0f} ({cpu:.0f}) | {r['build'] + wall:.0f} | {r['peak']:.2f} ({r['index_gb']:.2f}) |", flush=True)
+
+
 def _in_child(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -132,6 +167,8 @@ def _row(r: dict, k: int) -> str:
             f"{r['cpu']:.1f} | {r['peak']:.2f} ({r['data']:.2f} data) | {r['recall']:.4f} ({r['n_check']} q) |")
 
 
+HEADER_SWEEP = ("| n x d | M | efConstruction | build s (CPU s) | efSearch | recall@10 | graph search s, extrapolated (CPU s) "
+                "| build + search s | peak RSS GB (index GB) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 HEADER = ("| n | method | build s | search s | total s | CPU s | peak RSS GB | recall@{k} |\n"
           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 
@@ -143,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", type=int, default=1000, help="queries checked against exact search")
     ap.add_argument("--compare", default="50000,100000",
                     help="comma-separated sizes for exact vs HNSW ('' to skip)")
+    ap.add_argument("--sweep", help="HNSW trade-off curve instead: sizes x dims, e.g. '100000,300000x128,512'")
+    ap.add_argument("--configs", default="32:64,32:160", help="with --sweep: M:efConstruction pairs")
+    ap.add_argument("--efs", default="16,32,64,128,256,512", help="with --sweep: efSearch values")
     args = ap.parse_args(argv)
     k = args.k
+    if args.sweep:
+        sizes, dims = (list(map(int, part.split(","))) for part in args.sweep.split("x"))
+        configs = [tuple(map(int, c.split(":"))) for c in args.configs.split(",")]
+        print(HEADER_SWEEP)
+        sweep(sizes, dims, configs, tuple(map(int, args.efs.split(","))), k, args.check)
+        return 0
     from labelkit import knn
 
     failures = []

@@ -72,6 +72,7 @@ EXACT_MAX_PAIRS = EXACT_MAX_ROWS**2
 # Not measured (no GPU here): a GPU brute-force product is ~100x faster than 2 CPU cores.
 EXACT_MAX_ROWS_GPU = 200_000
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
+HNSW_DENSE_BUILD_ROWS = 300_000  # above: efConstruction 160 instead of 64 (hnsw_ef_construction)
 DEFAULT_BATCH_SIZE = 4_096  # query rows per block
 _UNIT_ATOL = 1e-3  # rows whose norm is within this of 1 are taken as already normalised
 _RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
@@ -85,12 +86,15 @@ class AnnParams:
     ----------
     hnsw_m : int, default=32
         Graph degree M of HNSW (level 0 keeps up to 2M neighbours).
-    ef_construction : int, default=64
-        Candidate list size while building HNSW. Below 2M it starves level 0: on 100k x 512
-        clustered vectors (benchmarks/knn.py data), M=32 reached recall@10 0.83 / 0.93 / 0.96 at
-        efSearch 16 / 64 / 128 with efConstruction=40, but 0.94 / 0.98 / 1.00 at efSearch
-        16 / 32 / 64 with efConstruction=64, for 10% more build time. M=24 and M=48 cost about
-        the same for the same recall; M=16 needs twice the efSearch.
+    ef_construction : int or None, default=None
+        Candidate list size while building HNSW; None chooses by the number of rows
+        (:func:`hnsw_ef_construction`: 64 up to HNSW_DENSE_BUILD_ROWS rows, 160 above). Below 2M
+        it starves level 0: on 100k x 512 clustered vectors (benchmarks/knn.py data), M=32
+        reached recall@10 0.83 / 0.93 / 0.96 at efSearch 16 / 64 / 128 with efConstruction=40,
+        but 0.94 / 0.98 / 1.00 at efSearch 16 / 32 / 64 with efConstruction=64, for 10% more
+        build time. M=24 and M=48 cost about the same for the same recall; M=16 needs twice the
+        efSearch. A denser build pays off when the graph is large: see docs/performance.md,
+        "The kNN graph".
     ef_search : int or None, default=None
         Candidate list size while searching; None tunes it on a sample to ``target_recall``.
     nlist : int or None, default=None
@@ -105,7 +109,7 @@ class AnnParams:
     """
 
     hnsw_m: int = 32
-    ef_construction: int = 64
+    ef_construction: int | None = None
     ef_search: int | None = None
     nlist: int | None = None
     nprobe: int | None = None
@@ -356,7 +360,7 @@ class KnnIndex:
 
     def _build_hnsw(self, base, progress):
         index = faiss.IndexHNSWFlat(base.shape[1], self.ann.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self.ann.ef_construction
+        index.hnsw.efConstruction = self.ann.ef_construction or hnsw_ef_construction(*base.shape)
         chunk = 16_384
         with progress.task("knn: build HNSW index", total=len(base)) as task:
             for s in range(0, len(base), chunk):
@@ -526,6 +530,22 @@ class KnnIndex:
             if recall >= goal:
                 break
         return knob, recall
+
+
+def hnsw_ef_construction(n: int, d: int) -> int:
+    """HNSW's efConstruction for ``n`` rows of dimension ``d``, from the measured trade-off curve.
+
+    A self-kNN graph searches every row it builds, so the cost is build(efConstruction) plus
+    n * search(efSearch), and the efSearch that reaches the recall target grows with n much faster
+    for a sparse build (docs/performance.md, "The kNN graph"): at 100k rows efConstruction 64 is
+    about twice as cheap in total, at 1M x 512 it needed efSearch 512 (52 CPU-minutes) where 160
+    is extrapolated to need at most 128 (about 31). ``d`` does not move the crossover in the
+    measurements (128 and 512).
+
+    >>> hnsw_ef_construction(100_000, 512), hnsw_ef_construction(1_000_000, 512)
+    (64, 160)
+    """
+    return 64 if n <= HNSW_DENSE_BUILD_ROWS else 160
 
 
 def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
@@ -815,6 +835,7 @@ __all__ = [
     "EXACT_MAX_ROWS",
     "KnnIndex",
     "faiss_gpu_available",
+    "hnsw_ef_construction",
     "kmeans",
     "knn_graph",
     "recall_at_k",

@@ -303,3 +303,13 @@ def test_graph_slices_after_tune_graph_equal_the_whole_graph(method):
     np.testing.assert_array_equal(np.concatenate([s for s, _ in parts]), whole_s)
     with pytest.raises(BadInputError, match="step 1"):
         index.graph(4, rows=slice(0, 10, 2))
+
+
+def test_hnsw_build_density_is_chosen_by_rows_unless_given():
+    from labelkit.knn import HNSW_DENSE_BUILD_ROWS, hnsw_ef_construction
+
+    assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS, 512) == 64
+    assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS + 1, 128) == 160
+    x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    assert KnnIndex("hnsw", device="cpu").build(x)._index.hnsw.efConstruction == 64
+    assert KnnIndex("hnsw", device="cpu", ann=AnnParams(ef_construction=100)).build(x)._index.hnsw.efConstruction == 100
