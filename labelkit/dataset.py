@@ -439,8 +439,9 @@ def _split_multi(v) -> list | None:
         return []
     if _is_missing(v):
         return None
-    parts = v.split("|") if isinstance(v, str) else list(v)
-    return [p for p in parts if not _is_missing(p)]
+    if isinstance(v, str):  # only '[]' writes an empty set in a CSV: ' | ' is an empty cell
+        return [p for p in v.split("|") if not _is_missing(p)] or None
+    return [p for p in list(v) if not _is_missing(p)]
 
 
 class _LabelReader:

@@ -168,6 +168,14 @@ def test_multi_label_rows_are_a_multi_label_task_never_unlabeled(tmp_path):
         s.label_codes()
 
 
+def test_empty_parts_of_a_label_set_are_dropped_and_only_brackets_write_an_empty_set(tmp_path):
+    write_csv(tmp_path, "text,labels\na,x|\nb, | \nc,y|x\nd,[]\ne,NA\n")
+    s = discover(tmp_path)
+    assert s.table["labels"].tolist() == [["x"], None, ["y", "x"], [], None]
+    assert s.label_matrix().tolist() == [[1, 0], [-1, -1], [1, 1], [0, 0], [-1, -1]]
+    assert _notice(s, "labels_read_as_unlabeled").startswith("1 label written as 'NA'")
+
+
 def test_multi_label_list_in_parquet_empty_list_is_no_class_and_null_unlabeled(tmp_path):
     pd.DataFrame({"text": ["a", "b", "c"], "labels": [["x", "y"], [], None]}).to_parquet(tmp_path / "labels.parquet")
     s = discover(tmp_path)
