@@ -333,6 +333,7 @@ def run(
 ) -> None:
     """Run the whole pipeline in order, each stage skipped when up to date; options via --config and --set."""
     from labelkit import render
+    from labelkit.device import gpu_distill_defaults
     from labelkit.stages import pipeline
 
     given = parse_set(sets or [])
@@ -344,6 +345,11 @@ def run(
                 given[name, key] = (value, where)
     ctx = Context(data, out, config, classes, json_out, given, wait=not no_wait)
     ctx.check([*pipeline.ORDER, *ctx.file_config])  # every stage's config, before the first one runs
+    gpu_student, note = gpu_distill_defaults(ctx.ws.data, ctx.config("distill").device, {k for s, k in ctx.origins if s == "distill"})
+    ctx.file_config.setdefault("distill", {}).update(gpu_student)
+    ctx.origins.update({("distill", k): "run's default on a GPU with images" for k in gpu_student})
+    if note:
+        console().print(Text(f"note: {note}", style="cyan"))
     results = pipeline.run_pipeline(ctx.run_context(), start=start, until=until, force=force)
     if json_out:
         warnings = [w for r in results for w in r.all_warnings()]

@@ -41,3 +41,13 @@ def image_student_on_gpu(kind: str, cuda: bool, chosen: set[str]) -> tuple[dict[
         return {}, None  # the user's choice stands; a cnn/finetune choice needs no note, an mlp/linear one was deliberate
     overrides = {k: v for k, v in GPU_IMAGE_STUDENT.items() if k not in chosen}
     return overrides, f"{why}; distill uses " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + " (set distill.student to choose another)"
+
+
+def gpu_distill_defaults(data, distill_device: str, chosen: set[str]) -> tuple[dict[str, object], str | None]:
+    """``run``'s distill options and note from :func:`image_student_on_gpu`; DATA's kind is read
+    (a discovery of the samples) only when ``distill_device`` resolves to a GPU, so CPU runs pay nothing."""
+    if not resolve_device(distill_device).startswith("cuda"):
+        return {}, None
+    from labelkit.dataset import discover
+
+    return image_student_on_gpu(discover(data, require_inputs=False).kind, True, chosen)

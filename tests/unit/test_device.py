@@ -32,3 +32,22 @@ def test_the_users_choices_stand():
     assert image_student_on_gpu("image", True, {"student"}) == ({}, None)
     options, note = image_student_on_gpu("image", True, {"epochs"})
     assert "epochs" not in options and options["student"] == "cnn" and "epochs" not in note
+
+
+def test_run_notes_and_uses_the_image_student_when_torch_sees_a_gpu(runner, digits, monkeypatch):
+    import torch
+
+    from labelkit.cli import app
+    from labelkit.device import gpu_distill_defaults
+
+    assert gpu_distill_defaults(digits, "cpu", set()) == ({}, None)  # no GPU asked for: DATA is not even read
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    options, note = gpu_distill_defaults(digits, "auto", set())
+    assert options == GPU_IMAGE_STUDENT and "cnn with FixMatch" in note
+    # run says so before any stage; embed is kept on the CPU here (no real GPU behind the patch)
+    r = runner.invoke(app, ["run", str(digits), "--until", "embed", "--model", "pixels:8", "--set", "embed.device=cpu"])
+    assert r.exit_code == 0, r.output
+    assert "note: a GPU is present: the image student (cnn with FixMatch)" in r.stderr
+    r = runner.invoke(app, ["run", str(digits), "--until", "embed", "--model", "pixels:8", "--set", "embed.device=cpu",
+                            "--set", "distill.student=mlp"])
+    assert r.exit_code == 0 and "note:" not in r.stderr
