@@ -266,6 +266,16 @@ def pseudolabel(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, cla
     emit(ctx, stage.run(ctx.run_context(), ctx.config("pseudolabel", **options), force=force), strict)
 
 
+@stage_command("discover")
+def discover(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+             strict: StrictOpt = False, no_wait: NoWaitOpt = False, **options: Any) -> None:
+    """Group unlabeled samples of classes no one labeled into new classes (discoveries.parquet)."""
+    from labelkit.stages import discover as stage
+
+    ctx = Context(data, out, config, classes, json_out, wait=not no_wait)
+    emit(ctx, stage.run(ctx.run_context(), ctx.config("discover", **options), force=force), strict)
+
+
 @stage_command("detect-noise")
 def detect_noise(data: DataArg, out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
                  strict: StrictOpt = False, no_wait: NoWaitOpt = False, **options: Any) -> None:

@@ -181,6 +181,12 @@ class PseudolabelConfig(StageConfig):
     clean_seeds: bool = option(True, "first drop labeled samples that confident learning flags on their held-out scores")
     clean_seeds_odds: float = option(5.0, "drop a flagged seed only if its held-out scores favour another class at least this many to 1 (1 = every flagged seed)", ge=1)
     seed: int = option(0, "seed of the calibration folds")
+    max_error: float | None = option(
+        None, "certify that at most this share of the accepted pseudo-labels is wrong (Learn then Test on the held-out labeled samples); "
+        "when the labels cannot certify it, accept nothing and exit 3", shown="off", gt=0, lt=1)
+    error_confidence: float = option(0.9, "confidence of the --max-error certificate (1 - the chance that it is wrong)", gt=0, lt=1)
+    novelty_rate: float = option(0.05, "share of known-class samples that may be wrongly judged novel (far from every labeled class)", gt=0, lt=1)
+    reject_novel: bool = option(True, "do not accept the pseudo-label of a sample judged novel (reason 'novel')")
 
     @field_validator("threshold")
     @classmethod
@@ -314,6 +320,14 @@ class ReportConfig(StageConfig):
     title: str | None = option(None, "the page title", shown="'labelkit report: <dataset folder name>'")
 
 
+class DiscoverConfig(StageConfig):
+    pool: Literal["novel", "unlabeled"] = option(
+        "novel", "samples to cluster into new classes: those pseudolabel judged novel, or every unlabeled sample")
+    max_new: int = option(20, "the most new classes tried when estimating how many there are", ge=1)
+    n_clusters: int | None = option(None, "use this many new classes instead of estimating the number", shown="estimated", ge=0)
+    seed: int = option(0, "seed of the k-means++ initialisation")
+
+
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "report": ReportConfig,
     "distill": DistillConfig,
@@ -322,6 +336,7 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "embed": EmbedConfig,
     "prototype": PrototypeConfig,
     "pseudolabel": PseudolabelConfig,
+    "discover": DiscoverConfig,
     "detect-noise": DetectNoiseConfig,
 }
 

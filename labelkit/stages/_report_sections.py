@@ -24,6 +24,7 @@ THUMBNAIL_PX = 96
 TABLE_THUMBNAIL_PX = 48
 TABLE_THUMBNAILS = 2000  # past this many rows the tables show ids only (about 1.5 KB of page per thumbnail)
 PSEUDO_EXAMPLES = 4  # per group: most / least confident accepted, best rejected
+DISCOVERY_EXAMPLES = 8  # per new cluster: its most confident members
 PSEUDO_CLASSES = 100  # classes shown in the pseudo-label gallery (those with the most pseudo-labels)
 SNIPPET_CHARS = 220
 SEED = 0  # the map's subsample is the same on every run
@@ -58,6 +59,8 @@ def build_sections(ws: Workspace, cfg: ReportConfig, have: dict[str, bool]) -> l
     else:
         out += [rep.missing_section("pseudolabels", "Pseudo-labels", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}"),
                 rep.missing_section("pseudo_gallery", "Pseudo-labels by class", artifacts.PSEUDOLABELS, f"labelkit pseudolabel {data}")]
+    out.append(_discoveries(ws, previews) if have.get(artifacts.DISCOVERIES)
+               else rep.missing_section("discoveries", "New classes", artifacts.DISCOVERIES, f"labelkit discover {data}"))
     if issues is not None:
         out += [_noise(ws, classes), _gallery(cfg, issues, previews), _outliers(ws, issues, previews)]
     else:
@@ -328,6 +331,36 @@ def _pseudo_gallery(ws: Workspace, classes: list[str], previews: _Previews) -> r
             "embedding confuses classes; good ones among the rejected mean the threshold is stricter than it needs to be.</p>")
     more = f'<p class="hint">… and {hidden} more classes (the {PSEUDO_CLASSES} with the most pseudo-labels are shown).</p>' if hidden else ""
     return rep.Section("pseudo_gallery", "Pseudo-labels by class", lead + samples_html.pseudolabel_gallery_html(blocks) + more)
+
+
+def _discoveries(ws: Workspace, previews: _Previews) -> rep.Section:
+    """A gallery per new cluster (its most confident members), under its nearest known class."""
+    path = ws.path(artifacts.DISCOVERIES)
+    meta = artifacts.read_metadata(path)
+    summary = meta.get("summary") or {}
+    t = artifacts.read_table(path, columns=["id", "cluster", "confidence"]).to_pandas()
+    clusters = meta.get("clusters") or []
+    lead = (f'<p class="lead">{summary.get("n_candidates", 0)} unlabeled samples were judged novel (unlike every labeled class; '
+            f'novelty at least {float(summary.get("novelty_threshold", float("nan"))):.2f}); clustered with the known classes held fixed, '
+            f'they form {len(clusters)} new cluster(s) ({summary.get("n_joined_known", 0)} joined a known class). Each cluster shows its '
+            f"{DISCOVERY_EXAMPLES} most confident members and the known class it lies nearest to: a new class to name, or part of "
+            "that class the labels missed.</p>")
+    if not clusters:
+        return rep.Section("discoveries", "New classes", lead + '<p class="hint">No new cluster.</p>')
+    blocks = []
+    for c in clusters:
+        members = t[t["cluster"] == c["cluster"]].sort_values("confidence", ascending=False, kind="stable").head(DISCOVERY_EXAMPLES)
+        tiles = []
+        for sid, conf in zip(members["id"].astype(str), members["confidence"]):
+            thumb, text = previews.get(sid, size=THUMBNAIL_PX)
+            media = rep.media_html(thumb, text, alt=sid, snippet_chars=SNIPPET_CHARS)
+            tiles.append(f'<div class="tile"><div class="media">{media}</div><div class="meta"><code>{rep.esc(sid)}</code> '
+                         f"confidence {float(conf):.2f}</div></div>")
+        near = c.get("nearest_class")
+        head = (f'<h3>New cluster {int(c["cluster"])}: {int(c["size"])} samples; nearest known class '
+                f'<b>{rep.esc(near) if near is not None else "none"}</b> (cosine {float(c.get("nearest_similarity") or 0):.2f})</h3>')
+        blocks.append(head + '<div class="gallery">' + "".join(tiles) + "</div>")
+    return rep.Section("discoveries", "New classes", lead + "".join(blocks))
 
 
 def _student(ws: Workspace, classes: list[str]) -> rep.Section:

@@ -26,7 +26,7 @@ from labelkit.workspace import Workspace
 
 # The stage modules, in pipeline order (``labelkit run`` runs the nodes of this order whose
 # ``in_pipeline`` is true). A module declares ``SPEC`` (one node) or ``SPECS`` (several).
-MODULES = ("embed", "prototype", "pseudolabel", "detect_noise", "distill", "report")
+MODULES = ("embed", "prototype", "pseudolabel", "discover", "detect_noise", "distill", "report")
 STUDENT = "student"  # distill's output folder
 DYNAMICS = "student/dynamics.parquet"  # distill's training dynamics, read by detect-noise --dynamics
 METRICS = "student/metrics.json"

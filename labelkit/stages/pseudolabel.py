@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from labelkit import artifacts, health
+from labelkit import artifacts, guarantee, health
 from labelkit import pseudolabel as compute
+from labelkit.errors import ThresholdExceededError
 from labelkit.config import PseudolabelConfig
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
@@ -50,19 +51,36 @@ def _build(job: Job) -> dict[str, Any]:
     r, dropped = teacher.result_, teacher.seeds_dropped_
     # Written and accepted among: the unlabeled rows (doubted seeds were scored as unlabeled but are not written).
     rows = np.flatnonzero(a.labels < 0)
-    accepted = r.accepted[rows]
+    # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
+    decided = guarantee.accept_pseudolabels(a.vectors, a.labels, len(a.classes), r, dropped, rows, reject_novel=cfg.reject_novel,
+                                            novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence)
+    accepted = decided.accepted
     summary = _summary(a, cfg, r, rows, accepted, dropped)
+    opened = _open_set_summary(cfg, decided, r.confidence[rows])
+    summary.update(opened)
+    if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
+        summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [_uncertified_warning(cfg, opened)]
     summary["warnings"] = input_warnings(samples, summary["warnings"])
-    table = _table(a, r, rows, accepted)
+    table = _table(a, r, rows, accepted, decided)
     del r
-    meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model")}
+    meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model"),
+            "novelty": opened["novelty"], **({"guarantee": opened["guarantee"]} if "guarantee" in opened else {})}
     artifacts.write_table(ws.path(artifacts.PSEUDOLABELS), table, meta)
     clock.lap("write")
     summary["timings_s"] = {"knn_graph": clock.laps["knn_graph"], **teacher.timings_, "write": clock.laps["write"]}
     return summary
 
 
-SPEC = Stage(STAGE, PseudolabelConfig, _build, outputs=(artifacts.PSEUDOLABELS,), inputs=(artifacts.EMBEDDINGS, artifacts.PROTOTYPES), check=_check)
+def _gate(job: Job, res: StageResult) -> None:
+    """--max-error that the labels cannot certify: exit 3 (the CI code), skipped or not."""
+    g = res.summary.get("guarantee")
+    if isinstance(g, dict) and g.get("certified") is False:
+        res.exit_code = ThresholdExceededError.exit_code
+        res.message = g.get("message", "the error guarantee could not be certified")
+
+
+SPEC = Stage(STAGE, PseudolabelConfig, _build, outputs=(artifacts.PSEUDOLABELS,), inputs=(artifacts.EMBEDDINGS, artifacts.PROTOTYPES), check=_check,
+             after=_gate)
 
 
 def run(ctx: RunContext, cfg: PseudolabelConfig, *, force: bool = False) -> StageResult:
@@ -99,7 +117,44 @@ def _summary(a, cfg: PseudolabelConfig, r: compute.PseudolabelResult, rows: np.n
 
 
 
-def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray) -> pa.Table:
+def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, confidence: np.ndarray) -> dict[str, Any]:
+    """The summary's novelty, reason counts and (with --max-error) guarantee entries."""
+    out: dict[str, Any] = {
+        "n_novel": int(decided.novel.sum()),
+        "novelty": {"threshold": round(float(decided.novelty_threshold), 6), "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel,
+                    "n_reference": decided.n_reference},
+        "reasons": {k: int((decided.reason == k).sum()) for k in (guarantee.BELOW_THRESHOLD, guarantee.NOVEL, guarantee.UNCERTIFIED)},
+    }
+    c = decided.certificate
+    if c is None:
+        return out
+    d = c.to_dict()
+    could = {"error_bound": d["best_bound"], "coverage_heldout": d["best_coverage"]}
+    g = {"certified": c.certified, "target": cfg.max_error, "confidence": cfg.error_confidence, "error_bound": d["error_bound"],
+         "threshold": float(confidence[decided.accepted].min()) if decided.accepted.any() else None,
+         "coverage": round(float(decided.accepted.mean()), 4) if decided.accepted.size else None,
+         "coverage_heldout": round(c.coverage, 4), "n_calibration": c.n_calibration, "method": c.method, "could_certify": could}
+    pct = f"{cfg.error_confidence:.0%}"
+    if c.certified:
+        g["message"] = (f"certified: error among accepted pseudo-labels <= {c.error_bound:.2%} (target {cfg.max_error:.2%}) "
+                        f"at {pct} confidence, from {c.n_calibration} held-out labeled samples")
+    elif d["best_bound"] is not None:
+        g["message"] = (f"cannot certify error <= {cfg.max_error:.2%} at {pct} confidence from {c.n_calibration} held-out labeled samples: "
+                        f"nothing accepted; they could certify error <= {d['best_bound']:.2%} (accepting the most confident "
+                        f"{d['best_coverage']:.0%} of them); label more samples or raise --max-error")
+    else:
+        g["message"] = (f"cannot certify error <= {cfg.max_error:.2%} at {pct} confidence: no held-out labeled sample to certify on; "
+                        "nothing accepted; label more samples")
+    out.update(guarantee=g, certified=c.certified, error_bound=d["error_bound"])
+    return out
+
+
+def _uncertified_warning(cfg: PseudolabelConfig, opened: dict[str, Any]) -> dict[str, str]:
+    return health.warning("uncertified", opened["guarantee"]["message"],
+                          "label more samples (the bound tightens with the held-out count), or raise --max-error / lower --error-confidence")
+
+
+def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray, decided: guarantee.Acceptance) -> pa.Table:
     """The pseudolabels.parquet rows; class names by Arrow ``take`` (no Python objects per row)."""
     names = pa.array(list(a.classes), pa.string())
     width = r.top_labels.shape[1]  # the soft label's top_k
@@ -113,5 +168,7 @@ def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarr
             "accepted": pa.array(accepted),
             "top_labels": pa.FixedSizeListArray.from_arrays(names.take(pa.array(r.top_labels[rows].reshape(-1))), width),
             "top_probs": pa.FixedSizeListArray.from_arrays(pa.array(r.top_probs[rows].astype(np.float32).reshape(-1)), width),
+            "novelty": pa.array(decided.novelty.astype(np.float32)),
+            "reason": pa.array(decided.reason.tolist(), pa.string()),
         }
     )

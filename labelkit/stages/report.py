@@ -89,7 +89,7 @@ def _input_fingerprints(ws: Workspace, have: dict[str, bool]) -> dict[str, str]:
 # The stages whose warnings the banner shows, with the artifact that must be there (their summaries
 # are read from manifest.json, as a skipped stage reports them).
 WARNING_SOURCES = (("embed", artifacts.EMBEDDINGS), ("prototype", artifacts.PROTOTYPES), ("pseudolabel", artifacts.PSEUDOLABELS),
-                   ("detect-noise", artifacts.LABEL_ISSUES), ("distill", METRICS))
+                   ("discover", artifacts.DISCOVERIES), ("detect-noise", artifacts.LABEL_ISSUES), ("distill", METRICS))
 
 
 def collect_warnings(ws: Workspace, have: dict[str, bool]) -> list[dict[str, str]]:

@@ -23,7 +23,7 @@ def test_every_command_and_option_has_help():
 
 
 def test_every_stage_has_a_docs_page():
-    for page in ("embed", "prototype", "pseudolabel", "detect-noise", "distill", "predict", "report", "run"):
+    for page in ("embed", "prototype", "pseudolabel", "discover", "detect-noise", "distill", "predict", "report", "run"):
         assert (ROOT / "docs" / "stages" / f"{page}.md").is_file(), page
 
 

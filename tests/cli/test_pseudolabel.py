@@ -12,7 +12,7 @@ from labelkit import artifacts
 from labelkit.cli import app
 from tests.conftest import ROOT, write_csv
 
-PL_COLUMNS = ["id", "label", "confidence", "margin", "accepted", "top_labels", "top_probs"]
+PL_COLUMNS = ["id", "label", "confidence", "margin", "accepted", "top_labels", "top_probs", "novelty", "reason"]
 
 
 def test_pseudolabel_digits_runs_upstream_and_is_accurate(runner, digits):
