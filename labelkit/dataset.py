@@ -89,13 +89,14 @@ class Samples:
 
     def label_matrix(self) -> np.ndarray:
         """Multi-label labels as an int8 (N, K) 0/1 indicator matrix over ``classes``; unlabeled rows all -1."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        out = np.zeros((len(self.table), len(self.classes)), dtype=np.int8)
-        for row, v in enumerate(self.table["labels"].to_numpy(dtype=object)):
-            if v is None:
-                out[row] = -1
-            else:
-                out[row, [index[c] for c in v]] = 1
+        sets = pa.array(self.table["labels"].to_numpy(dtype=object), type=pa.list_(pa.large_string()), from_pandas=True)
+        out = np.zeros((len(sets), len(self.classes)), dtype=np.int8)
+        names = sets.flatten().to_numpy(zero_copy_only=False)  # every class of every set, set after set
+        codes = pd.Index(self.classes, dtype=object).get_indexer(names)
+        if (codes < 0).any():
+            raise KeyError(names[int(np.argmax(codes < 0))])
+        out[pc.list_parent_indices(sets).to_numpy(zero_copy_only=False), codes] = 1
+        out[sets.is_null().to_numpy(zero_copy_only=False)] = -1
         return out
 
     def single_label_codes(self) -> np.ndarray:
