@@ -187,6 +187,9 @@ class PseudolabelConfig(StageConfig):
     error_confidence: float = option(0.9, "confidence of the --max-error certificate (1 - the chance that it is wrong)", gt=0, lt=1)
     novelty_rate: float = option(0.05, "share of known-class samples that may be wrongly judged novel (far from every labeled class)", gt=0, lt=1)
     reject_novel: bool = option(True, "do not accept the pseudo-label of a sample judged novel (reason 'novel')")
+    target_precision: float | None = option(
+        None, "multi-label data: cut each class at the lowest threshold whose held-out precision reaches this, and accept only the "
+        "samples whose classes all reach it", shown="the expected-F1 peak", gt=0, le=1)
 
     @field_validator("threshold")
     @classmethod

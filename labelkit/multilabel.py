@@ -394,7 +394,8 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
     The heads are fitted on the labeled rows, each (sample, class) label weighted by ``trust``
     (detect-noise's flagged labels get 0); per-class thresholds are chosen on the held-out
     probabilities (:func:`choose_thresholds`: the expected-F1 peak; with ``target_precision``, the
-    lowest cut whose precision against the labels, the untrusted ones corrected, reaches it).
+    lowest cut whose held-out precision against the given labels reaches it; noisy labels make
+    that estimate conservative).
 
     Parameters
     ----------
@@ -402,7 +403,7 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
     labels : ndarray of shape (n_samples, n_classes)
         0/1 indicator matrix; rows of -1 are unlabeled.
     trust : ndarray of shape (n_samples, n_classes), default=None
-        In [0, 1]; below 0.5 marks a label as likely wrong (flipped for the threshold choice).
+        In [0, 1]: the weight of each given label in the fits (detect-noise's doubted labels: 0).
     target_precision : float, default=None
     n_folds, seed, C
         As in :func:`cross_val_multilabel_probs`.
@@ -419,16 +420,16 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
     """
     y = check_multilabels(labels)
     weights = None
-    fixed = y
     if trust is not None:
         t = np.asarray(trust, dtype=np.float64)
         if t.shape != y.shape or not np.all((t >= 0) & (t <= 1)):
             raise BadInputError(f"'trust' must be an array of shape {y.shape} with values in [0, 1].")
         weights = np.where(y >= 0, t, 1.0)
-        fixed = np.where((y >= 0) & (t < 0.5), 1 - y, y).astype(np.int8)
     probs, c = cross_val_multilabel_probs(embeddings, y, n_folds=n_folds, seed=seed, C=C, weights=weights)
     labeled = y[:, 0] >= 0
-    thr = choose_thresholds(fixed[labeled], probs[labeled], target_precision=target_precision)
+    # Precision against the given labels as they are: correcting the doubted ones with the same
+    # model's probabilities made every class reach even 0.99 (the check agreed with itself).
+    thr = choose_thresholds(y[labeled], probs[labeled], target_precision=target_precision)
     sets = label_sets(probs, thr.value)
     accepted = ~(sets & ~thr.reached[None, :]).any(axis=1)
     return MultilabelPseudolabels(probs, sets, accepted, thr, c)

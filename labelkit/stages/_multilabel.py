@@ -97,7 +97,7 @@ def build_pseudolabels(job) -> dict[str, Any]:
     _check_labeled("pseudolabel", y, len(ids))
     if _labeled_count(y) < 5:
         raise BadInputError(f"pseudolabel on multi-label data needs at least 5 labeled samples for its held-out folds. Got {_labeled_count(y)} instead.")
-    target = getattr(cfg, "target_precision", None)
+    target = cfg.target_precision
     # The labels one-vs-rest confident learning doubts get no weight in the heads (and count as
     # corrected when the thresholds are chosen): benchmarks/multilabel.py measures this default.
     issues, _, c = ml.multilabel_label_issues(vecs, y, seed=0)

@@ -153,3 +153,21 @@ def test_image_folder_copies_in_several_class_folders_run_as_multi_label(runner,
     assert len(pd.read_parquet(ws / "label_issues.parquet")) == 56
     assert len(pd.read_parquet(ws / "pseudolabels.parquet")) == 16
     assert "multi_label_from_folders" in r.stdout
+
+
+def test_target_precision_decides_acceptance_per_sample(runner, multilabel_data):
+    data = multilabel_data
+    r = runner.invoke(app, ["pseudolabel", str(data), "--target-precision", "0.95", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["target_precision"] == 0.95
+    reached = {c["class"]: c["target_reached"] for c in summary["per_class"]}
+    pseudo = pd.read_parquet(data / ".labelkit" / "pseudolabels.parquet")
+    for _, row in pseudo.iterrows():  # accepted <=> every class of its set reached the target
+        assert row["accepted"] == all(reached[c] for c in row["labels"])
+        assert pd.isna(row["reason"]) == row["accepted"]
+    assert summary["n_accepted"] == int(pseudo["accepted"].sum())
+    if not all(reached.values()):
+        assert "target_precision_not_reached" in [w["code"] for w in summary["warnings"]]
+    r = runner.invoke(app, ["pseudolabel", str(data), "--target-precision", "1.5"])
+    assert r.exit_code == 2 and "--target-precision" in r.stderr
