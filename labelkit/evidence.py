@@ -418,22 +418,29 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
     """
     labels = check_labels(labels)
     n = len(labels)
-    lab = labels >= 0
-    quality = np.ones(n)
-    suggested = labels.copy()
     if probs is not None:
         probs = _check_probs_for(labels, probs)
-        quality[lab] = _given_prob(labels, probs)[lab]
-        suggested = probs.argmax(axis=1).astype(np.int64)
     masks = {}
     for name, ev in zip(_TYPES, (label_issues, duplicates, dynamics, outliers)):
         mask = np.zeros(n, dtype=bool) if ev is None else np.asarray(ev if name == "label" else ev.is_issue, dtype=bool)
         if mask.shape != (n,):
             raise BadInputError(f"'{name}' evidence must have {n} rows. Got shape {mask.shape} instead.")
-        masks[name] = mask & lab
+        masks[name] = mask & (labels >= 0)
     doubted = np.zeros(n, dtype=bool) if doubted is None else np.asarray(doubted, dtype=bool)
     if doubted.shape != (n,):
         raise BadInputError(f"'doubted' must have {n} rows. Got shape {doubted.shape} instead.")
+    return _combine_impl(labels, probs, masks, duplicates, dynamics, outliers, doubted)
+
+
+def _combine_impl(labels, probs, masks, duplicates, dynamics, outliers, doubted) -> LabelQuality:
+    """:func:`combine_evidence` on checked inputs (``masks``: each issue type's rows, labeled only)."""
+    n = len(labels)
+    lab = labels >= 0
+    quality = np.ones(n)
+    suggested = labels.copy()
+    if probs is not None:
+        quality[lab] = _given_prob(labels, probs)[lab]
+        suggested = probs.argmax(axis=1).astype(np.int64)
     if duplicates is not None:
         quality = np.minimum(quality, np.where(masks["duplicate"], 1.0 - np.nan_to_num(duplicates.similarity), 1.0))
     if dynamics is not None:
