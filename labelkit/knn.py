@@ -72,7 +72,8 @@ EXACT_MAX_PAIRS = EXACT_MAX_ROWS**2
 # Not measured (no GPU here): a GPU brute-force product is ~100x faster than 2 CPU cores.
 EXACT_MAX_ROWS_GPU = 200_000
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
-HNSW_DENSE_BUILD_ROWS = 300_000  # above: efConstruction 160 instead of 64 (hnsw_ef_construction)
+HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
+HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
 DEFAULT_BATCH_SIZE = 4_096  # query rows per block
 _UNIT_ATOL = 1e-3  # rows whose norm is within this of 1 are taken as already normalised
 _RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
@@ -88,7 +89,8 @@ class AnnParams:
         Graph degree M of HNSW (level 0 keeps up to 2M neighbours).
     ef_construction : int or None, default=None
         Candidate list size while building HNSW; None chooses by the number of rows
-        (:func:`hnsw_ef_construction`: 64 up to HNSW_DENSE_BUILD_ROWS rows, 160 above). Below 2M
+        (:func:`hnsw_ef_construction`: 160 past HNSW_DENSE_BUILD_ROWS rows of HNSW_DENSE_BUILD_DIM
+        dimensions or more, else 64). Below 2M
         it starves level 0: on 100k x 512 clustered vectors (benchmarks/knn.py data), M=32
         reached recall@10 0.83 / 0.93 / 0.96 at efSearch 16 / 64 / 128 with efConstruction=40,
         but 0.94 / 0.98 / 1.00 at efSearch 16 / 32 / 64 with efConstruction=64, for 10% more
@@ -536,16 +538,16 @@ def hnsw_ef_construction(n: int, d: int) -> int:
     """HNSW's efConstruction for ``n`` rows of dimension ``d``, from the measured trade-off curve.
 
     A self-kNN graph searches every row it builds, so the cost is build(efConstruction) plus
-    n * search(efSearch), and the efSearch that reaches the recall target grows with n much faster
-    for a sparse build (docs/performance.md, "The kNN graph"): at 100k rows efConstruction 64 is
-    about twice as cheap in total, at 1M x 512 it needed efSearch 512 (52 CPU-minutes) where 160
-    is extrapolated to need at most 128 (about 31). ``d`` does not move the crossover in the
-    measurements (128 and 512).
+    n * search(efSearch), and with a sparse build the efSearch that reaches the recall target
+    grows with n, fast in high dimension (docs/performance.md, "The HNSW trade-off curve"): with
+    efConstruction 64, 512-d rows needed efSearch 32 at 100k, 64 at 300k and 512 at 1M (52
+    CPU-minutes, where 160 is extrapolated to about 29); 128-d rows needed 16 at 100k and 32 at
+    300k, where the dense build cost 2.4x as much in all.
 
-    >>> hnsw_ef_construction(100_000, 512), hnsw_ef_construction(1_000_000, 512)
-    (64, 160)
+    >>> hnsw_ef_construction(1_000_000, 128), hnsw_ef_construction(300_000, 512), hnsw_ef_construction(1_000_000, 512)
+    (64, 64, 160)
     """
-    return 64 if n <= HNSW_DENSE_BUILD_ROWS else 160
+    return 160 if n > HNSW_DENSE_BUILD_ROWS and d >= HNSW_DENSE_BUILD_DIM else 64
 
 
 def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
