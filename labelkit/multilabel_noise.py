@@ -120,7 +120,7 @@ def _two_columns(p: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- scores
 
 
-def _class_quality_impl(y: np.ndarray, p: np.ndarray, method: noise.ScoreMethod) -> np.ndarray:
+def _class_quality_impl(y: np.ndarray, p: np.ndarray, method: noise.QualityScore) -> np.ndarray:
     out = np.zeros(y.shape, dtype=np.float64)  # float64 whatever the probabilities' dtype, as the reference
     rows = np.arange(y.shape[0])
     for k in range(y.shape[1]):
@@ -154,7 +154,7 @@ def _pooling(pooling, alpha, temperature) -> Pooling:
     return pooling
 
 
-def class_label_quality(labels, probs, *, method: noise.ScoreMethod | str = noise.ScoreMethod.SELF_CONFIDENCE) -> np.ndarray:
+def class_label_quality(labels, probs, *, method: noise.QualityScore | str = noise.QualityScore.SELF_CONFIDENCE) -> np.ndarray:
     """Per-class label quality (n_samples, n_classes) float64: the binary score of each class.
 
     Self-confidence is ``p_ik`` where the sample carries k and ``1 - p_ik`` where it does not.
@@ -166,7 +166,7 @@ def class_label_quality(labels, probs, *, method: noise.ScoreMethod | str = nois
         0/1 indicator matrix; a row of -1 is unlabeled.
     probs : ndarray of shape (n_samples, n_classes)
         Per-class probabilities (rows need not sum to one), out of sample.
-    method : ScoreMethod or str, default="self_confidence"
+    method : QualityScore or str, default="self_confidence"
 
     References
     ----------
@@ -180,7 +180,7 @@ def class_label_quality(labels, probs, *, method: noise.ScoreMethod | str = nois
            [0.4, 0.7]])
     """
     y, p = _checked(labels, probs)
-    method = noise._enum(noise.ScoreMethod, method, "method")
+    method = noise._enum(noise.QualityScore, method, "method")
     out = np.full(y.shape, np.nan)
     rows = y[:, 0] >= 0
     out[rows] = _class_quality_impl(y[rows], p[rows], method)
@@ -220,7 +220,7 @@ def pool_scores(scores, *, pooling: Pooling | str = Pooling.EXPONENTIAL_MOVING_A
     return _pool_impl(s, pooling, float(alpha), float(temperature))
 
 
-def multilabel_quality_scores(labels, probs, *, method: noise.ScoreMethod | str = noise.ScoreMethod.SELF_CONFIDENCE,
+def multilabel_quality_scores(labels, probs, *, method: noise.QualityScore | str = noise.QualityScore.SELF_CONFIDENCE,
                               pooling: Pooling | str = Pooling.EXPONENTIAL_MOVING_AVERAGE,
                               alpha: float = EMA_ALPHA, temperature: float = SOFTMIN_TEMPERATURE) -> np.ndarray:
     """Pooled label quality per sample (n_samples,), low = likely wrong; NaN where unlabeled.
@@ -238,7 +238,7 @@ def multilabel_quality_scores(labels, probs, *, method: noise.ScoreMethod | str 
     array([0.9, 0.5])
     """
     y, p = _checked(labels, probs)
-    method = noise._enum(noise.ScoreMethod, method, "method")
+    method = noise._enum(noise.QualityScore, method, "method")
     pooling = _pooling(pooling, alpha, temperature)
     out = np.full(len(y), np.nan)
     rows = y[:, 0] >= 0
@@ -275,7 +275,7 @@ def _detect_impl(y, p, spec: noise._Spec, pooling: Pooling, alpha: float, temper
         cl = noise._Spec(noise.FilterMethod.CONFIDENT_LEARNING, spec.score, 1.0, None, 1)
         cl_flags, thresholds = _per_class_issues(y, p, cl)
         count = int(cl_flags.any(axis=1).sum())
-        sc = _pool_impl(_class_quality_impl(y, p, noise.ScoreMethod.SELF_CONFIDENCE), Pooling.EXPONENTIAL_MOVING_AVERAGE, EMA_ALPHA, SOFTMIN_TEMPERATURE)
+        sc = _pool_impl(_class_quality_impl(y, p, noise.QualityScore.SELF_CONFIDENCE), Pooling.EXPONENTIAL_MOVING_AVERAGE, EMA_ALPHA, SOFTMIN_TEMPERATURE)
         chosen = np.argsort(sc)[:count]
         mask = np.zeros(len(y), dtype=bool)
         mask[chosen] = True
@@ -306,7 +306,7 @@ def detect_multilabel_issues(
     probs,
     *,
     method: noise.FilterMethod | str = noise.FilterMethod.PRUNE_BY_NOISE_RATE,
-    score_method: noise.ScoreMethod | str = noise.ScoreMethod.SELF_CONFIDENCE,
+    score_method: noise.QualityScore | str = noise.QualityScore.SELF_CONFIDENCE,
     frac_noise: float = 1.0,
     num_to_remove_per_class: np.ndarray | None = None,
     min_examples_per_class: int = 1,
@@ -334,7 +334,7 @@ def detect_multilabel_issues(
     probs : ndarray of shape (n_samples, n_classes)
         Out-of-sample probability that each sample carries each class; rows need not sum to 1.
     method : FilterMethod or str, default="prune_by_noise_rate"
-    score_method : ScoreMethod or str, default="self_confidence"
+    score_method : QualityScore or str, default="self_confidence"
     frac_noise : float, default=1.0
     num_to_remove_per_class : ndarray of shape (n_classes,), default=None
         Per class, how many positive labels to flag (the pruning methods only).

@@ -19,7 +19,7 @@ from labelkit._validation import check_labels, check_probs
 from labelkit.errors import BadInputError
 
 __all__ = [
-    "FilterMethod", "ScoreMethod", "LabelIssues", "NoiseEstimates",
+    "FilterMethod", "QualityScore", "LabelIssues", "NoiseEstimates",
     "confident_thresholds", "confident_joint", "estimate_joint", "estimate_noise_matrices",
     "num_label_issues", "label_quality_scores", "find_label_issues", "rank_label_issues",
     "detect_label_issues", "detect_label_issues_streaming", "confident_learning", "ConfidentLearning",
@@ -46,7 +46,7 @@ class FilterMethod(str, Enum):
     LOW_NORMALIZED_MARGIN = "low_normalized_margin"  # the num_label_issues lowest margins
 
 
-class ScoreMethod(str, Enum):
+class QualityScore(str, Enum):
     """Per-sample label quality score (low = likely wrong)."""
 
     SELF_CONFIDENCE = "self_confidence"
@@ -96,7 +96,7 @@ class NoiseEstimates(NamedTuple):
 @dataclass(frozen=True)
 class _Spec:
     method: FilterMethod
-    score: ScoreMethod
+    score: QualityScore
     frac_noise: float
     num_to_remove: np.ndarray | None
     min_examples: int
@@ -227,11 +227,11 @@ def _joint_pass(source, stats, thresholds, *, keep_rows: bool, scores=()) -> _Jo
 # ----------------------------------------------------------------------------- scores
 
 
-def _score_chunk(method: ScoreMethod, y, pr, selfconf) -> np.ndarray:
+def _score_chunk(method: QualityScore, y, pr, selfconf) -> np.ndarray:
     """Label quality of one chunk (Northcutt et al. 2021; Kuan & Mueller 2022)."""
-    if method is ScoreMethod.SELF_CONFIDENCE:
+    if method is QualityScore.SELF_CONFIDENCE:
         return selfconf
-    if method is ScoreMethod.NORMALIZED_MARGIN:
+    if method is QualityScore.NORMALIZED_MARGIN:
         others = pr.copy()
         others[np.arange(len(y)), y] = -np.inf
         best_other = others.max(axis=1) if pr.shape[1] > 1 else np.zeros_like(selfconf)
@@ -434,7 +434,7 @@ def _fetch_columns(source, stats, pending: dict[int, list[int]]) -> dict[int, np
 def _issue_mask(a: "_Analysis", spec: _Spec, source, stats) -> np.ndarray:
     m = spec.method
     if m in (FilterMethod.LOW_SELF_CONFIDENCE, FilterMethod.LOW_NORMALIZED_MARGIN):
-        return _smallest(a.joint.scores[ScoreMethod(m.value[4:])], a.num_issues)
+        return _smallest(a.joint.scores[QualityScore(m.value[4:])], a.num_issues)
     if m is FilterMethod.CONFIDENT_LEARNING:
         mask = a.joint.off_diagonal.copy()
     elif m is FilterMethod.PREDICTED_NEQ_GIVEN:
@@ -494,7 +494,7 @@ def _analysed(source: ChunkSource, spec: _Spec) -> tuple[_Analysis, _Stats]:
     stats = _Stats()
     scores = {spec.score}
     if spec.method.value.startswith("low_"):
-        scores.add(ScoreMethod(spec.method.value[4:]))
+        scores.add(QualityScore(spec.method.value[4:]))
     keep = spec.method in (FilterMethod.PRUNE_BY_NOISE_RATE, FilterMethod.BOTH)
     return _analyse(source, stats, keep_rows=keep, scores=tuple(scores)), stats
 
@@ -516,7 +516,7 @@ def _detect_analysed(a: _Analysis, stats: _Stats, source: ChunkSource, spec: _Sp
 
 def _spec(method, score_method, frac_noise, num_to_remove_per_class, min_examples_per_class) -> _Spec:
     method = _enum(FilterMethod, method, "method")
-    score = _enum(ScoreMethod, score_method, "score_method")
+    score = _enum(QualityScore, score_method, "score_method")
     pruning = method in (FilterMethod.PRUNE_BY_NOISE_RATE, FilterMethod.PRUNE_BY_CLASS, FilterMethod.BOTH)
     if not 0 < frac_noise <= 1:
         raise BadInputError(f"'frac_noise' must be in (0, 1]. Got {frac_noise!r} instead.")
@@ -549,7 +549,7 @@ def detect_label_issues(
     probs: np.ndarray,
     *,
     method: FilterMethod | str = FilterMethod.PRUNE_BY_NOISE_RATE,
-    score_method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE,
+    score_method: QualityScore | str = QualityScore.SELF_CONFIDENCE,
     frac_noise: float = 1.0,
     num_to_remove_per_class: np.ndarray | None = None,
     min_examples_per_class: int = 1,
@@ -568,7 +568,7 @@ def detect_label_issues(
     probs : ndarray of shape (n_samples, n_classes)
         Out-of-sample predicted probabilities (e.g. cross-validated), float32 or float64.
     method : FilterMethod or str, default="prune_by_noise_rate"
-    score_method : ScoreMethod or str, default="self_confidence"
+    score_method : QualityScore or str, default="self_confidence"
         The score in ``label_quality`` and the order of ``ranked``.
     frac_noise : float, default=1.0
         Fraction of the estimated noise to prune (pruning methods only).
@@ -610,7 +610,7 @@ def confident_learning(
     probs: np.ndarray,
     *,
     method: FilterMethod | str = FilterMethod.PRUNE_BY_NOISE_RATE,
-    score_method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE,
+    score_method: QualityScore | str = QualityScore.SELF_CONFIDENCE,
 ) -> ConfidentLearning:
     """:func:`detect_label_issues`, the off-diagonal issues, :func:`estimate_joint` and
     :func:`estimate_noise_matrices` from one analysis of ``probs`` (the thresholds and the
@@ -641,7 +641,7 @@ def detect_label_issues_streaming(
     chunks: ChunkSource,
     *,
     method: FilterMethod | str = FilterMethod.PRUNE_BY_NOISE_RATE,
-    score_method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE,
+    score_method: QualityScore | str = QualityScore.SELF_CONFIDENCE,
     frac_noise: float = 1.0,
     num_to_remove_per_class: np.ndarray | None = None,
     min_examples_per_class: int = 1,
@@ -758,7 +758,7 @@ def num_label_issues(labels: np.ndarray, probs: np.ndarray) -> int:
 
 
 def label_quality_scores(labels: np.ndarray, probs: np.ndarray, *,
-                         method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE) -> np.ndarray:
+                         method: QualityScore | str = QualityScore.SELF_CONFIDENCE) -> np.ndarray:
     """Label quality per row (n_samples,), low = likely wrong; NaN for unlabeled rows.
 
     ``self_confidence`` p_y; ``normalized_margin`` (p_y - max_{j!=y} p_j + 1) / 2;
@@ -770,7 +770,7 @@ def label_quality_scores(labels: np.ndarray, probs: np.ndarray, *,
     Kuan & Mueller, "Model-Agnostic Label Quality Scoring to Detect Real-World Label Errors",
     ICML DataPerf workshop 2022.
     """
-    method = _enum(ScoreMethod, method, "method")
+    method = _enum(QualityScore, method, "method")
     a = _analysis(labels, probs, scores=(method,))
     out = np.full(len(a.labels), np.nan, dtype=np.result_type(a.joint.scores[method], np.float32))
     out[a.labels >= 0] = a.joint.scores[method]
@@ -778,7 +778,7 @@ def label_quality_scores(labels: np.ndarray, probs: np.ndarray, *,
 
 
 def rank_label_issues(is_issue: np.ndarray, labels: np.ndarray, probs: np.ndarray, *,
-                      method: ScoreMethod | str = ScoreMethod.SELF_CONFIDENCE) -> np.ndarray:
+                      method: QualityScore | str = QualityScore.SELF_CONFIDENCE) -> np.ndarray:
     """Row indices of the issues, lowest label quality first (int64, (n_issues,)).
 
     References

@@ -241,5 +241,5 @@ def test_the_config_choices_are_the_compute_enums_and_registry():
     assert set(option_of("pseudolabel", "method").choices) == {m.value for m in pseudolabel.ScoreMethod}
     assert set(option_of("pseudolabel", "threshold_rule").choices) == {m.value for m in thresholds.ThresholdRule}
     assert set(option_of("detect-noise", "filter_by").choices) <= {m.value for m in noise.FilterMethod}
-    assert set(option_of("detect-noise", "rank_by").choices) == {m.value for m in noise.ScoreMethod}
+    assert set(option_of("detect-noise", "rank_by").choices) == {m.value for m in noise.QualityScore}
     assert set(option_of("distill", "student").choices) == set(STUDENTS)

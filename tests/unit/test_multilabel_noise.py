@@ -13,7 +13,7 @@ from labelkit import noise
 from labelkit.errors import BadInputError
 
 FILTERS = [m.value for m in noise.FilterMethod]
-SCORES = [m.value for m in noise.ScoreMethod]
+SCORES = [m.value for m in noise.QualityScore]
 
 
 def _noisy(seed: int, n: int, k: int, *, dtype=np.float64, quantise: float | None = None, empty_class: bool = False):

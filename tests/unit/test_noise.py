@@ -14,7 +14,7 @@ from labelkit import noise
 from labelkit.errors import BadInputError
 
 FILTERS = [m.value for m in noise.FilterMethod]
-SCORES = [m.value for m in noise.ScoreMethod]
+SCORES = [m.value for m in noise.QualityScore]
 LABEL_ERRORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cleanlab-label-errors"
 
 
