@@ -54,5 +54,5 @@ def test_fit_student_with_vat_is_deterministic_and_leaves_the_global_rng_alone()
 
 
 def test_train_config_rejects_a_negative_vat():
-    with pytest.raises(BadInputError, match="'vat' must be in"):
+    with pytest.raises(BadInputError, match="'vat' must be >= 0. Got -1.0 instead."):  # the config's one message (9d2814f)
         TrainConfig(vat=-1.0)
