@@ -43,8 +43,11 @@ def _build(job: Job) -> dict[str, Any]:
     meta = artifacts.read_metadata(path)
     table = artifacts.read_table(path)
     threshold = (meta.get("novelty") or {}).get("threshold")
-    if "novelty" not in table.column_names or threshold is None:
+    if "novelty" not in table.column_names or "novelty" not in meta:
         raise BadInputError(f"{artifacts.PSEUDOLABELS} has no novelty scores (made by an older labelkit); run 'labelkit pseudolabel {ws.data} --force'")
+    if threshold is None:
+        raise BadInputError(f"{artifacts.PSEUDOLABELS} has no novelty threshold: no labeled sample was scored without its label to "
+                            "calibrate it on; label a few samples per class and rerun 'labelkit pseudolabel'")
     pos = {i: n for n, i in enumerate(a.ids)}
     rows = np.array([pos.get(i, -1) for i in table.column("id").to_pylist()], np.int64)
     novelty = table.column("novelty").to_numpy(zero_copy_only=False)

@@ -121,8 +121,8 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
     """The summary's novelty, reason counts and (with --max-error) guarantee entries."""
     out: dict[str, Any] = {
         "n_novel": int(decided.novel.sum()),
-        "novelty": {"threshold": round(float(decided.novelty_threshold), 6), "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel,
-                    "n_reference": decided.n_reference},
+        "novelty": {"threshold": round(float(decided.novelty_threshold), 6) if np.isfinite(decided.novelty_threshold) else None,
+                    "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel, "n_reference": decided.n_reference},
         "reasons": {k: int((decided.reason == k).sum()) for k in (guarantee.BELOW_THRESHOLD, guarantee.NOVEL, guarantee.UNCERTIFIED)},
     }
     c = decided.certificate
@@ -168,7 +168,7 @@ def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarr
             "accepted": pa.array(accepted),
             "top_labels": pa.FixedSizeListArray.from_arrays(names.take(pa.array(r.top_labels[rows].reshape(-1))), width),
             "top_probs": pa.FixedSizeListArray.from_arrays(pa.array(r.top_probs[rows].astype(np.float32).reshape(-1)), width),
-            "novelty": pa.array(decided.novelty.astype(np.float32)),
+            "novelty": pa.array(decided.novelty.astype(np.float32), from_pandas=True),  # NaN (nothing to calibrate on) -> null
             "reason": pa.array(decided.reason.tolist(), pa.string()),
         }
     )

@@ -138,3 +138,18 @@ def test_acceptance_reasons():
     none = certify_threshold(np.full(50, 0.98), np.zeros(50), target=0.02)
     acc, why = acceptance(conf, rule, novel, reject_novel=True, certificate=none)
     assert not acc.any() and set(why) == {"uncertified"}
+
+
+def test_accept_pseudolabels_without_labeled_references_judges_nothing_novel(rng):
+    # Zero-shot (no labeled sample): novelty has nothing to calibrate on; rows are decided by the rule alone.
+    from types import SimpleNamespace
+
+    from labelkit.guarantee import accept_pseudolabels
+
+    n = 6
+    result = SimpleNamespace(label=np.zeros(n, int), confidence=np.full(n, 0.9), heldout=np.zeros(n, bool),
+                             accepted=np.array([True, False] * 3))
+    a = accept_pseudolabels(rng.standard_normal((n, 4)), np.full(n, -1), 2, result, np.zeros(n, bool), np.arange(n),
+                            reject_novel=True, novelty_rate=0.05)
+    assert np.isnan(a.novelty).all() and not a.novel.any() and np.isnan(a.novelty_threshold) and a.n_reference == 0
+    assert a.accepted.tolist() == [True, False] * 3 and a.reason.tolist() == [None, "below_threshold"] * 3
