@@ -115,12 +115,7 @@ class Clock:
 
 def pseudolabel_options(cfg: PseudolabelConfig) -> compute.PseudolabelOptions:
     """The compute options (labelkit.pseudolabel.PseudolabelOptions) a pseudolabel config gives."""
-    return compute.PseudolabelOptions(
-        method=cfg.method, n_neighbors=cfg.k, alpha=cfg.alpha, gamma=cfg.gamma, one_way_weight=cfg.one_way_weight,
-        reach_prior=cfg.reach_prior, refine=cfg.refine, weights=cfg.weights, probe_weights=cfg.probe_weights, threshold=cfg.threshold_rule,
-        threshold_value=cfg.threshold, top_k=cfg.top_k, sharpen=cfg.sharpen, n_folds=cfg.calibration_folds,
-        calibration_samples=cfg.calibration_samples or None, prior_correction=cfg.prior_correction, seed=cfg.seed,
-    )
+    return compute.PseudolabelOptions.from_config(cfg)  # the key mapping lives with the options class
 
 
 def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: PseudolabelConfig, *, task=None, clock=None,
