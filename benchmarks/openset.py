@@ -255,6 +255,17 @@ def _ms(vals, digits=3):
     return f"{np.mean(v):.{digits}f}±{np.std(v):.{digits}f}" if v else "–"
 
 
+def _significant(c: dict, n_unlabeled: int, target: float, level: float = 0.05) -> bool:
+    """The accepted pool's errors are too many for an error rate at the target: P(Binomial(n, target) >= k) < level."""
+    from scipy import stats
+
+    if not c["certified"] or c["error"] is None:
+        return False
+    n = round(c["coverage"] * n_unlabeled)
+    k = round(c["error"] * n)
+    return bool(n and stats.binom.sf(k - 1, n, target) < level)
+
+
 def render(records: list[dict]) -> list[str]:
     out = []
     g = [r for r in records if r["part"] == "guarantee"]
@@ -267,16 +278,19 @@ def render(records: list[dict]) -> list[str]:
             fe = [r["fixed"]["error"] or 0.0 for r in rows]
             cells = [f"{_ms([r['fixed']['coverage'] for r in rows])}, {_ms(fe)}, {sum(e > 0.02 for e in fe)}/{n} / {sum(e > 0.05 for e in fe)}/{n}"]
             for t in TARGETS:
-                ts = [r[f"target_{t}"] for r in rows if f"target_{t}" in r]
+                have = [r for r in rows if f"target_{t}" in r]
+                ts = [r[f"target_{t}"] for r in have]
                 cert = [c for c in ts if c["certified"]]
                 viol = sum((c["error"] or 0.0) > t for c in cert)
-                cells.append(f"{len(cert)}/{len(ts)}, {_ms([c['coverage'] for c in ts])}, {_ms([c['error'] for c in cert])}, {viol}/{len(ts)} ({viol / max(len(ts), 1):.0%})"
+                sig = sum(_significant(r[f"target_{t}"], r["n_unlabeled"], t) for r in have)
+                cells.append(f"{len(cert)}/{len(ts)}, {_ms([c['coverage'] for c in ts])}, {_ms([c['error'] for c in cert])}, {viol}/{len(ts)} ({viol / max(len(ts), 1):.0%}; {sig} significant)"
                              if ts else "–")
             raw = []
             for t in TARGETS:
                 rr = [r[f"raw_{t}"] for r in rows if f"raw_{t}" in r]
                 cert = [c for c in rr if c["certified"]]
-                raw.append(f"{sum((c['error'] or 0.0) > t for c in cert)}/{len(rr)} (certified {len(cert)}, coverage {_ms([c['coverage'] for c in rr], 2)})")
+                sig = sum(_significant(r[f"raw_{t}"], r["n_unlabeled"], t) for r in rows if f"raw_{t}" in r)
+                raw.append(f"{sum((c['error'] or 0.0) > t for c in cert)}/{len(rr)} ({sig} significant; certified {len(cert)}, coverage {_ms([c['coverage'] for c in rr], 2)})")
             cells.append(" / ".join(raw))
             out.append(f"| {ds} | {fr:g} ({_ms([r['n_labeled'] for r in rows], 0)}) | {n} | {_ms([r['n_calibration'] for r in rows], 0)} | " + " | ".join(cells) + " |")
     c = [r for r in records if r["part"] == "closed"]
