@@ -15,7 +15,9 @@ def pipeline_nodes() -> list[_runner.Stage]:
     return [s for s in _runner.nodes() if s.in_pipeline]
 
 
-ORDER = [s.id for s in pipeline_nodes()]  # from the stages' declarations (labelkit.stages._runner.MODULES)
+# The stage each registered module declares for `labelkit run`, named without importing the modules
+# (importing them all costs seconds before the lock is taken; tests/unit/test_runner.py checks the names).
+ORDER = [m.replace("_", "-") for m in _runner.MODULES]
 
 
 def run_stage(ctx: RunContext, name: str, cfg=None, *, force: bool = False) -> StageResult:
