@@ -69,7 +69,7 @@ def test_report_of_embeddings_only_shows_placeholders_and_runs_no_stage(runner, 
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["sections"] == ["dataset", "embedder", "map"]
-    assert out["missing"] == ["prototypes", "pseudolabels", "pseudo_gallery", "noise", "issues", "outliers", "student"]
+    assert out["missing"] == ["prototypes", "pseudolabels", "pseudo_gallery", "discoveries", "noise", "issues", "outliers", "student"]
     assert out["projection"] == {"method": "t-SNE", "fallback": None, "points": 1797, "seconds": pytest.approx(out["projection"]["seconds"])}
     assert out["path"] == str(ws / "report.html")
     # Dot files (the workspace lock) aside, the report added report.html and its manifest entry only.
