@@ -154,8 +154,6 @@ class PseudolabelConfig(StageConfig):
         "ensemble", "scores: label propagation + prototypes (ensemble), label spreading alone, prototype softmax, or kNN vote"
     )
     k: int = _graph_k()
-    engine: Literal["local", "ray"] = _engine()
-    ray_address: str | None = _ray_address()
     alpha: float = option(0.9, "label spreading: weight of neighbours against the seeds", ge=0, lt=1)
     gamma: float = option(3.0, "graph edge weight max(cos, 0)^gamma (and the kNN vote's power)", ge=0)
     one_way_weight: float = option(0.1, "weight of a kNN edge that is not mutual: 0 = mutual kNN graph, 1 = plain symmetrised graph", ge=0, le=1)
@@ -181,6 +179,8 @@ class PseudolabelConfig(StageConfig):
     clean_seeds: bool = option(True, "first drop labeled samples that confident learning flags on their held-out scores")
     clean_seeds_odds: float = option(5.0, "drop a flagged seed only if its held-out scores favour another class at least this many to 1 (1 = every flagged seed)", ge=1)
     seed: int = option(0, "seed of the calibration folds")
+    engine: Literal["local", "ray"] = _engine()
+    ray_address: str | None = _ray_address()
     max_error: float | None = option(
         None, "certify that at most this share of the accepted pseudo-labels is wrong (Learn then Test on the held-out labeled samples); "
         "when the labels cannot certify it, accept nothing and exit 3", shown="off", gt=0, lt=1)
