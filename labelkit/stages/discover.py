@@ -23,7 +23,7 @@ from labelkit.config import DiscoverConfig
 from labelkit.errors import BadInputError
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned
-from labelkit.stages import _multilabel
+from labelkit.stages import _multilabel, _multilabel_discover
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 
@@ -36,7 +36,7 @@ def _check(job: Job) -> None:
 
 def _build(job: Job) -> dict[str, Any]:
     if _multilabel.is_multilabel(job.samples):  # issue 16: anchors from one-class samples
-        return _multilabel.build_discoveries(job, _warnings)
+        return _multilabel_discover.build_discoveries(job, _warnings)
     ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     path = ws.path(artifacts.PSEUDOLABELS)

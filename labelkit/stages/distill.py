@@ -32,7 +32,7 @@ from labelkit.distill.pixels import read_inputs
 from labelkit.distill.students import STUDENTS
 from labelkit.distill.training_set import Frame, PseudoLabels, TrainingSet, acceptance_threshold, assemble, select_pseudolabels, split_trusted
 from labelkit.errors import BadInputError, DependencyError
-from labelkit.stages import _multilabel
+from labelkit.stages import _multilabel, _multilabel_student
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import read_embeddings, relabeler, replay_configs
 from labelkit.stages._runner import Job, Stage
@@ -177,7 +177,7 @@ def _distill(ctx: RunContext, cfg: DistillConfig, samples: Samples) -> dict[str,
     from labelkit.distill.procedure import distil, n_folds
 
     if _multilabel.is_multilabel(samples):  # issue 16: a sigmoid head on label sets
-        return _multilabel.build_student(ctx, cfg, samples, _write_student)
+        return _multilabel_student.build_student(ctx, cfg, samples, _write_student)
     device = resolve_device(cfg.device)
     x, has_input, input_spec, embedder = _inputs(ctx, cfg, samples)
     ts = build_training_set(ctx, cfg, samples, has_input)

@@ -27,7 +27,7 @@ from labelkit.config import PredictConfig
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.predict_inputs import MODALITY_KIND, PredictInputs, check_fits, discover_inputs, modality_error
-from labelkit.stages import _multilabel
+from labelkit.stages import _multilabel_student
 from labelkit.dataset import samples_fingerprint
 from labelkit.stages._common import RunContext, StageResult, now
 from labelkit.distill.pixels import load_pixels
@@ -51,7 +51,7 @@ def run(model_dir: Path | str, ctx: RunContext, cfg: PredictConfig) -> StageResu
     device = resolve_device(cfg.device)
     x, rows, skipped = _inputs(ctx, found, student, device)
     if student["config"].get("task") == "multi-label":  # issue 16: label sets at the student's thresholds
-        summary = _multilabel.write_predictions(ctx, cfg, found, student, x, rows, skipped)
+        summary = _multilabel_student.write_predictions(ctx, cfg, found, student, x, rows, skipped)
     else:
         from labelkit.distill import predict_proba
 
