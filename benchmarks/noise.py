@@ -150,7 +150,7 @@ class Scores:
     flagged: list[int]
 
     @classmethod
-    def empty(cls) -> "Scores":
+    def empty(cls) -> Scores:
         return cls([], [], [], [])
 
     def add(self, pred: np.ndarray, truth: np.ndarray) -> None:

@@ -87,7 +87,7 @@ class Dataset:
         self.labels: dict[str, str | None] = {}
 
     @classmethod
-    def copy_of_digits(cls, dst: Path, layout: str, n_unlabeled: int) -> "Dataset":
+    def copy_of_digits(cls, dst: Path, layout: str, n_unlabeled: int) -> Dataset:
         ds = cls(dst, layout)
         dst.mkdir(parents=True)
         for d in sorted(p for p in DIGITS.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 class Task(Protocol):
@@ -13,7 +14,7 @@ class Task(Protocol):
 
 
 class Progress(Protocol):
-    def task(self, description: str, total: int | None = None) -> "contextmanager[Task]": ...
+    def task(self, description: str, total: int | None = None) -> contextmanager[Task]: ...
 
     def log(self, message: str) -> None: ...
 

@@ -10,8 +10,8 @@ folds would only refine three scalars, and each fold costs a full propagation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -395,7 +395,8 @@ def doctor(
     out: OutOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show what labelkit would use here (versions, devices, faiss GPU, Ray, weights, network, disk); exit 1 when the config needs something missing."""
-    from labelkit import doctor as checks, render
+    from labelkit import doctor as checks
+    from labelkit import render
     from labelkit.engines import ENGINES, resolve_address
 
     if engine not in (None, *ENGINES):

@@ -127,7 +127,7 @@ def _discover_impl(x, labels, n_classes, cand, max_new, n_clusters, n_iter, seed
     xc = x[rows]
     tried = {}
     if n_clusters is None:
-        best_k, best_s, best_fit = 0, 0.0, None
+        best_s, best_fit = 0.0, None
         sample = np.random.default_rng(seed).permutation(rows.size)[:SILHOUETTE_SAMPLE]
         dist = np.maximum(1.0 - xc[sample] @ xc[sample].T, 0.0)
         for k in range(1, min(max_new, rows.size // 2) + 1):
@@ -135,7 +135,7 @@ def _discover_impl(x, labels, n_classes, cand, max_new, n_clusters, n_iter, seed
             s = _silhouette(dist, fit[1][sample])
             tried[k] = round(float(s), 4)
             if s > best_s:
-                best_k, best_s, best_fit = k, s, fit
+                best_s, best_fit = s, fit
         if best_fit is None:
             return Discovery(empty.cluster, empty.confidence, 0, empty.nearest_class, empty.nearest_similarity, empty.centroids, tried)
         new, assign = best_fit

@@ -145,7 +145,7 @@ def score_candidates(candidates: list[tuple[str, str | None]], sources: list[str
     if not embedded:
         raise BadInputError("no embedder candidate could run: " + "; ".join(f"{k}: {v.get('error')}" for k, v in scores.items()))
     common = np.logical_and.reduce([embedded[s][1] for s in embedded])
-    for spec, (emb, ok, vecs) in embedded.items():
+    for spec, (_, ok, vecs) in embedded.items():
         scores[spec]["score"] = round(loo_knn_accuracy(l2_normalize(vecs[common[ok]]), labels[common]), 4)
         scores[spec]["n"] = int(common.sum())
     chosen = pick({s: scores[s]["score"] for s in embedded}, tie=tie)

@@ -9,8 +9,9 @@ probabilities that :mod:`labelkit.noise` (confident learning) can take as ``prob
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -334,12 +334,12 @@ class KnnIndex:
         self.tuned_: dict[int, int] = {}  # k -> efSearch / nprobe reaching target recall
 
     # -- build ------------------------------------------------------------------------------
-    def build(self, embeddings, *, progress: Progress = NULL) -> "KnnIndex":
+    def build(self, embeddings, *, progress: Progress = NULL) -> KnnIndex:
         """Index ``embeddings`` of shape (n_base, dim); rows are L2-normalised if they are not."""
         base = _prepare(embeddings, "embeddings")
         return self._build_impl(base, progress=progress)
 
-    def _build_impl(self, base: np.ndarray, *, progress: Progress, method: str | None = None) -> "KnnIndex":
+    def _build_impl(self, base: np.ndarray, *, progress: Progress, method: str | None = None) -> KnnIndex:
         self._base = base
         self.tuned_ = {}
         method = method or self.method
@@ -416,7 +416,7 @@ class KnnIndex:
             drop_self_offset=start if exclude_self else None,
         )
 
-    def tune_graph(self, k: int, *, exclude_self: bool = True, progress: Progress = NULL) -> "KnnIndex":
+    def tune_graph(self, k: int, *, exclude_self: bool = True, progress: Progress = NULL) -> KnnIndex:
         """Tune an approximate index for :meth:`graph` with ``k`` over every indexed row, as a whole
         graph would, so that later ``graph(k, rows=...)`` slices (after pickling, on other
         processes) share that knob instead of tuning on their slice. A no-op for exact search."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from labelkit._validation import check_labels
-from labelkit.errors import BadInputError
 from labelkit.calibration import expected_calibration_error
+from labelkit.errors import BadInputError
 
 __all__ = ["accuracy", "macro_f1", "per_class_accuracy", "expected_calibration_error"]
 

@@ -9,9 +9,10 @@ disagrees with, never another (N, K) array.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -355,7 +356,7 @@ def _groups(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.cumsum(np.bincount(y, minlength=n_classes))
 
 
-def _prune_by_class(a: "_Analysis", pcm: np.ndarray, spec: _Spec) -> np.ndarray:
+def _prune_by_class(a: _Analysis, pcm: np.ndarray, spec: _Spec) -> np.ndarray:
     """Per class y: flag the n_y - C[y][y] rows with the lowest p_y."""
     mask = np.zeros(len(a.y), dtype=bool)
     order, ends = _groups(a.y, a.k)
@@ -367,7 +368,7 @@ def _prune_by_class(a: "_Analysis", pcm: np.ndarray, spec: _Spec) -> np.ndarray:
     return mask
 
 
-def _prune_by_noise_rate(a: "_Analysis", pcm: np.ndarray, spec: _Spec, source, stats) -> np.ndarray:
+def _prune_by_noise_rate(a: _Analysis, pcm: np.ndarray, spec: _Spec, source, stats) -> np.ndarray:
     """Per class y and j != y: flag the pcm[j, y] rows with the largest p_j - p_y.
 
     Only rows whose argmax differs from the label (candidates) can end up flagged. Every other
@@ -431,7 +432,7 @@ def _fetch_columns(source, stats, pending: dict[int, list[int]]) -> dict[int, np
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
-def _issue_mask(a: "_Analysis", spec: _Spec, source, stats) -> np.ndarray:
+def _issue_mask(a: _Analysis, spec: _Spec, source, stats) -> np.ndarray:
     m = spec.method
     if m in (FilterMethod.LOW_SELF_CONFIDENCE, FilterMethod.LOW_NORMALIZED_MARGIN):
         return _smallest(a.joint.scores[QualityScore(m.value[4:])], a.num_issues)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labelkit.dataset import IMAGE_EXTS, MANIFEST_NAMES, UNLABELED_DIR, Samples, _from_image_folder, _from_manifest, _merge_classes, _table, discover
+from labelkit.dataset import IMAGE_EXTS, MANIFEST_NAMES, Samples, _from_image_folder, _from_manifest, _merge_classes, _table, discover
 from labelkit.errors import BadInputError
 
 TABLE_EXTS = (".csv", ".parquet")

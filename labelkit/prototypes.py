@@ -92,7 +92,7 @@ class Prototypes:
         return out
 
     @classmethod
-    def empty(cls, n_classes: int, dim: int) -> "Prototypes":
+    def empty(cls, n_classes: int, dim: int) -> Prototypes:
         """No prototype for any class (e.g. before zero-shot :func:`fuse_text`)."""
         return cls(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, "<U6"), n_classes)
 
@@ -558,7 +558,7 @@ def _refine_impl(protos, u, *, temperature, min_confidence, max_iter, tol):
     v = protos.vectors
     received = np.zeros(len(protos))
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         mass = np.zeros_like(anchor)
         received = np.zeros(len(protos))
         for s in range(0, len(u), _CHUNK):

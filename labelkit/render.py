@@ -6,7 +6,8 @@ text, never parsed as rich markup: a path with ``[final]`` in it prints intact.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table

@@ -7,8 +7,8 @@ text) are made by the caller, which knows where the samples live.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -12,9 +12,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -175,7 +176,7 @@ class StageRecord:
     finished_at: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StageRecord":
+    def from_dict(cls, d: dict[str, Any]) -> StageRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -206,7 +207,7 @@ class Workspace:
     _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
 
     @classmethod
-    def open(cls, data: Path | str, out: Path | str | None = None) -> "Workspace":
+    def open(cls, data: Path | str, out: Path | str | None = None) -> Workspace:
         """DATA is a folder (default out: ``DATA/.labelkit``) or, for predict, one file.
 
         A manifest file (``DATA/labels.csv`` or ``labels.parquet``) stands for its folder. Any

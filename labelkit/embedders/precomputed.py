@@ -8,7 +8,8 @@ for library callers; ``dim`` is fixed by the first vector seen.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

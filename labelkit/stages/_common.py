@@ -45,7 +45,7 @@ class StageResult:
     reason: str = ""  # why it ran (or why it was skipped)
     summary: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
-    upstream: list["StageResult"] = field(default_factory=list)
+    upstream: list[StageResult] = field(default_factory=list)
     exit_code: int = 0  # non-zero when a CI gate was breached (the summary is still printed)
     message: str = ""
 

@@ -11,7 +11,6 @@ from labelkit import artifacts
 from labelkit.stages._common import input_warnings
 from labelkit.stages._multilabel import TASK, _aligned
 
-
 # ----------------------------------------------------------------------------- discover
 
 

@@ -25,7 +25,7 @@ SNIPPET_CHARS = 220
 ISSUE_TYPES = {"label": "wrong label", "duplicate": "conflicting duplicate", "outlier": "outlier"}
 
 
-def issue_gallery(cfg: ReportConfig, issues: pd.DataFrame, previews: "Previews") -> rep.Section:
+def issue_gallery(cfg: ReportConfig, issues: pd.DataFrame, previews: Previews) -> rep.Section:
     flagged = issues[issues["is_issue"]]
     by_type = flagged["issue_type"].fillna("label").value_counts()
     stats = [("flagged", f"{len(flagged):,} of {len(issues):,}")] + [(ISSUE_TYPES.get(str(k), str(k)), f"{int(v):,}") for k, v in by_type.items()]
@@ -45,7 +45,7 @@ def issue_gallery(cfg: ReportConfig, issues: pd.DataFrame, previews: "Previews")
     return rep.Section("issues", "Label issues", body)
 
 
-def outlier_gallery(ws: Workspace, issues: pd.DataFrame, previews: "Previews") -> rep.Section:
+def outlier_gallery(ws: Workspace, issues: pd.DataFrame, previews: Previews) -> rep.Section:
     """Rows typed outlier or duplicate, flagged or only reported, and the summary's counts of the latter."""
     summ = artifacts.read_metadata(ws.path(artifacts.LABEL_ISSUES)).get("summary") or {}
     rows = issues[issues["issue_type"].isin(["outlier", "duplicate"])]
@@ -67,7 +67,7 @@ def _thumb_note(n: int) -> str:
     return f"Previews for the first {TABLE_THUMBNAILS:,} rows only. " if n > TABLE_THUMBNAILS else ""
 
 
-def _issue_items(rows: pd.DataFrame, previews: "Previews", *, size: int, limit: int | None = None) -> list[rep.GalleryItem]:
+def _issue_items(rows: pd.DataFrame, previews: Previews, *, size: int, limit: int | None = None) -> list[rep.GalleryItem]:
     items = []
     for i, r in enumerate(rows.itertuples(index=False)):
         thumb, text = previews.get(str(r.id), size=size, image=limit is None or i < limit)

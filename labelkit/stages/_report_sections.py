@@ -13,8 +13,8 @@ from labelkit import artifacts, projection
 from labelkit import report as rep
 from labelkit.config import ReportConfig
 from labelkit.stages import _multilabel_report
-from labelkit.stages._report_galleries import Previews, discovery_gallery, issue_gallery, label_codes, outlier_gallery, pseudo_gallery
 from labelkit.stages._common import now
+from labelkit.stages._report_galleries import Previews, discovery_gallery, issue_gallery, label_codes, outlier_gallery, pseudo_gallery
 from labelkit.stages._runner import recorded_summary
 from labelkit.workspace import Workspace
 

@@ -15,8 +15,9 @@ Stages are found by name in :data:`MODULES` (a registry: ``labelkit.stages.<modu
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from labelkit import artifacts
 from labelkit.config import StageConfig
@@ -37,7 +38,7 @@ class Job:
     """One run of one stage: what ``build`` and the hooks read and may extend."""
 
     ctx: RunContext
-    spec: "Stage"
+    spec: Stage
     cfg: StageConfig
     force: bool = False
     samples: Samples | None = None

@@ -29,12 +29,11 @@ from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.pred_probs import load_pred_probs
 from labelkit.pred_probs import normalise_rows as _normalise_rows
+from labelkit.stages import _multilabel, _runner
 from labelkit.stages._common import RunContext, StageResult, input_warnings
-from labelkit.stages import _multilabel
-from labelkit.stages import _runner
+from labelkit.stages._knn import knn_graph
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
-from labelkit.stages._knn import knn_graph
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
 STAGE = "detect-noise"

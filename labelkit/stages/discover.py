@@ -21,9 +21,9 @@ import pyarrow as pa
 from labelkit import artifacts, discovery, health
 from labelkit.config import DiscoverConfig
 from labelkit.errors import BadInputError
+from labelkit.stages import _multilabel, _multilabel_discover
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned
-from labelkit.stages import _multilabel, _multilabel_discover
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 

@@ -14,14 +14,14 @@ import numpy as np
 
 from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
-from labelkit.embedders.base import image_size
-from labelkit.embedder_choice import score_candidates, stratified_sample
 from labelkit.config import EmbedConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
+from labelkit.embedder_choice import score_candidates, stratified_sample
+from labelkit.embedders.base import image_size
 from labelkit.errors import BadInputError
-from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages import _vectors
+from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._runner import Job, Stage, recorded_summary
 from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, file_fingerprint, text_fingerprint

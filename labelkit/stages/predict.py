@@ -24,14 +24,14 @@ import pyarrow as pa
 from labelkit import artifacts, embedding
 from labelkit._validation import l2_normalize
 from labelkit.config import PredictConfig
+from labelkit.dataset import samples_fingerprint
 from labelkit.device import resolve_device
+from labelkit.distill.folder import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format
+from labelkit.distill.pixels import load_pixels
 from labelkit.errors import BadInputError
 from labelkit.predict_inputs import MODALITY_KIND, PredictInputs, check_fits, discover_inputs, modality_error
 from labelkit.stages import _multilabel_student
-from labelkit.dataset import samples_fingerprint
 from labelkit.stages._common import RunContext, StageResult, now
-from labelkit.distill.pixels import load_pixels
-from labelkit.distill.folder import CONFIG_FILE, FORMAT, MODEL_FILE  # the student folder's format
 from labelkit.workspace import Workspace, text_fingerprint
 
 STAGE = "predict"

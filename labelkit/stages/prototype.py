@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from labelkit import artifacts, health, prototypes
 from labelkit.config import PrototypeConfig
+from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings
-from labelkit.stages import _multilabel
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.teacher import build_prototypes

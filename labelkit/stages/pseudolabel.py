@@ -17,12 +17,12 @@ import pyarrow as pa
 
 from labelkit import artifacts, guarantee, health
 from labelkit import pseudolabel as compute
-from labelkit.errors import ThresholdExceededError
 from labelkit.config import PseudolabelConfig
+from labelkit.errors import ThresholdExceededError
+from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
 from labelkit.stages._knn import knn_graph
-from labelkit.stages import _multilabel
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.teacher import Clock, Teacher

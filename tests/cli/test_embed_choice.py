@@ -7,7 +7,6 @@ import json
 import zipfile
 
 import numpy as np
-import pytest
 
 from labelkit.cli import app
 

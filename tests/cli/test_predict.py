@@ -15,7 +15,6 @@ from labelkit.cli import app
 from tests.cli.test_distill import _blob_vectors, _digits_pseudolabels, write_pseudolabels, write_vectors
 from tests.conftest import DIGITS, write_csv
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -348,7 +348,7 @@ def test_a_second_run_waits_saying_for_what_and_takes_over_a_killed_holder(vecto
 def test_two_concurrent_forced_runs_both_finish_and_agree(runner, vectors):
     a = _labelkit("run", str(vectors), "--until", "pseudolabel", "--force", "--json")
     b = _labelkit("run", str(vectors), "--until", "pseudolabel", "--force", "--json")
-    (out_a, err_a), (out_b, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
+    (_, err_a), (_, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
     assert a.returncode == 0 and b.returncode == 0, err_a + err_b
     assert "Traceback" not in err_a + err_b and (err_a + err_b).count("waiting for another labelkit run") == 1
     r = runner.invoke(app, ["status", str(vectors), "--json"])

@@ -10,7 +10,6 @@ from labelkit._probability import softmax
 from labelkit.errors import BadInputError
 
 
-
 def test_ece_hand_computed():
     p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     y = np.array([0, 1, 0, 1])

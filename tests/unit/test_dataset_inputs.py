@@ -8,13 +8,12 @@ images over Pillow's limit skipped as 'too large' by every backend; --pred-probs
 
 from __future__ import annotations
 
-import zlib
-
 import csv
 import io
 import os
 import string
 import unicodedata
+import zlib
 from pathlib import Path
 
 import numpy as np

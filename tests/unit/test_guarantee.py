@@ -113,8 +113,8 @@ def test_heldout_losses_keep_dropped_seeds_and_skip_in_sample_rows():
     given = np.array([0, 0, 1, -1, 2])
     heldout = np.array([True, False, False, False, False])
     dropped = np.array([False, True, False, False, False])  # row 2: labeled but scored in-sample, row 4 too
-    s, l = heldout_losses(label, conf, given, heldout, dropped)
-    assert s.tolist() == [0.9, 0.8] and l.tolist() == [0.0, 1.0]
+    s, losses = heldout_losses(label, conf, given, heldout, dropped)
+    assert s.tolist() == [0.9, 0.8] and losses.tolist() == [0.0, 1.0]
     s, loss = heldout_losses(label, conf, given, heldout, dropped, rejected=np.array([True, False, False, False, False]))
     assert s.tolist() == [-np.inf, 0.8]
     # A rejected sample is never accepted, whatever the threshold.

@@ -9,7 +9,6 @@ from labelkit import calibration
 from labelkit.errors import BadInputError
 from labelkit.metrics import accuracy, expected_calibration_error, macro_f1, per_class_accuracy
 
-
 # --- metrics -------------------------------------------------------------------------------------
 
 

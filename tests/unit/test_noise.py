@@ -39,7 +39,7 @@ def _noisy(seed: int, n: int, k: int, *, dtype=np.float32, missing: int | None =
 
 @pytest.fixture
 def cl():
-    cleanlab = pytest.importorskip("cleanlab")
+    pytest.importorskip("cleanlab")
     import cleanlab.count
     import cleanlab.filter
     import cleanlab.rank

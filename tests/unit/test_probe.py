@@ -10,7 +10,6 @@ from labelkit.errors import BadInputError
 from labelkit.folds import stratified_folds
 from labelkit.probe import ProbeConfig, _fit_probe, cross_val_probs
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

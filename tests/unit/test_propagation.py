@@ -9,7 +9,6 @@ from labelkit import propagation as pg
 from labelkit.errors import BadInputError
 
 
-
 def _five_node_affinity():
     # A weighted path 0-1-2-3-4 plus a chord 1-3.
     a = np.zeros((5, 5))

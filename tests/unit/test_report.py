@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from labelkit import report as rep
-from labelkit.report_samples import PseudoTile, issue_table_html, pick_pseudolabel_examples, pseudolabel_gallery_html
 from labelkit.errors import BadInputError
+from labelkit.report_samples import PseudoTile, issue_table_html, pick_pseudolabel_examples, pseudolabel_gallery_html
 
 EVIL = '<script>alert("x")</script>&'
 

@@ -8,8 +8,6 @@ import pytest
 from labelkit import thresholds as th
 from labelkit.errors import BadInputError
 
-
-
 PROBS = np.array(
     [
         [0.97, 0.02, 0.01],  # 0: class 0, very confident

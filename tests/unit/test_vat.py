@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from labelkit.distill import TrainConfig, build_student, fit_student
-from labelkit.distill import vat
+from labelkit.distill import TrainConfig, build_student, fit_student, vat
 from labelkit.errors import BadInputError
 
 
