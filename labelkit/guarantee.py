@@ -39,7 +39,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
+
+_ERROR_CONFIDENCE = defaults("pseudolabel").error_confidence  # the stage's --error-confidence
 
 #: Candidate thresholds, fixed before any data is seen: 1 - 10**t for t from -6 to 0 in steps of
 #: 0.01, descending (about 2.3% relative steps in 1 - lambda), then 0 (accept everything).
@@ -368,7 +371,7 @@ class Acceptance:
 
 
 def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows, *, reject_novel: bool, novelty_rate: float,
-                        max_error: float | None = None, error_confidence: float = 0.9) -> Acceptance:
+                        max_error: float | None = None, error_confidence: float = _ERROR_CONFIDENCE) -> Acceptance:
     """Which pseudo-labels of ``rows`` to accept, and why not: novelty, then the rule or the certificate.
 
     1. Novelty (:func:`labelkit.novelty.novelty_scores`) of every sample from the embeddings and

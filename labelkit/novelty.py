@@ -34,7 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit.config import defaults
 from labelkit.errors import BadInputError
+
+_NOVELTY_RATE = defaults("pseudolabel").novelty_rate  # the stage's --novelty-rate
 
 ROW_CHUNK = 4096
 
@@ -71,7 +74,7 @@ class Novelty:
     n_reference: int
 
 
-def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = 0.05, confidence=None, reference=None,
+def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = _NOVELTY_RATE, confidence=None, reference=None,
                    device: str = "cpu") -> Novelty:
     """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
 

@@ -164,6 +164,8 @@ COMPUTE_DEFAULTS = [  # public compute functions whose keyword is a config optio
     ("labelkit.thresholds", "threshold_flexmatch", "tau", "pseudolabel", "threshold"),
     ("labelkit.distill.targets", "distillation_loss", "temperature", "distill", "temperature"),
     ("labelkit.distill.targets", "distillation_loss", "alpha", "distill", "alpha"),
+    ("labelkit.novelty", "novelty_scores", "reject_rate", "pseudolabel", "novelty_rate"),
+    ("labelkit.guarantee", "accept_pseudolabels", "error_confidence", "pseudolabel", "error_confidence"),
 ]
 
 
