@@ -62,6 +62,34 @@ class Discovery:
     silhouettes: dict
 
 
+#: A novel count whose chance p-value is above this is no evidence of a new class.
+NO_EVIDENCE_P = 0.05
+
+
+def novel_by_chance(n_novel: int, n_pool: int, rate: float) -> tuple[float, float]:
+    """(expected count, one-sided p-value) of ``n_novel`` samples judged novel among ``n_pool`` if none is new.
+
+    The novelty rule (:mod:`labelkit.novelty`) is conformal: a sample of a known class is judged
+    novel with probability at most ``rate``. With no new class in the pool, the count is then at
+    most Binomial(n_pool, rate) (approximately: the samples share one calibration set), so a count
+    near ``rate * n_pool`` says the "novel" samples are the known classes' own tail, and
+    clustering them would invent classes (examples/digits, every class labeled: 59 novel of
+    1,618, about 81 expected, clustered into 11 "new classes" before this check).
+
+    >>> exp, p = novel_by_chance(59, 1618, 0.05)
+    >>> round(exp, 1), p > 0.99
+    (80.9, True)
+    >>> novel_by_chance(200, 1618, 0.05)[1] < 1e-6
+    True
+    """
+    from scipy import stats
+
+    if n_pool < 0 or not 0 <= rate <= 1 or n_novel < 0:
+        raise BadInputError(f"novel_by_chance needs counts >= 0 and a rate in [0, 1]. Got {n_novel!r}, {n_pool!r}, {rate!r} instead.")
+    p = float(stats.binom.sf(n_novel - 1, n_pool, rate)) if n_novel > 0 else 1.0
+    return rate * n_pool, p
+
+
 def discover_classes(embeddings, labels, n_classes: int, candidates, *, max_new: int = 20, n_clusters: int | None = None,
                      n_iter: int = 30, seed: int = 0) -> Discovery:
     """Cluster the candidate samples into new classes by semi-supervised k-means.

@@ -54,7 +54,11 @@ def _build(job: Job) -> dict[str, Any]:
     known = rows >= 0
     candidates = np.zeros(len(a.ids), bool)
     candidates[rows[known]] = True if cfg.pool == "unlabeled" else novelty[known] >= float(threshold)
-    d = discovery.discover_classes(a.vectors, a.labels, len(a.classes), candidates & (a.labels < 0), max_new=cfg.max_new,
+    n_novel = int((novelty[known] >= float(threshold)).sum())
+    expected, p_chance = discovery.novel_by_chance(n_novel, int(known.sum()), float((meta.get("novelty") or {}).get("reject_rate") or 0.0))
+    # As many "novel" samples as the rule lets through by chance: the known classes' tail, not a new class.
+    by_chance = cfg.pool == "novel" and cfg.n_clusters is None and p_chance > discovery.NO_EVIDENCE_P
+    d = discovery.discover_classes(a.vectors, a.labels, len(a.classes), candidates & (a.labels < 0) & (not by_chance), max_new=cfg.max_new,
                                    n_clusters=cfg.n_clusters, seed=cfg.seed)
     out_rows = rows[known]
     clusters = [
@@ -67,7 +71,10 @@ def _build(job: Job) -> dict[str, Any]:
         "n_clusters": d.n_clusters,
         "pool": cfg.pool,
         "n_candidates": n_cand,
-        "n_novel": int((novelty[known] >= float(threshold)).sum()),
+        "n_novel": n_novel,
+        "novel_expected_by_chance": round(expected, 1),
+        "novel_chance_p": round(p_chance, 4),
+        "by_chance": by_chance,
         "n_clustered": int((d.cluster[out_rows] >= 0).sum()),
         "n_joined_known": int(n_cand - (d.cluster >= 0).sum()),
         "novelty_threshold": float(threshold),
@@ -75,7 +82,7 @@ def _build(job: Job) -> dict[str, Any]:
         "silhouettes": {str(k): v for k, v in d.silhouettes.items()},
         "estimated": cfg.n_clusters is None,
     }
-    summary["warnings"] = input_warnings(samples, _warnings(n_cand, d.n_clusters, cfg))
+    summary["warnings"] = input_warnings(samples, _warnings(0 if by_chance else n_cand, d.n_clusters, cfg))
     ids = pa.array([a.ids[i] for i in out_rows], pa.string())
     conf = d.confidence[out_rows]
     out = pa.table({

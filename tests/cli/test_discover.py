@@ -72,3 +72,16 @@ def test_run_includes_discover_after_pseudolabel():
     from labelkit.stages.pipeline import ORDER
 
     assert ORDER.index("discover") == ORDER.index("pseudolabel") + 1
+
+
+def test_no_new_class_when_novel_samples_are_as_many_as_chance_gives(runner, tmp_path):
+    # Every digit is labeled: the ~5% the novelty rule lets through by design are no new class.
+    data = tmp_path / "digits"
+    shutil.copytree(DIGITS, data, ignore=shutil.ignore_patterns(".labelkit"))
+    r = runner.invoke(app, ["discover", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["by_chance"] is True and out["n_clusters"] == 0 and out["warnings"] == []
+    assert out["n_novel"] <= out["novel_expected_by_chance"] * 1.5 and out["novel_chance_p"] > 0.05
+    d = pq.read_table(data / ".labelkit" / "discoveries.parquet").to_pandas()
+    assert (d["cluster"] == -1).all()
