@@ -19,15 +19,7 @@ from labelkit.stages._runner import recorded_summary
 from labelkit.workspace import Workspace
 
 METRICS = "student/metrics.json"
-THUMBNAIL_PX = 96
-TABLE_THUMBNAIL_PX = 48
-TABLE_THUMBNAILS = 2000  # past this many rows the tables show ids only (about 1.5 KB of page per thumbnail)
-PSEUDO_EXAMPLES = 4  # per group: most / least confident accepted, best rejected
-DISCOVERY_EXAMPLES = 8  # per new cluster: its most confident members
-PSEUDO_CLASSES = 100  # classes shown in the pseudo-label gallery (those with the most pseudo-labels)
-SNIPPET_CHARS = 220
 SEED = 0  # the map's subsample is the same on every run
-ISSUE_TYPES = {"label": "wrong label", "duplicate": "conflicting duplicate", "outlier": "outlier"}
 
 
 # -- sections -------------------------------------------------------------------------------
