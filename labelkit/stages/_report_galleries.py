@@ -149,6 +149,11 @@ def discovery_gallery(ws: Workspace, previews: Previews) -> rep.Section:
             f'they form {len(clusters)} new cluster(s) ({summary.get("n_joined_known", 0)} joined a known class). Each cluster shows its '
             f"{DISCOVERY_EXAMPLES} most confident members and the known class it lies nearest to: a new class to name, or part of "
             "that class the labels missed.</p>")
+    if summary.get("by_chance"):  # as many novel samples as the rule lets through with no new class
+        lead = (f'<p class="lead">{summary.get("n_novel", 0)} unlabeled samples were judged novel, about '
+                f'{float(summary.get("novel_expected_by_chance") or 0):.0f} would be among the known classes alone by chance '
+                f'(p = {float(summary.get("novel_chance_p") or 0):.2f}): no evidence of a new class, so none was clustered. '
+                "Each sample's score is the novelty column of pseudolabels.parquet.</p>")
     if not clusters:
         return rep.Section("discoveries", "New classes", lead + '<p class="hint">No new cluster.</p>')
     blocks = []

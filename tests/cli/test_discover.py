@@ -85,3 +85,6 @@ def test_no_new_class_when_novel_samples_are_as_many_as_chance_gives(runner, tmp
     assert out["n_novel"] <= out["novel_expected_by_chance"] * 1.5 and out["novel_chance_p"] > 0.05
     d = pq.read_table(data / ".labelkit" / "discoveries.parquet").to_pandas()
     assert (d["cluster"] == -1).all()
+    assert runner.invoke(app, ["report", str(data)]).exit_code == 0
+    html = (data / ".labelkit" / "report.html").read_text()
+    assert "no evidence of a new class, so none was clustered" in html and "No new cluster." in html
