@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from labelkit._validation import check_embeddings
 from labelkit.errors import BadInputError
 from labelkit.multilabel_noise import check_multilabels
+
+if TYPE_CHECKING:  # torch is imported where a head is fitted: the stages import this module at start-up
+    import torch
 
 __all__ = ["HeadConfig", "C_GRID", "sigmoid_heads_probs", "cross_val_multilabel_probs", "Thresholds",
            "choose_thresholds", "label_sets", "MultilabelPseudolabels", "multilabel_pseudolabels",
@@ -62,6 +64,8 @@ class HeadConfig:
 
 def _fit_heads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: HeadConfig):
     """K logistic regressions at once; ``w`` (n, K) weighs each (sample, class) term (0 = ignore)."""
+    import torch
+    import torch.nn.functional as F
     n, d = x.shape
     k = y.shape[1]
     if config.standardize:
@@ -98,6 +102,7 @@ def _fit_heads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: HeadCo
 
 
 def _predict(predict, x: torch.Tensor, rows: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
+    import torch
     with torch.no_grad():
         for lo in range(0, rows.size, 65536):
             out[dest[lo:lo + 65536]] = predict(x[torch.from_numpy(rows[lo:lo + 65536])].double()).numpy()
@@ -105,6 +110,7 @@ def _predict(predict, x: torch.Tensor, rows: np.ndarray, out: np.ndarray, dest: 
 
 def _fit_on(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: np.ndarray, config: HeadConfig):
     """The heads fitted on ``rows`` (at most MAX_TRAIN of them, drawn with a fixed seed), in float64."""
+    import torch
     if rows.size > MAX_TRAIN:  # full-batch L-BFGS cost grows with the rows; K linear heads need far fewer
         rows = np.sort(np.random.default_rng(0).choice(rows, MAX_TRAIN, replace=False))
     t = torch.from_numpy(rows)
@@ -112,6 +118,7 @@ def _fit_on(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: np.ndarray,
 
 
 def _tensors(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray | None):
+    import torch
     x = torch.from_numpy(embeddings if embeddings.flags.writeable else embeddings.copy())  # float32; fits copy their rows to float64
     y = torch.from_numpy(np.clip(labels, 0, 1).astype(np.float64))
     w = torch.ones_like(y) if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float64))
