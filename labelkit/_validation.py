@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from labelkit.errors import BadInputError
@@ -64,3 +66,11 @@ def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     x = (x / np.where(scale > 0, scale, 1)).astype(np.float32, copy=False)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, eps)
+
+
+def check_l2_head(C, max_iter) -> None:
+    """The options of an L2-regularised linear head fitted by L-BFGS (the probe's and the multi-label heads')."""
+    if not (isinstance(C, (int, float)) and math.isfinite(C) and C > 0):
+        raise BadInputError(f"'C' must be > 0. Got {C!r} instead.")
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
+        raise BadInputError(f"'max_iter' must be an int >= 1. Got {max_iter!r} instead.")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelkit._validation import check_embeddings
+from labelkit._validation import check_embeddings, check_l2_head
 from labelkit.errors import BadInputError
 from labelkit.multilabel_noise import check_multilabels
 
@@ -56,10 +56,7 @@ class HeadConfig:
     standardize: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
-            raise BadInputError(f"'C' must be > 0. Got {self.C!r} instead.")
-        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
-            raise BadInputError(f"'max_iter' must be an int >= 1. Got {self.max_iter!r} instead.")
+        check_l2_head(self.C, self.max_iter)
 
 
 def _fit_heads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, config: HeadConfig):

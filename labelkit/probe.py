@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from labelkit._progress import NULL, Progress
-from labelkit._validation import check_embeddings, check_labels
+from labelkit._validation import check_embeddings, check_l2_head, check_labels
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError
 from labelkit.folds import stratified_folds
@@ -42,10 +42,7 @@ class ProbeConfig:
     standardize: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
-            raise BadInputError(f"'C' must be > 0. Got {self.C!r} instead.")
-        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
-            raise BadInputError(f"'max_iter' must be an int >= 1. Got {self.max_iter!r} instead.")
+        check_l2_head(self.C, self.max_iter)
 
 
 def _fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, config: ProbeConfig):
