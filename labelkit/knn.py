@@ -14,9 +14,16 @@ Similarities are cosines (inner products of L2-normalised rows). Three methods:
   ``target_recall`` (default 0.95).
 * ``"ivf"`` -- ``faiss.IndexIVFFlat`` (an inverted file over k-means cells, Jegou et al. 2011);
   ``nprobe`` is tuned the same way. This is the approximate index used on GPU.
+* ``"ivfpq"`` -- ``faiss.IndexIVFPQ``: the same inverted file, each row stored as a product-quantised
+  code of ``pq_m`` bytes instead of ``4 * dim`` (Jegou et al. 2011). Each query's ``rerank * k``
+  best candidates by code are re-ranked by exact inner product with the original rows (read in
+  blocks from the array the index was built from, which holds no copy of it), so the similarities
+  returned are exact cosines; ``nprobe`` is tuned as for IVF. The index for a memory budget.
 
 ``"auto"`` picks exact search when the work is small (``n_queries * n_base <= EXACT_MAX_PAIRS``,
-i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index.
+i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index. Under a
+memory budget (:func:`choose_method`) it keeps that choice when :func:`memory_estimate` says it
+fits, else takes IVF-PQ with the largest code that fits.
 
 Device: ``"cpu"``; ``"auto"`` (faiss's GPU indexes when the faiss GPU build sees a GPU, else CPU);
 ``"cuda"`` / ``"cuda:N"`` (faiss GPU indexes when present; otherwise exact search runs as a torch
@@ -29,6 +36,7 @@ Missing neighbours (``k`` larger than what exists) are padded with index ``-1`` 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import warnings
@@ -58,8 +66,9 @@ class _OnFirstUse:
 faiss = _OnFirstUse("faiss")
 torch = _OnFirstUse("torch")
 
-Method = Literal["auto", "exact", "hnsw", "ivf"]
-METHODS = ("auto", "exact", "hnsw", "ivf")
+Method = Literal["auto", "exact", "hnsw", "ivf", "ivfpq"]
+METHODS = ("auto", "exact", "hnsw", "ivf", "ivfpq")
+_APPROX = ("hnsw", "ivf", "ivfpq")
 
 # Measured with benchmarks/knn.py (kNN graph, k=10, 512-d clustered data, 2 cores shared with other
 # jobs, so CPU seconds are quoted; they are steadier than wall time): exact search 42 CPU-s at 50k
@@ -77,6 +86,15 @@ HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
 DEFAULT_BATCH_SIZE = 4_096  # query rows per block
 _UNIT_ATOL = 1e-3  # rows whose norm is within this of 1 are taken as already normalised
 _RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
+# IVF-PQ: codes of PQ_NBITS bits per sub-quantiser; pq_m (code bytes per row) is one of
+# PQ_M_CHOICES, the sizes faiss's GPU IVFPQ supports, by default about one byte per
+# PQ_DIMS_PER_BYTE dimensions (measured in docs/performance.md, "IVF-PQ under a memory budget").
+PQ_NBITS = 8
+PQ_M_CHOICES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+PQ_DIMS_PER_BYTE = 8
+IVF_ADD_CHUNK = 32_768  # rows added to an IVF index at a time
+RERANK_BLOCK_BYTES = 8 << 20  # gathered candidate rows per re-ranking block
+_GROWTH = 2  # faiss grows its code arrays by doubling: capacity up to twice the size
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,12 @@ class AnnParams:
     n_tune_queries : int, default=256
         Queries sampled for tuning (their exact neighbours cost ``n_tune_queries * n_base`` dot
         products).
+    pq_m : int or None, default=None
+        IVF-PQ code bytes per row (sub-quantisers of PQ_NBITS bits); must divide the dimension.
+        None: :func:`default_pq_m` (or, under a memory budget, the largest that fits).
+    rerank : int, default=8
+        IVF-PQ: each query's ``rerank * k`` best candidates by code are re-ranked by exact inner
+        product with the original rows; 0 returns the codes' approximate similarities instead.
     """
 
     hnsw_m: int = 32
@@ -117,12 +141,16 @@ class AnnParams:
     nprobe: int | None = None
     target_recall: float = 0.95
     n_tune_queries: int = 256
+    pq_m: int | None = None
+    rerank: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "n_tune_queries"):
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "n_tune_queries", "pq_m"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
                 raise BadInputError(f"'{name}' must be a positive integer. Got {value!r} instead.")
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer)) or self.rerank < 0:
+            raise BadInputError(f"'rerank' must be an integer >= 0. Got {self.rerank!r} instead.")
         if not 0 < self.target_recall <= 1:
             raise BadInputError(f"'target_recall' must be in (0, 1]. Got {self.target_recall!r} instead.")
 
@@ -297,13 +325,14 @@ class KnnIndex:
     rows themselves) as often as needed. ``method`` and ``device`` are resolved at build time:
     ``method_`` and ``on_gpu_`` say what was chosen, and ``tuned_`` maps each number of
     neighbours searched (``k``, or ``k + 1`` for a graph, which drops self afterwards) to the
-    efSearch (HNSW) or nprobe (IVF) that tuning picked.
+    efSearch (HNSW) or nprobe (IVF, IVF-PQ) that tuning picked. The IVF-PQ index re-ranks by
+    reading the array it was built from: keep it unchanged while the index is used.
 
     Parameters
     ----------
-    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+    method : {"auto", "exact", "hnsw", "ivf", "ivfpq"}, default="auto"
         ``"auto"``: exact when ``n_base <= EXACT_MAX_ROWS`` (``EXACT_MAX_ROWS_GPU`` on GPU), else
-        IVF on a faiss GPU and HNSW on CPU.
+        IVF on a faiss GPU and HNSW on CPU (no memory budget: see :func:`choose_method`).
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (see the module docstring).
     ann : AnnParams or None, default=None
@@ -348,11 +377,11 @@ class KnnIndex:
         if len(base) == 0:
             method = "exact"
         self.method_ = method
-        self.on_gpu_ = self.device.faiss_gpu is not None and method in ("exact", "ivf")
+        self.on_gpu_ = self.device.faiss_gpu is not None and method in ("exact", "ivf", "ivfpq")
         if method == "hnsw":
             self._index = self._build_hnsw(base, progress)
-        elif method == "ivf":
-            self._index = self._build_ivf(base, progress)
+        elif method in ("ivf", "ivfpq"):
+            self._index = self._build_ivf(base, progress, pq=method == "ivfpq")
         else:
             self.on_gpu_ = self.device.faiss_gpu is not None or self.device.torch_device != "cpu"
             # on a faiss GPU the base is copied once; otherwise exact search reads self._base
@@ -370,25 +399,33 @@ class KnnIndex:
                 task.advance(min(chunk, len(base) - s))
         return index
 
-    def _build_ivf(self, base, progress):
+    def _build_ivf(self, base, progress, *, pq: bool):
+        """IVF over k-means cells trained on a sample; rows stored flat, or as PQ codes (``pq``)."""
         n, d = base.shape
-        nlist = self.ann.nlist or int(np.clip(round(4 * math.sqrt(n)), 1, 65_536))
-        nlist = min(nlist, n)
+        nlist = _ivf_nlist(n, self.ann.nlist)
+        n_train = _ivf_train_rows(n, nlist, pq=pq)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        if pq:
+            m = self.ann.pq_m or default_pq_m(d)
+            if d % m:
+                raise BadInputError(f"'pq_m' must divide the dimension {d}. Got {m} instead.")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, _pq_nbits(n_train), faiss.METRIC_INNER_PRODUCT)
+            index.pq.cp.min_points_per_centroid = 1
+            index.pq.cp.seed = self.seed
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.min_points_per_centroid = 1  # no stderr warning for small training sets
         index.cp.seed = self.seed
-        n_train = min(n, 64 * nlist)
         rng = np.random.default_rng(self.seed)
         train = base if n_train == n else base[np.sort(rng.choice(n, n_train, replace=False))]
-        with progress.task("knn: build IVF index", total=n) as task:
+        with progress.task(f"knn: build {'IVF-PQ' if pq else 'IVF'} index", total=n) as task:
             if self.device.faiss_gpu is not None:
                 index = _to_gpu(index, self.device.faiss_gpu)  # train on the GPU too
             index.train(train)
-            chunk = 65_536
-            for s in range(0, n, chunk):
-                index.add(base[s : s + chunk])
-                task.advance(min(chunk, n - s))
+            del train
+            for s in range(0, n, IVF_ADD_CHUNK):
+                index.add(base[s : s + IVF_ADD_CHUNK])
+                task.advance(min(IVF_ADD_CHUNK, n - s))
         self._quantizer = quantizer  # keep the quantizer alive as long as the CPU index
         return index
 
@@ -422,7 +459,7 @@ class KnnIndex:
         processes) share that knob instead of tuning on their slice. A no-op for exact search."""
         if self._base is None:
             raise BadInputError("the index is empty; call build(embeddings) before tune_graph()")
-        if self.method_ in ("hnsw", "ivf") and len(self._base) > 0:
+        if self.method_ in _APPROX and len(self._base) > 0:
             self._knob(_check_k(k) + bool(exclude_self), self._base, 0 if exclude_self else None, progress)
         return self
 
@@ -452,28 +489,37 @@ class KnnIndex:
         return self._search_impl(q, _check_k(k), batch_size=_check_batch_size(batch_size), progress=progress)
 
     def _search_impl(self, queries, k, *, batch_size, progress, drop_self_offset=None):
-        """Search; ``drop_self_offset`` (knn_graph) removes each query's own row ``offset + i``."""
-        extra = 1 if drop_self_offset is not None else 0
-        kq = k + extra
+        """Search; ``drop_self_offset`` (knn_graph) removes each query's own row ``offset + i``.
+
+        An approximate index drops self and pads block by block into the (nq, k) result, so its
+        peak is one result plus one block (:func:`memory_estimate`)."""
+        kq = k + (drop_self_offset is not None)
         nq = len(queries)
-        if self.method_ in ("hnsw", "ivf") and len(self._base) > 0:
-            knob = self._knob(kq, queries, drop_self_offset, progress)
+        if self.method_ == "exact" or len(self._base) == 0:
+            with progress.task("knn: exact search", total=nq) as task:
+                s, i = _exact_search_impl(self._base, queries, kq, batch_size=batch_size, device=self.device, task=task, flat=self._index)
+            if drop_self_offset is not None:
+                s, i = _drop_self(s, i, drop_self_offset + np.arange(nq))
+            return _pad(s, i, k)
+        params = self._search_params(self._knob(kq, queries, drop_self_offset, progress))
+        sims = np.empty((nq, k), np.float32)
+        idx = np.empty((nq, k), np.int64)
         with progress.task(f"knn: {self.method_} search", total=nq) as task:
-            if self.method_ == "exact" or len(self._base) == 0:
-                s, i = _exact_search_impl(
-                    self._base, queries, kq, batch_size=batch_size, device=self.device, task=task, flat=self._index
-                )
-            else:
-                s = np.empty((nq, kq), np.float32)
-                i = np.empty((nq, kq), np.int64)
-                params = self._search_params(knob)
-                for qs in range(0, nq, batch_size):
-                    qb = queries[qs : qs + batch_size]
-                    s[qs : qs + len(qb)], i[qs : qs + len(qb)] = self._index.search(qb, kq, params=params)
-                    task.advance(len(qb))
-        if drop_self_offset is not None:
-            s, i = _drop_self(s, i, drop_self_offset + np.arange(nq))
-        return _pad(s, i, k)
+            for qs in range(0, nq, batch_size):
+                qb = queries[qs : qs + batch_size]
+                s, i = self._ann_search(qb, kq, params)
+                if drop_self_offset is not None:
+                    s, i = _drop_self(s, i, drop_self_offset + qs + np.arange(len(qb)))
+                sims[qs : qs + len(qb)], idx[qs : qs + len(qb)] = _pad(s, i, k)
+                task.advance(len(qb))
+        return sims, idx
+
+    def _ann_search(self, queries, kq, params):
+        """One block of an approximate search; IVF-PQ re-ranks ``rerank * kq`` candidates exactly."""
+        if self.method_ != "ivfpq" or not self.ann.rerank:
+            return self._index.search(queries, kq, params=params)
+        _, cand = self._index.search(queries, kq * self.ann.rerank, params=params)
+        return _rerank(self._base, queries, cand, kq)
 
     def _search_params(self, knob: int):
         if self.method_ == "hnsw":
@@ -524,8 +570,7 @@ class KnnIndex:
             knobs = sorted({min(nlist, 2**j) for j in range(0, int(math.log2(max(1, nlist))) + 2)})
         recall = 0.0
         for knob in knobs:
-            params = self._search_params(knob)
-            s, i = self._index.search(sample, kq, params=params)
+            s, i = self._ann_search(sample, kq, self._search_params(knob))
             if drop_self_offset is not None:
                 s, i = _drop_self(s, i, drop_self_offset + rows)
             recall = _recall_impl(_pad(s, i, k)[1], exact)
@@ -556,6 +601,246 @@ def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
     if n_queries * n_base <= limit * limit:
         return "exact"
     return "ivf" if device.faiss_gpu is not None else "hnsw"
+
+
+def _ivf_nlist(n: int, nlist: int | None) -> int:
+    """IVF cells: given, else 4 sqrt(n); at most n."""
+    return max(1, min(nlist or int(np.clip(round(4 * math.sqrt(n)), 1, 65_536)), n))
+
+
+def _ivf_train_rows(n: int, nlist: int, *, pq: bool) -> int:
+    """Rows of the k-means training sample: 64 per cell for IVF; for IVF-PQ, whose sample and its
+    residuals are both held while training, 39 per cell (faiss's own minimum) and at least 2^16."""
+    return min(n, max(39 * nlist, 1 << 16) if pq else 64 * nlist)
+
+
+def _pq_nbits(n_train: int) -> int:
+    """PQ_NBITS, or fewer when the training sample cannot fill 2^PQ_NBITS centroids."""
+    return int(min(PQ_NBITS, max(1, math.floor(math.log2(max(2, n_train))))))
+
+
+def default_pq_m(d: int) -> int:
+    """IVF-PQ code bytes per row for dimension ``d``: the largest of PQ_M_CHOICES that divides ``d``
+    and is at most ``d / PQ_DIMS_PER_BYTE`` (1 at least).
+
+    >>> default_pq_m(128), default_pq_m(512), default_pq_m(100)
+    (16, 64, 4)
+    """
+    return max(m for m in PQ_M_CHOICES if d % m == 0 and m <= max(1, d // PQ_DIMS_PER_BYTE))
+
+
+def _rerank(base: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of each query's candidate rows ``cand`` (-1: none) by exact inner product with ``base``."""
+    nq, c = cand.shape
+    sims = np.empty((nq, c), np.float32)
+    rows = max(1, RERANK_BLOCK_BYTES // max(1, c * base.shape[1] * 4))
+    for s in range(0, nq, rows):
+        block = base[np.maximum(cand[s : s + rows], 0)]  # (rows, c, d), gathered block by block
+        sims[s : s + rows] = np.matmul(block, queries[s : s + rows, :, None])[:, :, 0]
+    sims[cand < 0] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, : min(k, c)]
+    return np.take_along_axis(sims, top, axis=1), np.take_along_axis(cand, top, axis=1)
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise BadInputError(f"'{name}' must be an integer >= 0. Got {value!r} instead.")
+    return int(value)
+
+
+def memory_estimate(
+    method: str, n: int, d: int, k: int, *, n_queries: int | None = None, ann: AnnParams | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """Peak bytes that building an index of ``n`` rows of dimension ``d`` and searching it for ``k``
+    neighbours of ``n_queries`` rows (default ``n``: the graph) adds to the embeddings themselves.
+
+    The embeddings (``n * d * 4`` bytes as float32 unit rows, held by the caller or memory-mapped)
+    are not counted. The model, term by term (``kq = k + 1``; ``G = 2``, the capacity of an array
+    that faiss grows by doubling):
+
+    * results: ``n_queries * k * 12`` (float32 + int64); exact search holds three (raw, self
+      dropped, padded) of width ``kq``, an approximate one pads block by block into one;
+    * exact: a ``min(batch_size, n_queries) * min(EXACT_BASE_BLOCK, n) * 4`` scratch tile;
+    * hnsw: ``G * n * (4 d + 4 (2 M + 1))`` (its float32 copy of the rows and the links of level 0,
+      2M per row, plus the upper levels) and ``12 n`` of level tables;
+    * ivf: ``G * n * (4 d + 8)`` (rows and ids in the inverted lists), ``4 d nlist`` centroids, a
+      training sample of ``64 nlist`` rows when it is a copy;
+    * ivfpq: ``G * n * (pq_m + 8)`` (codes and ids), ``4 d (nlist + 2^PQ_NBITS)`` centroids; while
+      training, the sample of ``max(39 nlist, 65536)`` rows (when a copy) and its residuals; while
+      adding, one chunk's residuals; while searching, one block of ``rerank * kq`` candidates
+      (their ids and sims, and their rows gathered, at most RERANK_BLOCK_BYTES);
+    * approximate indexes: a tuning tile of ``n_tune_queries * min(EXACT_BASE_BLOCK, n) * 4``.
+
+    The peak is the index plus the larger of its build transients and its search (results and
+    scratch). Checked against measured peaks in docs/performance.md.
+
+    Parameters
+    ----------
+    method : {"exact", "hnsw", "ivf", "ivfpq"}
+    n, d, k : int
+        Indexed rows, dimension, neighbours per query.
+    n_queries : int or None, default=None
+        Query rows; None: ``n`` (a kNN graph).
+    ann : AnnParams or None, default=None
+        ``hnsw_m``, ``nlist``, ``pq_m`` (None: :func:`default_pq_m`), ``rerank``, ``n_tune_queries``.
+    batch_size : int, default=4096
+        Query rows per block, as in :func:`knn_graph`.
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Examples
+    --------
+    >>> memory_estimate("exact", 1000, 8, 10)  # scratch 1000*1000*4 + 3 results 1000*11*12
+    4396000
+    >>> memory_estimate("ivfpq", 10**6, 128, 10) < memory_estimate("hnsw", 10**6, 128, 10) // 4
+    True
+    """
+    if method not in METHODS or method == "auto":
+        raise BadInputError(f"'method' must be one of exact, hnsw, ivf, ivfpq. Got {method!r} instead.")
+    n, d, k = _check_count(n, "n"), _check_count(d, "d"), _check_count(k, "k")
+    q = n if n_queries is None else _check_count(n_queries, "n_queries")
+    ann = ann if ann is not None else AnnParams()
+    batch = min(_check_batch_size(batch_size), max(q, 1))
+    kq = k + 1
+    if method == "exact":
+        return batch * min(EXACT_BASE_BLOCK, n) * 4 + 3 * q * kq * 12
+    tune = min(ann.n_tune_queries, q) * min(EXACT_BASE_BLOCK, n) * 4
+    block = 3 * batch * kq * 12  # one block's raw, self-dropped and padded results
+    build = 0
+    if method == "hnsw":
+        index = _GROWTH * n * (4 * d + 4 * (2 * ann.hnsw_m + 1)) + 12 * n
+    else:
+        nlist = _ivf_nlist(n, ann.nlist)
+        n_train = _ivf_train_rows(n, nlist, pq=method == "ivfpq")
+        copy = n_train * d * 4 if n_train < n else 0
+        if method == "ivf":
+            index = _GROWTH * n * (4 * d + 8) + 4 * d * nlist
+            build = copy
+        else:
+            m = ann.pq_m or default_pq_m(d)
+            index = _GROWTH * n * (m + 8) + 4 * d * (nlist + 2**PQ_NBITS)
+            build = max(copy + n_train * d * 4, min(IVF_ADD_CHUNK, n) * (4 * d + 8 + m))
+            cand = kq * ann.rerank
+            block += (batch * cand * 12 + min(RERANK_BLOCK_BYTES, batch * cand * d * 4)) if ann.rerank else 0
+    return index + max(build, tune, q * k * 12 + block)
+
+
+def _fmt_bytes(b: float) -> str:
+    """'1.2 GB', '500 MB', '12 kB' (powers of 1000, as the memory budget is written)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{int(b)} B"
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """What :func:`choose_method` picked, and why.
+
+    Attributes
+    ----------
+    method : {"exact", "hnsw", "ivf", "ivfpq"}
+    pq_m : int or None
+        IVF-PQ code bytes per row (None for the other methods).
+    estimate_bytes : int
+        :func:`memory_estimate` of the choice.
+    memory_budget : int or None
+        The budget in bytes (None: none).
+    reason : str
+        One sentence, for summaries and logs.
+    """
+
+    method: str
+    pq_m: int | None
+    estimate_bytes: int
+    memory_budget: int | None
+    reason: str
+
+    def ann(self, ann: AnnParams | None = None) -> AnnParams:
+        """``ann`` (default ``AnnParams()``) with this choice's ``pq_m``."""
+        ann = ann if ann is not None else AnnParams()
+        return dataclasses.replace(ann, pq_m=self.pq_m) if self.pq_m is not None else ann
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def choose_method(
+    n: int, d: int, k: int, *, method: Method = "auto", memory_budget: int | None = None, n_queries: int | None = None,
+    device: str = "auto", ann: AnnParams | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+) -> MethodChoice:
+    """The kNN method for ``n`` rows of dimension ``d`` and ``k`` neighbours, under a memory budget.
+
+    ``"auto"`` takes today's choice (exact up to EXACT_MAX_ROWS rows, else HNSW on CPU, IVF on a
+    faiss GPU) when :func:`memory_estimate` says it fits in ``memory_budget``, else IVF-PQ with the
+    largest code (at most ``ann.pq_m`` or :func:`default_pq_m`) that fits. A named method is kept
+    if it fits (IVF-PQ shrinking its code to fit when ``ann.pq_m`` is None).
+
+    Parameters
+    ----------
+    n, d, k : int
+        Indexed rows, dimension, neighbours.
+    method : {"auto", "exact", "hnsw", "ivf", "ivfpq"}, default="auto"
+    memory_budget : int or None, default=None
+        Bytes the kNN layer may add to the embeddings (see :func:`memory_estimate`); None or 0:
+        no budget.
+    n_queries : int or None, default=None
+        None: ``n`` (a kNN graph).
+    device : str, default="auto"
+        As in :func:`knn_graph`; it moves ``"auto"``'s choice (IVF and a higher exact limit on a
+        faiss GPU). Estimates are of host memory, as if on CPU.
+    ann : AnnParams or None, default=None
+    batch_size : int, default=4096
+
+    Returns
+    -------
+    MethodChoice
+
+    Raises
+    ------
+    BadInputError
+        When nothing fits: the message says how much the smallest IVF-PQ index needs.
+
+    Examples
+    --------
+    >>> choose_method(100_000, 128, 10, device="cpu").method
+    'hnsw'
+    >>> c = choose_method(100_000, 128, 10, memory_budget=100_000_000, device="cpu")
+    >>> c.method, c.pq_m
+    ('ivfpq', 16)
+    """
+    n, d, k = _check_count(n, "n"), _check_count(d, "d"), _check_count(k, "k")
+    budget = None if memory_budget in (None, 0) else _check_count(memory_budget, "memory_budget")
+    q = n if n_queries is None else _check_count(n_queries, "n_queries")
+    ann = ann if ann is not None else AnnParams()
+    wanted = _check_method(method)
+    first = _auto_method(q, n, _resolve_device(device)) if wanted == "auto" else wanted
+    why = f"auto: {first} for {n:,} x {d}" if wanted == "auto" else f"method {first} given"
+    first_m = (ann.pq_m or default_pq_m(d)) if first == "ivfpq" else None
+    need = memory_estimate(first, n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=first_m), batch_size=batch_size)
+    if budget is None:
+        return MethodChoice(first, first_m, need, None, why)
+    if need <= budget:
+        return MethodChoice(first, first_m, need, budget, f"{why}: needs about {_fmt_bytes(need)}, within the memory budget of {_fmt_bytes(budget)}")
+    if wanted not in ("auto", "ivfpq") or (wanted == "ivfpq" and ann.pq_m is not None):
+        raise BadInputError(
+            f"method {first} needs about {_fmt_bytes(need)} for a kNN graph of {n:,} x {d} with k={k}, over the memory budget of "
+            f"{_fmt_bytes(budget)}; use method 'auto' (IVF-PQ when the budget needs it) or give a larger budget"
+        )
+    sizes = [m for m in PQ_M_CHOICES if d % m == 0 and m <= (ann.pq_m or default_pq_m(d))][::-1]
+    for m in sizes:
+        est = memory_estimate("ivfpq", n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=m), batch_size=batch_size)
+        if est <= budget:
+            return MethodChoice("ivfpq", m, est, budget, f"memory budget of {_fmt_bytes(budget)}: {first} needs about {_fmt_bytes(need)}, "
+                                f"so IVF-PQ with {m}-byte codes (about {_fmt_bytes(est)})")
+    raise BadInputError(
+        f"'memory_budget' of {_fmt_bytes(budget)} is too small for a kNN graph of {n:,} x {d} with k={k}: even IVF-PQ with "
+        f"{sizes[-1]}-byte codes needs about {_fmt_bytes(est)}; give at least {_fmt_bytes(est * 1.01)}, or 0 for no budget"
+    )
 
 
 def _drop_self(s: np.ndarray, i: np.ndarray, self_rows) -> tuple[np.ndarray, np.ndarray]:
@@ -600,6 +885,7 @@ def knn_graph(
     seed: int = 0,
     device: str = "auto",
     ann: AnnParams | None = None,
+    memory_budget: int | None = None,
     progress: Progress = NULL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k-nearest-neighbour graph of a set of embeddings under cosine similarity.
@@ -611,9 +897,10 @@ def knn_graph(
     k : int
         Neighbours per row. When fewer exist (``k >= n_samples``), the rest is padded with
         index -1 and similarity -inf.
-    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+    method : {"auto", "exact", "hnsw", "ivf", "ivfpq"}, default="auto"
         ``"auto"``: exact for ``n_samples <= EXACT_MAX_ROWS`` (50k; 200k on a faiss GPU), else
-        HNSW on CPU / IVF on a faiss GPU, tuned to ``ann.target_recall``.
+        HNSW on CPU / IVF on a faiss GPU, tuned to ``ann.target_recall``; IVF-PQ when that
+        does not fit ``memory_budget`` (:func:`choose_method`).
     exclude_self : bool, default=True
         Remove each row from its own neighbours, by row index (exact duplicates of a row are kept
         as neighbours).
@@ -626,6 +913,9 @@ def knn_graph(
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ann : AnnParams or None, default=None
         Approximate-index parameters.
+    memory_budget : int or None, default=None
+        Bytes the kNN layer may use beyond the embeddings (:func:`memory_estimate`); None or 0:
+        no budget. A BadInputError when even IVF-PQ cannot fit.
     progress : Progress, default=NULL
 
     Returns
@@ -651,7 +941,8 @@ def knn_graph(
     x = _prepare(embeddings, "embeddings")
     k = _check_k(k)
     batch_size = _check_batch_size(batch_size)
-    index = KnnIndex(_check_method(method), device=device, ann=ann, seed=seed)
+    choice = choose_method(*x.shape, k, method=method, memory_budget=memory_budget, device=device, ann=ann, batch_size=batch_size)
+    index = KnnIndex(choice.method, device=device, ann=choice.ann(ann), seed=seed)
     index._build_impl(x, progress=progress)
     return index._search_impl(
         x, k, batch_size=batch_size, progress=progress, drop_self_offset=0 if exclude_self else None
@@ -668,6 +959,7 @@ def search(
     seed: int = 0,
     device: str = "auto",
     ann: AnnParams | None = None,
+    memory_budget: int | None = None,
     progress: Progress = NULL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of each query in a base set (no self-exclusion).
@@ -678,10 +970,11 @@ def search(
     queries : ndarray of shape (n_queries, dim)
     k : int
         Neighbours per query; when ``k > n_base`` the rest is padded with -1 / -inf.
-    method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
+    method : {"auto", "exact", "hnsw", "ivf", "ivfpq"}, default="auto"
         ``"auto"``: exact when ``n_queries * n_base <= EXACT_MAX_PAIRS`` (50k squared; building
-        an index does not pay for a few queries), else approximate (HNSW on CPU, IVF on GPU).
-    batch_size, seed, device, ann, progress
+        an index does not pay for a few queries), else approximate (HNSW on CPU, IVF on GPU;
+        IVF-PQ when that does not fit ``memory_budget``).
+    batch_size, seed, device, ann, memory_budget, progress
         As in :func:`knn_graph`.
 
     Returns
@@ -707,11 +1000,10 @@ def search(
         raise BadInputError(f"'queries' must have dim {base.shape[1]} like 'index_embeddings'. Got {q.shape[1]} instead.")
     k = _check_k(k)
     batch_size = _check_batch_size(batch_size)
-    method = _check_method(method)
-    index = KnnIndex(method, device=device, ann=ann, seed=seed)
-    if method == "auto":
-        method = _auto_method(len(q), len(base), index.device)
-    index._build_impl(base, progress=progress, method=method)
+    choice = choose_method(*base.shape, k, method=method, memory_budget=memory_budget, n_queries=len(q), device=device, ann=ann,
+                           batch_size=batch_size)
+    index = KnnIndex(choice.method, device=device, ann=choice.ann(ann), seed=seed)
+    index._build_impl(base, progress=progress)
     return index._search_impl(q, k, batch_size=batch_size, progress=progress)
 
 
@@ -836,10 +1128,14 @@ __all__ = [
     "EXACT_MAX_PAIRS",
     "EXACT_MAX_ROWS",
     "KnnIndex",
+    "MethodChoice",
+    "choose_method",
+    "default_pq_m",
     "faiss_gpu_available",
     "hnsw_ef_construction",
     "kmeans",
     "knn_graph",
+    "memory_estimate",
     "recall_at_k",
     "search",
 ]

@@ -30,17 +30,18 @@ class _GraphActor:
         return start, s, i
 
 
-def knn_graph(vectors: np.ndarray, k: int, *, method: str = "auto", seed: int = 0, ray: RayOptions = RayOptions(),
+def knn_graph(vectors: np.ndarray, k: int, *, method: str = "auto", seed: int = 0, ann=None, ray: RayOptions = RayOptions(),
               progress: Progress = NULL) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(sims (N, k), idx (N, k), info) of the self-excluded kNN graph, queries spread over actors.
 
+    ``ann``: a :class:`labelkit.knn.AnnParams` (e.g. the IVF-PQ code size a memory budget chose).
     ``info`` says how it ran: ``workers``, ``method`` (what ``auto`` chose) and ``tasks``.
     """
     from ray.util import ActorPool
 
     from labelkit import knn
 
-    index = knn.KnnIndex(method, device="cpu", seed=seed).build(vectors, progress=progress).tune_graph(k, progress=progress)
+    index = knn.KnnIndex(method, device="cpu", seed=seed, ann=ann).build(vectors, progress=progress).tune_graph(k, progress=progress)
     n = len(vectors)
     sims = np.empty((n, k), np.float32)
     idx = np.empty((n, k), np.int64)
