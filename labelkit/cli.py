@@ -338,6 +338,7 @@ def run(
     device: flag(option_of("embed", "device"), help=f"the device of every stage that has one (embed, detect-noise, distill), as --set STAGE.device=...: {option_of('embed', 'device').help_text()}") = None,
     engine: flag(option_of("embed", "engine"), help=f"the engine of every stage that has one (embed, pseudolabel, detect-noise), as --set STAGE.engine=...: {option_of('embed', 'engine').help_text()}") = None,
     ray_address: flag(option_of("embed", "ray_address"), help=f"with --engine ray, for every stage that has an engine: {option_of('embed', 'ray_address').help_text()}") = None,
+    memory_budget: flag(option_of("pseudolabel", "memory_budget"), help=f"for every stage that builds the kNN graph, as --set STAGE.memory_budget=...: {option_of('pseudolabel', 'memory_budget').help_text()}") = None,
     sets: Annotated[list[str] | None, typer.Option("--set", metavar="STAGE.KEY=VALUE", help="one stage option, checked as in a --config file and overriding it; VALUE is read as TOML (0.9, true, \"a b\"), else as text; repeatable, e.g. --set pseudolabel.threshold=0.9")] = None,
     out: OutOpt = None, config: ConfigOpt = None, classes: ClassesOpt = None, force: ForceOpt = False, json_out: JsonOpt = False, strict: StrictOpt = False, no_wait: NoWaitOpt = False,
 ) -> None:
@@ -349,7 +350,8 @@ def run(
     given = parse_set(sets or [])
     if model is not None:
         given["embed", "model"] = (model, "--model")
-    for key, value, where in (("device", device, "--device"), ("engine", engine, "--engine"), ("ray_address", ray_address, "--ray-address")):
+    for key, value, where in (("device", device, "--device"), ("engine", engine, "--engine"), ("ray_address", ray_address, "--ray-address"),
+                              ("memory_budget", memory_budget, "--memory-budget")):
         for name in pipeline.ORDER if value is not None else []:
             if key in STAGE_CONFIGS[name].model_fields:
                 given[name, key] = (value, where)

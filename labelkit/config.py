@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -65,6 +66,40 @@ def _engine() -> Any:
 
 def _ray_address() -> Any:
     return option(None, "with engine ray: the cluster to join (HOST:6379, ray://HOST:10001 or auto)", shown="RAY_ADDRESS, else a local Ray")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_size(text: str) -> int | None:
+    """A size as written ('8GB', '500 MB', '1.5GiB', '2000000' bytes) in bytes; None for 0 (no budget).
+
+    >>> byte_size("8GB"), byte_size("1.5 GiB"), byte_size("0")
+    (8000000000, 1610612736, None)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?b|b)?\s*", str(text), flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError("must be a size such as 8GB, 500MB or 1.5GiB, or 0 for no budget")
+    return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()]) or None
+
+
+def _size_text(v: Any) -> Any:
+    """A TOML or --set number of bytes (8000000000) as text; checked as a size."""
+    v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if isinstance(v, str):
+        byte_size(v)
+        return v.strip()
+    return v
+
+
+def _memory_budget() -> Any:
+    return option(
+        "0", "memory the kNN graph may take beyond the embeddings, e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by "
+        "size (exact or HNSW) would need more, an IVF-PQ index with codes small enough to fit (docs/scale.md); 0 = no budget"
+    )
+
+
+MemoryBudget = Annotated[str, BeforeValidator(_size_text)]
 
 
 def _usable_weights(v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -181,6 +216,7 @@ class PseudolabelConfig(StageConfig):
     seed: int = option(0, "seed of the calibration folds")
     engine: Literal["local", "ray"] = _engine()
     ray_address: str | None = _ray_address()
+    memory_budget: MemoryBudget = _memory_budget()
     max_error: float | None = option(
         None, "certify that at most this share of the accepted pseudo-labels is wrong (Learn then Test on the held-out labeled samples); "
         "when the labels cannot certify it, accept nothing and exit 3", shown="off", gt=0, lt=1)

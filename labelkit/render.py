@@ -151,6 +151,8 @@ def _pseudolabel(console: Console, res) -> None:
          f"by {s['method']}, {s['threshold_rule']} threshold {s['threshold']}", head="pseudolabel")
     if s.get("n_seeds_dropped"):
         line(console, f"  {s['n_seeds_dropped']} labeled samples left out as seeds: confident learning doubts their labels")
+    if (s.get("knn") or {}).get("memory_budget"):
+        line(console, f"  kNN graph: {s['knn']['reason']}")
     if s["ece"] is not None:
         line(console, f"  calibration: temperature {s['temperature']}, held-out ECE {s['ece']:.3f} (before {s['ece_uncalibrated']:.3f}, {s['n_calibration']} labeled samples)")
     line(console, "  accepted per class: " + ", ".join(f"{c} {n}" for c, n in list(s["accepted_per_class"].items())[:30]))

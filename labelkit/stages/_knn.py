@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,17 +16,24 @@ RECORD = "knn"
 
 
 def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto", device: str = "auto", progress: Progress = NULL,
-              engine: str = "local", ray_address: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+              engine: str = "local", ray_address: str | None = None, memory_budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sims (N, k), idx (N, k)) over the rows of embeddings.parquet, self excluded; cached.
 
     ``device`` auto puts the index on a GPU when the faiss GPU build sees one (same graph up to
     float rounding). ``engine`` ray builds the index once here and searches row slices on Ray
-    actors (the same graph, exactly); the cache does not depend on the engine.
+    actors (the same graph, exactly); the cache does not depend on the engine. ``memory_budget``
+    (bytes; None or 0: none) picks the index by :func:`labelkit.knn.choose_method`; the method
+    used and why are kept in knn.parquet's metadata and the manifest (:func:`graph_info`), and a
+    budget that changes the method (IVF-PQ, or its code size) changes the cache's fingerprint.
     """
     from labelkit import knn
 
+    k_eff = min(k, max(1, len(vectors) - 1))
+    budget = memory_budget or None
+    choice = None if budget is None else knn.choose_method(*vectors.shape, k, method=method, memory_budget=budget, device=device)
     emb_fp = ws.fingerprint(artifacts.EMBEDDINGS) or ""
-    params_fp = text_fingerprint(str(k), method)
+    # Without a budget, or with one that keeps the size-chosen index, the fingerprint is the one it always was.
+    params_fp = text_fingerprint(str(k), method, *([f"ivfpq:{choice.pq_m}"] if choice is not None and choice.pq_m is not None else []))
     path = ws.path(artifacts.KNN)
     if ws.staleness(RECORD, params_fp, {artifacts.EMBEDDINGS: emb_fp}) is None:
         t = artifacts.read_table(path)
@@ -33,14 +41,16 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
         sims = t.column("similarities").combine_chunks().flatten().to_numpy().reshape(-1, k)
         return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
     started = time.perf_counter()
-    k_eff = min(k, max(1, len(vectors) - 1))
+    if choice is None:
+        choice = knn.choose_method(*vectors.shape, k, method=method, device=device)
     if engine == "ray" and len(vectors) > 1:
         from labelkit.engines import RayOptions
         from labelkit.engines.ray_knn import knn_graph as ray_knn_graph
 
-        sims, idx, _ = ray_knn_graph(vectors, k_eff, method=method, ray=RayOptions(address=ray_address), progress=progress)
+        sims, idx, _ = ray_knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), ray=RayOptions(address=ray_address),
+                                     progress=progress)
     else:
-        sims, idx = knn.knn_graph(vectors, k_eff, method=method, exclude_self=True, device=device, progress=progress)
+        sims, idx = knn.knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), exclude_self=True, device=device, progress=progress)
     if k_eff < k:  # tiny datasets: pad so the artifact keeps its fixed width
         sims = np.pad(sims, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -51,6 +61,23 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
             "similarities": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1).astype(np.float32)), k),
         }
     )
-    artifacts.write_table(path, table, {"k": k, "method": method, "rows": "row order of embeddings.parquet"})
-    ws.commit(RECORD, params={"k": k, "method": method}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp}, outputs=[artifacts.KNN], started=started)
+    used = _info(choice)
+    artifacts.write_table(path, table, {"k": k, "method": method, "rows": "row order of embeddings.parquet", "index": used})
+    ws.commit(RECORD, params={"k": k, "method": method, "index": used}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp},
+              outputs=[artifacts.KNN], started=started)
     return sims.astype(np.float32, copy=False), idx
+
+
+def _info(choice: Any) -> dict[str, Any]:
+    """The index used, as knn.parquet's metadata, the manifest and stage summaries show it."""
+    return {"method": choice.method, "pq_m": choice.pq_m, "memory_budget": choice.memory_budget, "estimate_bytes": choice.estimate_bytes,
+            "reason": choice.reason}
+
+
+def graph_info(ws: Workspace) -> dict[str, Any] | None:
+    """The index knn.parquet was built with (method, pq_m, memory_budget, estimate_bytes, reason), from the manifest;
+    None when no graph is recorded, {"method": requested} for one recorded before this was kept."""
+    rec = ws.record(RECORD)
+    if rec is None:
+        return None
+    return rec.params.get("index") or {"method": rec.params.get("method")}

@@ -17,12 +17,12 @@ import pyarrow as pa
 
 from labelkit import artifacts, guarantee, health
 from labelkit import pseudolabel as compute
-from labelkit.config import PseudolabelConfig
+from labelkit.config import PseudolabelConfig, byte_size
 from labelkit.errors import ThresholdExceededError
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
-from labelkit.stages._knn import knn_graph
+from labelkit.stages._knn import graph_info, knn_graph
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.teacher import Clock, Teacher
@@ -40,7 +40,8 @@ def _build(job: Job) -> dict[str, Any]:
     ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     clock = Clock()
-    graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress, engine=cfg.engine, ray_address=cfg.ray_address)
+    graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress, engine=cfg.engine, ray_address=cfg.ray_address,
+                      memory_budget=byte_size(cfg.memory_budget))
     clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)
@@ -58,6 +59,7 @@ def _build(job: Job) -> dict[str, Any]:
     summary = _summary(a, cfg, r, rows, accepted, dropped)
     opened = _open_set_summary(cfg, decided, r.confidence[rows])
     summary.update(opened)
+    summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen IVF-PQ)
     if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
         summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [_uncertified_warning(cfg, opened)]
     summary["warnings"] = input_warnings(samples, summary["warnings"])
