@@ -34,7 +34,12 @@ class RichProgress:
             _Speed(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
         ]
         with Progress(*columns, console=self.console, disable=not self.enabled, transient=False) as p:
-            yield _RichTask(p, p.add_task(description, total=total, info=""))
+            task_id = p.add_task(description, total=total, info="")
+            try:
+                yield _RichTask(p, task_id)
+            except BaseException:  # the error's one line says what happened; a half-done bar above it would not
+                p.update(task_id, visible=False)
+                raise
 
     def log(self, message: str) -> None:
         if self.enabled:

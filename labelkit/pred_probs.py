@@ -1,13 +1,14 @@
 """A user's out-of-sample probabilities (``labelkit detect-noise --pred-probs FILE``): read and validate.
 
-:func:`load_pred_probs` reads a .npy or .parquet file into an (N, K) array in samples order;
-:func:`normalise_rows` checks that each row is a probability distribution (within rounding) and
-rescales it exactly. Every problem is a one-line BadInputError that names the file and the row.
+:func:`read_pred_probs` reads the rows of the samples asked for (the labeled ones) from a .npy or
+.parquet file, in samples order, and checks that each row is a probability distribution (within
+rounding) and rescales it exactly (:func:`normalise_rows`), in the same pass. Every problem is a
+one-line BadInputError that names the file and the row.
 
-Both are vectorised: a million rows by a hundred classes are read with only the needed columns,
-memory-mapped, transposed into rows a block at a time (a column-by-column scatter into a C-order
-matrix is ten times slower), and checked with whole-array reductions; a per-row look happens only
-to name the first bad row.
+Vectorised: a million rows by a hundred classes are read with only the needed columns,
+memory-mapped, transposed into rows a cached block at a time (a column-by-column scatter into a
+C-order matrix is ten times slower), checked with whole-array reductions, and written straight to
+their place in the result; a per-row look happens only to name the first bad row.
 """
 
 from __future__ import annotations
@@ -30,40 +31,61 @@ _BLOCK = 16384  # rows per transposing block (measured at K = 100: 0.9 s for 1M 
 _CACHE_BYTES = 2**21  # rows of float64 per block in normalise_rows: about 2 MB, within a core's cache
 
 
-def load_pred_probs(path: Path, samples: Samples, *, progress: Progress = NULL) -> np.ndarray:
-    """(N, K) probabilities in samples order from .npy (rows = samples or labeled samples) or .parquet.
+def read_pred_probs(path: Path, samples: Samples, rows: np.ndarray | None = None, *, renormalize: bool = False,
+                    progress: Progress = NULL) -> np.ndarray:
+    """(len(rows), K) normalised probabilities of the samples ``rows`` (default: the labeled ones), from .npy or .parquet.
 
-    A .parquet has an 'id' column (unique) and exactly one column per class: a column that is not a
-    class, or a class without a column, is an error naming them (sums are checked by normalise_rows).
-    Rows of samples that the file does not cover are NaN (only unlabeled samples may lack a row).
-    A float32 (or float16) file gives float32, else float64: :func:`normalise_rows` widens it.
-    ``progress`` gets one task, advanced per batch of rows read (rate and ETA on the terminal).
+    A .npy has one row per sample, or one per labeled sample, in samples order, columns in sorted
+    class order. A .parquet has an 'id' column (unique) and exactly one column per class: a column
+    that is not a class, or a class without a column, is an error naming them; its rows may be in
+    any order, and only the samples asked for need one. Each row is checked and rescaled as
+    :func:`normalise_rows` does, in the same pass that reads it: no (N, K) copy of the file is
+    made. A float32 (or float16) file gives float32, else float64. ``progress`` gets one task,
+    advanced per batch of rows read (rate and ETA on the terminal).
     """
-    k, n = len(samples.classes), len(samples.table)
+    n = len(samples.table)
     labeled = samples.table["label"].notna().to_numpy()
+    rows = np.flatnonzero(labeled) if rows is None else np.asarray(rows, dtype=np.int64)
+    label = f"--pred-probs {path.name}"
+    ids = samples.table["id"].to_numpy(dtype=object)
+
+    def finish(norm: _Normaliser) -> np.ndarray:
+        return norm.finish(label, renormalize=renormalize, ids=ids[rows] if n else None)
+
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise BadInputError(f"--pred-probs {path.name}: cannot read ({e})") from None
-        if arr.ndim != 2 or arr.shape[1] != k:
-            raise BadInputError(f"--pred-probs {path.name}: expected shape (n, {k}) with columns in sorted class order {samples.classes[:5]}; got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise BadInputError(f"--pred-probs {path.name}: holds {arr.dtype} values, not probabilities")
-        dtype = np.float32 if arr.dtype in (np.float16, np.float32) else np.float64
-        if arr.shape[0] == n:
-            return np.array(arr, dtype=dtype)
-        if arr.shape[0] == labeled.sum():
-            out = np.full((n, k), np.nan, dtype=dtype)
-            out[labeled] = arr
-            return out
-        raise BadInputError(f"--pred-probs {path.name}: {arr.shape[0]} rows, but there are {n} samples ({labeled.sum()} labeled)")
+        return finish(_read_npy(path, samples, labeled, rows))
     if path.suffix == ".parquet":
-        return _load_parquet(path, samples, labeled, progress)
+        return _read_parquet(path, samples, rows, ids, progress, finish)
     raise BadInputError(f"--pred-probs {path.name}: use a .npy or .parquet file")
 
 
-def _load_parquet(path: Path, samples: Samples, labeled: np.ndarray, progress: Progress) -> np.ndarray:
+def _read_npy(path: Path, samples: Samples, labeled: np.ndarray, rows: np.ndarray) -> _Normaliser:
+    k, n = len(samples.classes), len(samples.table)
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"--pred-probs {path.name}: cannot read ({e})") from None
+    if arr.ndim != 2 or arr.shape[1] != k:
+        raise BadInputError(f"--pred-probs {path.name}: expected shape (n, {k}) with columns in sorted class order {samples.classes[:5]}; got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise BadInputError(f"--pred-probs {path.name}: holds {arr.dtype} values, not probabilities")
+    if arr.shape[0] == n:
+        at = rows
+    elif arr.shape[0] == labeled.sum():
+        if not labeled[rows].all():
+            raise BadInputError(f"--pred-probs {path.name}: has rows for the labeled samples only, but unlabeled ones were asked for")
+        at = (np.cumsum(labeled) - 1)[rows]  # file row of each labeled sample
+    else:
+        raise BadInputError(f"--pred-probs {path.name}: {arr.shape[0]} rows, but there are {n} samples ({labeled.sum()} labeled)")
+    norm = _Normaliser(len(rows), k, _out_dtype(arr.dtype))
+    step = norm.block_rows
+    contiguous = at.size and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
+    for a in range(0, at.size, step):
+        norm.add(arr[at[0] + a:at[0] + a + step] if contiguous else arr[at[a:a + step]], slice(a, a + step))
+    return norm
+
+
+def _read_parquet(path: Path, samples: Samples, rows: np.ndarray, sample_ids: np.ndarray, progress: Progress, finish) -> np.ndarray:
     name, classes = path.name, samples.classes
     try:
         pf = pq.ParquetFile(path, memory_map=True)
@@ -83,10 +105,17 @@ def _load_parquet(path: Path, samples: Samples, labeled: np.ndarray, progress: P
         raise BadInputError(f"--pred-probs {name}: no column for class{'es' if len(missing) > 1 else ''} {_names(missing)} (needs 'id' and one column per class)")
     try:
         ids = _ids(pf.read(columns=["id"]).column("id"), name)
-        sample_ids = samples.table["id"].to_numpy(dtype=object)
-        where = _file_rows_to_samples(ids, sample_ids, labeled, name)
-        with progress.task(f"read {name}", total=pf.metadata.num_rows) as task:
-            return _class_matrix(pf, classes, _dtype(schema, classes), where, len(sample_ids), name, task)
+        wanted = np.zeros(len(sample_ids), dtype=bool)
+        wanted[rows] = True
+        where = _file_rows_to_samples(ids, sample_ids, wanted, name)
+        # File row -> output row (-1: not asked for).
+        out_of = np.full(len(sample_ids), -1, dtype=np.int64)
+        out_of[rows] = np.arange(rows.size)
+        dest = out_of if where is None else np.where(where >= 0, out_of[np.maximum(where, 0)], -1)
+        norm = _Normaliser(rows.size, len(classes), _out_dtype(_dtype(schema, classes)))
+        with progress.task(f"read {name}", total=pf.metadata.num_rows) as task:  # a bad row ends it with its one-line error
+            _stream_rows(pf, classes, _dtype(schema, classes), dest, norm, name, task)
+            return finish(norm)
     except (OSError, pa.ArrowException) as e:
         raise BadInputError(f"--pred-probs {name}: cannot read ({_first_line(e)})") from None
 
@@ -129,42 +158,41 @@ def _numbers(col: pa.ChunkedArray, name: str) -> np.ndarray:
         raise BadInputError(f"--pred-probs {name}: the class columns must hold numbers") from None
 
 
-def _file_rows_to_samples(file_ids: np.ndarray, sample_ids: np.ndarray, labeled: np.ndarray, name: str) -> np.ndarray | None:
+def _file_rows_to_samples(file_ids: np.ndarray, sample_ids: np.ndarray, wanted: np.ndarray, name: str) -> np.ndarray | None:
     """For each file row, its sample's position (-1: not a sample); None when the file lists exactly the samples, in order."""
     if len(file_ids) == len(sample_ids) and bool((file_ids == sample_ids).all()):
         return None
     where = pd.Index(sample_ids, dtype=object).get_indexer(file_ids)
     covered = np.zeros(len(sample_ids), dtype=bool)
     covered[where[where >= 0]] = True
-    absent = labeled & ~covered
+    absent = wanted & ~covered
     if absent.any():
         raise BadInputError(f"--pred-probs {name}: no row for labeled id '{sample_ids[int(np.argmax(absent))]}'")
     return where
 
 
-def _class_matrix(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, where: np.ndarray | None, n: int, name: str, task) -> np.ndarray:
-    """(n, K) in samples order (NaN for samples without a row), read a batch of rows at a time.
+def _stream_rows(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, dest: np.ndarray, norm: _Normaliser, name: str, task) -> None:
+    """Each batch of file rows: its columns into a (K, batch) buffer, then the rows asked for, a
+    cached block at a time, transposed, checked and rescaled into ``norm.out[dest]``.
 
-    Each batch's columns are copied into a (K, batch) buffer and transposed into place in one copy:
-    cache-friendly, where a column-by-column scatter into a C-order matrix is ten times slower.
-    Only one batch of Arrow memory is alive at a time.
+    Column by column into a C-order matrix is ten times slower than this transposing buffer; only
+    one batch of Arrow memory is alive at a time.
     """
-    out = np.empty((n, len(classes)), dtype=dtype) if where is None else np.full((n, len(classes)), np.nan, dtype=dtype)
     block = np.empty((len(classes), _BLOCK), dtype=dtype)
     s = 0
     for batch in pf.iter_batches(batch_size=_BLOCK, columns=classes):
         e = s + batch.num_rows
         for j in range(len(classes)):
             block[j, : e - s] = _numbers(batch.column(j), name)
-        if where is None:
-            out[s:e] = block[:, : e - s].T
-        else:
-            to = where[s:e]
-            keep = to >= 0
-            out[to[keep]] = block[:, : e - s].T[keep]
+        to = dest[s:e]
+        keep = np.flatnonzero(to >= 0)
+        for a in range(0, keep.size, norm.block_rows):
+            pick, at = keep[a:a + norm.block_rows], to[keep[a:a + norm.block_rows]]
+            run = pick[-1] - pick[0] == pick.size - 1 and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
+            src = block[:, pick[0]:pick[-1] + 1] if run else block[:, pick]
+            norm.add(np.ascontiguousarray(src.T, dtype=np.float64), slice(at[0], at[-1] + 1) if run else at)
         task.advance(e - s)
         s = e
-    return out
 
 
 def _names(names: list[str], n: int = 5) -> str:
@@ -177,7 +205,7 @@ def normalise_rows(p: np.ndarray, name: str, *, renormalize: bool = False, ids: 
     Parameters
     ----------
     p : ndarray of shape (n_samples, n_classes)
-        Probabilities; left unchanged (the result is a new float64 array).
+        Probabilities; left unchanged (the result is a new array).
     name : str
         What to call the input in messages (e.g. ``--pred-probs p.parquet``).
     renormalize : bool, default=False
@@ -188,45 +216,71 @@ def normalise_rows(p: np.ndarray, name: str, *, renormalize: bool = False, ids: 
     Returns
     -------
     ndarray of shape (n_samples, n_classes)
-        Each row divided by its sum (entries in [-1e-6, 0) clipped to 0 first).
+        Each row divided by its sum (entries in [-1e-6, 0) clipped to 0 first), computed in
+        float64; float32 when ``p`` is float32 or narrower, else float64.
 
     >>> normalise_rows(np.array([[0.25, 0.75], [0.4998, 0.4998]]), "p").round(4).tolist()
     [[0.25, 0.75], [0.5, 0.5]]
     """
-    where = (lambda i: f"id '{ids[i]}'") if ids is not None else (lambda i: f"row {i + 1}")
-    n = len(p)
-    rows = max(256, _CACHE_BYTES // max(1, 8 * p.shape[1]))
-    out = np.empty(p.shape, dtype=np.float64)
-    s, low = np.empty(n), np.empty(n)
-    # One pass, a block of rows at a time (the block stays in cache): row sums, row minima, and
-    # the division, which is redone below for the few rows that need clipping.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for a in range(0, n, rows):
-            blk = p[a:a + rows].astype(np.float64, copy=False)  # float32 files: widened here, a cached block at a time
-            s[a:a + rows] = blk.sum(axis=1)
-            low[a:a + rows] = blk.min(axis=1) if blk.shape[1] else 0.0
-            np.divide(blk, s[a:a + rows, None], out=out[a:a + rows])
-    # A finite row sum means every entry of the row is finite (NaN and inf propagate), except for
-    # an overflow, which the entry-wise look below still names.
-    bad_sum = ~np.isfinite(s)
-    if bad_sum.any():
-        finite = np.isfinite(p[bad_sum]).all(axis=1)
-        if not finite.all():
-            first = int(np.flatnonzero(bad_sum)[int(np.argmin(finite))])
-            raise BadInputError(f"{name}: probabilities contain NaN or infinite values for labeled samples (first: {where(first)})")
-    if low.min(initial=0.0) < -1e-6:
-        raise BadInputError(f"{name}: probabilities must be >= 0 (first negative: {where(int(np.argmin(low)))})")
-    negative = np.flatnonzero(low < 0)
-    if negative.size:  # rounding below zero: clip those rows, and recompute their sums
-        clipped = np.clip(p[negative].astype(np.float64), 0, None)
-        s[negative] = clipped.sum(axis=1)
+    norm = _Normaliser(len(p), p.shape[1], _out_dtype(p.dtype))
+    rows = norm.block_rows
+    for a in range(0, len(p), rows):
+        norm.add(p[a:a + rows], slice(a, a + rows))
+    return norm.finish(name, renormalize=renormalize, ids=ids)
+
+
+def _out_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32 if dtype in (np.float16, np.float32) else np.float64)
+
+
+class _Normaliser:
+    """:func:`normalise_rows` a block of rows at a time (the block stays in cache), into ``out``.
+
+    Each block's row sums and minima are kept for the checks, which :meth:`finish` makes in row
+    order once every row is in; a row with entries in [-1e-6, 0) is clipped and re-summed as its
+    block goes by, so nothing needs a second look at the input.
+    """
+
+    def __init__(self, n: int, k: int, dtype: np.dtype) -> None:
+        self.out = np.empty((n, k), dtype=dtype)
+        self.sums, self.low = np.empty(n), np.empty(n)
+        self.nonfinite = np.zeros(n, dtype=bool)
+        self.block_rows = max(256, _CACHE_BYTES // max(1, 8 * k))
+
+    def add(self, blk: np.ndarray, dst) -> None:
+        """Rows ``blk`` (any float dtype) go to ``out[dst]`` (a slice, or row positions)."""
+        blk = blk.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[negative] = clipped / s[negative, None]
-    if np.any(s <= 0):
-        raise BadInputError(f"{name}: the row for {where(int(np.argmin(s)))} sums to 0")
-    off = np.abs(s - 1) > SUM_TOLERANCE
-    if off.any() and not renormalize:
-        i = int(np.argmax(off))
-        raise BadInputError(f"{name}: {int(off.sum())} of {len(p)} rows do not sum to 1 within {SUM_TOLERANCE:g} "
-                            f"(first: {where(i)} sums to {s[i]:.6g}); pass --renormalize to rescale them, or fix the file")
-    return out
+            s = blk.sum(axis=1)
+            low = blk.min(axis=1) if blk.shape[1] else np.zeros(len(blk))
+            neg = np.flatnonzero((low < 0) & (low >= -1e-6))
+            if neg.size:  # rounding below zero: clip those rows, and re-sum them
+                blk = blk.copy()
+                blk[neg] = np.clip(blk[neg], 0, None)
+                s[neg] = blk[neg].sum(axis=1)
+            if self.out.dtype == np.float64 and isinstance(dst, slice):
+                np.divide(blk, s[:, None], out=self.out[dst])
+            else:  # in place (blk is a scratch block here or a copy), then stored at the file's precision
+                blk = blk if blk.flags.writeable and blk.base is None else blk.copy()
+                np.divide(blk, s[:, None], out=blk)
+                self.out[dst] = blk
+        bad = ~np.isfinite(s)  # a finite row sum means every entry is finite (NaN and inf propagate), or an overflow
+        if bad.any():
+            self.nonfinite[np.arange(self.out.shape[0])[dst][bad]] = ~np.isfinite(blk[bad]).all(axis=1)
+        self.sums[dst], self.low[dst] = s, low
+
+    def finish(self, name: str, *, renormalize: bool, ids: np.ndarray | None) -> np.ndarray:
+        where = (lambda i: f"id '{ids[i]}'") if ids is not None else (lambda i: f"row {i + 1}")
+        s, low = self.sums, self.low
+        if self.nonfinite.any():
+            raise BadInputError(f"{name}: probabilities contain NaN or infinite values for labeled samples (first: {where(int(np.argmax(self.nonfinite)))})")
+        if low.min(initial=0.0) < -1e-6:
+            raise BadInputError(f"{name}: probabilities must be >= 0 (first negative: {where(int(np.argmin(low)))})")
+        if np.any(s <= 0):
+            raise BadInputError(f"{name}: the row for {where(int(np.argmin(s)))} sums to 0")
+        off = np.abs(s - 1) > SUM_TOLERANCE
+        if off.any() and not renormalize:
+            i = int(np.argmax(off))
+            raise BadInputError(f"{name}: {int(off.sum())} of {len(s)} rows do not sum to 1 within {SUM_TOLERANCE:g} "
+                                f"(first: {where(i)} sums to {s[i]:.6g}); pass --renormalize to rescale them, or fix the file")
+        return self.out

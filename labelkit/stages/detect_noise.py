@@ -27,8 +27,7 @@ from labelkit.config import DetectNoiseConfig
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
-from labelkit.pred_probs import load_pred_probs
-from labelkit.pred_probs import normalise_rows as _normalise_rows
+from labelkit.pred_probs import read_pred_probs
 from labelkit.stages import _multilabel, _runner
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._knn import knn_graph
@@ -178,8 +177,7 @@ def _evidence(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: 
     """The analysed rows, their out-of-sample probabilities (and the second opinion) and embedding evidence."""
     if cfg.pred_probs is not None:
         rows = np.flatnonzero(codes >= 0)
-        probs = _normalise_rows(load_pred_probs(Path(cfg.pred_probs), samples)[rows], f"--pred-probs {Path(cfg.pred_probs).name}",
-                                renormalize=cfg.renormalize, ids=samples.table["id"].to_numpy()[rows])
+        probs = read_pred_probs(Path(cfg.pred_probs), samples, rows, renormalize=cfg.renormalize, progress=ctx.progress)
         choice = {"requested": "pred_probs", "chosen": "pred_probs", "by": None, "scores": {}}
         return {"rows": rows, "probs": probs, "choice": choice, "second": None, "duplicates": None, "outliers": None}
     src, rows, (full, at, transductive) = _sources(ctx, cfg, samples, codes)
