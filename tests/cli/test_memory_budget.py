@@ -4,52 +4,63 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from labelkit import artifacts, knn
 from labelkit.cli import app
 
 
-def _budget_between_ivfpq_and_exact(ws) -> tuple[int, int]:
-    """A budget (bytes) that exact search (auto's choice for 1,797 digits) exceeds and IVF-PQ fits, and the IVF-PQ estimate."""
-    _, vecs = artifacts.read_embeddings(ws / "embeddings.parquet")
-    n, d = vecs.shape
-    pq, exact = knn.memory_estimate("ivfpq", n, d, 10), knn.memory_estimate("exact", n, d, 10)
-    assert pq < exact
-    return (pq + exact) // 2, pq
+def _vectors(folder, n=5_000, d=32, n_clusters=50, seed=0):
+    """A bring-your-own-vectors folder: n unit vectors around 50 centres, a fifth labeled with their centre's class (of 10)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d))
+    cluster = rng.integers(0, n_clusters, n)
+    x = centres[cluster] + 0.3 * rng.standard_normal((n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    label = np.where(rng.random(n) < 0.2, np.char.add("c", (cluster % 10).astype(str)), None)
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(n)], "label": pa.array(label, pa.string()),
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)}), folder / "labels.parquet")
+    return folder
 
 
-def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, digits):
-    assert runner.invoke(app, ["embed", str(digits)]).exit_code == 0
-    budget, pq_bytes = _budget_between_ivfpq_and_exact(digits / ".labelkit")
-    r = runner.invoke(app, ["pseudolabel", str(digits), "--memory-budget", str(budget), "--json"])
+def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_path):
+    data = _vectors(tmp_path / "vectors")
+    pq_bytes, exact_bytes = knn.memory_estimate("ivfpq", 5_000, 32, 10), knn.memory_estimate("exact", 5_000, 32, 10)
+    assert pq_bytes < exact_bytes  # 40.7 MB against 83.9 MB: exact search's 4,096 x 5,000 tile
+    budget = (pq_bytes + exact_bytes) // 2
+    r = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     used = out["knn"]
-    assert used["method"] == "ivfpq" and used["memory_budget"] == budget and used["estimate_bytes"] == pq_bytes
-    assert used["reason"].startswith(f"memory budget of {knn._fmt_bytes(budget)}: exact needs about ")
-    assert out["n_accepted"] > 500  # the compressed graph still labels digits (1,070 accepted; 1,075 with the exact graph)
+    assert used == {"method": "ivfpq", "pq_m": 4, "memory_budget": budget, "estimate_bytes": pq_bytes,
+                    "reason": f"memory budget of {knn._fmt_bytes(budget)}: exact needs about {knn._fmt_bytes(exact_bytes)}, "
+                              f"so IVF-PQ with 4-byte codes (about {knn._fmt_bytes(pq_bytes)})"}
+    assert out["n_accepted"] > 0.9 * out["n_unlabeled"]  # well-separated clusters: the compressed graph still labels them
     # the same record in knn.parquet's metadata and the manifest
-    ws = digits / ".labelkit"
+    ws = data / ".labelkit"
     assert artifacts.read_metadata(ws / "knn.parquet")["index"] == used
     manifest = json.loads((ws / "manifest.json").read_text())
     assert manifest["stages"]["knn"]["params"]["index"] == used
     assert manifest["stages"]["pseudolabel"]["params"]["memory_budget"] == str(budget)
     # on the terminal too
-    again = runner.invoke(app, ["pseudolabel", str(digits), "--memory-budget", str(budget), "--force"])
+    again = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--force"])
     assert f"kNN graph: {used['reason']}" in again.stdout + again.stderr
     # no budget: the graph is rebuilt (its fingerprint changed) with auto's exact search
-    free = runner.invoke(app, ["pseudolabel", str(digits), "--json"])
+    free = runner.invoke(app, ["pseudolabel", str(data), "--json"])
     assert free.exit_code == 0, free.output
-    d = artifacts.read_embeddings(ws / "embeddings.parquet")[1].shape[1]
-    assert json.loads(free.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None,
-                                              "estimate_bytes": knn.memory_estimate("exact", 1797, d, 10), "reason": f"auto: exact for 1,797 x {d}"}
+    assert json.loads(free.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None, "estimate_bytes": exact_bytes,
+                                              "reason": "auto: exact for 5,000 x 32"}
 
 
 def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
     r = runner.invoke(app, ["pseudolabel", str(digits), "--memory-budget", "1kB"])
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: 'memory_budget' of 1 kB is too small for a kNN graph of 1,797 x ")
-    assert lines[-1].endswith(", or 0 for no budget") and "Traceback" not in r.stderr
+    assert lines[-1].startswith("error: 'memory_budget' of 1 kB is too small for a kNN graph of 1,797 x 64 with k=10: exact needs about 13.6 MB, ")
+    assert lines[-1].endswith("; give at least 13.8 MB, or 0 for no budget") and "Traceback" not in r.stderr
     assert not (digits / ".labelkit" / "pseudolabels.parquet").exists()
     bad = runner.invoke(app, ["pseudolabel", str(digits), "--memory-budget", "8 apples"])
     assert bad.exit_code == 2

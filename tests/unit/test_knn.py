@@ -323,15 +323,16 @@ def test_memory_estimate_arithmetic():
     # exact: one 1000 x 1000 float32 tile, plus three (raw, self dropped, padded) float32+int64 results of width k+1
     assert knn.memory_estimate("exact", 1000, 8, 10) == 1000 * 1000 * 4 + 3 * 1000 * 11 * 12
     # hnsw (M=32): rows and level-0 links at twice their size (faiss grows by doubling) + 12 B/row of
-    # level tables; the tuning tile (256 x 1000 float32) outweighs the search's results
-    assert knn.memory_estimate("hnsw", 1000, 8, 10) == 2 * 1000 * (4 * 8 + 4 * 65) + 12 * 1000 + 256 * 1000 * 4
+    # level tables; the tuning tile (256 x 1000 float32) outweighs the search's results; faiss's working memory
+    work = knn.FAISS_WORKING_BYTES
+    assert knn.memory_estimate("hnsw", 1000, 8, 10) == 2 * 1000 * (4 * 8 + 4 * 65) + 12 * 1000 + 256 * 1000 * 4 + work
     # ivf, 10 cells: lists (rows + ids) doubled, centroids; the 640-row training copy is below the tuning tile
-    assert knn.memory_estimate("ivf", 1000, 8, 10, ann=AnnParams(nlist=10)) == 2 * 1000 * (32 + 8) + 4 * 8 * 10 + 256 * 1000 * 4
+    assert knn.memory_estimate("ivf", 1000, 8, 10, ann=AnnParams(nlist=10)) == 2 * 1000 * (32 + 8) + 4 * 8 * 10 + 256 * 1000 * 4 + work
     # ivfpq, 4-byte codes: codes + ids doubled, coarse and PQ centroids; the search (result, one block's
-    # three results, its 8 * 11 candidates' ids and sims, and their gathered rows) is the peak
+    # three results, its 8 * max(11, 12) candidates' ids and sims, and their gathered rows) is the peak
     pq = 2 * 1000 * (4 + 8) + 4 * 8 * (10 + 256)
-    search_peak = 1000 * 10 * 12 + 3 * 1000 * 11 * 12 + 1000 * 88 * 12 + 1000 * 88 * 8 * 4
-    assert knn.memory_estimate("ivfpq", 1000, 8, 10, ann=AnnParams(nlist=10, pq_m=4)) == pq + search_peak
+    search_peak = 1000 * 10 * 12 + 3 * 1000 * 11 * 12 + 1000 * 96 * 12 + 1000 * 96 * 8 * 4
+    assert knn.memory_estimate("ivfpq", 1000, 8, 10, ann=AnnParams(nlist=10, pq_m=4)) == pq + search_peak + work
     # search(): n_queries sets the result and the tile
     assert knn.memory_estimate("exact", 1000, 8, 10, n_queries=5) == 5 * 1000 * 4 + 3 * 5 * 11 * 12
     # at scale the compressed index is several times smaller than the float32 ones
@@ -357,23 +358,26 @@ def test_auto_keeps_its_choice_when_it_fits_and_takes_ivfpq_when_not():
     roomy = knn.choose_method(100_000, 128, 10, memory_budget=10**9, device="cpu")
     assert roomy.method == "hnsw" and "within the memory budget of 1 GB" in roomy.reason
     assert knn.choose_method(100_000, 128, 10, memory_budget=0, device="cpu") == free  # 0: no budget
-    roomy_pq = knn.choose_method(100_000, 128, 10, memory_budget=90_000_000, device="cpu")
+    roomy_pq = knn.choose_method(100_000, 128, 10, memory_budget=120_000_000, device="cpu")
     assert (roomy_pq.method, roomy_pq.pq_m) == ("ivfpq", 16)  # the default code (d / 8 bytes) when it fits
-    assert roomy_pq.reason == "memory budget of 90 MB: hnsw needs about 172 MB, so IVF-PQ with 16-byte codes (about 72.7 MB)"
-    # the largest code that fits: 2 bytes (69.9 MB) fits 70 MB, 4 bytes (70.3 MB) does not
-    tight = knn.choose_method(100_000, 128, 10, memory_budget=70_000_000, device="cpu")
-    assert (tight.method, tight.pq_m) == ("ivfpq", 2) and tight.estimate_bytes <= 70_000_000
-    assert knn.memory_estimate("ivfpq", 100_000, 128, 10, ann=AnnParams(pq_m=4)) > 70_000_000
+    assert roomy_pq.reason == "memory budget of 120 MB: hnsw needs about 198 MB, so IVF-PQ with 16-byte codes (about 97.9 MB)"
+    # the largest code that fits: 2 bytes (95.05 MB) fits 95.1 MB, 4 bytes (95.45 MB) does not
+    tight = knn.choose_method(100_000, 128, 10, memory_budget=95_100_000, device="cpu")
+    assert (tight.method, tight.pq_m) == ("ivfpq", 2) and tight.estimate_bytes <= 95_100_000
+    assert knn.memory_estimate("ivfpq", 100_000, 128, 10, ann=AnnParams(pq_m=4)) > 95_100_000
     assert tight.ann().pq_m == 2 and tight.ann(AnnParams(rerank=2)).rerank == 2
-    # 1,000 x 8, k=5: exact needs 4.2 MB, IVF-PQ 2.4 MB
-    assert knn.choose_method(1_000, 8, 5, memory_budget=3_000_000, device="cpu").method == "ivfpq"
+    # 5,000 x 8, k=5: exact needs 83 MB (a 4,096 x 5,000 tile), IVF-PQ 40 MB
+    assert knn.choose_method(5_000, 8, 5, memory_budget=60_000_000, device="cpu").method == "ivfpq"
 
 
 def test_a_budget_nothing_fits_is_one_clear_error():
     with pytest.raises(BadInputError, match=r"^'memory_budget' of 1 MB is too small for a kNN graph of 100,000 x 128 with k=10: "
-                       r"even IVF-PQ with 1-byte codes needs about .* MB; give at least .* MB, or 0 for no budget$"):
+                       r"hnsw needs about 198 MB, IVF-PQ with 1-byte codes about 94.9 MB; give at least 95.8 MB, or 0 for no budget$"):
         knn.choose_method(100_000, 128, 10, memory_budget=1_000_000, device="cpu")
-    with pytest.raises(BadInputError, match=r"^method hnsw needs about 172 MB .* over the memory budget of 90 MB"):
+    # small data: exact search needs less than any IVF-PQ index (faiss's working memory alone is 25 MB), and the error says so
+    with pytest.raises(BadInputError, match=r"exact needs about 4.22 MB, IVF-PQ with 1-byte codes about 29\.\d MB; give at least 4.26 MB"):
+        knn.choose_method(1_000, 8, 5, memory_budget=3_000_000, device="cpu")
+    with pytest.raises(BadInputError, match=r"^method hnsw needs about 198 MB .* over the memory budget of 90 MB"):
         knn.choose_method(100_000, 128, 10, method="hnsw", memory_budget=90_000_000, device="cpu")
     with pytest.raises(BadInputError, match=r"^'memory_budget' must be an integer >= 0. Got -5 instead.$"):
         knn.choose_method(10, 4, 2, memory_budget=-5, device="cpu")
@@ -401,10 +405,10 @@ def test_ivfpq_recall_and_exact_similarities_on_clustered_data():
 
 
 def test_knn_graph_under_a_budget_uses_ivfpq(monkeypatch):
-    x = _clustered(1_000, 8, n_clusters=10, seed=4)
+    x = _clustered(5_000, 32, n_clusters=50, seed=4)
     built = []
     monkeypatch.setattr(KnnIndex, "_build_ivf", lambda self, base, progress, *, pq, _orig=KnnIndex._build_ivf: built.append(pq) or _orig(self, base, progress, pq=pq))
-    sims, idx = knn_graph(x, 5, memory_budget=3_000_000, device="cpu")  # exact needs 4.2 MB, IVF-PQ 2.4 MB
-    assert built == [True] and idx.shape == (1_000, 5)
+    sims, idx = knn_graph(x, 5, memory_budget=60_000_000, device="cpu")  # exact needs 83 MB, IVF-PQ 40 MB
+    assert built == [True] and idx.shape == (5_000, 5)
     _, exact = knn_graph(x, 5, method="exact", device="cpu")
     assert recall_at_k(idx, exact) >= 0.95
