@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from labelkit import artifacts
+from labelkit import artifacts, health
 from labelkit._progress import NULL, Progress
 from labelkit.workspace import Workspace, text_fingerprint
 
@@ -49,8 +49,11 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
 
         sims, idx, _ = ray_knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), ray=RayOptions(address=ray_address),
                                      progress=progress)
+        tuned = None
     else:
-        sims, idx = knn.knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), exclude_self=True, device=device, progress=progress)
+        index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(vectors, progress=progress)
+        sims, idx = index.graph(k_eff, exclude_self=True, progress=progress)
+        tuned = _tuned(index, k_eff + 1)
     if k_eff < k:  # tiny datasets: pad so the artifact keeps its fixed width
         sims = np.pad(sims, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -61,7 +64,7 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
             "similarities": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1).astype(np.float32)), k),
         }
     )
-    used = _info(choice)
+    used = {**_info(choice), "tuned": tuned}
     artifacts.write_table(path, table, {"k": k, "method": method, "rows": "row order of embeddings.parquet", "index": used})
     ws.commit(RECORD, params={"k": k, "method": method, "index": used}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp},
               outputs=[artifacts.KNN], started=started)
@@ -74,9 +77,29 @@ def _info(choice: Any) -> dict[str, Any]:
             "reason": choice.reason}
 
 
+def _tuned(index: Any, kq: int) -> dict[str, Any] | None:
+    """The search knob tuning picked and its recall on the tuning sample (None: exact search, or a knob given)."""
+    if kq not in index.recall_:
+        return None
+    return {"ef_search" if index.method_ == "hnsw" else "nprobe": index.tuned_[kq], "sample_recall": round(float(index.recall_[kq]), 4),
+            "target_recall": index.ann.target_recall}
+
+
+def recall_warnings(info: dict[str, Any] | None) -> list[dict[str, str]]:
+    """A ``knn_recall`` warning when the graph's tuned recall on its sample stayed under the target."""
+    tuned = (info or {}).get("tuned")
+    if not tuned or tuned["sample_recall"] >= tuned["target_recall"]:
+        return []
+    longer = " (its IVF-PQ codes are short: a larger --memory-budget gives longer ones)" if info["method"] == "ivfpq" else ""
+    return [health.warning("knn_recall", f"the {info['method']} kNN graph reached recall@k {tuned['sample_recall']} on its tuning sample, "
+                           f"under the target {tuned['target_recall']}{longer}", "raise --memory-budget (or 0 for none); on data without "
+                           "neighbourhood structure, neighbours are weak evidence whatever the index")]
+
+
 def graph_info(ws: Workspace) -> dict[str, Any] | None:
-    """The index knn.parquet was built with (method, pq_m, memory_budget, estimate_bytes, reason), from the manifest;
-    None when no graph is recorded, {"method": requested} for one recorded before this was kept."""
+    """The index knn.parquet was built with (method, pq_m, memory_budget, estimate_bytes, reason, and tuned: the knob
+    tuning picked and its sample recall), from the manifest; None when no graph is recorded, {"method": requested} for
+    one recorded before this was kept."""
     rec = ws.record(RECORD)
     if rec is None:
         return None

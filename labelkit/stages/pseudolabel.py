@@ -22,7 +22,7 @@ from labelkit.errors import ThresholdExceededError
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
-from labelkit.stages._knn import graph_info, knn_graph
+from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.teacher import Clock, Teacher
@@ -62,7 +62,7 @@ def _build(job: Job) -> dict[str, Any]:
     summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen IVF-PQ)
     if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
         summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [_uncertified_warning(cfg, opened)]
-    summary["warnings"] = input_warnings(samples, summary["warnings"])
+    summary["warnings"] = input_warnings(samples, summary["warnings"] + recall_warnings(summary["knn"]))
     table = _table(a, r, rows, accepted, decided)
     del r
     meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model"),

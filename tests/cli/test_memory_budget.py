@@ -29,15 +29,19 @@ def _vectors(folder, n=5_000, d=32, n_clusters=50, seed=0):
 def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_path):
     data = _vectors(tmp_path / "vectors")
     pq_bytes, exact_bytes = knn.memory_estimate("ivfpq", 5_000, 32, 10), knn.memory_estimate("exact", 5_000, 32, 10)
-    assert pq_bytes < exact_bytes  # 40.7 MB against 83.9 MB: exact search's 4,096 x 5,000 tile
+    assert pq_bytes < exact_bytes  # 65.8 MB against 83.9 MB: exact search's 4,096 x 5,000 tile
     budget = (pq_bytes + exact_bytes) // 2
     r = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     used = out["knn"]
+    tuned = used.pop("tuned")
     assert used == {"method": "ivfpq", "pq_m": 4, "memory_budget": budget, "estimate_bytes": pq_bytes,
                     "reason": f"memory budget of {knn._fmt_bytes(budget)}: exact needs about {knn._fmt_bytes(exact_bytes)}, "
                               f"so IVF-PQ with 4-byte codes (about {knn._fmt_bytes(pq_bytes)})"}
+    assert tuned["sample_recall"] >= tuned["target_recall"] == 0.95 and 1 <= tuned["nprobe"] <= knn.IVFPQ_MAX_NPROBE
+    assert "knn_recall" not in {w["code"] for w in out["warnings"]}
+    used["tuned"] = tuned
     assert out["n_accepted"] > 0.9 * out["n_unlabeled"]  # well-separated clusters: the compressed graph still labels them
     # the same record in knn.parquet's metadata and the manifest
     ws = data / ".labelkit"
@@ -52,7 +56,7 @@ def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_p
     free = runner.invoke(app, ["pseudolabel", str(data), "--json"])
     assert free.exit_code == 0, free.output
     assert json.loads(free.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None, "estimate_bytes": exact_bytes,
-                                              "reason": "auto: exact for 5,000 x 32"}
+                                              "reason": "auto: exact for 5,000 x 32", "tuned": None}
 
 
 def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
