@@ -11,7 +11,7 @@ folds would only refine three scalars, and each fold costs a full propagation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -279,6 +279,12 @@ class Calibration:
     n_calibration : int
         Held-out samples used to fit the temperatures (their class keeps a label outside
         their fold, as every class does in the full run).
+    extra_rows : ndarray of shape (n_extra,), int64
+        Rows (``calibrate``'s ``extra_rows``) each scored by one fold's run, like a held-out row
+        of that fold; empty by default.
+    extra_probs : ndarray of shape (n_extra, n_classes) or None
+        Their calibrated probabilities, each by its fold's cross-fitted temperatures: the same
+        scoring as a held-out row of that fold, so the two are exchangeable.
     """
 
     temperatures: dict
@@ -289,6 +295,8 @@ class Calibration:
     ece: float
     ece_uncalibrated: float
     n_calibration: int
+    extra_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    extra_probs: np.ndarray | None = None
 
     def apply(self, components: dict[str, np.ndarray]) -> np.ndarray:
         """Calibrated mixture of the score arrays ``components`` (each (N, K)), float32, by row chunks."""
@@ -301,7 +309,8 @@ class Calibration:
 
 
 def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int, *, n_folds: int = 5, seed: int = 0,
-              max_samples: int | None = None, alternatives: list[dict[str, float]] | None = None) -> Calibration:
+              max_samples: int | None = None, alternatives: list[dict[str, float]] | None = None,
+              extra_rows=None) -> Calibration:
     """Held-out temperature scaling of a weighted mixture of scores, by stratified K-fold.
 
     For each fold ``f`` of the labeled samples, ``score(train, rows)`` is called with
@@ -330,6 +339,11 @@ def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int,
         Other mixture weights over the same score names; the one (``weights`` included) whose
         cross-fitted held-out probabilities have the lowest negative log-likelihood is kept
         (``Calibration.weights`` says which).
+    extra_rows : ndarray of int, optional
+        Unlabeled rows to score the way a held-out row is: each is given to one scored fold at
+        random (seeded by ``seed``), scored by that fold's run and calibrated by that fold's
+        cross-fitted temperatures (``Calibration.extra_probs``). A finite-sample error guarantee
+        certified on the held-out rows then applies to them (:mod:`labelkit.guarantee`).
 
     Returns
     -------
@@ -354,10 +368,13 @@ def calibrate(labels, score: ScoreFn, weights: dict[str, float], n_classes: int,
         raise BadInputError(f"'score' must be callable. Got {type(score).__name__} instead.")
     if max_samples is not None and max_samples < 1:
         raise BadInputError(f"'max_samples' must be >= 1 or None. Got {max_samples!r} instead.")
-    return _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives or [])
+    extra = np.zeros(0, np.int64) if extra_rows is None else np.asarray(extra_rows, dtype=np.int64).ravel()
+    if extra.size and (extra.min() < 0 or extra.max() >= labels.shape[0] or (labels[extra] >= 0).any()):
+        raise BadInputError("'extra_rows' must be rows of unlabeled samples.")
+    return _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives or [], extra)
 
 
-def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives=()) -> Calibration:
+def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_samples, alternatives=(), extra=None) -> Calibration:
     k = n_classes
     enough = n_folds >= 2 and (labels >= 0).sum() >= 2
     fold = _folds(labels, n_folds, seed) if enough else np.full(labels.shape, -1)
@@ -368,22 +385,30 @@ def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_sample
         chosen.append(f)
         count += int((fold == f).sum())
     rows = np.flatnonzero(np.isin(fold, chosen)) if chosen else np.zeros(0, np.int64)
-    held = {n: np.zeros((rows.size, k)) for n in weights}
-    eligible = np.zeros(rows.size, dtype=bool)
+    extra = np.zeros(0, np.int64) if extra is None or not chosen else extra
+    # Each extra row joins one scored fold at random: scored and calibrated as that fold's held-out rows are.
+    extra_fold = np.asarray(chosen)[np.random.default_rng([seed, 1]).integers(0, len(chosen), extra.size)] if extra.size else extra
+    n_held = rows.size
+    held = {n: np.zeros((n_held + extra.size, k)) for n in weights}
+    eligible = np.zeros(n_held, dtype=bool)
     for f in chosen:
         sel = fold[rows] == f
+        sel_x = extra_fold == f
         train = np.where(fold == f, -1, labels)
-        for n, p in score(train, rows[sel]).items():
-            held[n][sel] = p
+        for n, p in score(train, np.r_[rows[sel], extra[sel_x]]).items():
+            held[n][np.r_[np.flatnonzero(sel), n_held + np.flatnonzero(sel_x)]] = p
         eligible[sel] = np.isin(labels[rows[sel]], train[train >= 0])
     cal = np.flatnonzero(eligible)
     y = labels[rows]
     logs = {n: log_probs(h) for n, h in held.items()}
     # Cross-fitting: each group is scaled by a fit on the others (two halves of a single fold).
-    group = fold[rows] if len(chosen) >= 2 else np.arange(rows.size) % 2
+    if len(chosen) >= 2:
+        group = np.r_[fold[rows], extra_fold]
+    else:
+        group = np.r_[np.arange(n_held) % 2, np.random.default_rng([seed, 2]).integers(0, 2, extra.size)]
 
     def crossfit(w):
-        oof = np.zeros((rows.size, k))
+        oof = np.zeros((group.size, k))
         for g in np.unique(group):
             sel, fit = group == g, cal[group[cal] != g]
             temps_g, t_g = _fit_combination({n: z[fit] for n, z in logs.items()}, y[fit], w, k)
@@ -403,4 +428,5 @@ def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_sample
     ones = {n: 1.0 for n in logs}
     ece = _ece_impl(oof[cal], y[cal]) if cal.size else float("nan")
     ece_raw = _ece_impl(_combine({n: z[cal] for n, z in logs.items()}, ones, weights), y[cal]) if cal.size else float("nan")
-    return Calibration(temps, t, dict(weights), rows, oof, ece, ece_raw, int(cal.size))
+    extra_probs = oof[n_held:] if extra.size else None
+    return Calibration(temps, t, dict(weights), rows, oof[:n_held], ece, ece_raw, int(cal.size), extra, extra_probs)

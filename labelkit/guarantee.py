@@ -20,16 +20,20 @@ is used instead.
 Assumption (exchangeability): the held-out labeled samples and the unlabeled samples the threshold
 is applied to are exchangeable: the labeled ones are a random sample of the same pool, their
 given labels are as right as the truth the guarantee is about (with noisy labels, "wrong" means
-"disagrees with a label of that quality"), and they are scored the same way (out-of-fold). A
+"disagrees with a label of that quality"), and they are scored the same way (each unlabeled row
+by one fold's run, as a held-out row is: ``unlabeled_by_fold``). A
 sample from a class no one labeled breaks it, which is why open-set rejection
 (:mod:`labelkit.novelty`) runs first.
 
-Where the sequence starts: thresholds that accept too few held-out samples for any outcome to
-reject their hypothesis (``P(Binomial(n, target) <= 0) > delta``, e.g. fewer than 114 samples for a
-target of 0.02 at ``delta = 0.1``) are passed over instead of ending the sequence. These are the
-highest thresholds (the count grows as the threshold falls), so this only moves the start of the
-sequence down to the first threshold with enough samples; benchmarks/openset.py measures the
-realised violation rate of the whole procedure on real data (docs/performance.md).
+Where the sequence starts: thresholds that accept too few held-out samples to test are passed
+over instead of ending the sequence. The sequence starts at the first threshold from which on
+samples erring at a third of the target rate would be certified, or, with too few samples for
+that, samples erring never. The start
+depends on the counts of samples accepted alone, never on the losses, so given the scores the
+sequence is fixed in advance and the fixed-sequence argument holds; starting where the test has
+power keeps one early error among a handful of the most confident samples from ending the
+sequence. benchmarks/openset.py measures the realised violation rate of the whole procedure on
+real data (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -97,10 +101,20 @@ class Certificate:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
 
 
-def certify_threshold(scores, losses, *, target: float, delta: float = 0.1, grid=None) -> Certificate:
+def certify_threshold(scores, losses, *, target: float, delta: float = 0.1, grid=None, pool=None) -> Certificate:
     """The lowest confidence threshold whose selective error is certified at most ``target``.
 
     Learn then Test with fixed-sequence testing over a fixed grid of thresholds, highest first.
+
+    Without ``pool`` the promise is about the risk ``R(lambda)``, the error rate among all samples
+    like these that the threshold accepts. With ``pool`` (the scores of the unlabeled samples the
+    threshold will be applied to) it is about what a user gets: the realised error rate among the
+    pool's accepted samples, a finite sample whose rate scatters around ``R(lambda)`` (with 1,000
+    accepted at ``R = 0.045``, above 0.05 one time in four). ``delta`` is then split in halves:
+    the upper bound ``U`` on ``R(lambda)`` at confidence ``1 - delta/2`` from the held-out samples,
+    and the ``1 - delta/2`` quantile of the pool's error count given ``U`` (binomial; Hoeffding for
+    fractional losses). A threshold is certified when that pool bound is at most ``target``, so
+    the realised error exceeds the target with probability at most ``delta``.
 
     Parameters
     ----------
@@ -117,10 +131,14 @@ def certify_threshold(scores, losses, *, target: float, delta: float = 0.1, grid
     grid : array-like of float, optional
         Candidate thresholds, fixed in advance (sorted descending here); default
         :data:`DEFAULT_GRID`.
+    pool : array-like of float, optional
+        Scores of the unlabeled samples the threshold is for (-inf for one another rule
+        rejects): certify their realised error rate instead of the risk (see above).
 
     Returns
     -------
     Certificate
+        With ``pool``, ``error_bound`` bounds the pool's realised error rate.
 
     References
     ----------
@@ -151,10 +169,15 @@ def certify_threshold(scores, losses, *, target: float, delta: float = 0.1, grid
     g = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g)):
         raise BadInputError("'grid' must be a non-empty 1-D array of finite thresholds.")
-    return _certify_impl(s, loss, float(target), float(delta), np.sort(g)[::-1])
+    u = None
+    if pool is not None:
+        u = np.asarray(pool, dtype=np.float64)
+        if u.ndim != 1 or np.isnan(u).any() or (u == np.inf).any():
+            raise BadInputError("'pool' must be 1-D scores, finite or -inf (never accepted).")
+    return _certify_impl(s, loss, float(target), float(delta), np.sort(g)[::-1], u)
 
 
-def _certify_impl(s, loss, target, delta, grid) -> Certificate:
+def _certify_impl(s, loss, target, delta, grid, pool=None) -> Certificate:
     binary = bool(np.all((loss == 0) | (loss == 1)))
     method = "binomial" if binary else "hoeffding_bentkus"
     # n(lambda), k(lambda) for every grid point: cumulative sums over scores sorted descending.
@@ -162,58 +185,74 @@ def _certify_impl(s, loss, target, delta, grid) -> Certificate:
     cum_loss = np.r_[0.0, np.cumsum(loss[order])]
     n = np.searchsorted(-s[order], -grid, side="right")  # samples with score >= lambda
     k = cum_loss[n]
-    lam, bound, n_at, k_at = _fixed_sequence(n, k, grid, target, delta, binary)
-    best = _best_target(n, k, grid, delta, binary)
+    m = None if pool is None else np.searchsorted(np.sort(-pool), -grid, side="right")  # pool samples accepted
+    bound = _bounds(n, k, delta, binary, m)
+    j = _fixed_sequence(n, m, bound, target, delta, binary)
+    best = _best_target(n, m, bound, grid, delta, binary)
     nc = s.size
-    if lam is None:
+    if j is None:
         return Certificate(False, float("nan"), float("nan"), 0.0, 0, 0.0, *best, target, delta, nc, method)
-    return Certificate(True, float(lam), float(bound), float(n_at / nc), int(n_at), float(k_at), *best, target, delta, nc, method)
+    return Certificate(True, float(grid[j]), float(bound[j]), float(n[j] / nc), int(n[j]), float(k[j]), *best, target, delta, nc, method)
 
 
-def _fixed_sequence(n, k, grid, target, delta, binary):
-    """(lowest certified threshold, its bound, n, k), or (None, nan, 0, 0): thresholds highest first."""
-    p = _pvalues(n, k, target, binary)
-    # Hypotheses no outcome could reject (too few accepted) are passed over, not tested.
-    testable = _pvalues(n, np.zeros_like(k), target, binary) <= delta
+def _bounds(n, k, delta, binary, m=None) -> np.ndarray:
+    """Upper bound (confidence 1 - delta) at each threshold: on the risk, or, given ``m`` (the pool's
+    accepted counts), on the pool's realised error rate, with delta split between the two steps."""
+    if m is None:
+        return np.where(n > 0, _upper_bound(np.maximum(n, 1), k, delta, binary), 1.0)
+    risk = np.where(n > 0, _upper_bound(np.maximum(n, 1), k, delta / 2, binary), 1.0)
+    mm = np.maximum(m, 1).astype(np.float64)
+    if binary:  # the 1 - delta/2 quantile of the errors among m accepted, Binomial(m, U)
+        pool = stats.binom.ppf(1 - delta / 2, mm, risk) / mm
+    else:  # losses in [0, 1]: Hoeffding
+        pool = risk + np.sqrt(np.log(2 / delta) / (2 * mm))
+    return np.where(m > 0, np.minimum(pool, 1.0), risk)
+
+
+def _fixed_sequence(n, m, bound, target, delta, binary) -> int | None:
+    """Index of the lowest certified threshold (thresholds highest first), or None.
+
+    "Error above target" at a threshold is rejected when its upper bound is at most the target:
+    the bound inverts the test, so this is the level-delta test.
+    """
     last = None
-    for j in np.flatnonzero(testable):
-        if p[j] > delta:
+    for j in range(_start_index(n, m, target, delta, binary), n.size):
+        if bound[j] > target:
             break
         last = j
-    if last is None:
-        return None, float("nan"), 0, 0.0
-    return grid[last], _upper_bound(n[last], k[last], delta, binary), n[last], k[last]
+    return last
 
 
-def _best_target(n, k, grid, delta, binary) -> tuple[float, float, float]:
+def _start_index(n, m, target, delta, binary) -> int:
+    """Where the fixed sequence starts: the first threshold from which on samples erring at a
+    third of the target rate would be certified (or, with too few for that, samples erring never).
+
+    It depends on the counts n (and m) alone, never on the losses, so given the scores the
+    sequence is fixed in advance and fixed-sequence testing stays valid. A start with too few
+    samples (the first count any outcome could reject) ends the sequence on one early error.
+    """
+    for rate in (target / 3, 0.0):
+        fails = np.flatnonzero(_bounds(n, np.floor(n * rate), delta, binary, m) > target)
+        start = int(fails[-1]) + 1 if fails.size else 0
+        if start < n.size:
+            return start
+    return n.size
+
+
+def _best_target(n, m, bound, grid, delta, binary) -> tuple[float, float, float]:
     """(smallest certifiable target, its threshold, its held-out coverage); NaNs when none."""
     total = n.max() if n.size else 0
     if total == 0:
         return float("nan"), float("nan"), float("nan")
-    # The procedure certifies target t iff the first testable threshold's bound is <= t, so the
+    # A target t is certified iff the sequence from its start stays at bounds <= t, so the
     # candidates are the bounds themselves; try them from the smallest up.
-    has = n > 0
-    cands = np.unique(np.round(_upper_bound(n[has], k[has], delta, binary), 12))
-    for t in cands:
+    for t in np.unique(np.round(bound[n > 0], 12)):
         if not 0 < t < 1:
             continue
-        lam, _, n_at, _ = _fixed_sequence(n, k, grid, float(t) + 1e-12, delta, binary)
-        if lam is not None:
-            return float(t), float(lam), float(n_at / total)
+        j = _fixed_sequence(n, m, bound, float(t) + 1e-12, delta, binary)
+        if j is not None:
+            return float(t), float(grid[j]), float(n[j] / total)
     return float("nan"), float("nan"), float("nan")
-
-
-def _pvalues(n, k, target, binary) -> np.ndarray:
-    """p-values of H: risk > target, given n accepted with summed loss k (1 where n = 0)."""
-    n = np.asarray(n, dtype=np.float64)
-    k = np.asarray(k, dtype=np.float64)
-    out = np.ones_like(n)
-    ok = n > 0
-    if binary:
-        out[ok] = stats.binom.cdf(np.round(k[ok]), n[ok], target)
-        return out
-    out[ok] = _hoeffding_bentkus(k[ok] / n[ok], n[ok], target)
-    return out
 
 
 def _hoeffding_bentkus(mean, n, target) -> np.ndarray:
@@ -380,13 +419,15 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     2. With ``max_error``, the Learn-then-Test certificate (:func:`certify_threshold`) on those
        same samples, for the acceptance rule actually applied (novel samples never accepted when
        ``reject_novel``); otherwise the teacher's threshold rule (``result.accepted``). The
-       certificate is made in rank space (:func:`confidence_rank`: "the most confident share u"),
-       not on raw confidences: the held-out rows are scored by fold models that saw 4/5 of the
-       labels (and seed cleaning keeps the seeds those models got right), the unlabeled rows by
-       the final model, whose confidences are sharper for the same accuracy (CIFAR-10 with
-       1,000 labels: error 11% at confidence 0.95-0.99 on unlabeled rows, 0% on held-out ones);
-       a share of the most confident rows does not depend on that scale. How often the realised
-       error still exceeds the target is measured in docs/performance.md.
+       guarantee needs the held-out and the unlabeled rows scored alike: the pseudolabel stage
+       then scores each unlabeled row by one calibration fold's run
+       (``labelkit.pseudolabel.pseudolabel(..., unlabeled_by_fold=True)``, which sets
+       ``result.fold_scored``), and the threshold is certified on raw confidences. A result
+       whose unlabeled rows were scored by the final run (on every label) is sharper than the
+       fold runs for the same accuracy (CIFAR-10 with 1,000 labels: 11% wrong at confidence
+       0.95-0.99 on unlabeled rows, 0% on held-out ones), so for one the certificate is made in
+       rank space instead (:func:`confidence_rank`: "the most confident share u"), an
+       approximation that held less often (docs/performance.md).
     3. :func:`acceptance` combines them.
 
     Parameters
@@ -405,7 +446,8 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     novelty_rate : float
         Share of known-class samples that may be wrongly judged novel, in (0, 1).
     max_error : float, optional
-        Certify the error rate among accepted pseudo-labels at most this, in (0, 1).
+        Certify the error rate among the accepted pseudo-labels of ``rows`` (as realised, this
+        pool: :func:`certify_threshold` with ``pool``) at most this, in (0, 1).
     error_confidence : float, default=0.9
         Confidence of the certificate, ``1 - delta``.
 
@@ -431,19 +473,33 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     if max_error is not None:
         if not 0 < error_confidence < 1:
             raise BadInputError(f"'error_confidence' must be in (0, 1). Got {error_confidence!r} instead.")
-        # Certified in rank space: a threshold is "the most confident share u of the rows". The
-        # held-out rows are scored by fold models (4/5 of the labels), the unlabeled rows by the
-        # final one, whose confidences are sharper for the same accuracy; ranks do not shift.
-        cal = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
-        ranks = np.full(given.shape[0], -np.inf)
-        ranks[cal] = confidence_rank(result.confidence[cal])
-        scores, losses = heldout_losses(result.label, ranks, given, result.heldout, dropped, rejected=nov.novel if reject_novel else None)
-        cert = certify_threshold(scores, losses, target=max_error, delta=1.0 - error_confidence)
-        decide = confidence_rank(result.confidence[rows])
+        rejected = nov.novel if reject_novel else None
+        if _fold_scored(result, rows):  # exchangeable with the held-out rows: certify raw confidences
+            scores, losses = heldout_losses(result.label, result.confidence, given, result.heldout, dropped, rejected=rejected)
+            decide = result.confidence[rows]
+        else:
+            # Scored by the final run, which is sharper than the fold runs for the same accuracy:
+            # certify "the most confident share u" (rank space) instead, an approximation.
+            cal = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
+            ranks = np.full(given.shape[0], -np.inf)
+            ranks[cal] = confidence_rank(result.confidence[cal])
+            scores, losses = heldout_losses(result.label, ranks, given, result.heldout, dropped, rejected=rejected)
+            decide = confidence_rank(result.confidence[rows])
+        # The promise is about these rows' accepted pseudo-labels: certify their realised error.
+        pool = np.where(nov.novel[rows], -np.inf, decide) if reject_novel else decide
+        cert = certify_threshold(scores, losses, target=max_error, delta=1.0 - error_confidence, pool=pool)
     else:
         decide = result.confidence[rows]
     accepted, reason = acceptance(decide, result.accepted[rows], nov.novel[rows], reject_novel=reject_novel, certificate=cert)
     return Acceptance(accepted, reason, nov.score[rows], nov.novel[rows], nov.threshold, nov.n_reference, cert)
+
+
+def _fold_scored(result, rows) -> bool:
+    """Every row of ``rows`` was scored by one calibration fold's run (``unlabeled_by_fold``)."""
+    fs = getattr(result, "fold_scored", None)
+    if fs is None:
+        return False
+    return bool(np.asarray(fs, bool)[rows].all())
 
 
 def confidence_rank(confidence) -> np.ndarray:

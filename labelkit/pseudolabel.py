@@ -549,6 +549,9 @@ class PseudolabelResult:
     method : str
     weights : dict of str to float
         The ensemble's mixture weights as used (the probe's chosen on the held-out folds).
+    fold_scored : ndarray of shape (n_samples,), bool
+        Unlabeled rows scored by one calibration fold's run instead of the run on every label
+        (``unlabeled_by_fold``): exchangeable with the held-out rows. None on results built by hand.
     """
 
     probs: np.ndarray
@@ -569,6 +572,7 @@ class PseudolabelResult:
     confidence_counts: np.ndarray
     method: str
     weights: dict | None = None
+    fold_scored: np.ndarray | None = None
 
 
 def _as_prototypes(obj, n_classes: int, dim: int, name: str):
@@ -625,6 +629,7 @@ def pseudolabel(
     options: PseudolabelOptions = PseudolabelOptions(),
     calibration: Calibration | None = None,
     accept_rows: np.ndarray | None = None,
+    unlabeled_by_fold: bool = False,
 ) -> PseudolabelResult:
     """Pseudo-label every sample: score, calibrate, correct priors, threshold, soft-label.
 
@@ -667,6 +672,14 @@ def pseudolabel(
         Unlabeled rows the threshold rule accepts among (a relative rule, ``top_per_class`` or
         ``flexmatch``, depends on which): default every unlabeled row. The stage passes the rows
         it writes (seeds that seed cleaning set aside are scored as unlabeled, never written).
+    unlabeled_by_fold : bool, default=False
+        Score each unlabeled row the way a held-out labeled row is: by one calibration fold's run
+        (chosen at random), calibrated by that fold's cross-fitted temperatures, without prior
+        correction. Held-out and unlabeled rows are then exchangeable (when the labeled rows are
+        a random sample of the pool), which an error guarantee certified on the held-out rows
+        needs (:func:`labelkit.guarantee.accept_pseudolabels`). Each row is scored from
+        (n_folds - 1) / n_folds of the labels, so accuracy is a little lower; ``calibration``
+        is not reused.
 
     Returns
     -------
@@ -693,7 +706,7 @@ def pseudolabel(
         accept_rows = np.asarray(accept_rows, dtype=np.int64)
         if accept_rows.size and (accept_rows.min() < 0 or accept_rows.max() >= labels.shape[0] or (labels[accept_rows] >= 0).any()):
             raise BadInputError("'accept_rows' must be rows of unlabeled samples.")
-    return _pseudolabel_impl(labels, ctx, options, calibration, accept_rows)
+    return _pseudolabel_impl(labels, ctx, options, calibration, accept_rows, unlabeled_by_fold)
 
 
 def _check_calibration(cal, labels, n_classes: int, options: PseudolabelOptions) -> None:
@@ -757,25 +770,30 @@ def _spreader(ctx: _Context, opts: PseudolabelOptions) -> Spreader | None:
     return _graph(ctx, opts) if needs else None
 
 
-def _calibration(labels, ctx: _Context, spreader, opts: PseudolabelOptions, *, max_samples) -> Calibration:
+def _calibration(labels, ctx: _Context, spreader, opts: PseudolabelOptions, *, max_samples, extra_rows=None) -> Calibration:
     def score(train, rows):
         return _components(train, ctx, spreader, opts, rows, heldout=True)
 
     return calibrate(labels, score, _component_weights(opts), ctx.n_classes, n_folds=opts.n_folds, seed=opts.seed,
-                     max_samples=max_samples, alternatives=_probe_alternatives(opts))
+                     max_samples=max_samples, alternatives=_probe_alternatives(opts), extra_rows=extra_rows)
 
 
-def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Calibration | None = None, accept_rows=None) -> PseudolabelResult:
+def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Calibration | None = None, accept_rows=None,
+                      unlabeled_by_fold: bool = False) -> PseudolabelResult:
     spreader = _spreader(ctx, opts)
-    if cal is None:
-        cal = _calibration(labels, ctx, spreader, opts, max_samples=opts.calibration_samples)
+    unl = np.flatnonzero(labels < 0)
+    if cal is None or unlabeled_by_fold:
+        cal = _calibration(labels, ctx, spreader, opts, max_samples=opts.calibration_samples, extra_rows=unl if unlabeled_by_fold else None)
     unused = frozenset(n for n, w in cal.weights.items() if w == 0 and n == "probe")  # the folds gave it no weight
     probs = cal.apply(_components(labels, ctx, spreader, opts, heldout=False, without=unused))
     probs[cal.rows] = cal.probs
     heldout = np.zeros(labels.shape[0], dtype=bool)
     heldout[cal.rows] = True
-    unl = np.flatnonzero(labels < 0)
-    if opts.prior_correction and unl.size:
+    by_fold = np.zeros(labels.shape[0], dtype=bool)
+    if cal.extra_probs is not None:  # scored exactly as a held-out row is: no prior correction either
+        probs[cal.extra_rows] = cal.extra_probs
+        by_fold[cal.extra_rows] = True
+    if opts.prior_correction and unl.size and not by_fold.any():
         uniform = np.full(ctx.n_classes, 1.0 / ctx.n_classes)
         probs[unl], priors = _em_prior_impl(probs[unl], uniform, 100, 1e-6)
     else:
@@ -799,6 +817,7 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
         top_labels=top_labels,
         top_probs=top_probs,
         heldout=heldout,
+        fold_scored=by_fold,
         temperature=float(next(iter(cal.temperatures.values())) if len(cal.temperatures) == 1 else cal.temperature),
         ece=cal.ece,
         ece_uncalibrated=cal.ece_uncalibrated,

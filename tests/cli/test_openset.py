@@ -57,21 +57,21 @@ def test_every_row_has_novelty_and_a_reason(runner, digits_without_nines):
 
 def test_max_error_certified_on_digits(runner, digits):
     # examples/digits flips 10% of its given labels on purpose, and "wrong" is measured against the
-    # given labels (the guarantee's assumption), so 5% cannot be certified there (14% can at best): 20% can,
-    # for the most confident 9% (the flipped seeds, which the teacher gets right, count as errors at the top).
-    r = runner.invoke(app, ["pseudolabel", str(digits), "--max-error", "0.2", "--error-confidence", "0.9", "--json"])
+    # given labels (the guarantee's assumption): 24 of the 179 held-out labels disagree with the
+    # teacher, so 5% cannot be certified there (22% at best, for the most confident fifth), 30% can.
+    r = runner.invoke(app, ["pseudolabel", str(digits), "--max-error", "0.3", "--error-confidence", "0.9", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     g = out["guarantee"]
     assert out["certified"] is True and g["certified"] is True
-    assert 0 < out["error_bound"] <= 0.2 and g["target"] == 0.2 and g["confidence"] == 0.9
+    assert 0 < out["error_bound"] <= 0.3 and g["target"] == 0.3 and g["confidence"] == 0.9
     pl = pq.read_table(digits / ".labelkit" / "pseudolabels.parquet").to_pandas()
     # Accepted: the most confident share the certificate allows, less the rows judged novel.
     assert (pl["accepted"] == ((pl["confidence"] >= g["threshold"]) & (pl["reason"] != "novel"))).all()
-    assert out["coverage"] == pytest.approx(pl["accepted"].mean(), abs=1e-3) and 0.05 < out["coverage"] < 0.5
+    assert out["coverage"] == pytest.approx(pl["accepted"].mean(), abs=1e-3) and 0.2 < out["coverage"] < 1
     truth = pd.read_csv(ROOT / "examples" / "digits-truth.csv").set_index("path")
     wrong = pl["label"].to_numpy() != truth.loc[pl["id"], "true_label"].astype(str).to_numpy()
-    assert wrong[pl["accepted"].to_numpy()].mean() <= 0.2
+    assert wrong[pl["accepted"].to_numpy()].mean() <= 0.3
     assert artifacts.read_metadata(digits / ".labelkit" / "pseudolabels.parquet")["guarantee"]["certified"] is True
 
 
@@ -81,7 +81,7 @@ def test_uncertifiable_target_accepts_nothing_and_exits_3(runner, digits):
     assert r.exit_code == 3, r.output
     out = json.loads(r.stdout)
     assert out["certified"] is False and out["n_accepted"] == 0
-    assert 0.001 < out["guarantee"]["could_certify"]["error_bound"] < 0.2
+    assert 0.001 < out["guarantee"]["could_certify"]["error_bound"] < 0.3
     assert "cannot certify" in out["message"] and "could certify" in out["message"]
     pl = pq.read_table(digits / ".labelkit" / "pseudolabels.parquet").to_pandas()
     assert not pl["accepted"].any() and (pl["reason"] == "uncertified").all()

@@ -121,6 +121,39 @@ def test_calibrate_scores_whole_folds_until_max_samples(rng):
     assert c.temperatures["s"] == pytest.approx(3.0, rel=0.25) and np.isfinite(c.ece)  # cross-fitted on two halves
 
 
+def test_calibrate_scores_extra_rows_once_each_like_a_held_out_row_of_their_fold(rng):
+    z = rng.normal(scale=1.5, size=(1200, 4))
+    labels = _sample_from(z, rng)
+    labels[1000:] = -1  # 200 unlabeled rows, scored as extra rows
+    extra = np.arange(1000, 1200)
+    seen = []
+
+    def score(train, rows):
+        seen.append(rows[rows >= 1000])
+        assert (train[rows[rows < 1000]] == -1).all()  # the fold's own labeled rows are hidden
+        return {"s": softmax(3.0 * z[rows])}
+
+    c = cb.calibrate(labels, score, {"s": 1.0}, 4, n_folds=5, seed=0, extra_rows=extra)
+    together = np.concatenate(seen)
+    assert np.sort(together).tolist() == extra.tolist()  # each extra row is scored by exactly one fold's run
+    assert min(len(s) for s in seen) > 15  # spread over the five folds
+    assert c.extra_rows.tolist() == extra.tolist() and c.extra_probs.shape == (200, 4)
+    # Same raw score, same fold -> the same calibrated probabilities as that fold's held-out row.
+    fold_of_first = next(i for i, s in enumerate(seen) if 1000 in s)
+    folds = cb._folds(labels, 5, 0)
+    twin = int(np.flatnonzero(folds == np.unique(folds[folds >= 0])[fold_of_first])[0])
+    dup = z.copy()
+    dup[1000] = dup[twin]
+    c2 = cb.calibrate(labels, lambda t, r: {"s": softmax(3.0 * dup[r])}, {"s": 1.0}, 4, n_folds=5, seed=0, extra_rows=extra)
+    np.testing.assert_allclose(c2.extra_probs[0], c2.probs[np.searchsorted(c2.rows, twin)], rtol=1e-12)
+    np.testing.assert_allclose(c2.extra_probs.sum(axis=1), 1.0)
+    # No extra rows: nothing changes and none are reported.
+    c0 = cb.calibrate(labels, lambda t, r: {"s": softmax(3.0 * z[r])}, {"s": 1.0}, 4, n_folds=5, seed=0)
+    assert c0.extra_rows.size == 0 and c0.extra_probs is None
+    with pytest.raises(BadInputError, match="extra_rows"):
+        cb.calibrate(labels, score, {"s": 1.0}, 4, extra_rows=[0])
+
+
 def test_calibration_apply_is_the_weighted_mixture_of_tempered_scores():
     p1 = np.array([[0.8, 0.2], [0.3, 0.7]])
     p2 = np.array([[0.6, 0.4], [0.5, 0.5]])

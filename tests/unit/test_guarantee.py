@@ -10,14 +10,14 @@ from labelkit.guarantee import DEFAULT_GRID, certify_threshold
 
 
 def test_zero_errors_give_the_clopper_pearson_bound():
-    # 300 right at 0.99, then 100 at 0.6 of which half are wrong: only thresholds above 0.6 pass.
-    scores = np.r_[np.full(300, 0.99), np.full(100, 0.6)]
-    losses = np.r_[np.zeros(300), np.ones(50), np.zeros(50)]
+    # 400 right at 0.99, then 100 at 0.6 of which half are wrong: only thresholds above 0.6 pass.
+    scores = np.r_[np.full(400, 0.99), np.full(100, 0.6)]
+    losses = np.r_[np.zeros(400), np.ones(50), np.zeros(50)]
     c = certify_threshold(scores, losses, target=0.02, delta=0.1)
     assert c.certified and c.method == "binomial"
-    # k = 0 of n = 300: the bound solves (1 - b) ** 300 = delta.
-    assert c.error_bound == pytest.approx(1 - 0.1 ** (1 / 300), rel=1e-9)
-    assert c.n_accepted == 300 and c.n_errors == 0 and c.coverage == 0.75
+    # k = 0 of n = 400: the bound solves (1 - b) ** 400 = delta.
+    assert c.error_bound == pytest.approx(1 - 0.1 ** (1 / 400), rel=1e-9)
+    assert c.n_accepted == 400 and c.n_errors == 0 and c.coverage == 0.8
     # The lowest grid threshold that still excludes the 0.6 block.
     assert c.threshold == DEFAULT_GRID[DEFAULT_GRID > 0.6].min()
 
@@ -61,6 +61,71 @@ def test_thresholds_accepting_too_few_are_passed_over():
     scores = np.r_[np.full(10, 0.999), np.full(500, 0.95)]
     c = certify_threshold(scores, np.zeros(510), target=0.02, delta=0.1, grid=[0.99, 0.9])
     assert c.certified and c.threshold == 0.9 and c.n_accepted == 510
+
+
+def test_one_early_error_among_the_most_confident_does_not_end_the_sequence():
+    # 1000 samples, the third most confident wrong. The first count any outcome could reject at 5%
+    # is 45 (0.95 ** 45 < 0.1), where one error gives p = 0.33 and would end the sequence; it
+    # starts at 77 instead (where one error in 77 passes), so every threshold passes.
+    scores = np.linspace(1.0, 0.5, 1000)
+    losses = np.zeros(1000)
+    losses[2] = 1
+    c = certify_threshold(scores, losses, target=0.05, delta=0.1)
+    assert c.certified and c.coverage == 1.0 and c.n_errors == 1
+
+
+def test_the_sequence_starts_where_a_third_of_the_target_rate_would_pass():
+    from scipy import stats
+
+    from labelkit.guarantee import _start_index
+
+    n = np.arange(1, 5001)  # held-out counts of a grid, highest threshold first
+    # Without a pool, floor(n * 0.02 / 3) errors pass a 2% target from n = 194 on: 1 error of 194
+    # has a 90% Clopper-Pearson bound under 2%, of 193 over it.
+    assert n[_start_index(n, None, 0.02, 0.1, True)] == 194
+    assert stats.beta.ppf(0.9, 2, 193) <= 0.02 < stats.beta.ppf(0.9, 2, 192)
+    assert n[_start_index(n, None, 0.2, 0.1, True)] == 18
+    # With a pool three times larger, each bound also covers the pool's scatter: a later start.
+    assert n[_start_index(n, 3 * n, 0.02, 0.1, True)] == 517
+    assert n[_start_index(n, 3 * n, 0.2, 0.1, True)] == 49
+    # Too few for that: from where no error at all would pass (0.98 ** 114 < 0.1); fewer still: nothing.
+    assert _start_index(np.arange(1, 151), None, 0.02, 0.1, True) == 113
+    assert _start_index(np.arange(1, 51), None, 0.02, 0.1, True) == 50
+
+
+def test_a_pool_bounds_its_realised_error_rate_not_the_risk():
+    from scipy import stats
+
+    # 2,000 held-out samples, 1% wrong, all above every threshold; a pool of 300 to accept.
+    scores = np.full(2000, 0.99)
+    losses = np.zeros(2000)
+    losses[:20] = 1
+    risk = certify_threshold(scores, losses, target=0.02, delta=0.1, grid=[0.9])
+    pooled = certify_threshold(scores, losses, target=0.02, delta=0.1, grid=[0.9], pool=np.full(300, 0.95))
+    u = stats.beta.ppf(0.95, 21, 1980)  # the risk's bound at delta / 2
+    assert risk.error_bound == pytest.approx(stats.beta.ppf(0.9, 21, 1980))
+    assert risk.certified and not pooled.certified  # 300 accepted scatter: up to 8 errors is 2.7%
+    assert pooled.best_bound == pytest.approx(stats.binom.ppf(0.95, 300, u) / 300)
+    big = certify_threshold(scores, losses, target=0.02, delta=0.1, grid=[0.9], pool=np.full(20000, 0.95))
+    assert big.certified and big.error_bound == pytest.approx(stats.binom.ppf(0.95, 20000, u) / 20000)
+    with pytest.raises(BadInputError, match="'pool'"):
+        certify_threshold(scores, losses, target=0.02, pool=[np.nan])
+
+
+def test_the_pool_guarantee_holds_at_its_rate_on_the_realised_error(rng):
+    # Scores uniform on [0.5, 1], wrong with probability (1 - score) / 4 (the error among scores
+    # >= l is (1 - l) / 8); a pool of 3,000 drawn alike. The realised error of the pool's
+    # accepted share exceeds the 5% target in at most delta of the runs.
+    violations, certified = 0, 0
+    for _ in range(200):
+        s, p = rng.uniform(0.5, 1.0, 1000), rng.uniform(0.5, 1.0, 3000)
+        wrong = (rng.random(1000) < (1 - s) / 4).astype(float)
+        pool_wrong = rng.random(3000) < (1 - p) / 4
+        c = certify_threshold(s, wrong, target=0.05, delta=0.1, pool=p)
+        certified += c.certified
+        violations += c.certified and pool_wrong[p >= c.threshold].mean() > 0.05
+    assert certified >= 140  # 146 with this seed: the split delta and the pool's scatter cost some power
+    assert violations <= 200 * 0.1
 
 
 def test_fractional_losses_use_hoeffding_bentkus_and_are_more_conservative():

@@ -191,6 +191,26 @@ def test_pseudolabel_labeled_rows_get_out_of_fold_scores(rng):
     assert (r.label[labels < 0] == y[labels < 0]).all()
 
 
+def test_unlabeled_by_fold_scores_each_unlabeled_row_by_one_fold_run(rng):
+    x, y = _two_clusters(rng, n=60)
+    labels = y.copy()
+    labels[::3] = -1
+    opts = pl.PseudolabelOptions(n_folds=5)
+    plain = pl.pseudolabel(x, labels, 2, _brute_knn(x, 6), options=opts)
+    by_fold = pl.pseudolabel(x, labels, 2, _brute_knn(x, 6), options=opts, unlabeled_by_fold=True)
+    unl = labels < 0
+    assert plain.fold_scored is not None and not plain.fold_scored.any()
+    assert (by_fold.fold_scored == unl).all()
+    assert (by_fold.label[unl] == y[unl]).all()  # still right: each fold run keeps 4/5 of the labels
+    # The labeled rows' held-out scores are the same either way; the unlabeled rows' are not.
+    np.testing.assert_allclose(by_fold.probs[~unl], plain.probs[~unl], atol=1e-6)
+    assert not np.allclose(by_fold.probs[unl], plain.probs[unl])
+    # A calibration to reuse is not reused: it has no fold-scored unlabeled rows.
+    cal = pl.heldout_calibration(x, labels, 2, _brute_knn(x, 6), options=opts)
+    again = pl.pseudolabel(x, labels, 2, _brute_knn(x, 6), options=opts, calibration=cal, unlabeled_by_fold=True)
+    np.testing.assert_array_equal(again.probs, by_fold.probs)
+
+
 def test_pseudolabel_without_enough_labels_skips_calibration(rng):
     x, y = _two_clusters(rng)
     labels = np.where(np.isin(np.arange(y.size), [0, 20]), y, -1)  # one label per class
