@@ -94,6 +94,10 @@ PQ_NBITS = 8
 PQ_M_CHOICES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 PQ_DIMS_PER_BYTE = 8
 IVF_ADD_CHUNK = 32_768  # rows added to an IVF index at a time
+# faiss encodes PQ codes of 16 or more dimensions per byte through a (rows, 2^nbits, pq_m) float32 table
+# (ProductQuantizer.compute_codes): IVF-PQ then adds rows in chunks whose table is at most this
+# (measured: 4-byte codes of 100k x 512 rows in 32k-row chunks peaked at 610 MB, against 281 estimated without it)
+PQ_TABLE_BYTES = 32 << 20
 RERANK_BLOCK_BYTES = 8 << 20  # gathered candidate rows per re-ranking block
 RERANK_MIN_K = 12  # IVF-PQ re-ranks rerank * max(k, RERANK_MIN_K) candidates: few candidates lose recall at small k
 # IVF-PQ's tuning stops at this nprobe: past it the codes, not the cells, limit recall (4-byte codes of 128-d rows:
@@ -422,8 +426,10 @@ class KnnIndex:
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, _pq_nbits(n_train), faiss.METRIC_INNER_PRODUCT)
             index.pq.cp.min_points_per_centroid = 1
             index.pq.cp.seed = self.seed
+            chunk = _ivf_add_chunk(d, m, index.pq.nbits)
         else:
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            chunk = IVF_ADD_CHUNK
         index.cp.min_points_per_centroid = 1  # no stderr warning for small training sets
         index.cp.seed = self.seed
         rng = np.random.default_rng(self.seed)
@@ -433,9 +439,9 @@ class KnnIndex:
                 index = _to_gpu(index, self.device.faiss_gpu)  # train on the GPU too
             index.train(train)
             del train
-            for s in range(0, n, IVF_ADD_CHUNK):
-                index.add(base[s : s + IVF_ADD_CHUNK])
-                task.advance(min(IVF_ADD_CHUNK, n - s))
+            for s in range(0, n, chunk):
+                index.add(base[s : s + chunk])
+                task.advance(min(chunk, n - s))
         self._quantizer = quantizer  # keep the quantizer alive as long as the CPU index
         return index
 
@@ -627,6 +633,13 @@ def _ivf_train_rows(n: int, nlist: int, *, pq: bool) -> int:
     return min(n, max(39 * nlist, 1 << 16) if pq else 64 * nlist)
 
 
+def _ivf_add_chunk(d: int, m: int, nbits: int) -> int:
+    """Rows per IVF-PQ add: IVF_ADD_CHUNK, fewer when faiss encodes through a table (PQ_TABLE_BYTES)."""
+    if d // m < 16:
+        return IVF_ADD_CHUNK
+    return int(np.clip(PQ_TABLE_BYTES // (2**nbits * m * 4), 256, IVF_ADD_CHUNK))
+
+
 def _pq_nbits(n_train: int) -> int:
     """PQ_NBITS, or fewer when the training sample cannot fill 2^PQ_NBITS centroids."""
     return int(min(PQ_NBITS, max(1, math.floor(math.log2(max(2, n_train))))))
@@ -686,7 +699,8 @@ def memory_estimate(
       training sample of ``64 nlist`` rows when it is a copy;
     * ivfpq: ``G * n * (pq_m + 8)`` (codes and ids), ``4 d (nlist + 2^PQ_NBITS)`` centroids; while
       training, the sample of ``max(39 nlist, 65536)`` rows (when a copy) and its residuals; while
-      adding, one chunk's residuals; while searching, one block of ``rerank * max(kq, 12)`` candidates
+      adding, one chunk's residuals (and, with 16 or more dimensions per code byte, its encoding
+      table, at most PQ_TABLE_BYTES); while searching, one block of ``rerank * max(kq, 12)`` candidates
       (their ids and sims, and their rows gathered, at most RERANK_BLOCK_BYTES);
     * ivf and ivfpq: each block's probed cells, ``2 * batch * nprobe * 12`` at the largest nprobe
       tuning may pick (``nlist``; IVFPQ_MAX_NPROBE for ivfpq);
@@ -747,7 +761,9 @@ def memory_estimate(
         else:
             m = ann.pq_m or default_pq_m(d)
             index = _GROWTH * n * (m + 8) + 4 * d * (nlist + 2**PQ_NBITS)
-            build = max(copy + n_train * d * 4, min(IVF_ADD_CHUNK, n) * (4 * d + 8 + m))
+            chunk = min(_ivf_add_chunk(d, m, PQ_NBITS), n)
+            table = chunk * 2**PQ_NBITS * m * 4 if d // m >= 16 else 0
+            build = max(copy + n_train * d * 4, chunk * (4 * d + 8 + m) + table)
             cand = _n_candidates(kq, ann.rerank)
             block += (batch * cand * 12 + min(RERANK_BLOCK_BYTES, batch * cand * d * 4)) if ann.rerank else 0
     return index + max(build, tune, q * k * 12 + block) + FAISS_WORKING_BYTES
