@@ -2,6 +2,8 @@
 
     python benchmarks/knn.py                       # 1M graph + exact-vs-HNSW at 50k and 100k
     python benchmarks/knn.py --n 100000 --compare 50000
+    python benchmarks/knn.py --sweep 100000x128,512                   # the HNSW trade-off curve
+    python benchmarks/knn.py --sweep 100000x128,512 --index ivfpq     # the IVF-PQ curve (nprobe)
 
 Prints markdown tables of wall time, CPU time (user + sys), peak memory (ru_maxrss of a fresh
 process per measurement) and recall@10 against exact search, and exits non-zero if recall@10 is
@@ -77,6 +79,19 @@ class _LogProgress:
         print(message, file=sys.stderr, flush=True)
 
 
+def _status_kb(field: str) -> int:
+    """A VmRSS / VmHWM line of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux); returns that RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS")
+
+
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -140,6 +155,56 @@ def _sweep_job(n: int, d: int, m: int, ef_construction: int, efs: tuple[int, ...
     out.put({"build": build, "build_cpu": build_cpu, "peak": _peak_gb(), "index_gb": (x.nbytes + n * 2 * m * 4) / 1024**3, "curve": curve})
 
 
+def _budget_job(n: int, d: int, method: str, knobs: tuple[int, ...], pq_m: int | None, k: int, n_check: int, out) -> None:
+    """One process: build ``method`` over n x d; per nprobe (IVF, IVF-PQ) or efSearch (HNSW) the recall@k and search
+    seconds on ``n_check`` sampled rows; then the whole graph with the tuned knob, and the peak memory that
+    building and searching added to the embeddings (VmHWM reset after the data and the exact check) against
+    knn.memory_estimate."""
+    from labelkit import knn
+
+    x = clustered(n, d)
+    rows = np.sort(np.random.default_rng(123).choice(n, min(n_check, n), replace=False))
+    exact = _exact_without_self(x, rows, k)
+    ann = knn.AnnParams(pq_m=pq_m)
+    import faiss  # noqa: F401  (its libraries' pages are not the index's memory)
+
+    base_kb = _reset_peak()
+    c0, t0 = _cpu(), time.perf_counter()
+    index = knn.KnnIndex(method, device="cpu", ann=ann).build(x)
+    build, build_cpu = time.perf_counter() - t0, _cpu() - c0
+    curve = []
+    for knob in knobs if method != "exact" else ():
+        c1, t1 = _cpu(), time.perf_counter()
+        s, i = index._ann_search(x[rows], k + 1, index._search_params(knob))
+        wall, cpu = time.perf_counter() - t1, _cpu() - c1
+        _, i = knn._drop_self(s, i, rows)
+        curve.append((knob, knn.recall_at_k(i[:, :k], exact), wall * n / len(rows), cpu * n / len(rows)))
+    c2, t2 = _cpu(), time.perf_counter()
+    _, idx = index.graph(k)
+    graph, graph_cpu = time.perf_counter() - t2, _cpu() - c2
+    code = index._index.pq.M if method == "ivfpq" else None
+    out.put({"build": build, "build_cpu": build_cpu, "curve": curve, "graph": graph, "graph_cpu": graph_cpu, "pq_m": code,
+             "knob": index.tuned_.get(k + 1), "recall": knn.recall_at_k(idx[rows], exact),
+             "peak_gb": (_status_kb("VmHWM") - base_kb) / 1024**2,
+             "estimate_gb": knn.memory_estimate(method, n, d, k, ann=knn.AnnParams(pq_m=code)) / 1024**3})
+
+
+def budget_sweep(sizes: list[int], dims: list[int], method: str, knobs: tuple[int, ...], pq_m: int | None, k: int, n_check: int) -> None:
+    """Print the curve of one index (IVF-PQ by default) with the kNN layer's measured peak memory and its estimate."""
+    knob_name = "efSearch" if method == "hnsw" else "nprobe"
+    print(f"| n x d | index | build s (CPU s) | {knob_name} | recall@10 | graph search s, extrapolated (CPU s) | "
+          "whole graph: search s (CPU s), tuned knob, recall@10 | kNN peak GB measured (estimate) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    for n in sizes:
+        for d in dims:
+            r = _in_child(_budget_job, n, d, method, knobs, pq_m, k, n_check)
+            name = f"IVF-PQ {r['pq_m']} B/row, rerank 8" if method == "ivfpq" else method
+            whole = f"{r['graph']:.0f} ({r['graph_cpu']:.0f}), {r['knob']}, {r['recall']:.4f}"
+            for knob, recall, wall, cpu in r["curve"] or [("", float("nan"), 0.0, 0.0)]:
+                print(f"| {n:,} x {d} | {name} | {r['build']:.0f} ({r['build_cpu']:.0f}) | {knob} | {recall:.4f} | {wall:.0f} ({cpu:.0f}) | "
+                      f"{whole} | {r['peak_gb']:.3f} ({r['estimate_gb']:.3f}) |", flush=True)
+
+
 def sweep(sizes: list[int], dims: list[int], configs: list[tuple[int, int]], efs: tuple[int, ...], k: int, n_check: int) -> None:
     """Print the HNSW trade-off curve: build time, search time, recall@k and memory per (n, d, M, efConstruction, efSearch)."""
     for n in sizes:
@@ -183,8 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="HNSW trade-off curve instead: sizes x dims, e.g. '100000,300000x128,512'")
     ap.add_argument("--configs", default="32:64,32:160", help="with --sweep: M:efConstruction pairs")
     ap.add_argument("--efs", default="16,32,64,128,256,512", help="with --sweep: efSearch values")
+    ap.add_argument("--index", default="hnsw", choices=("hnsw", "ivfpq", "ivf", "exact"),
+                    help="with --sweep: hnsw = the HNSW build/search curve (--configs, --efs); ivfpq, ivf, exact (or hnsw with --peak) = "
+                         "one build per size with its --nprobes (--efs) curve, the whole graph and the measured peak memory against "
+                         "knn.memory_estimate")
+    ap.add_argument("--peak", action="store_true", help="with --sweep --index hnsw: the whole graph and its peak memory, as for ivfpq")
+    ap.add_argument("--nprobes", default="4,8,16,32,64", help="with --sweep --index ivfpq/ivf: nprobe values")
+    ap.add_argument("--pq-m", type=int, default=None, help="with --index ivfpq: code bytes per row (default knn.default_pq_m)")
     args = ap.parse_args(argv)
     k = args.k
+    if args.sweep and (args.index != "hnsw" or args.peak):
+        sizes, dims = (list(map(int, part.split(","))) for part in args.sweep.split("x"))
+        knobs = args.efs if args.index == "hnsw" else args.nprobes
+        budget_sweep(sizes, dims, args.index, tuple(map(int, knobs.split(","))), args.pq_m, k, args.check)
+        return 0
     if args.sweep:
         sizes, dims = (list(map(int, part.split(","))) for part in args.sweep.split("x"))
         configs = [tuple(map(int, c.split(":"))) for c in args.configs.split(",")]
