@@ -190,7 +190,7 @@ def _stream_rows(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, dest: 
             pick, at = keep[a:a + norm.block_rows], to[keep[a:a + norm.block_rows]]
             run = pick[-1] - pick[0] == pick.size - 1 and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
             src = block[:, pick[0]:pick[-1] + 1] if run else block[:, pick]
-            norm.add(np.ascontiguousarray(src.T, dtype=np.float64), slice(at[0], at[-1] + 1) if run else at)
+            norm.add(np.ascontiguousarray(src.T), slice(at[0], at[-1] + 1) if run else at)
         task.advance(e - s)
         s = e
 
@@ -216,8 +216,8 @@ def normalise_rows(p: np.ndarray, name: str, *, renormalize: bool = False, ids: 
     Returns
     -------
     ndarray of shape (n_samples, n_classes)
-        Each row divided by its sum (entries in [-1e-6, 0) clipped to 0 first), computed in
-        float64; float32 when ``p`` is float32 or narrower, else float64.
+        Each row rescaled by its sum (entries in [-1e-6, 0) clipped to 0 first; sums in
+        float64); float32 when ``p`` is float32 or narrower, else float64.
 
     >>> normalise_rows(np.array([[0.25, 0.75], [0.4998, 0.4998]]), "p").round(4).tolist()
     [[0.25, 0.75], [0.5, 0.5]]
@@ -248,22 +248,28 @@ class _Normaliser:
         self.block_rows = max(256, _CACHE_BYTES // max(1, 8 * k))
 
     def add(self, blk: np.ndarray, dst) -> None:
-        """Rows ``blk`` (any float dtype) go to ``out[dst]`` (a slice, or row positions)."""
-        blk = blk.astype(np.float64, copy=False)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = blk.sum(axis=1)
-            low = blk.min(axis=1) if blk.shape[1] else np.zeros(len(blk))
+        """Rows ``blk`` (any float dtype) go to ``out[dst]`` (a slice, or row positions).
+
+        Sums are accumulated in float64 whatever the input; a float32 block is rescaled in float32
+        (by its row's float64 reciprocal, within one float32 rounding of the exact quotient).
+        """
+        if blk.dtype != self.out.dtype:
+            blk = blk.astype(self.out.dtype)
+        s = blk.sum(axis=1, dtype=np.float64)
+        low = np.zeros(len(blk))
+        if blk.size and blk.min() < 0:  # only then per row: the check and the clip need it
+            low = blk.min(axis=1).astype(np.float64)
             neg = np.flatnonzero((low < 0) & (low >= -1e-6))
             if neg.size:  # rounding below zero: clip those rows, and re-sum them
                 blk = blk.copy()
                 blk[neg] = np.clip(blk[neg], 0, None)
-                s[neg] = blk[neg].sum(axis=1)
-            if self.out.dtype == np.float64 and isinstance(dst, slice):
-                np.divide(blk, s[:, None], out=self.out[dst])
-            else:  # in place (blk is a scratch block here or a copy), then stored at the file's precision
-                blk = blk if blk.flags.writeable and blk.base is None else blk.copy()
-                np.divide(blk, s[:, None], out=blk)
-                self.out[dst] = blk
+                s[neg] = blk[neg].sum(axis=1, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            scale = (1.0 / s).astype(blk.dtype)[:, None]
+            if isinstance(dst, slice):
+                np.multiply(blk, scale, out=self.out[dst])
+            else:
+                self.out[dst] = blk * scale
         bad = ~np.isfinite(s)  # a finite row sum means every entry is finite (NaN and inf propagate), or an overflow
         if bad.any():
             self.nonfinite[np.arange(self.out.shape[0])[dst][bad]] = ~np.isfinite(blk[bad]).all(axis=1)
