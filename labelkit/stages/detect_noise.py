@@ -28,7 +28,7 @@ from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.pred_probs import read_pred_probs
-from labelkit.stages import _multilabel, _runner
+from labelkit.stages import _runner
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._knn import knn_graph
 from labelkit.stages._runner import Job, Stage
@@ -78,7 +78,9 @@ def _explain(job: Job, reason: str) -> str:
 
 
 def _build(job: Job) -> dict[str, Any]:
-    if _multilabel.is_multilabel(job.samples):  # issue 16: label sets, one-vs-rest
+    if job.samples.task == "multi-label":  # issue 16: label sets, one-vs-rest
+        from labelkit.stages import _multilabel  # imported here: the teacher's stack costs --pred-probs 0.35 s at start
+
         return _multilabel.build_label_issues(job)
     return _detect(job.ctx, job.cfg, job.samples, job.state["dyn_path"])
 
