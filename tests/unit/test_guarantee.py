@@ -218,3 +218,20 @@ def test_accept_pseudolabels_without_labeled_references_judges_nothing_novel(rng
                             reject_novel=True, novelty_rate=0.05)
     assert np.isnan(a.novelty).all() and not a.novel.any() and np.isnan(a.novelty_threshold) and a.n_reference == 0
     assert a.accepted.tolist() == [True, False] * 3 and a.reason.tolist() == [None, "below_threshold"] * 3
+
+
+def test_fractional_pool_bound_is_hoeffdings_relative_entropy_quantile(rng):
+    """Issue 19 (multi-label --max-error): the pool's bound for losses in [0, 1] solves
+    m KL(q || u) = log(1 / delta), never above Hoeffding's additive u + sqrt(log(1/delta) / 2m)."""
+    from labelkit.guarantee import _chernoff_quantile
+
+    m, u = np.array([50.0, 200.0, 1000.0]), np.array([0.02, 0.02, 0.1])
+    q = _chernoff_quantile(m, u, 0.05)
+    kl = q * np.log(q / u) + (1 - q) * np.log((1 - q) / (1 - u))
+    np.testing.assert_allclose(np.exp(-m * kl), 0.05, rtol=1e-6)
+    additive = u + np.sqrt(np.log(1 / 0.05) / (2 * m))
+    assert (q < additive).all() and q[0] < additive[0] - 0.08  # far tighter for small u
+    assert _chernoff_quantile(200.0, 0.0, 0.05) == 0.0 and _chernoff_quantile(200.0, 1.0, 0.05) == 1.0  # no loss / every loss
+    # Valid: the mean of 200 losses in {0, 0.5, 1} with expectation 0.02 exceeds it at most 5% of draws.
+    draws = rng.choice([0.0, 0.5, 1.0], p=[0.97, 0.02, 0.01], size=(4000, 200)).mean(axis=1)
+    assert (draws > _chernoff_quantile(200.0, 0.02, 0.05)).mean() <= 0.05
