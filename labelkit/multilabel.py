@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # torch is imported where a head is fitted: the stages import
 
 __all__ = ["HeadConfig", "C_GRID", "sigmoid_heads_probs", "cross_val_multilabel_probs", "Thresholds",
            "choose_thresholds", "label_sets", "MultilabelPseudolabels", "multilabel_pseudolabels",
-           "multilabel_label_issues", "class_prototypes"]
+           "multilabel_label_issues", "class_prototypes", "unlabeled_folds", "jaccard_distance", "set_confidence",
+           "certify_label_sets"]
 
 #: L2 strengths tried by :func:`cross_val_multilabel_probs` when ``C`` is not given (the one with
 #: the lowest held-out binary cross-entropy is kept).
@@ -126,14 +127,29 @@ def _folds(n: int, n_folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % n_folds
 
 
-def _cross_val_impl(x, y, w, labeled: np.ndarray, n_folds: int, seed: int, config: HeadConfig) -> np.ndarray:
-    """Held-out probabilities of the labeled rows (each from the heads fitted without its fold)."""
+def unlabeled_folds(n: int, n_folds: int, seed: int) -> np.ndarray:
+    """The fold whose heads score each of ``n`` unlabeled rows: one each, uniformly at random
+    (a stream of its own, seeded by ``seed``), as each labeled row is scored by one fold's heads."""
+    return np.random.default_rng([seed, 1]).integers(0, n_folds, size=n)
+
+
+def _cross_val_impl(x, y, w, labeled: np.ndarray, n_folds: int, seed: int, config: HeadConfig,
+                    extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out probabilities of the labeled rows (each from the heads fitted without its fold),
+    and of the ``extra`` rows, each from the heads of its fold (:func:`unlabeled_folds`)."""
     out = np.zeros((labeled.size, y.shape[1]), dtype=np.float32)
+    extra = np.zeros(0, np.int64) if extra is None else extra
+    out_extra = np.zeros((extra.size, y.shape[1]), dtype=np.float32)
     fold = _folds(labeled.size, n_folds, seed)
+    extra_fold = unlabeled_folds(extra.size, n_folds, seed)
     for f in range(n_folds):
         tr, te = labeled[fold != f], np.flatnonzero(fold == f)
-        _predict(_fit_on(x, y, w, tr, config), x, labeled[te], out, te)
-    return out
+        heads = _fit_on(x, y, w, tr, config)
+        _predict(heads, x, labeled[te], out, te)
+        mine = np.flatnonzero(extra_fold == f)
+        if mine.size:
+            _predict(heads, x, extra[mine], out_extra, mine)
+    return out, out_extra
 
 
 def _bce(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
@@ -150,13 +166,17 @@ def cross_val_multilabel_probs(
     seed: int = 0,
     C: float | None = None,
     weights=None,
+    unlabeled_by_fold: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Out-of-sample per-class probabilities from one-vs-rest logistic heads.
 
     Each labeled row's probabilities come from heads fitted on the other folds (what confident
     learning and the threshold choice need); unlabeled rows get the heads fitted on every labeled
-    row. ``C=None`` tries :data:`C_GRID` and keeps the strength with the lowest held-out binary
-    cross-entropy on the given labels.
+    row, or, with ``unlabeled_by_fold``, the heads of one fold each, chosen at random
+    (:func:`unlabeled_folds`): scored exactly as a held-out row of that fold is, so the two are
+    exchangeable (what an error guarantee certified on the held-out rows needs,
+    :mod:`labelkit.guarantee`). ``C=None`` tries :data:`C_GRID` and keeps the strength with the
+    lowest held-out binary cross-entropy on the given labels.
 
     Parameters
     ----------
@@ -171,6 +191,8 @@ def cross_val_multilabel_probs(
     weights : ndarray of shape (n_samples, n_classes), default=None
         Weight of each (sample, class) label in the fits (0 = do not trust it); the held-out
         probabilities of every labeled row are returned whatever its weights.
+    unlabeled_by_fold : bool, default=False
+        Score each unlabeled row by one fold's heads instead of the heads fitted on every label.
 
     Returns
     -------
@@ -209,17 +231,20 @@ def cross_val_multilabel_probs(
         HeadConfig(C=C)  # validates
     xt, yt, wt = _tensors(x, y, weights)
     grid = C_GRID if C is None else (float(C),)
+    unl = np.flatnonzero(y[:, 0] < 0)
+    extra = unl if unlabeled_by_fold else None
     best = None
     for c in grid:
-        held = _cross_val_impl(xt, yt, wt, labeled, n_folds, seed, HeadConfig(C=c))
+        held, held_extra = _cross_val_impl(xt, yt, wt, labeled, n_folds, seed, HeadConfig(C=c), extra)
         loss = _bce(held, np.clip(y[labeled], 0, 1), None if weights is None else weights[labeled])
         if best is None or loss < best[0]:
-            best = (loss, c, held)
-    _, c, held = best
+            best = (loss, c, held, held_extra)
+    _, c, held, held_extra = best
     out = np.zeros(y.shape, dtype=np.float32)
     out[labeled] = held
-    unl = np.flatnonzero(y[:, 0] < 0)
-    if unl.size:
+    if unlabeled_by_fold:
+        out[unl] = held_extra
+    elif unl.size:
         _predict(_fit_on(xt, yt, wt, labeled, HeadConfig(C=c)), xt, unl, out, unl)
     return out, c
 
@@ -379,9 +404,11 @@ class MultilabelPseudolabels:
     """Output of :func:`multilabel_pseudolabels`.
 
     Attributes: ``probs`` (N, K) float32, held-out for labeled rows and from the heads fitted on
-    every trusted label for unlabeled rows; ``label_sets`` (N, K) bool, probs >= thresholds;
-    ``accepted`` (N,) bool, every class in the sample's set has a threshold that reached the
-    target precision (all True without a target); ``thresholds`` :class:`Thresholds`; ``C``.
+    every trusted label for unlabeled rows (or, when ``fold_scored``, from one fold's heads each);
+    ``label_sets`` (N, K) bool, probs >= thresholds; ``accepted`` (N,) bool, every class in the
+    sample's set has a threshold that reached the target precision (all True without a target);
+    ``thresholds`` :class:`Thresholds`; ``C``; ``fold_scored`` (bool) the unlabeled rows were
+    scored like held-out rows (``unlabeled_by_fold``).
     """
 
     probs: np.ndarray
@@ -389,10 +416,12 @@ class MultilabelPseudolabels:
     accepted: np.ndarray
     thresholds: Thresholds
     C: float
+    fold_scored: bool = False
 
 
 def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision: float | None = None,
-                            n_folds: int = 5, seed: int = 0, C: float | None = None) -> MultilabelPseudolabels:
+                            n_folds: int = 5, seed: int = 0, C: float | None = None,
+                            unlabeled_by_fold: bool = False) -> MultilabelPseudolabels:
     """Label sets with per-class probabilities for every sample, from one-vs-rest heads.
 
     The heads are fitted on the labeled rows, each (sample, class) label weighted by ``trust``
@@ -409,8 +438,9 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
     trust : ndarray of shape (n_samples, n_classes), default=None
         In [0, 1]: the weight of each given label in the fits (detect-noise's doubted labels: 0).
     target_precision : float, default=None
-    n_folds, seed, C
-        As in :func:`cross_val_multilabel_probs`.
+    n_folds, seed, C, unlabeled_by_fold
+        As in :func:`cross_val_multilabel_probs` (``unlabeled_by_fold`` for
+        :func:`certify_label_sets`).
 
     Returns
     -------
@@ -429,14 +459,134 @@ def multilabel_pseudolabels(embeddings, labels, *, trust=None, target_precision:
         if t.shape != y.shape or not np.all((t >= 0) & (t <= 1)):
             raise BadInputError(f"'trust' must be an array of shape {y.shape} with values in [0, 1].")
         weights = np.where(y >= 0, t, 1.0)
-    probs, c = cross_val_multilabel_probs(embeddings, y, n_folds=n_folds, seed=seed, C=C, weights=weights)
+    probs, c = cross_val_multilabel_probs(embeddings, y, n_folds=n_folds, seed=seed, C=C, weights=weights,
+                                          unlabeled_by_fold=unlabeled_by_fold)
     labeled = y[:, 0] >= 0
     # Precision against the given labels as they are: correcting the doubted ones with the same
     # model's probabilities made every class reach even 0.99 (the check agreed with itself).
     thr = choose_thresholds(y[labeled], probs[labeled], target_precision=target_precision)
     sets = label_sets(probs, thr.value)
     accepted = ~(sets & ~thr.reached[None, :]).any(axis=1)
-    return MultilabelPseudolabels(probs, sets, accepted, thr, c)
+    return MultilabelPseudolabels(probs, sets, accepted, thr, c, bool(unlabeled_by_fold))
+
+
+# ----------------------------------------------------------------------------- the error guarantee
+
+
+def jaccard_distance(predicted, given) -> np.ndarray:
+    """Per sample, the share of wrong labels: ``|A xor B| / |A or B|`` of the predicted set A and
+    the given set B (0 when both are empty, 1 when they share no class).
+
+    Parameters
+    ----------
+    predicted, given : ndarray of shape (n_samples, n_classes), bool or 0/1
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), float64, in [0, 1]
+
+    Examples
+    --------
+    >>> jaccard_distance(np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]]), np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0]])).tolist()
+    [0.5, 0.0, 1.0]
+    """
+    a, b = np.asarray(predicted).astype(bool), np.asarray(given).astype(bool)
+    if a.shape != b.shape or a.ndim != 2:
+        raise BadInputError(f"'predicted' and 'given' must be 2-D of the same shape. Got {a.shape} and {b.shape} instead.")
+    union = (a | b).sum(axis=1)
+    return np.where(union > 0, (a ^ b).sum(axis=1) / np.maximum(union, 1), 0.0)
+
+
+def set_confidence(probs, sets) -> np.ndarray:
+    """Per sample, the probability that its whole label set is right when the classes are
+    independent given the sample: ``prod_k (p_k if k in the set else 1 - p_k)``.
+
+    It is the probability that the Jaccard distance is 0, so ``1 - set_confidence`` bounds the
+    expected Jaccard distance (the loss is at most 1): ranking by it puts the sets likely to
+    carry no wrong label first.
+
+    Parameters
+    ----------
+    probs : ndarray of shape (n_samples, n_classes)
+    sets : ndarray of shape (n_samples, n_classes), bool
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), float64, in [0, 1]
+
+    Examples
+    --------
+    >>> set_confidence(np.array([[0.9, 0.2], [0.5, 0.5]]), np.array([[True, False], [False, False]])).round(3).tolist()
+    [0.72, 0.25]
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    s = np.asarray(sets, dtype=bool)
+    if p.shape != s.shape or p.ndim != 2:
+        raise BadInputError(f"'probs' and 'sets' must be 2-D of the same shape. Got {p.shape} and {s.shape} instead.")
+    with np.errstate(divide="ignore"):  # a factor of 0 gives log 0 = -inf, exp(-inf) = 0
+        return np.exp(np.log(np.where(s, p, 1.0 - p)).sum(axis=1))
+
+
+def certify_label_sets(labels, result: MultilabelPseudolabels, rows, *, max_error: float, error_confidence: float):
+    """Which label sets of ``rows`` to accept so that, with confidence ``error_confidence``, their
+    mean Jaccard distance to the truth (the share of wrong labels) is at most ``max_error``.
+
+    Learn then Test on the labeled rows (each scored by heads fitted without its fold): score
+    :func:`set_confidence` of its set, loss :func:`jaccard_distance` to its given set; then
+    :func:`labelkit.guarantee.certify_threshold` with ``pool`` the unlabeled rows' scores, so the
+    bound is on the realised error of the sets accepted among ``rows``. Needs ``result`` made with
+    ``unlabeled_by_fold=True``: then each unlabeled row is scored as a held-out row of a random
+    fold is, and the two are exchangeable. Per-class thresholds are those of ``result``: the
+    expected-F1 peak reads no label, so no row's own label chooses its cut.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples, n_classes)
+        0/1 indicator matrix; rows of -1 are unlabeled.
+    result : MultilabelPseudolabels
+        From :func:`multilabel_pseudolabels` with ``unlabeled_by_fold=True``.
+    rows : ndarray of int
+        The unlabeled rows to decide for.
+    max_error : float
+        In (0, 1).
+    error_confidence : float
+        In (0, 1): ``1 - delta``.
+
+    Returns
+    -------
+    accepted : ndarray of shape (n_rows,), bool
+    reason : ndarray of shape (n_rows,), object
+        None when accepted, else ``"below_threshold"`` or ``"uncertified"``.
+    scores : ndarray of shape (n_rows,), float64
+        :func:`set_confidence` of each row's set (accepted when at least the certified threshold).
+    certificate : labelkit.guarantee.Certificate
+
+    References
+    ----------
+    Angelopoulos et al., "Learn then Test", 2021; Bates et al., JACM 2021 (Hoeffding-Bentkus for
+    fractional losses).
+    """
+    from labelkit import guarantee
+
+    y = check_multilabels(labels)
+    if y.shape != result.probs.shape:
+        raise BadInputError(f"'labels' must have the shape of the result's probabilities {result.probs.shape}. Got {y.shape} instead.")
+    if not result.fold_scored:
+        raise BadInputError("certify_label_sets needs the unlabeled rows scored like held-out rows: "
+                            "call multilabel_pseudolabels(..., unlabeled_by_fold=True)")
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (y[rows, 0] >= 0).any():
+        raise BadInputError("'rows' must be rows of unlabeled samples.")
+    if not 0 < error_confidence < 1:
+        raise BadInputError(f"'error_confidence' must be in (0, 1). Got {error_confidence!r} instead.")
+    held = np.flatnonzero(y[:, 0] >= 0)
+    h_scores = set_confidence(result.probs[held], result.label_sets[held])
+    losses = jaccard_distance(result.label_sets[held], y[held] == 1)
+    scores = set_confidence(result.probs[rows], result.label_sets[rows])
+    cert = guarantee.certify_threshold(h_scores, losses, target=max_error, delta=1.0 - error_confidence, pool=scores)
+    none = np.zeros(rows.size, bool)
+    accepted, reason = guarantee.acceptance(scores, none, none, reject_novel=False, certificate=cert)
+    return accepted, reason, scores, cert
 
 
 def multilabel_label_issues(embeddings, labels, *, n_folds: int = 5, seed: int = 0, C: float | None = None,

@@ -102,6 +102,91 @@ def test_label_issues_find_flipped_labels():
     assert issues.is_issue.sum() < 60
 
 
+def test_jaccard_distance_is_the_share_of_wrong_labels():
+    pred = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=bool)
+    given = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 0]])
+    # {a,b} vs {a}: 1 of 2; both empty: 0; disjoint: 1; {a,b,c} vs {a,b,d}: 2 of 4; {} vs {c}: 1
+    assert ml.jaccard_distance(pred, given).tolist() == [0.5, 0.0, 1.0, 0.5, 1.0]
+
+
+def test_set_confidence_is_the_probability_of_the_whole_set():
+    p = np.array([[0.9, 0.2, 0.5], [0.9, 0.2, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 0.3]])
+    sets = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)
+    # .9 * .8 * .5, .9 * .2 * .5, certain, a class of probability 0 in the set
+    np.testing.assert_allclose(ml.set_confidence(p, sets), [0.36, 0.09, 1.0, 0.0], atol=1e-12)
+    # a bound on the expected Jaccard distance: 1 - score >= E[loss] (loss <= 1, 0 when the set is right)
+    rng = np.random.default_rng(0)
+    truth = rng.random((20000, 3)) < p[0]
+    assert ml.jaccard_distance(np.tile(sets[0], (20000, 1)), truth).mean() <= 1 - 0.36
+
+
+def test_unlabeled_by_fold_scores_each_unlabeled_row_by_exactly_one_folds_heads():
+    x, y = _blobs(6, n=150)
+    y[-50:] = -1
+    p, c = ml.cross_val_multilabel_probs(x, y, n_folds=3, seed=2, C=1.0, unlabeled_by_fold=True)
+    unl, labeled = np.arange(100, 150), np.arange(100)
+    fold_of = ml.unlabeled_folds(50, 3, 2)
+    assert set(fold_of.tolist()) == {0, 1, 2} and fold_of.tolist() == ml.unlabeled_folds(50, 3, 2).tolist()
+    lab_fold = ml._folds(100, 3, 2)
+    xt, yt, wt = ml._tensors(x, y, None)
+    by_fold = np.zeros((3, 50, 2), np.float32)
+    for f in range(3):  # each fold's heads, fitted as the cross-validation fits them
+        ml._predict(ml._fit_on(xt, yt, wt, labeled[lab_fold != f], ml.HeadConfig(C=1.0)), xt, unl, by_fold[f], np.arange(50))
+    match = np.isclose(p[unl][None], by_fold, atol=1e-6).all(axis=2)  # (fold, row): equals that fold's prediction
+    assert (match.argmax(axis=0) == fold_of).all() and match[fold_of, np.arange(50)].all()
+    assert not np.allclose(p[unl], ml.sigmoid_heads_probs(x, y, rows=unl, C=1.0), atol=1e-3)  # not the fit on every label
+
+
+def _calibrated(rng, n: int, k: int = 3, a: float = 0.1):
+    """Per-class probabilities Beta(a, a) (mostly near 0 or 1), the truth drawn from them: calibrated, independent."""
+    p = rng.beta(a, a, (n, k))
+    return p, (rng.random((n, k)) < p).astype(np.int8)
+
+
+def test_certified_label_sets_keep_their_error_at_the_stated_rate():
+    # Calibrated independent classes: held-out rows and the pool drawn alike, as unlabeled_by_fold
+    # makes them. The realised mean Jaccard distance of the accepted pool may exceed the target
+    # in at most delta = 10% of the draws (0 of 100 with these settings; 30 here for time).
+    rng = np.random.default_rng(0)
+    violations = certified = 0
+    draws = 30
+    for _ in range(draws):
+        p, truth = _calibrated(rng, 2000)
+        given = truth.copy()
+        given[1000:] = -1
+        sets = p >= 0.5
+        r = ml.MultilabelPseudolabels(p.astype(np.float32), sets, np.ones(2000, bool), None, 1.0, fold_scored=True)
+        rows = np.arange(1000, 2000)
+        acc, reason, scores, cert = ml.certify_label_sets(given, r, rows, max_error=0.1, error_confidence=0.9)
+        assert cert.method == "hoeffding_bentkus"  # fractional losses
+        np.testing.assert_allclose(scores, ml.set_confidence(p[rows].astype(np.float32), sets[rows]))
+        if cert.certified:
+            certified += 1
+            assert acc.tolist() == (scores >= cert.threshold).tolist() and 0 < acc.sum() < 1000
+            assert set(reason[~acc]) <= {"below_threshold"} and all(v is None for v in reason[acc])
+            violations += ml.jaccard_distance(sets[rows][acc], truth[rows][acc]).mean() > 0.1
+        else:
+            assert not acc.any() and set(reason) == {"uncertified"}
+    assert certified >= 0.9 * draws
+    assert violations <= 0.1 * draws
+
+
+def test_certify_label_sets_refuses_rows_scored_by_the_final_fit_and_impossible_targets_accept_nothing():
+    rng = np.random.default_rng(1)
+    p, truth = _calibrated(rng, 300)
+    given = truth.copy()
+    given[200:] = -1
+    r = ml.MultilabelPseudolabels(p.astype(np.float32), p >= 0.5, np.ones(300, bool), None, 1.0)
+    with pytest.raises(BadInputError, match="unlabeled_by_fold=True"):
+        ml.certify_label_sets(given, r, np.arange(200, 300), max_error=0.1, error_confidence=0.9)
+    r = ml.MultilabelPseudolabels(p.astype(np.float32), p >= 0.5, np.ones(300, bool), None, 1.0, fold_scored=True)
+    with pytest.raises(BadInputError, match="rows of unlabeled samples"):
+        ml.certify_label_sets(given, r, np.arange(100, 300), max_error=0.1, error_confidence=0.9)
+    acc, reason, _, cert = ml.certify_label_sets(given, r, np.arange(200, 300), max_error=0.001, error_confidence=0.9)
+    assert not cert.certified and not acc.any() and set(reason) == {"uncertified"}
+    assert cert.best_bound > 0.001 and cert.n_calibration == 200
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: ml.cross_val_multilabel_probs(np.ones((3, 2)), np.ones((3, 2)), n_folds=5), "at least n_folds=5 labeled rows"),
     (lambda: ml.cross_val_multilabel_probs(np.ones((3, 2)), np.ones((2, 2))), "one row per embedding"),
