@@ -267,6 +267,7 @@ class DetectNoiseConfig(StageConfig):
     device: str = _device()
     engine: Literal["local", "ray"] = _engine()
     ray_address: str | None = _ray_address()
+    memory_budget: MemoryBudget = _memory_budget()
     fail_above: float | None = option(None, "exit with code 3 when the estimated label-issue rate is above this fraction (for CI)", ge=0, le=1)
     export_review: str | None = option(None, "write a CSV review queue for annotators here, most useful first")
     top: int = option(10, "issues listed in the printed summary", ge=0)

@@ -23,14 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit import artifacts, cartography, evidence, probability_sources, review
-from labelkit.config import DetectNoiseConfig
+from labelkit.config import DetectNoiseConfig, byte_size
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
 from labelkit.pred_probs import read_pred_probs
 from labelkit.stages import _runner
 from labelkit.stages._common import RunContext, StageResult, input_warnings
-from labelkit.stages._knn import knn_graph
+from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
@@ -139,7 +139,8 @@ def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: n
         raise BadInputError(f"{STAGE} needs at least 2 labeled samples with embeddings; found {len(rows)}")
     # The graph among the labeled rows (Sources.graph) serves the kNN vote and the duplicates; the
     # cached graph of every sample, the outliers and the propagation.
-    full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress, engine=cfg.engine, ray_address=cfg.ray_address)
+    full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress, engine=cfg.engine, ray_address=cfg.ray_address,
+                     memory_budget=byte_size(cfg.memory_budget))
     emb_labels = np.full(len(vecs), -1, dtype=np.int64)
     emb_labels[pos[rows]] = codes[rows]
 
@@ -207,8 +208,12 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     summary["flag_consensus"] = None if j.consensus is None else round(j.consensus, 4)
     summary["weak_evidence"] = j.weak
     summary["n_label_candidates"] = j.n_candidates
+    knn_info = None if cfg.pred_probs is not None else graph_info(ctx.ws)  # the index used and why (--memory-budget)
+    if knn_info is not None:
+        summary["knn"] = knn_info
     summary["warnings"] = input_warnings(samples, review.warnings(summary, review_budget=cfg.review_budget, user_probs=cfg.pred_probs is not None,
-                                                                  n_classes=len(np.unique(labels)), n_candidates=j.n_candidates))
+                                                                  n_classes=len(np.unique(labels)), n_candidates=j.n_candidates)
+                                         + (recall_warnings(knn_info) if knn_info is not None else []))
     est = j.cl.estimates
     meta = {
         "classes": classes, "params": cfg.result_params(), "probs": ev["choice"]["chosen"], "summary": summary,

@@ -71,3 +71,19 @@ def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
     assert "--memory-budget: must be a size such as 8GB, 500MB or 1.5GiB, or 0 for no budget. Got '8 apples' instead." in bad.stderr
     neg = runner.invoke(app, ["run", str(digits), "--memory-budget", "-1GB"])
     assert neg.exit_code == 2 and "--memory-budget: must be a size" in neg.stderr
+
+
+def test_detect_noise_takes_the_budget_and_reuses_the_graph_it_gave(runner, tmp_path):
+    data = _vectors(tmp_path / "vectors")
+    budget = (knn.memory_estimate("ivfpq", 5_000, 32, 10) + knn.memory_estimate("exact", 5_000, 32, 10)) // 2
+    first = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--json"])
+    assert first.exit_code == 0, first.output
+    built = json.loads(first.stdout)["knn"]
+    r = runner.invoke(app, ["detect-noise", str(data), "--memory-budget", str(budget), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["knn"] == built and out["knn"]["method"] == "ivfpq"  # the cached IVF-PQ graph, not one rebuilt by size
+    # without the budget detect-noise asks for another graph: rebuilt by size, and said
+    free = runner.invoke(app, ["detect-noise", str(data), "--json", "--force"])
+    assert free.exit_code == 0, free.output
+    assert json.loads(free.stdout)["knn"]["method"] == "exact"
