@@ -498,12 +498,16 @@ def jaccard_distance(predicted, given) -> np.ndarray:
 
 
 def set_confidence(probs, sets) -> np.ndarray:
-    """Per sample, the probability that its whole label set is right when the classes are
-    independent given the sample: ``prod_k (p_k if k in the set else 1 - p_k)``.
+    """Per sample, one minus the expected Jaccard distance of its label set to the truth, the
+    classes drawn independently with the given probabilities: the expected share of right labels.
 
-    It is the probability that the Jaccard distance is 0, so ``1 - set_confidence`` bounds the
-    expected Jaccard distance (the loss is at most 1): ranking by it puts the sets likely to
-    carry no wrong label first.
+    With calibrated, independent probabilities it is the expectation of ``1 - loss`` for the very
+    loss the guarantee bounds, so ranking by it accepts first the sets expected to carry the
+    fewest wrong labels. (The probability that the whole set is right ranks an empty set among
+    small probabilities first, though one missed class makes its loss 1.) Exact: with ``a`` the
+    set's size, ``X`` the set's classes the truth carries and ``Y`` the others it carries (two
+    independent Poisson-binomial counts, by dynamic programming over the classes), the distance
+    is ``(a - X + Y) / (a + Y)``, 0 when ``a + Y = 0``; O(n_samples * n_classes^2).
 
     Parameters
     ----------
@@ -516,15 +520,44 @@ def set_confidence(probs, sets) -> np.ndarray:
 
     Examples
     --------
-    >>> set_confidence(np.array([[0.9, 0.2], [0.5, 0.5]]), np.array([[True, False], [False, False]])).round(3).tolist()
-    [0.72, 0.25]
+    >>> set_confidence(np.array([[0.9], [0.8]]), np.array([[True], [False]])).round(3).tolist()
+    [0.9, 0.2]
+    >>> set_confidence(np.array([[0.8, 0.3], [0.1, 0.2]]), np.array([[True, False], [False, False]])).round(3).tolist()
+    [0.68, 0.72]
     """
     p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
     s = np.asarray(sets, dtype=bool)
     if p.shape != s.shape or p.ndim != 2:
         raise BadInputError(f"'probs' and 'sets' must be 2-D of the same shape. Got {p.shape} and {s.shape} instead.")
-    with np.errstate(divide="ignore"):  # a factor of 0 gives log 0 = -inf, exp(-inf) = 0
-        return np.exp(np.log(np.where(s, p, 1.0 - p)).sum(axis=1))
+    out = np.empty(p.shape[0], dtype=np.float64)
+    step = max(1, 2_000_000 // max(1, (p.shape[1] + 1) ** 2))  # rows a chunk: (rows, K + 1) arrays, K + 1 of them
+    for lo in range(0, p.shape[0], step):
+        out[lo:lo + step] = 1.0 - _expected_jaccard(p[lo:lo + step], s[lo:lo + step])
+    return out
+
+
+def _poisson_binomial(q: np.ndarray) -> np.ndarray:
+    """(n, K + 1) pmf of the number of successes of K independent Bernoulli(q[:, k]) per row."""
+    n, k = q.shape
+    pmf = np.zeros((n, k + 1))
+    pmf[:, 0] = 1.0
+    for j in range(k):
+        pmf[:, 1:] = pmf[:, 1:] * (1 - q[:, j:j + 1]) + pmf[:, :-1] * q[:, j:j + 1]
+        pmf[:, 0] *= 1 - q[:, j]
+    return pmf
+
+
+def _expected_jaccard(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """E[(a - X + Y) / (a + Y)] (0 when a + Y = 0) for X, Y the truth's classes inside and outside the set."""
+    a = s.sum(axis=1).astype(np.float64)[:, None]
+    px, py = _poisson_binomial(np.where(s, p, 0.0)), _poisson_binomial(np.where(s, 0.0, p))
+    x = np.arange(p.shape[1] + 1, dtype=np.float64)[None, :]
+    e = np.zeros(p.shape[0])
+    for y in range(p.shape[1] + 1):
+        denom = a + y
+        dist = np.where(denom > 0, np.maximum(a - x + y, 0.0) / np.maximum(denom, 1.0), 0.0)  # x > a has no mass
+        e += py[:, y] * (px * dist).sum(axis=1)
+    return np.clip(e, 0.0, 1.0)
 
 
 def certify_label_sets(labels, result: MultilabelPseudolabels, rows, *, max_error: float, error_confidence: float):
@@ -532,7 +565,8 @@ def certify_label_sets(labels, result: MultilabelPseudolabels, rows, *, max_erro
     mean Jaccard distance to the truth (the share of wrong labels) is at most ``max_error``.
 
     Learn then Test on the labeled rows (each scored by heads fitted without its fold): score
-    :func:`set_confidence` of its set, loss :func:`jaccard_distance` to its given set; then
+    :func:`set_confidence` of its set (the expected share of right labels), loss
+    :func:`jaccard_distance` to its given set; then
     :func:`labelkit.guarantee.certify_threshold` with ``pool`` the unlabeled rows' scores, so the
     bound is on the realised error of the sets accepted among ``rows``. Needs ``result`` made with
     ``unlabeled_by_fold=True``: then each unlabeled row is scored as a held-out row of a random

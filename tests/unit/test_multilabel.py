@@ -109,15 +109,25 @@ def test_jaccard_distance_is_the_share_of_wrong_labels():
     assert ml.jaccard_distance(pred, given).tolist() == [0.5, 0.0, 1.0, 0.5, 1.0]
 
 
-def test_set_confidence_is_the_probability_of_the_whole_set():
-    p = np.array([[0.9, 0.2, 0.5], [0.9, 0.2, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 0.3]])
-    sets = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)
-    # .9 * .8 * .5, .9 * .2 * .5, certain, a class of probability 0 in the set
-    np.testing.assert_allclose(ml.set_confidence(p, sets), [0.36, 0.09, 1.0, 0.0], atol=1e-12)
-    # a bound on the expected Jaccard distance: 1 - score >= E[loss] (loss <= 1, 0 when the set is right)
+def test_set_confidence_is_one_minus_the_expected_jaccard_distance():
+    import itertools
+
+    p = np.array([[0.8, 0.3], [0.1, 0.2], [1.0, 0.0], [0.5, 0.5]])
+    sets = np.array([[1, 0], [0, 0], [1, 0], [1, 1]], dtype=bool)
+    # {a} with p (.8, .3): wrong when a is missing (.2, loss 1), half wrong when b is added (.8 * .3 * .5):
+    # E = .32; {} with (.1, .2): loss 1 unless the truth is empty (.72); certain; {a,b} at .5: E = 1/4 + 1/4 * 1 = .5
+    np.testing.assert_allclose(ml.set_confidence(p, sets), [0.68, 0.72, 1.0, 0.5], atol=1e-12)
+    # closed-form oracle: enumerate every truth of 5 classes
     rng = np.random.default_rng(0)
-    truth = rng.random((20000, 3)) < p[0]
-    assert ml.jaccard_distance(np.tile(sets[0], (20000, 1)), truth).mean() <= 1 - 0.36
+    p = rng.random((6, 5))
+    sets = rng.random((6, 5)) < 0.5
+    sets[0] = False
+    want = np.zeros(6)
+    for truth in itertools.product([0, 1], repeat=5):
+        t = np.array(truth, dtype=bool)
+        w = np.where(t, p, 1 - p).prod(axis=1)
+        want += w * ml.jaccard_distance(sets, np.tile(t, (6, 1)))
+    np.testing.assert_allclose(ml.set_confidence(p, sets), 1 - want, atol=1e-12)
 
 
 def test_unlabeled_by_fold_scores_each_unlabeled_row_by_exactly_one_folds_heads():
