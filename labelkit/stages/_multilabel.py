@@ -17,7 +17,9 @@ import pyarrow as pa
 from labelkit import artifacts
 from labelkit import multilabel as ml
 from labelkit.errors import BadInputError
+from labelkit.guarantee import BELOW_THRESHOLD, UNCERTIFIED
 from labelkit.stages._common import input_warnings
+from labelkit.stages._guarantee import guarantee_summary, uncertified_warning
 from labelkit.stages._inputs import read_embeddings
 
 TASK = "multi-label"
@@ -97,18 +99,28 @@ def build_pseudolabels(job) -> dict[str, Any]:
     _check_labeled("pseudolabel", y, len(ids))
     if _labeled_count(y) < 5:
         raise BadInputError(f"pseudolabel on multi-label data needs at least 5 labeled samples for its held-out folds. Got {_labeled_count(y)} instead.")
-    target = cfg.target_precision
+    target, guaranteed = cfg.target_precision, cfg.max_error is not None
+    if guaranteed and target is not None:
+        raise BadInputError("--max-error and --target-precision on multi-label data: choose one (--max-error certifies the "
+                            "label sets cut at the expected-F1 peak, whose cut reads no label; --target-precision's cut reads "
+                            "the held-out labels the certificate is made on)")
     # The labels one-vs-rest confident learning doubts get no weight in the heads (and count as
     # corrected when the thresholds are chosen): benchmarks/multilabel.py measures this default.
     issues, _, c = ml.multilabel_label_issues(vecs, y, seed=0)
     doubted = issues.to_add | issues.to_remove
-    r = ml.multilabel_pseudolabels(vecs, y, trust=np.where(doubted, 0.0, 1.0), target_precision=target, seed=0, C=c)
+    # --max-error: each unlabeled row scored by one fold's heads, as a held-out row (labelkit.guarantee).
+    r = ml.multilabel_pseudolabels(vecs, y, trust=np.where(doubted, 0.0, 1.0), target_precision=target, seed=0, C=c,
+                                   unlabeled_by_fold=guaranteed)
     rows = np.flatnonzero(y[:, 0] < 0)
     names = np.asarray(classes, dtype=object)
     probs = r.probs[rows]
     best = probs.argmax(axis=1) if len(classes) else np.zeros(len(rows), dtype=np.int64)
     sets = [_names(m, names) for m in r.label_sets[rows]]
-    accepted = r.accepted[rows]
+    if guaranteed:
+        accepted, reason, set_conf, cert = ml.certify_label_sets(y, r, rows, max_error=cfg.max_error, error_confidence=cfg.error_confidence)
+    else:
+        accepted, set_conf, cert = r.accepted[rows], ml.set_confidence(probs, r.label_sets[rows]), None
+        reason = np.where(accepted, None, "below_target_precision")
     t = r.thresholds
     summary = {
         "task": TASK,
@@ -136,6 +148,11 @@ def build_pseudolabels(job) -> dict[str, Any]:
         warnings.append({"code": "target_precision_not_reached",
                          "message": f"{len(missed)} class{'es' if len(missed) != 1 else ''} never reach the target precision {target} on held-out samples ({', '.join(missed[:5])})",
                          "hint": "samples whose set contains them are not accepted; label more samples of these classes or lower --target-precision"})
+    if cert is not None:
+        summary["reasons"] = {k: int((reason == k).sum()) for k in (BELOW_THRESHOLD, UNCERTIFIED)}
+        summary.update(guarantee_summary(cert, target=cfg.max_error, confidence=cfg.error_confidence, accepted=accepted, scores=set_conf))
+        if not cert.certified:
+            warnings.append(uncertified_warning(summary["guarantee"]))
     summary["warnings"] = input_warnings(samples, warnings)
     k = len(classes)
     table = pa.table({
@@ -144,11 +161,13 @@ def build_pseudolabels(job) -> dict[str, Any]:
         "confidence": pa.array(probs.max(axis=1) if k else np.zeros(len(rows)), pa.float32()),
         "labels": _strings(sets),
         "label_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1).astype(np.float32)), max(k, 1)) if k else pa.array([[]] * len(rows), pa.list_(pa.float32())),
+        "set_confidence": pa.array(set_conf.astype(np.float32)),
         "accepted": pa.array(accepted),
-        "reason": pa.array([None if a else "below_target_precision" for a in accepted], pa.string()),
+        "reason": pa.array(reason.tolist(), pa.string()),
     })
     meta_out = {"classes": classes, "task": TASK, "thresholds": [float(v) for v in t.value],
-                "params": cfg.result_params(), "summary": summary, "model": meta.get("model")}
+                "params": cfg.result_params(), "summary": summary, "model": meta.get("model"),
+                **({"guarantee": summary["guarantee"]} if cert is not None else {})}
     artifacts.write_table(ws.path(artifacts.PSEUDOLABELS), table, meta_out)
     return summary
 

@@ -68,6 +68,9 @@ def _report_pseudolabels(rep, ws, classes: list[str]):
     stats = [("unlabeled", f"{len(sets):,}"), ("accepted", f"{int(acc.sum()):,}"),
              ("labels a sample", f"{np.mean([len(s) for s in sets]):.2f}" if sets else "n/a"),
              ("with no class", f"{sum(not s for s in sets):,}")]
+    g = meta.get("guarantee")  # --max-error: the certified share of wrong labels, or that none could be
+    if g:
+        stats.append(("wrong labels (certified)", f"≤ {g['error_bound']:.1%} at {g['confidence']:.0%}" if g["certified"] else "not certified"))
     body = rep.stat_cards(stats)
     if classes and sets:
         thr = meta.get("thresholds") or []

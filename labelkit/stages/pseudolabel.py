@@ -21,6 +21,7 @@ from labelkit.config import PseudolabelConfig, byte_size
 from labelkit.errors import ThresholdExceededError
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
+from labelkit.stages._guarantee import guarantee_summary, uncertified_warning
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
 from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
 from labelkit.stages._runner import Job, Stage
@@ -61,7 +62,7 @@ def _build(job: Job) -> dict[str, Any]:
     summary.update(opened)
     summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen IVF-PQ)
     if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
-        summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [_uncertified_warning(cfg, opened)]
+        summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [uncertified_warning(opened["guarantee"])]
     summary["warnings"] = input_warnings(samples, summary["warnings"] + recall_warnings(summary["knn"]))
     table = _table(a, r, rows, accepted, decided)
     del r
@@ -130,30 +131,8 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
     c = decided.certificate
     if c is None:
         return out
-    d = c.to_dict()
-    could = {"error_bound": d["best_bound"], "coverage_heldout": d["best_coverage"]}
-    g = {"certified": c.certified, "target": cfg.max_error, "confidence": cfg.error_confidence, "error_bound": d["error_bound"],
-         "threshold": float(confidence[decided.accepted].min()) if decided.accepted.any() else None,
-         "coverage": round(float(decided.accepted.mean()), 4) if decided.accepted.size else None,
-         "coverage_heldout": round(c.coverage, 4), "n_calibration": c.n_calibration, "method": c.method, "could_certify": could}
-    pct = f"{cfg.error_confidence:.0%}"
-    if c.certified:
-        g["message"] = (f"certified: error among accepted pseudo-labels <= {c.error_bound:.2%} (target {cfg.max_error:.2%}) "
-                        f"at {pct} confidence, from {c.n_calibration} held-out labeled samples")
-    elif d["best_bound"] is not None:
-        g["message"] = (f"cannot certify error <= {cfg.max_error:.2%} at {pct} confidence from {c.n_calibration} held-out labeled samples: "
-                        f"nothing accepted; they could certify error <= {d['best_bound']:.2%} (accepting the most confident "
-                        f"{d['best_coverage']:.0%} of them); label more samples or raise --max-error")
-    else:
-        g["message"] = (f"cannot certify error <= {cfg.max_error:.2%} at {pct} confidence: no held-out labeled sample to certify on; "
-                        "nothing accepted; label more samples")
-    out.update(guarantee=g, certified=c.certified, error_bound=d["error_bound"])
+    out.update(guarantee_summary(c, target=cfg.max_error, confidence=cfg.error_confidence, accepted=decided.accepted, scores=confidence))
     return out
-
-
-def _uncertified_warning(cfg: PseudolabelConfig, opened: dict[str, Any]) -> dict[str, str]:
-    return health.warning("uncertified", opened["guarantee"]["message"],
-                          "label more samples (the bound tightens with the held-out count), or raise --max-error / lower --error-confidence")
 
 
 def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray, decided: guarantee.Acceptance) -> pa.Table:

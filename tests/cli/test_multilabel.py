@@ -171,3 +171,54 @@ def test_target_precision_decides_acceptance_per_sample(runner, multilabel_data)
         assert "target_precision_not_reached" in [w["code"] for w in summary["warnings"]]
     r = runner.invoke(app, ["pseudolabel", str(data), "--target-precision", "1.5"])
     assert r.exit_code == 2 and "--target-precision" in r.stderr
+
+
+@pytest.fixture
+def separable_multilabel(tmp_path: Path) -> tuple[Path, dict[str, set[str]]]:
+    """400 samples, half labeled with their true sets (long documents: well separated), and the truth."""
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=400, n_features=20, n_classes=4, n_labels=2, length=500,
+                                          allow_unlabeled=True, random_state=0)
+    labeled = np.random.default_rng(0).random(len(y)) < 0.5
+    truth = {f"s{i:03d}": {CLASSES[k] for k in np.flatnonzero(y[i])} for i in range(len(y))}
+    rows = [{"id": f"s{i:03d}", "embedding": x[i].astype(float).tolist(),
+             "labels": sorted(truth[f"s{i:03d}"]) if labeled[i] else None} for i in range(len(y))]
+    data = tmp_path / "sep"
+    data.mkdir()
+    pd.DataFrame(rows).to_parquet(data / "labels.parquet")
+    return data, truth
+
+
+def test_max_error_certifies_the_share_of_wrong_labels_or_exits_3(runner, separable_multilabel):
+    """Issue 19 on multi-label data: accepted label sets within the target against the truth; an
+    impossible target accepts nothing and exits 3 (the CI code), saying what could be certified."""
+    data, truth = separable_multilabel
+    r = runner.invoke(app, ["pseudolabel", str(data), "--max-error", "0.1", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    g = s["guarantee"]
+    assert s["certified"] is True and g["certified"] is True and g["target"] == 0.1 and g["confidence"] == 0.9
+    assert 0 < s["error_bound"] <= 0.1 and g["method"] == "hoeffding_bentkus"  # Jaccard losses are fractional
+    pseudo = pd.read_parquet(data / ".labelkit" / "pseudolabels.parquet")
+    acc = pseudo[pseudo["accepted"]]
+    assert s["n_accepted"] == len(acc) > 0.5 * len(pseudo) and g["coverage"] == round(len(acc) / len(pseudo), 4)
+    assert (acc["set_confidence"] >= g["threshold"] - 1e-6).all() and pseudo["reason"][~pseudo["accepted"]].eq("below_threshold").all()
+    wrong = [len(set(v) ^ truth[i]) / len(set(v) | truth[i]) if set(v) | truth[i] else 0.0 for i, v in zip(acc["id"], acc["labels"])]
+    assert np.mean(wrong) <= 0.1  # the realised share of wrong labels, against the generator's truth
+    assert _meta(data / ".labelkit" / "pseudolabels.parquet")["guarantee"]["certified"] is True
+    r = runner.invoke(app, ["report", str(data)])
+    assert r.exit_code == 0, r.output
+    assert f"≤ {s['error_bound']:.1%} at 90%" in (data / ".labelkit" / "report.html").read_text()
+
+    r = runner.invoke(app, ["pseudolabel", str(data), "--max-error", "0.001", "--json"])
+    assert r.exit_code == 3, r.output
+    s = json.loads(r.stdout)
+    assert s["certified"] is False and s["n_accepted"] == 0 and s["error_bound"] is None
+    assert s["guarantee"]["could_certify"]["error_bound"] > 0.001 and "cannot certify error <= 0.10%" in s["guarantee"]["message"]
+    assert "uncertified" in [w["code"] for w in s["warnings"]]
+    pseudo = pd.read_parquet(data / ".labelkit" / "pseudolabels.parquet")
+    assert not pseudo["accepted"].any() and pseudo["reason"].eq("uncertified").all()
+
+    r = runner.invoke(app, ["pseudolabel", str(data), "--max-error", "0.1", "--target-precision", "0.9"])
+    assert r.exit_code == 1 and "--max-error and --target-precision on multi-label data: choose one" in r.stderr
