@@ -53,10 +53,43 @@ def read_pred_probs(path: Path, samples: Samples, rows: np.ndarray | None = None
         return norm.finish(label, renormalize=renormalize, ids=ids[rows] if n else None)
 
     if path.suffix == ".npy":
-        return finish(_read_npy(path, samples, labeled, rows))
+        probs = finish(_read_npy(path, samples, labeled, rows))
+        codes = samples.label_codes()[rows]
+        known = codes >= 0
+        wrong = numeric_column_order(probs[known], codes[known], samples.classes)
+        if wrong is not None:  # columns in 0, 1, 2, ..., 10 order where the names sort as '0', '1', '10', ...
+            raise BadInputError(f"{label}: its columns look like the classes in numeric order ({', '.join(samples.classes[i] for i in wrong[2][:4])}, ...): "
+                                f"its top class matches {wrong[1]:.0%} of the labels that way, {wrong[0]:.0%} in the sorted-name order a .npy "
+                                f"must use ({', '.join(samples.classes[:4])}, ...); reorder its columns, or give a .parquet with a column per class")
+        return probs
     if path.suffix == ".parquet":
         return _read_parquet(path, samples, rows, ids, progress, finish)
     raise BadInputError(f"--pred-probs {path.name}: use a .npy or .parquet file")
+
+
+def numeric_column_order(probs: np.ndarray, codes: np.ndarray, classes: list[str], *, margin: float = 0.2):
+    """(accuracy as given, accuracy in numeric order, numeric order) when columns ordered by the class
+    names' numeric values explain the labels far better (by ``margin``) than the sorted-name order
+    they must be in; else None. Only for names that are all integers whose two orders differ.
+
+    A .npy of probabilities has no column names, and classes named 0-19 sort as '0', '1', '10', ...:
+    a file written in numeric order then scores every row against the wrong class, silently.
+
+    >>> p = np.eye(3)[[0, 1, 2, 2]]  # columns in numeric order 2, 10, 11 (sorted names: '10', '11', '2')
+    >>> acc, num, order = numeric_column_order(p, np.array([2, 0, 1, 1]), ["10", "11", "2"])
+    >>> round(acc, 2), round(num, 2), order.tolist()
+    (0.0, 1.0, [2, 0, 1])
+    """
+    try:
+        values = [int(c) for c in classes]
+    except ValueError:
+        return None
+    order = np.argsort(values, kind="stable")  # column j of a numeric-order file holds class order[j]
+    if (order == np.arange(len(classes))).all() or len(codes) == 0:
+        return None
+    top = probs.argmax(axis=1)
+    as_given, numeric = float(np.mean(top == codes)), float(np.mean(order[top] == codes))
+    return (as_given, numeric, order) if numeric > as_given + margin else None
 
 
 def _read_npy(path: Path, samples: Samples, labeled: np.ndarray, rows: np.ndarray) -> _Normaliser:

@@ -66,6 +66,21 @@ def test_pred_probs_npy_rows_not_summing_to_one_likewise(runner, tmp_path):
     _clean(_detect(runner, tmp_path, "p.npy", "--renormalize"))
 
 
+def test_pred_probs_npy_in_numeric_class_order_is_an_error_saying_so(runner, tmp_path):
+    # Classes 0-11 sort as '0', '1', '10', '11', '2', ...: a .npy written in numeric column order
+    # would score every row against the wrong class.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 12, 240)
+    write_csv(tmp_path, "id,label\n" + "".join(f"s{i},{c}\n" for i, c in enumerate(y)))
+    p = np.full((240, 12), 0.02)
+    p[np.arange(240), y] = 0.78  # numeric order: column j is class j
+    np.save(tmp_path / "p.npy", p)
+    _fails(_detect(runner, tmp_path, "p.npy"), "--pred-probs p.npy: its columns look like the classes in numeric order (0, 1, 2, 3, ...): "
+           "its top class matches 100% of the labels that way")
+    np.save(tmp_path / "p.npy", p[:, sorted(range(12), key=str)])  # sorted-name order: accepted
+    _clean(_detect(runner, tmp_path, "p.npy"))
+
+
 def test_pred_probs_off_by_rounding_are_accepted(runner, tmp_path):
     write_csv(tmp_path, LABELS)
     df = pd.DataFrame(GOOD)
