@@ -445,11 +445,10 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
        then scores each unlabeled row by one calibration fold's run
        (``labelkit.pseudolabel.pseudolabel(..., unlabeled_by_fold=True)``, which sets
        ``result.fold_scored``), and the threshold is certified on raw confidences. A result
-       whose unlabeled rows were scored by the final run (on every label) is sharper than the
-       fold runs for the same accuracy (CIFAR-10 with 1,000 labels: 11% wrong at confidence
-       0.95-0.99 on unlabeled rows, 0% on held-out ones), so for one the certificate is made in
-       rank space instead (:func:`confidence_rank`: "the most confident share u"), an
-       approximation that held less often (docs/performance.md).
+       whose unlabeled rows were scored by the final run (on every label) is refused: that run
+       is sharper than the fold runs for the same accuracy (CIFAR-10 with 1,000 labels: 11%
+       wrong at confidence 0.95-0.99 on unlabeled rows, 0% on held-out ones), and neither its
+       confidences nor their ranks gave a certificate that held (docs/performance.md).
     3. :func:`acceptance` combines them.
 
     Parameters
@@ -491,27 +490,18 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     else:  # nothing to calibrate novelty on (zero-shot from class names): no score, nothing judged novel
         n = given.shape[0]
         nov = _NoNovelty(np.full(n, np.nan, np.float32), np.zeros(n, bool), float("nan"), int(reference.sum()))
-    cert = None
+    cert, decide = None, result.confidence[rows]
     if max_error is not None:
         if not 0 < error_confidence < 1:
             raise BadInputError(f"'error_confidence' must be in (0, 1). Got {error_confidence!r} instead.")
-        rejected = nov.novel if reject_novel else None
-        if _fold_scored(result, rows):  # exchangeable with the held-out rows: certify raw confidences
-            scores, losses = heldout_losses(result.label, result.confidence, given, result.heldout, dropped, rejected=rejected)
-            decide = result.confidence[rows]
-        else:
-            # Scored by the final run, which is sharper than the fold runs for the same accuracy:
-            # certify "the most confident share u" (rank space) instead, an approximation.
-            cal = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
-            ranks = np.full(given.shape[0], -np.inf)
-            ranks[cal] = confidence_rank(result.confidence[cal])
-            scores, losses = heldout_losses(result.label, ranks, given, result.heldout, dropped, rejected=rejected)
-            decide = confidence_rank(result.confidence[rows])
+        if reference.any() and not _fold_scored(result, rows):
+            raise BadInputError("'result' must score its unlabeled rows as held-out rows are scored for 'max_error': "
+                                "labelkit.pseudolabel.pseudolabel(..., unlabeled_by_fold=True).")
+        scores, losses = heldout_losses(result.label, result.confidence, given, result.heldout, dropped,
+                                        rejected=nov.novel if reject_novel else None)
         # The promise is about these rows' accepted pseudo-labels: certify their realised error.
         pool = np.where(nov.novel[rows], -np.inf, decide) if reject_novel else decide
         cert = certify_threshold(scores, losses, target=max_error, delta=1.0 - error_confidence, pool=pool)
-    else:
-        decide = result.confidence[rows]
     accepted, reason = acceptance(decide, result.accepted[rows], nov.novel[rows], reject_novel=reject_novel, certificate=cert)
     return Acceptance(accepted, reason, nov.score[rows], nov.novel[rows], nov.threshold, nov.n_reference, cert)
 
@@ -522,19 +512,3 @@ def _fold_scored(result, rows) -> bool:
     if fs is None:
         return False
     return bool(np.asarray(fs, bool)[rows].all())
-
-
-def confidence_rank(confidence) -> np.ndarray:
-    """``1 - (share of the rows at least as confident)``: ``>= 1 - u`` keeps the most confident share ``u``.
-
-    Examples
-    --------
-    >>> confidence_rank(np.array([0.9, 0.5, 0.99, 0.5])).tolist()
-    [0.5, 0.0, 0.75, 0.0]
-    """
-    c = np.asarray(confidence, np.float64)
-    if c.size == 0:
-        return c.copy()
-    srt = np.sort(c)
-    at_least = c.size - np.searchsorted(srt, c, side="left")
-    return 1.0 - at_least / c.size

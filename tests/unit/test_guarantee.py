@@ -220,6 +220,27 @@ def test_accept_pseudolabels_without_labeled_references_judges_nothing_novel(rng
     assert a.accepted.tolist() == [True, False] * 3 and a.reason.tolist() == [None, "below_threshold"] * 3
 
 
+def test_max_error_refuses_unlabeled_rows_scored_unlike_the_held_out_ones(rng):
+    # Scored by the final run (not one fold's), the unlabeled rows are not exchangeable with the
+    # held-out ones the certificate is made on: an error, not an approximate certificate.
+    from types import SimpleNamespace
+
+    from labelkit.guarantee import accept_pseudolabels
+
+    n = 40
+    given = np.where(np.arange(n) < 20, np.arange(n) % 2, -1)
+    result = SimpleNamespace(label=np.arange(n) % 2, confidence=np.full(n, 0.9), heldout=given >= 0, accepted=np.zeros(n, bool),
+                             fold_scored=np.zeros(n, bool))
+    rows = np.flatnonzero(given < 0)
+    with pytest.raises(BadInputError, match="unlabeled_by_fold=True"):
+        accept_pseudolabels(rng.standard_normal((n, 4)), given, 2, result, np.zeros(n, bool), rows, reject_novel=False,
+                            novelty_rate=0.05, max_error=0.1)
+    result.fold_scored = given < 0
+    a = accept_pseudolabels(rng.standard_normal((n, 4)), given, 2, result, np.zeros(n, bool), rows, reject_novel=False,
+                            novelty_rate=0.05, max_error=0.1)
+    assert a.certificate is not None and a.certificate.n_calibration == 20
+
+
 def test_fractional_pool_bound_is_hoeffdings_relative_entropy_quantile(rng):
     """Issue 19 (multi-label --max-error): the pool's bound for losses in [0, 1] solves
     m KL(q || u) = log(1 / delta), never above Hoeffding's additive u + sqrt(log(1/delta) / 2m)."""
