@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -54,3 +55,18 @@ def write_csv(folder: Path, text: str, name: str = "labels.csv") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
     return folder
+
+
+def digits_without_class(dst: Path, label: str = "9") -> Path:
+    """A copy of examples/digits at ``dst`` whose folder ``label`` moved to unlabeled/: a class no one labeled."""
+    shutil.copytree(DIGITS, dst, ignore=shutil.ignore_patterns(".labelkit"))
+    for f in (dst / label).iterdir():
+        f.rename(dst / "unlabeled" / f.name)
+    (dst / label).rmdir()
+    return dst
+
+
+def digits_truth_by_name() -> pd.Series:
+    """True class of each examples/digits image by file name (folders move in the tests)."""
+    t = pd.read_csv(ROOT / "examples" / "digits-truth.csv")
+    return pd.Series(t["true_label"].to_numpy(), index=[Path(p).name for p in t["path"]])

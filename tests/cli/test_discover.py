@@ -6,23 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from labelkit import artifacts
 from labelkit.cli import app
-from tests.conftest import DIGITS, ROOT
+from tests.conftest import DIGITS, digits_truth_by_name, digits_without_class
 
 
 @pytest.fixture(scope="module")
 def digits_without_nines(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("discover") / "digits"
-    shutil.copytree(DIGITS, dst, ignore=shutil.ignore_patterns(".labelkit"))
-    for f in (dst / "9").iterdir():
-        f.rename(dst / "unlabeled" / f.name)
-    (dst / "9").rmdir()
-    return dst
+    return digits_without_class(tmp_path_factory.mktemp("discover") / "digits")
 
 
 def test_discover_finds_the_unlabeled_class(runner, digits_without_nines):
@@ -38,8 +32,7 @@ def test_discover_finds_the_unlabeled_class(runner, digits_without_nines):
     assert out["n_clusters"] >= 1 and set(d["cluster"]) == set(range(-1, out["n_clusters"]))
     assert out["pool"] == "novel" and out["n_candidates"] == out["n_novel"] > 50
     assert d.loc[d["cluster"] >= 0, "confidence"].between(0, 1).all() and d.loc[d["cluster"] >= 0, "confidence"].notna().all()
-    truth = pd.read_csv(ROOT / "examples" / "digits-truth.csv")
-    true = pd.Series(truth["true_label"].to_numpy(), index=[Path(p).name for p in truth["path"]])
+    true = digits_truth_by_name()
     y = true.loc[[Path(i).name for i in d["id"]]].to_numpy()
     # The largest new cluster is mostly 9s, and it holds many of them.
     biggest = d["cluster"][d["cluster"] >= 0].value_counts().idxmax()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,26 +11,15 @@ import pytest
 
 from labelkit import artifacts
 from labelkit.cli import app
-from tests.conftest import DIGITS, ROOT
+from tests.conftest import ROOT, digits_truth_by_name, digits_without_class
 
 REASONS = {"below_threshold", "novel", "uncertified"}
-
-
-def _truth() -> pd.Series:
-    """True class of each digit image by file name (folders move in these tests)."""
-    t = pd.read_csv(ROOT / "examples" / "digits-truth.csv")
-    return pd.Series(t["true_label"].to_numpy(), index=[Path(p).name for p in t["path"]])
 
 
 @pytest.fixture(scope="module")
 def digits_without_nines(tmp_path_factory) -> Path:
     """examples/digits with the 9s' labels removed: class 9 is never labeled, so its samples are novel."""
-    dst = tmp_path_factory.mktemp("openset") / "digits"
-    shutil.copytree(DIGITS, dst, ignore=shutil.ignore_patterns(".labelkit"))
-    for f in (dst / "9").iterdir():
-        f.rename(dst / "unlabeled" / f.name)
-    (dst / "9").rmdir()
-    return dst
+    return digits_without_class(tmp_path_factory.mktemp("openset") / "digits")
 
 
 def test_every_row_has_novelty_and_a_reason(runner, digits_without_nines):
@@ -45,7 +33,7 @@ def test_every_row_has_novelty_and_a_reason(runner, digits_without_nines):
     assert pl.loc[pl["accepted"], "reason"].isna().all()
     assert set(pl.loc[~pl["accepted"], "reason"]) <= REASONS and pl.loc[~pl["accepted"], "reason"].notna().all()
     # The never-labeled 9s are the most novel: far above the known digits on average, and most of the novel ones.
-    nine = (_truth().loc[[Path(i).name for i in pl["id"]]] == 9).to_numpy()
+    nine = (digits_truth_by_name().loc[[Path(i).name for i in pl["id"]]] == 9).to_numpy()
     assert pl["novelty"][nine].mean() > pl["novelty"][~nine].mean() + 1.0
     novel = pl["novelty"].to_numpy() >= out["novelty"]["threshold"]
     assert novel.sum() == out["n_novel"] > 20
