@@ -215,15 +215,17 @@ def _stream_rows(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, dest: 
     s = 0
     for batch in pf.iter_batches(batch_size=_BLOCK, columns=classes):
         e = s + batch.num_rows
-        for j in range(len(classes)):
-            block[j, : e - s] = _numbers(batch.column(j), name)
+        for j, col in enumerate(batch.columns):
+            block[j, : e - s] = _numbers(col, name)
         to = dest[s:e]
         keep = np.flatnonzero(to >= 0)
         for a in range(0, keep.size, norm.block_rows):
             pick, at = keep[a:a + norm.block_rows], to[keep[a:a + norm.block_rows]]
             run = pick[-1] - pick[0] == pick.size - 1 and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
-            src = block[:, pick[0]:pick[-1] + 1] if run else block[:, pick]
-            norm.add(np.ascontiguousarray(src.T), slice(at[0], at[-1] + 1) if run else at)
+            if run:  # consecutive file rows to consecutive places: transposed straight into them
+                norm.add_columns(block[:, pick[0]:pick[-1] + 1], slice(at[0], at[-1] + 1))
+            else:
+                norm.add(np.ascontiguousarray(block[:, pick].T), at)
         task.advance(e - s)
         s = e
 
@@ -288,6 +290,17 @@ class _Normaliser:
         """
         if blk.dtype != self.out.dtype:
             blk = blk.astype(self.out.dtype)
+        self._scale(blk, dst)
+
+    def add_columns(self, cols: np.ndarray, dst: slice) -> None:
+        """Rows given as the columns of ``cols`` (n_classes, n_rows) go to ``out[dst]``: transposed
+        into place, then checked and rescaled there as :meth:`add` does (no intermediate copy)."""
+        blk = self.out[dst]
+        np.copyto(blk, cols.T)
+        self._scale(blk, dst)
+
+    def _scale(self, blk: np.ndarray, dst) -> None:
+        """:meth:`add`'s checks and rescaling of ``blk`` (of out's dtype; may be ``out[dst]`` itself)."""
         s = blk.sum(axis=1, dtype=np.float64)
         low = np.zeros(len(blk))
         if blk.size and blk.min() < 0:  # only then per row: the check and the clip need it
@@ -297,15 +310,15 @@ class _Normaliser:
                 blk = blk.copy()
                 blk[neg] = np.clip(blk[neg], 0, None)
                 s[neg] = blk[neg].sum(axis=1, dtype=np.float64)
+        bad = ~np.isfinite(s)  # a finite row sum means every entry is finite (NaN and inf propagate), or an overflow
+        if bad.any():  # before rescaling: blk may be out[dst] itself
+            self.nonfinite[np.arange(self.out.shape[0])[dst][bad]] = ~np.isfinite(blk[bad]).all(axis=1)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             scale = (1.0 / s).astype(blk.dtype)[:, None]
             if isinstance(dst, slice):
                 np.multiply(blk, scale, out=self.out[dst])
             else:
                 self.out[dst] = blk * scale
-        bad = ~np.isfinite(s)  # a finite row sum means every entry is finite (NaN and inf propagate), or an overflow
-        if bad.any():
-            self.nonfinite[np.arange(self.out.shape[0])[dst][bad]] = ~np.isfinite(blk[bad]).all(axis=1)
         self.sums[dst], self.low[dst] = s, low
 
     def finish(self, name: str, *, renormalize: bool, ids: np.ndarray | None) -> np.ndarray:
