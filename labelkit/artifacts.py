@@ -156,9 +156,13 @@ def _meta(metadata: dict[str, Any]) -> dict[bytes, bytes]:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The ``labelkit:*`` key-value metadata of a Parquet file, decoded."""
+    """The ``labelkit:*`` key-value metadata of a Parquet file (or a folder's first part), decoded.
+
+    Read from the file's footer, which holds the schema's metadata and what a writer added on
+    closing (``EmbeddingsWriter.close(metadata=...)``).
+    """
     with reading(path):
-        raw = _schema(path).metadata or {}
+        raw = pq.read_metadata(parts(path)[0]).metadata or {}
         return {k.decode()[len("labelkit:"):]: json.loads(v) for k, v in raw.items() if k.startswith(b"labelkit:")}
 
 
@@ -284,8 +288,11 @@ class EmbeddingsWriter:
             self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self.row_group_size)
             self._pending, self._n_pending = [], 0
 
-    def close(self) -> None:
+    def close(self, metadata: dict[str, Any] | None = None) -> None:
+        """Finish the file; ``metadata`` (known only once every row is written) joins the footer's."""
         self._flush()
+        if metadata:
+            self._writer.add_key_value_metadata(_meta(metadata))
         self._writer.close()
         self._ctx.__exit__(None, None, None)
 

@@ -20,7 +20,6 @@ dangling or DATA-leaving link, an unreadable file, an undecodable name, ...) is 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 
 from labelkit import health
 from labelkit.errors import BadInputError
+from labelkit.manifest_vectors import ManifestVectors
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST_NAMES = ("labels.csv", "labels.parquet")
@@ -76,7 +76,7 @@ class Samples:
     table: pd.DataFrame  # id, source, label (str | None), labels (list[str] | None), split
     kind: Kind
     classes: list[str]  # sorted class names
-    vectors: np.ndarray | None  # (N, D) float32 for bring-your-own vectors
+    vectors: ManifestVectors | None  # bring-your-own vectors, read when a stage needs them
     origin: str  # "labels.csv", "labels.parquet" or "image folder"
     notices: list[dict[str, str]] = field(default_factory=list)  # health warnings about the inputs
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to DATA, reason)
@@ -155,7 +155,7 @@ def samples_fingerprint(samples: Samples, data_root) -> str:
     if samples.kind == "image":
         h.update(_file_stats(data_root, t["source"].to_numpy(dtype=object)).tobytes())
     if samples.vectors is not None:
-        h.update(np.ascontiguousarray(samples.vectors).tobytes())
+        samples.vectors.update_hash(h)
     return h.hexdigest()
 
 
@@ -258,20 +258,20 @@ def parse_classes_option(value: str | None) -> tuple[str, ...] | None:
 # -- manifest -------------------------------------------------------------------------------
 
 
-def _read_manifest(path: Path) -> tuple[pd.DataFrame, pa.ChunkedArray | None]:
-    """The manifest as a DataFrame, and a Parquet 'embedding' column kept in Arrow (None otherwise).
+def _read_manifest(path: Path) -> tuple[pd.DataFrame, bool]:
+    """The manifest as a DataFrame without a Parquet 'embedding' column, and whether it has one.
 
-    The vectors stay columnar: a million list cells as pandas objects would be a million arrays.
+    A Parquet manifest's vectors are not read here (:mod:`labelkit.manifest_vectors` reads them
+    when a stage needs them): discovery runs in every stage, the vectors matter to two.
     """
     try:
         if path.suffix == ".csv":
             # Everything as text: ids like "007" and labels like "1" stay strings.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[]), None
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[]), False
         names = pq.read_schema(path).names
         if "embedding" not in names:
-            return pd.read_parquet(path), None
-        df = pd.read_parquet(path, columns=[c for c in names if c != "embedding"])
-        return df, pq.read_table(path, columns=["embedding"], memory_map=True).column("embedding")
+            return pd.read_parquet(path), False
+        return pd.read_parquet(path, columns=[c for c in names if c != "embedding"]), True
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError, pa.ArrowException) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadInputError(f"{path.name}: cannot read manifest ({msg})") from None
@@ -286,9 +286,9 @@ def _is_missing(v) -> bool:
 
 
 def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
-    df, emb = _read_manifest(path)
+    df, parquet_vectors = _read_manifest(path)
     name = path.name
-    cols = [str(c) for c in df.columns] + (["embedding"] if emb is not None else [])
+    cols = [str(c) for c in df.columns] + (["embedding"] if parquet_vectors else [])
     unknown = [c for c in cols if c not in KNOWN_COLUMNS]
     if unknown:
         raise BadInputError(f"{name}: unknown column '{unknown[0]}' (known: {', '.join(KNOWN_COLUMNS)})")
@@ -307,7 +307,9 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
     labels, multi, notices = _manifest_labels(df, name)
     split = _text_cells(df["split"]) if "split" in cols else np.full(len(df), "", dtype=object)
     split[pd.isna(split)] = ""
-    vectors = (_arrow_vectors(emb, name) if emb is not None else _manifest_vectors(df["embedding"], name)) if has_vec else None
+    vectors = None
+    if has_vec:
+        vectors = ManifestVectors(name, path=path) if parquet_vectors else ManifestVectors.from_cells(df["embedding"], name)
     kind: Kind = "vectors" if has_vec else "image" if has_path else "text" if has_text else "labels-only"
     skipped: list[tuple[str, str]] = []
     if has_path:
@@ -321,7 +323,7 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
             ids, sources, labels, split = (np.asarray(col, dtype=object)[keep] for col in (ids, sources, labels, split))
             multi = [v for v, k in zip(multi, keep) if k]
             if vectors is not None:
-                vectors = vectors[keep]
+                vectors.keep(keep)
     table = _table(ids, sources, labels, multi, split)
     return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name, notices=notices, skipped=skipped)
 
@@ -587,67 +589,6 @@ def _task(table: pd.DataFrame) -> Task:
     """Multi-label when some sample carries a label set and no single label (decided once, in discover)."""
     multi = table["labels"].notna().to_numpy() & table["label"].isna().to_numpy()
     return "multi-label" if multi.any() else "multi-class"
-
-
-def _arrow_vectors(col: pa.ChunkedArray, name: str) -> np.ndarray:
-    """A Parquet list column of numbers as (N, D) float32 without a Python object per row; the
-    first bad row gets :func:`_manifest_vectors`' message. Other types go through that function."""
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    typ = arr.type
-    listy = pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)
-    if not listy or not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
-        return _manifest_vectors(col.to_pandas(), name)
-    n = len(arr)
-    null = arr.is_null().to_numpy(zero_copy_only=False)
-    if pa.types.is_fixed_size_list(typ):
-        lengths = np.full(n, typ.list_size, dtype=np.int64)
-        lengths[null] = 0
-    else:
-        offsets = arr.offsets.to_numpy()
-        lengths = np.diff(offsets).astype(np.int64)
-    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # null rows add nothing
-    width = lengths[np.argmax(~null)] if (~null).any() else 0
-    mismatch = ~null & (lengths != width)
-    bad = null | (lengths == 0) | mismatch
-    row_of_value = np.repeat(np.arange(n), lengths)
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad[row_of_value[~finite]] = True
-    if bad.any():
-        i = int(np.argmax(bad))
-        row = i + 2
-        if null[i]:
-            raise BadInputError(f"{name}: row {row} has no 'embedding'")
-        if lengths[i] == 0:
-            raise BadInputError(f"{name}: row {row} 'embedding' is not a flat list of numbers")
-        if mismatch[i]:
-            raise BadInputError(f"{name}: row {row} 'embedding' has {lengths[i]} values, row 2 has {width}; vectors must all have one length")
-        raise BadInputError(f"{name}: row {row} 'embedding' contains NaN or infinite values")
-    return values.reshape(n, int(width))
-
-
-def _manifest_vectors(col: pd.Series, name: str) -> np.ndarray:
-    rows = []
-    for row, v in enumerate(col, start=2):
-        if isinstance(v, str):
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError:
-                raise BadInputError(f"{name}: row {row} 'embedding' is not a list of numbers") from None
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            raise BadInputError(f"{name}: row {row} has no 'embedding'")
-        try:
-            arr = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise BadInputError(f"{name}: row {row} 'embedding' is not a list of numbers") from None
-        if arr.ndim != 1 or arr.size == 0:
-            raise BadInputError(f"{name}: row {row} 'embedding' is not a flat list of numbers")
-        if rows and arr.size != rows[0].size:
-            raise BadInputError(f"{name}: row {row} 'embedding' has {arr.size} values, row 2 has {rows[0].size}; vectors must all have one length")
-        if not np.all(np.isfinite(arr)):
-            raise BadInputError(f"{name}: row {row} 'embedding' contains NaN or infinite values")
-        rows.append(arr)
-    return np.stack(rows)
 
 
 # -- image folder ---------------------------------------------------------------------------

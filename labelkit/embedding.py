@@ -8,7 +8,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -134,18 +134,43 @@ class VectorStore:
         return found, out
 
 
+class SeparationSample(NamedTuple):
+    """Which rows the separation check scores: positions in the vectors, their classes, and how
+    many classes are labeled in all."""
+
+    rows: np.ndarray
+    codes: np.ndarray
+    n_classes: int
+
+
+def separation_sample(codes: np.ndarray, sample_ids, ids: list[str]) -> SeparationSample:
+    """The labeled rows :func:`separation` scores (stratified, at most SEPARATION_MAX), as positions in ``ids``.
+
+    ``codes`` (n_samples,) class codes with -1 unlabeled, in ``sample_ids`` order.
+    """
+    pos = pd.Index(ids).get_indexer(sample_ids)
+    labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
+    n_classes = len(np.unique(codes[labeled]))
+    if labeled.size < 4 or n_classes < 2:
+        return SeparationSample(np.zeros(0, np.int64), np.zeros(0, np.int64), n_classes)
+    rows = labeled[stratified_sample(codes[labeled], per_class=SEPARATION_PER_CLASS, cap=SEPARATION_MAX, rng=np.random.default_rng(0))]
+    return SeparationSample(pos[rows], codes[rows], n_classes)
+
+
 def separation(codes: np.ndarray, sample_ids, ids: list[str], vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Leave-one-out kNN accuracy of the labeled samples on the final vectors, and its warnings.
 
     ``codes`` (n_samples,) class codes with -1 unlabeled, in ``sample_ids`` order; ``vectors`` in ``ids`` order.
     """
-    pos = pd.Index(ids).get_indexer(sample_ids)
-    labeled = np.flatnonzero((codes >= 0) & (pos >= 0))
-    n_classes = len(np.unique(codes[labeled]))
-    warnings = health.one_class(n_classes)
-    if labeled.size < 4 or n_classes < 2:
+    sample = separation_sample(codes, sample_ids, ids)
+    return sampled_separation(sample, vectors[sample.rows], model)
+
+
+def sampled_separation(sample: SeparationSample, vectors: np.ndarray, model: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """:func:`separation` from the sample's rows' unit vectors (``vectors``, in ``sample.rows`` order)."""
+    warnings = health.one_class(sample.n_classes)
+    if sample.rows.size == 0:
         return None, warnings
-    rows = labeled[stratified_sample(codes[labeled], per_class=SEPARATION_PER_CLASS, cap=SEPARATION_MAX, rng=np.random.default_rng(0))]
-    acc = loo_knn_accuracy(vectors[pos[rows]], codes[rows])
-    sep = {"knn_accuracy": round(acc, 4), "n": int(rows.size), "chance": round(1 / n_classes, 4), "k": SCORE_K}
-    return sep, warnings + health.separation(acc, n_classes, what=f"the embedding ({model})")
+    acc = loo_knn_accuracy(vectors, sample.codes)
+    sep = {"knn_accuracy": round(acc, 4), "n": int(sample.rows.size), "chance": round(1 / sample.n_classes, 4), "k": SCORE_K}
+    return sep, warnings + health.separation(acc, sample.n_classes, what=f"the embedding ({model})")

@@ -138,9 +138,9 @@ def check_fits(config: dict[str, Any], samples: Samples) -> None:
     model = str(config["embedder"].get("model"))
     dim = int(spec["dim"])
     if samples.kind == "vectors":
-        if samples.vectors.shape[1] != dim:
-            raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.shape[1]} dimensions, but this student expects {dim} ({model} embeddings)")
-        if np.any(np.linalg.norm(samples.vectors, axis=1) == 0):
+        if samples.vectors.dim != dim:
+            raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.dim} dimensions, but this student expects {dim} ({model} embeddings)")
+        if any(np.any(np.max(np.abs(b), axis=1) == 0) for b in samples.vectors.batches()):  # read in batches: bounded memory
             raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
         return
     if model == "precomputed":

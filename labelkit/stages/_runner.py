@@ -15,15 +15,18 @@ Stages are found by name in :data:`MODULES` (a registry: ``labelkit.stages.<modu
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from labelkit import artifacts
 from labelkit.config import StageConfig
 from labelkit.dataset import Samples
 from labelkit.stages._common import RunContext, StageResult, drop_damaged_outputs, now, prepare_samples
-from labelkit.workspace import Workspace
+from labelkit.workspace import Workspace, file_fingerprint
 
 # The stage modules, in pipeline order (``labelkit run`` runs the nodes of this order whose
 # ``in_pipeline`` is true). A module declares ``SPEC`` (one node) or ``SPECS`` (several).
@@ -42,7 +45,7 @@ class Job:
     cfg: StageConfig
     force: bool = False
     samples: Samples | None = None
-    inputs: dict[str, str] = field(default_factory=dict)  # artifact (or file) -> content fingerprint, as recorded
+    inputs: dict[str, str | Future] = field(default_factory=dict)  # artifact (or file) -> content fingerprint, as recorded (Future: being hashed)
     params: dict[str, Any] = field(default_factory=dict)  # the parameters recorded (default: cfg.result_params())
     params_fp: str = ""  # what the skip check compares (default: cfg.fingerprint())
     outputs: list[str] = field(default_factory=list)  # what this run wrote (build may add optional ones)
@@ -70,6 +73,9 @@ class Stage:
     ``inputs`` are the artifacts it reads (a tuple, or a function of its config): each one's
     producer runs first when it is missing or damaged, and each is fingerprinted for the skip
     check. ``optional`` ones are fingerprinted when present and never make their producer run.
+    ``files(cfg)`` names the user's own files it reads (input name -> path, e.g. --pred-probs):
+    each is content-fingerprinted into ``job.inputs`` by a background thread started before DATA
+    is read, so hashing a large file overlaps discovery (and, with --force, the build).
     ``build(job) -> summary`` does the work and writes ``outputs`` atomically (artifacts.write_table).
     Hooks, each optional: ``check`` refuses bad input before anything runs (after DATA is read);
     ``key`` adds what else the skip check must see (a user file's fingerprint, parameters that
@@ -83,6 +89,7 @@ class Stage:
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
     optional: tuple[str, ...] = ()
+    files: Callable[[Any], dict[str, Path]] | None = None
     node: str = ""  # the DAG node's name when a stage has several (default: name)
     refines: str | None = None  # a node that rewrites this node's outputs with more evidence (its run keeps satisfying this node)
     in_pipeline: bool = True  # run by `labelkit run`
@@ -140,6 +147,7 @@ def run(ctx: RunContext, spec: Stage, cfg: StageConfig, *, force: bool = False, 
     """
     with ctx.ws.lock(command=f"labelkit {spec.name}"):
         job = Job(ctx, spec, spec.configure(cfg) if spec.configure else cfg, force=force, step=step)
+        hashing = {name: _hash_in_background(path) for name, path in (spec.files(job.cfg) if spec.files else {}).items()}
         if spec.samples:
             require = spec.require_inputs(job.cfg) if callable(spec.require_inputs) else spec.require_inputs
             job.samples, samples_fp = prepare_samples(ctx.ws, ctx.dcfg, require_inputs=require)
@@ -155,6 +163,10 @@ def run(ctx: RunContext, spec: Stage, cfg: StageConfig, *, force: bool = False, 
         job.params, job.params_fp = job.cfg.result_params(), job.cfg.fingerprint()
         if spec.key:
             spec.key(job)
+        for name, path in hashing.items():  # after the key hook, which refuses a missing file with its own message
+            job.inputs[name] = path if isinstance(path, Future) else file_fingerprint(path)
+        if not job.force:  # the skip check needs them now; --force only records them
+            _resolve(job.inputs)
         reason = stale_reason(job)
         if reason is None:
             res = StageResult(spec.name, skipped=True, reason="up to date", summary=recorded_summary(ctx.ws, spec.name),
@@ -162,6 +174,7 @@ def run(ctx: RunContext, spec: Stage, cfg: StageConfig, *, force: bool = False, 
         else:
             job.outputs = list(spec.outputs)
             summary = spec.build(job)
+            _resolve(job.inputs)
             ctx.ws.commit(spec.name, params=job.params, params_fp=job.params_fp, inputs=job.inputs, outputs=job.outputs,
                           started=job.started, summary=summary, node=spec.id, refines=spec.refines,
                           base_params_fingerprint=_base_fp(spec, job),
@@ -171,6 +184,31 @@ def run(ctx: RunContext, spec: Stage, cfg: StageConfig, *, force: bool = False, 
         if spec.after:
             spec.after(job, res)
         return res
+
+
+def _hash_in_background(path: Path) -> Future | Path:
+    """A Future of ``path``'s content fingerprint, hashed by a daemon thread (hashlib and file reads
+    release the GIL, so it runs beside the main thread); ``path`` itself when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        return path
+    fut: Future = Future()
+
+    def work() -> None:
+        try:
+            fut.set_result(file_fingerprint(path))
+        except BaseException as e:  # handed to whoever waits on the result
+            fut.set_exception(e)
+
+    threading.Thread(target=work, name=f"fingerprint {path.name}", daemon=True).start()
+    return fut
+
+
+def _resolve(inputs: dict[str, str | Future]) -> None:
+    """Wait for the fingerprints still being hashed (a hashing error is raised here)."""
+    for name, fp in inputs.items():
+        if isinstance(fp, Future):
+            inputs[name] = fp.result()
 
 
 def _base_fp(spec: Stage, job: Job) -> str | None:

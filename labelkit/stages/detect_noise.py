@@ -50,10 +50,8 @@ def _check(job: Job) -> None:
 
 def _key(job: Job) -> None:
     cfg = job.cfg
-    if cfg.pred_probs is not None:
-        if not Path(cfg.pred_probs).is_file():
-            raise BadInputError(f"--pred-probs {cfg.pred_probs}: no such file")
-        job.inputs["pred_probs"] = file_fingerprint(Path(cfg.pred_probs))
+    if cfg.pred_probs is not None and not Path(cfg.pred_probs).is_file():  # its fingerprint: _COMMON's files (the runner hashes it)
+        raise BadInputError(f"--pred-probs {cfg.pred_probs}: no such file")
     # The dynamics file is recorded with the parameters: the --dynamics node reads a file the user
     # names (or distill's), which never makes distill run first.
     base = _first_pass(cfg).fingerprint()  # what the first pass records: a --dynamics pass over it refines it
@@ -90,7 +88,8 @@ def _first_pass(cfg: DetectNoiseConfig) -> DetectNoiseConfig:
 
 
 _COMMON = dict(outputs=(artifacts.LABEL_ISSUES,), inputs=lambda cfg: () if cfg.pred_probs is not None else (artifacts.EMBEDDINGS,),
-               require_inputs=lambda cfg: cfg.pred_probs is None, check=_check, key=_key, explain=_explain, after=lambda job, res: _apply_gates(job, res))
+               require_inputs=lambda cfg: cfg.pred_probs is None, files=lambda cfg: {} if cfg.pred_probs is None else {"pred_probs": Path(cfg.pred_probs)},
+               check=_check, key=_key, explain=_explain, after=lambda job, res: _apply_gates(job, res))
 # Two nodes write label_issues.parquet: the first pass (in the pipeline; distill reads its output)
 # and the --dynamics pass after distill, which refines it: a pipeline step finds the first pass
 # satisfied by a current --dynamics pass over the same inputs, so the pipeline keeps it.

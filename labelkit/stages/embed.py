@@ -109,7 +109,7 @@ def _build(job: Job) -> dict[str, Any]:
     vectors_fp = cfg.model_copy(update={"model": model, "candidates": ()}).fingerprint() + weights_fp
 
     if model == "precomputed":
-        summary = _write_precomputed(ws, samples, cfg, params)
+        summary = _write_precomputed(ws, samples, cfg, params, progress)
     else:
         summary = _embed_with_model(ws, samples, cfg, model, params, vectors_fp, hashes, force=job.force, progress=progress, chosen=chosen)
     job.outputs = [artifacts.EMBEDDINGS] + ([artifacts.CLASS_EMBEDDINGS] if summary.get("class_embeddings") else [])
@@ -167,20 +167,33 @@ def _metadata(model: str, dim: int, params: dict[str, Any], preprocessing: dict[
     return {"model": model, "dim": dim, "params": params, "preprocessing": preprocessing, "normalized": "l2", "skipped": skipped}
 
 
-def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params: dict[str, Any]) -> dict[str, Any]:
-    vectors = l2_normalize(samples.vectors)
-    if np.any(np.max(np.abs(samples.vectors), axis=1) == 0):  # not the norm: squares of 1e20 overflow float32
-        raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
-    dim = vectors.shape[1]
-    ids = samples.table["id"].tolist()
-    sep, warnings = separation_check(samples, ids, vectors, "precomputed")
-    summary = {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0,
-               "separation": sep, "warnings": input_warnings(samples, warnings)}
-    meta = {**_metadata("precomputed", dim, params, {}, []), "summary": summary}
-    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, meta, cfg.row_group_size)
-    for s in range(0, len(ids), cfg.row_group_size):
-        w.write(ids[s:s + cfg.row_group_size], vectors[s:s + cfg.row_group_size])
-    w.close()
+def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params: dict[str, Any], progress) -> dict[str, Any]:
+    """The manifest's own vectors, L2-normalised, written batch by batch (memory: one batch)."""
+    vecs = samples.vectors
+    dim, ids = vecs.dim, samples.table["id"].tolist()
+    sample = embedding.separation_sample(samples.single_label_codes(), samples.table["id"], ids)
+    picked = np.zeros((sample.rows.size, dim), np.float32)  # the separation sample's unit vectors, gathered as they pass
+    order = np.argsort(sample.rows, kind="stable")
+    w = artifacts.EmbeddingsWriter(ws.path(artifacts.EMBEDDINGS), dim, cfg.dtype, {}, cfg.row_group_size)
+    row = 0
+    try:
+        with progress.task("embed (precomputed): normalise and write", total=len(ids)) as task:
+            for block in vecs.batches(cfg.row_group_size):
+                if np.any(np.max(np.abs(block), axis=1) == 0):  # not the norm: squares of 1e20 overflow float32
+                    raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
+                unit = l2_normalize(block)
+                lo, hi = np.searchsorted(sample.rows[order], [row, row + len(block)])
+                picked[order[lo:hi]] = unit[sample.rows[order[lo:hi]] - row]
+                w.write(ids[row : row + len(block)], unit)
+                row += len(block)
+                task.advance(len(block))
+        sep, warnings = embedding.sampled_separation(sample, picked, "precomputed")
+        summary = {"model": "precomputed", "n_embedded": len(ids), "n_reused": 0, "dim": dim, "skipped_ids": [], "n_skipped": 0,
+                   "separation": sep, "warnings": input_warnings(samples, warnings)}
+        w.close({**_metadata("precomputed", dim, params, {}, []), "summary": summary})
+    except BaseException:
+        w.abort()
+        raise
     return summary
 
 

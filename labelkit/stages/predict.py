@@ -143,7 +143,7 @@ def _inputs(ctx: RunContext, found: PredictInputs, student: dict[str, Any], devi
         x, ok = load_pixels(paths, spec, ctx.progress, "read images")
         return x, np.flatnonzero(ok), {i: "unreadable image" for i in table["id"][~ok]}
     if samples.kind == "vectors":
-        return l2_normalize(samples.vectors), np.arange(len(table)), {}
+        return l2_normalize(samples.vectors.load()), np.arange(len(table)), {}
     return _embed(ctx, found, embedder, int(spec["dim"]), device)
 
 

@@ -11,7 +11,7 @@ from labelkit import artifacts
 from labelkit.config import DatasetConfig, ReportConfig
 from labelkit.stages import _runner
 from labelkit.stages._common import RunContext
-from labelkit.workspace import Workspace
+from labelkit.workspace import Workspace, file_fingerprint
 from tests.conftest import write_csv
 
 
@@ -84,3 +84,20 @@ def test_the_dag_is_declared_once_and_acyclic():
         for name in s.reads(s.config()):
             assert position[_runner.producer(name).id] < position[s.id], (s.id, name)
     assert _runner.producer(artifacts.EMBEDDINGS).id == "embed" and _runner.producer(artifacts.SAMPLES) is None
+
+
+def test_a_declared_user_file_is_fingerprinted_in_the_background_and_a_change_reruns(ctx, tmp_path):
+    calls = []
+    user = tmp_path / "probs.bin"
+    user.write_bytes(b"a" * 5_000_000)
+    spec = _toy(calls, files=lambda cfg: {"user_file": user})
+    assert _runner.run(ctx, spec, ReportConfig(), force=True).reason == "--force"  # hashed beside the build, recorded after it
+    recorded = json.loads(ctx.ws.path("manifest.json").read_text())["stages"]["toy"]["inputs"]["user_file"]
+    assert recorded == file_fingerprint(user)
+    assert _runner.run(ctx, spec, ReportConfig()).skipped
+    user.write_bytes(b"a" * 4_999_999 + b"b")  # same size, one byte changed
+    assert _runner.run(ctx, spec, ReportConfig()).reason == "input user_file changed"
+    assert calls == ["toy", "toy"]
+    user.unlink()  # a missing file (which no key hook refused): the error of hashing it
+    with pytest.raises(FileNotFoundError):
+        _runner.run(ctx, spec, ReportConfig())
