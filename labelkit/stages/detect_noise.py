@@ -200,7 +200,9 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     dyn, dyn_summary = _dynamics(dyn_path, ids, names[labels]) if dyn_path is not None else (None, None)
     j = review.judge(labels, ev["probs"], second=ev["second"], duplicates=ev["duplicates"], outliers=ev["outliers"], dynamics=dyn,
                      filter_by=cfg.filter_by, rank_by=cfg.rank_by, min_consensus=cfg.min_consensus, review_budget=cfg.review_budget)
-    issues = review.issues_frame(ids, names[labels], names[j.quality.suggested_label], j.quality)
+    q = j.quality
+    shown = np.flatnonzero(q.is_issue | pd.notna(q.issue_type))  # the rows the summary reads: flagged, or reported with a type
+    issues = review.issues_frame(ids[shown], names[labels[shown]], names[q.suggested_label[shown]], type(q)(*(f[shown] for f in q)))
     summary = review.summary(issues, j.cl.joint, classes, top=cfg.top, filter_by=cfg.filter_by, choice=ev["choice"], dynamics=dyn_summary,
                              n_labeled=int((codes >= 0).sum()), n_analysed=len(rows))
     summary["out_of_sample_accuracy"] = round(j.accuracy, 4)
@@ -218,10 +220,24 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
         "classes": classes, "params": cfg.result_params(), "probs": ev["choice"]["chosen"], "summary": summary,
         "noise_matrix": est.noise_matrix.tolist(), "joint": j.cl.joint.tolist(), "py": est.py.tolist(),
     }
-    schema = pa.schema([("id", pa.string()), ("given_label", pa.string()), ("suggested_label", pa.string()), ("label_quality", pa.float32()),
-                        ("is_issue", pa.bool_()), ("issue_type", pa.string()), ("rank", pa.int64())])
-    artifacts.write_table(ctx.ws.path(artifacts.LABEL_ISSUES), pa.Table.from_pandas(issues, schema=schema, preserve_index=False), meta)
+    artifacts.write_table(ctx.ws.path(artifacts.LABEL_ISSUES), _issues_table(ids, labels, q, classes), meta)
     return summary
+
+
+def _issues_table(ids: np.ndarray, labels: np.ndarray, q: evidence.LabelQuality, classes: list[str]) -> pa.Table:
+    """label_issues.parquet's rows (its column contract, docs/artifacts.md), most likely wrong first.
+
+    Built in Arrow: class names are taken by index from the K names, not made a Python string per
+    row (a million-row pandas frame of strings cost 0.5 s; this, a tenth of that).
+    """
+    order = np.argsort(q.rank, kind="stable")
+    names = pa.array(classes, type=pa.string())
+    return pa.table({
+        "id": pa.array(ids[order], type=pa.string()), "given_label": names.take(labels[order]),
+        "suggested_label": names.take(q.suggested_label[order]), "label_quality": q.label_quality[order].astype(np.float32),
+        "is_issue": q.is_issue[order], "issue_type": pa.array(q.issue_type[order], type=pa.string(), from_pandas=True),
+        "rank": q.rank[order].astype(np.int64),
+    })
 
 
 def _apply_gates(job: Job, res: StageResult) -> None:
