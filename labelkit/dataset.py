@@ -305,8 +305,11 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
     sources = _manifest_sources(data, df, name, has_path, has_text)
     ids = _manifest_ids(df, name, sources)
     labels, multi, notices = _manifest_labels(df, name)
-    split = _text_cells(df["split"]) if "split" in cols else np.full(len(df), "", dtype=object)
-    split[pd.isna(split)] = ""
+    if "split" in cols:
+        split = _text_cells(df["split"])
+        split[pd.isna(split)] = ""
+    else:
+        split = np.full(len(df), "", dtype=object)
     vectors = None
     if has_vec:
         vectors = ManifestVectors(name, path=path) if parquet_vectors else ManifestVectors.from_cells(df["embedding"], name)
@@ -349,9 +352,10 @@ def _file_problem(data: Path, rel: str) -> str | None:
 
 
 def _table(ids, sources, labels, multi, split) -> pd.DataFrame:
-    # object dtype keeps None as None (pandas' string dtype would turn it into NaN).
+    # object dtype keeps None as None (pandas' string dtype would turn it into NaN). copy=False:
+    # one block per column, not the five copied into one 2-D object block (0.2 s at 1M rows).
     cols = {"id": ids, "source": sources, "label": labels, "labels": multi, "split": split}
-    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()})
+    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()}, copy=False)
 
 
 def _text_cells(col: pd.Series) -> np.ndarray:
