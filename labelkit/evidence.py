@@ -27,7 +27,7 @@ _DETECT = defaults("detect-noise")  # the duplicate threshold and outlier cut de
 __all__ = [
     "Weighting", "SelectBy", "KnnLabelIssues", "DuplicateConflicts", "Outliers", "ProbsChoice", "LabelQuality",
     "knn_vote_probs", "knn_label_issues", "find_conflicting_duplicates", "find_outliers",
-    "choose_probs", "combine_evidence",
+    "choose_probs", "combine_evidence", "combine_scored",
 ]
 
 
@@ -418,9 +418,61 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
     ([None, 'label', None], [2, 1, -1])
     """
     labels = check_labels(labels)
-    n = len(labels)
+    given = suggested = None
     if probs is not None:
         probs = _check_probs_for(labels, probs)
+        given, suggested = _given_prob(labels, probs), probs.argmax(axis=1).astype(np.int64)
+    masks, doubted = _checked_masks(labels, label_issues, duplicates, dynamics, outliers, doubted)
+    return _combine_impl(labels, given, suggested, masks, duplicates, dynamics, outliers, doubted)
+
+
+def combine_scored(labels: np.ndarray, self_confidence: np.ndarray, predicted: np.ndarray, *,
+                   label_issues: np.ndarray | None = None,
+                   duplicates: DuplicateConflicts | None = None,
+                   outliers: Outliers | None = None,
+                   dynamics: DynamicsEvidence | None = None,
+                   doubted: np.ndarray | None = None) -> LabelQuality:
+    """:func:`combine_evidence` from what it reads of the probabilities, computed by the caller:
+    each row's ``self_confidence`` p_{i, y_i} and its ``predicted`` argmax.
+
+    Confident learning computes both in its pass over the probabilities
+    (:func:`labelkit.noise.confident_learning`), which also validates them: this spares a second
+    validation and an argmax pass over an (n_samples, n_classes) array.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+    self_confidence : ndarray of shape (n_samples,)
+        p_{i, y_i} of each labeled row (any value where unlabeled).
+    predicted : ndarray of shape (n_samples,)
+        argmax_j p_ij of each row: the suggested label.
+    label_issues, duplicates, outliers, dynamics, doubted
+        As in :func:`combine_evidence`.
+
+    Returns
+    -------
+    LabelQuality
+
+    Examples
+    --------
+    >>> r = combine_scored(np.array([0, 1, -1]), np.array([.9, .2, np.nan]), np.array([0, 0, 0]), label_issues=np.array([False, True, False]))
+    >>> r.issue_type.tolist(), r.rank.tolist(), r.suggested_label.tolist()
+    ([None, 'label', None], [2, 1, -1], [0, 0, 0])
+    """
+    labels = check_labels(labels)
+    n = len(labels)
+    given = np.asarray(self_confidence, dtype=np.float64)
+    suggested = np.asarray(predicted)
+    if given.shape != (n,) or suggested.shape != (n,) or not np.issubdtype(suggested.dtype, np.integer):
+        raise BadInputError(f"'self_confidence' and 'predicted' must have {n} rows (predicted: integers). "
+                            f"Got shapes {given.shape} and {suggested.shape} instead.")
+    masks, doubted = _checked_masks(labels, label_issues, duplicates, dynamics, outliers, doubted)
+    return _combine_impl(labels, given, suggested.astype(np.int64, copy=False), masks, duplicates, dynamics, outliers, doubted)
+
+
+def _checked_masks(labels, label_issues, duplicates, dynamics, outliers, doubted) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each issue type's rows (labeled only) and ``doubted``, with their shapes checked."""
+    n = len(labels)
     masks = {}
     for name, ev in zip(_TYPES, (label_issues, duplicates, dynamics, outliers)):
         mask = np.zeros(n, dtype=bool) if ev is None else np.asarray(ev if name == "label" else ev.is_issue, dtype=bool)
@@ -430,18 +482,19 @@ def combine_evidence(labels: np.ndarray, *, probs: np.ndarray | None = None,
     doubted = np.zeros(n, dtype=bool) if doubted is None else np.asarray(doubted, dtype=bool)
     if doubted.shape != (n,):
         raise BadInputError(f"'doubted' must have {n} rows. Got shape {doubted.shape} instead.")
-    return _combine_impl(labels, probs, masks, duplicates, dynamics, outliers, doubted)
+    return masks, doubted
 
 
-def _combine_impl(labels, probs, masks, duplicates, dynamics, outliers, doubted) -> LabelQuality:
-    """:func:`combine_evidence` on checked inputs (``masks``: each issue type's rows, labeled only)."""
+def _combine_impl(labels, given, suggested, masks, duplicates, dynamics, outliers, doubted) -> LabelQuality:
+    """:func:`combine_evidence` on checked inputs: ``given`` p_{i, y_i} and ``suggested`` (argmax)
+    per row, both None without probabilities; ``masks``: each issue type's rows, labeled only."""
     n = len(labels)
     lab = labels >= 0
     quality = np.ones(n)
-    suggested = labels.copy()
-    if probs is not None:
-        quality[lab] = _given_prob(labels, probs)[lab]
-        suggested = probs.argmax(axis=1).astype(np.int64)
+    if given is None:
+        suggested = labels.copy()
+    else:
+        quality[lab] = given[lab]
     if duplicates is not None:
         quality = np.minimum(quality, np.where(masks["duplicate"], 1.0 - np.nan_to_num(duplicates.similarity), 1.0))
     if dynamics is not None:

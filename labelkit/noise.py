@@ -177,6 +177,7 @@ class _Joint(NamedTuple):
     candidate_rows: np.ndarray | None  # (n_candidates, K) their probability rows
     bound: float  # every non-candidate has p_j - p_y <= bound
     scores: dict
+    predicted: np.ndarray  # (n,) int64: argmax_j p_ij of each row
 
 
 def _joint_chunk(y, pr, thr_cmp, n_classes):
@@ -200,20 +201,21 @@ def _joint_chunk(y, pr, thr_cmp, n_classes):
     selfconf = pr[r, y]
     bumped = selfconf + _FP  # the given label wins ties within _FP (argmax takes the first max)
     agrees = (top_idx == y) | (bumped > top) | ((bumped == top) & (y < top_idx))
-    return counts, has & (guess != y), ~agrees, float((bumped - selfconf).max(initial=0.0)), selfconf, top
+    return counts, has & (guess != y), ~agrees, float((bumped - selfconf).max(initial=0.0)), selfconf, top_idx
 
 
 def _joint_pass(source, stats, thresholds, *, keep_rows: bool, scores=()) -> _Joint:
     k = stats.n_classes
     thr_cmp = thresholds - _FP
     counts = np.zeros(k * k, dtype=np.int64)
-    off, cand, rows, bound = [], [], [], 0.0
+    off, cand, rows, pred, bound = [], [], [], [], 0.0
     parts = {s: [] for s in scores}
     for y, pr in _labeled_chunks(source, stats, first=False):
-        c, o, m, b, sc, top = _joint_chunk(y, pr, thr_cmp, k)
+        c, o, m, b, sc, top_idx = _joint_chunk(y, pr, thr_cmp, k)
         counts += c
         off.append(o)
         cand.append(m)
+        pred.append(top_idx)
         bound = max(bound, b)
         if keep_rows:
             rows.append(pr[m])
@@ -222,7 +224,7 @@ def _joint_pass(source, stats, thresholds, *, keep_rows: bool, scores=()) -> _Jo
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
     cand_rows = np.concatenate(rows) if rows else np.zeros((0, k), stats.dtype)
     return _Joint(counts, cat(off, bool), cat(cand, bool), cand_rows if keep_rows else None,
-                  bound, {s: cat(v, stats.dtype) for s, v in parts.items()})
+                  bound, {s: cat(v, stats.dtype) for s, v in parts.items()}, cat(pred, np.int64).astype(np.int64, copy=False))
 
 
 # ----------------------------------------------------------------------------- scores
@@ -604,6 +606,8 @@ class ConfidentLearning(NamedTuple):
     off_diagonal: np.ndarray  # (n_samples,) bool: the 'confident_learning' filter's issues (C[y][j], j != y)
     joint: np.ndarray  # (K, K) estimated joint p(y, y*), as estimate_joint
     estimates: NoiseEstimates  # as estimate_noise_matrices (converged)
+    self_confidence: np.ndarray  # (n_samples,) float64 p_{i, y_i}; NaN where unlabeled
+    predicted: np.ndarray  # (n_samples,) int64 argmax_j p_ij; -1 where unlabeled (not analysed)
 
 
 def confident_learning(
@@ -615,7 +619,8 @@ def confident_learning(
 ) -> ConfidentLearning:
     """:func:`detect_label_issues`, the off-diagonal issues, :func:`estimate_joint` and
     :func:`estimate_noise_matrices` from one analysis of ``probs`` (the thresholds and the
-    confident joint are computed once, not once per result).
+    confident joint are computed once, not once per result), with each labeled row's
+    self-confidence p_{i, y_i} and argmax, which the analysis computes anyway.
 
     References
     ----------
@@ -635,7 +640,12 @@ def confident_learning(
     off = np.zeros(len(a.labels), dtype=bool)
     off[np.flatnonzero(a.labels >= 0)] = a.joint.off_diagonal & a.joint.candidate
     cal = _calibrate(a.cj, a.counts)
-    return ConfidentLearning(issues, off, cal / np.clip(float(np.sum(cal)), _TINY, None), _latent(cal, a.counts, True))
+    rows = np.flatnonzero(a.labels >= 0)
+    selfconf = np.full(len(a.labels), np.nan)
+    selfconf[rows] = a.selfconf
+    predicted = np.full(len(a.labels), -1, dtype=np.int64)
+    predicted[rows] = a.joint.predicted
+    return ConfidentLearning(issues, off, cal / np.clip(float(np.sum(cal)), _TINY, None), _latent(cal, a.counts, True), selfconf, predicted)
 
 
 def detect_label_issues_streaming(

@@ -51,9 +51,14 @@ def judge(labels: np.ndarray, probs: np.ndarray, *, second: np.ndarray | None = 
     # Confident learning doubts a label when the row falls off the diagonal of the confident joint,
     # C[y][j], j != y (another class clears its threshold t_j; Northcutt et al. 2021, eq. 1): only
     # such outliers are issues. Measured on digits, an outlier alone was a flipped label 0-19% of the time.
-    q = evidence.combine_evidence(labels, probs=probs, label_issues=cl.issues.is_issue, duplicates=duplicates, outliers=outliers,
-                                  dynamics=dynamics, doubted=cl.off_diagonal)
-    accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+    # p_{i, y_i} and the argmax come from that analysis (which validated ``probs``): no second pass over (n, K).
+    predicted = cl.predicted
+    if (predicted < 0).any():  # unlabeled rows are not analysed; their suggestion is still the argmax
+        predicted = predicted.copy()
+        predicted[predicted < 0] = np.asarray(probs)[predicted < 0].argmax(axis=1)
+    q = evidence.combine_scored(labels, cl.self_confidence, predicted, label_issues=cl.issues.is_issue, duplicates=duplicates,
+                                outliers=outliers, dynamics=dynamics, doubted=cl.off_diagonal)
+    accuracy = float(np.mean(predicted == labels))
     label_flags = q.is_issue & (q.issue_type == "label")
     # A wrong label is contradicted by any good model; a weak model's own errors are idiosyncratic.
     # So when the other model family (linear probe vs kNN vote) confirms few of the chosen source's

@@ -147,6 +147,21 @@ def test_combine_evidence_rule():
     assert res.suggested_label.tolist() == [0, 0, 1, 0, 0]
 
 
+def test_combine_scored_from_confident_learning_equals_combine_evidence_on_the_probs():
+    labels = np.array([0, 0, 1, 1, 0, -1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.8, 0.2], [0.4, 0.6]])
+    flags = np.array([False, True, False, True, False, False])
+    cl = noise.confident_learning(labels, probs)
+    predicted = np.where(cl.predicted >= 0, cl.predicted, probs.argmax(axis=1))  # the unlabeled row's suggestion too
+    got = evidence.combine_scored(labels, cl.self_confidence, predicted, label_issues=flags)
+    want = evidence.combine_evidence(labels, probs=probs, label_issues=flags)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert got.suggested_label.tolist() == [0, 1, 1, 0, 0, 1] and got.rank.tolist() == [5, 1, 3, 2, 4, -1]
+    with pytest.raises(BadInputError, match="'self_confidence' and 'predicted' must have 6 rows"):
+        evidence.combine_scored(labels, cl.self_confidence[:5], predicted)
+
+
 def test_combine_evidence_without_probs_keeps_the_given_label():
     res = evidence.combine_evidence(np.array([0, 1]), label_issues=np.array([False, True]))
     assert res.suggested_label.tolist() == [0, 1] and res.rank.tolist() == [2, 1]

@@ -324,4 +324,7 @@ def test_confident_learning_once_equals_each_result_computed_apart():
         assert np.array_equal(cl.joint, noise.estimate_joint(labels, probs))
         est = noise.estimate_noise_matrices(labels, probs)
         assert all(np.array_equal(a, b) for a, b in zip(cl.estimates, est))
+        # p_{i, y_i} and the argmax of each labeled row, from the same pass; unlabeled rows: NaN, -1
+        assert np.array_equal(cl.predicted[5:], probs[5:].argmax(axis=1)) and (cl.predicted[:5] == -1).all()
+        assert np.array_equal(cl.self_confidence[5:], probs[np.arange(5, 300), labels[5:]]) and np.isnan(cl.self_confidence[:5]).all()
     assert cl.off_diagonal.sum() > 0 and not cl.off_diagonal[:5].any()
