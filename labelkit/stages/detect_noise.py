@@ -228,16 +228,28 @@ def _issues_table(ids: np.ndarray, labels: np.ndarray, q: evidence.LabelQuality,
     """label_issues.parquet's rows (its column contract, docs/artifacts.md), most likely wrong first.
 
     Built in Arrow: class names are taken by index from the K names, not made a Python string per
-    row (a million-row pandas frame of strings cost 0.5 s; this, a tenth of that).
+    row, and the ids are converted in their own order, then taken by rank (converting them in rank
+    order reads a million strings scattered in memory: 0.3 s).
     """
-    order = np.argsort(q.rank, kind="stable")
+    order = _by_rank(q.rank)
     names = pa.array(classes, type=pa.string())
     return pa.table({
-        "id": pa.array(ids[order], type=pa.string()), "given_label": names.take(labels[order]),
+        "id": pa.array(ids, type=pa.string()).take(order), "given_label": names.take(labels[order]),
         "suggested_label": names.take(q.suggested_label[order]), "label_quality": q.label_quality[order].astype(np.float32),
         "is_issue": q.is_issue[order], "issue_type": pa.array(q.issue_type[order], type=pa.string(), from_pandas=True),
         "rank": q.rank[order].astype(np.int64),
     })
+
+
+def _by_rank(rank: np.ndarray) -> np.ndarray:
+    """Row positions in rank order: a scatter when the ranks are 1..n (every row analysed), else a stable sort."""
+    n = len(rank)
+    if n and rank.min() == 1 and rank.max() == n:
+        order = np.full(n, -1, dtype=np.int64)
+        order[rank - 1] = np.arange(n)
+        if (order >= 0).all():  # n ranks filled n places: a permutation
+            return order
+    return np.argsort(rank, kind="stable")
 
 
 def _apply_gates(job: Job, res: StageResult) -> None:
