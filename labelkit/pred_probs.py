@@ -13,6 +13,7 @@ their place in the result; a per-row look happens only to name the first bad row
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -212,26 +213,42 @@ def _stream_rows(pf: pq.ParquetFile, classes: list[str], dtype: np.dtype, dest: 
     """Each batch of file rows: its columns into a (K, batch) buffer, then the rows asked for, a
     cached block at a time, transposed, checked and rescaled into ``norm.out[dest]``.
 
-    Column by column into a C-order matrix is ten times slower than this transposing buffer; only
-    one batch of Arrow memory is alive at a time.
+    Column by column into a C-order matrix is ten times slower than this transposing buffer. A
+    worker thread decodes the next batch into the other of two buffers meanwhile (pyarrow's decode
+    and numpy's copies release the GIL); at most two batches of Arrow memory are alive at a time.
     """
-    block = np.empty((len(classes), _BLOCK), dtype=dtype)
-    s = 0
-    for batch in pf.iter_batches(batch_size=_BLOCK, columns=classes):
-        e = s + batch.num_rows
+    bufs = [np.empty((len(classes), _BLOCK), dtype=dtype) for _ in range(2)]
+    batches = iter(pf.iter_batches(batch_size=_BLOCK, columns=classes))
+
+    def fill(block: np.ndarray) -> int:  # the next batch's rows into block; 0 at the end
+        batch = next(batches, None)
+        if batch is None:
+            return 0
         for j, col in enumerate(batch.columns):
-            block[j, : e - s] = _numbers(col, name)
-        to = dest[s:e]
-        keep = np.flatnonzero(to >= 0)
-        for a in range(0, keep.size, norm.block_rows):
-            pick, at = keep[a:a + norm.block_rows], to[keep[a:a + norm.block_rows]]
-            run = pick[-1] - pick[0] == pick.size - 1 and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
-            if run:  # consecutive file rows to consecutive places: transposed straight into them
-                norm.add_columns(block[:, pick[0]:pick[-1] + 1], slice(at[0], at[-1] + 1))
-            else:
-                norm.add(np.ascontiguousarray(block[:, pick].T), at)
-        task.advance(e - s)
-        s = e
+            block[j, : batch.num_rows] = _numbers(col, name)
+        return batch.num_rows
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pred-probs") as worker:
+        pending, s, i = worker.submit(fill, bufs[0]), 0, 0
+        while m := pending.result():  # a decoding error is raised here
+            block, i = bufs[i % 2], i + 1
+            pending = worker.submit(fill, bufs[i % 2])
+            _place_batch(block, dest[s:s + m], norm)
+            task.advance(m)
+            s += m
+
+
+def _place_batch(block: np.ndarray, to: np.ndarray, norm: _Normaliser) -> None:
+    """One decoded batch (``block``'s columns: its file rows) into ``norm.out``: file row r goes to
+    row ``to[r]`` (-1: not asked for), a cached block of rows at a time."""
+    keep = np.flatnonzero(to >= 0)
+    for a in range(0, keep.size, norm.block_rows):
+        pick, at = keep[a:a + norm.block_rows], to[keep[a:a + norm.block_rows]]
+        run = pick[-1] - pick[0] == pick.size - 1 and at[-1] - at[0] == at.size - 1 and bool((np.diff(at) == 1).all())
+        if run:  # consecutive file rows to consecutive places: transposed straight into them
+            norm.add_columns(block[:, pick[0]:pick[-1] + 1], slice(at[0], at[-1] + 1))
+        else:
+            norm.add(np.ascontiguousarray(block[:, pick].T), at)
 
 
 def _names(names: list[str], n: int = 5) -> str:
