@@ -13,6 +13,7 @@ their place in the result; a per-row look happens only to name the first bad row
 
 from __future__ import annotations
 
+import mmap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def _file_rows_to_samples(file_ids: np.ndarray, sample_ids: np.ndarray, wanted: 
     """For each file row, its sample's position (-1: not a sample); None when the file lists exactly the samples, in order.
 
     A repeated id is an error; the sample ids are unique, so a file that lists them in order needs
-    no check of its own (hashing a million ids cost 0.15-0.2 s).
+    no check of its own (which would hash every id).
     """
     if len(file_ids) == len(sample_ids) and bool((file_ids == sample_ids).all()):
         return None
@@ -285,6 +286,21 @@ def normalise_rows(p: np.ndarray, name: str, *, renormalize: bool = False, ids: 
     return norm.finish(name, renormalize=renormalize, ids=ids)
 
 
+def _written_once(n: int, k: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised (n, k) array in ordinary 4 KB pages, for a buffer written once front to back.
+
+    numpy asks the kernel for transparent huge pages on every array of 4 MB or more
+    (MADV_HUGEPAGE); with the kernel's default defrag policy for such memory each 2 MB fault may
+    first compact memory, and on a busy machine that stalls: filling the result that way cost
+    several times the system time of 4 KB pages (docs/performance.md, detect-noise --pred-probs).
+    An anonymous mapping is not so advised; it is unmapped when the array is freed.
+    """
+    nbytes = n * k * dtype.itemsize
+    if nbytes < 1 << 22:  # below numpy's threshold: nothing to avoid
+        return np.empty((n, k), dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(n, k)
+
+
 def _out_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32 if dtype in (np.float16, np.float32) else np.float64)
 
@@ -298,7 +314,7 @@ class _Normaliser:
     """
 
     def __init__(self, n: int, k: int, dtype: np.dtype) -> None:
-        self.out = np.empty((n, k), dtype=dtype)
+        self.out = _written_once(n, k, np.dtype(dtype))
         self.sums, self.low = np.empty(n), np.empty(n)
         self.nonfinite = np.zeros(n, dtype=bool)
         self.block_rows = max(256, _CACHE_BYTES // max(1, 8 * k))
