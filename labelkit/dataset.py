@@ -353,9 +353,10 @@ def _file_problem(data: Path, rel: str) -> str | None:
 
 def _table(ids, sources, labels, multi, split) -> pd.DataFrame:
     # object dtype keeps None as None (pandas' string dtype would turn it into NaN). copy=False:
-    # one block per column, not the five copied into one 2-D object block.
+    # each column is the array built here (no copy), one block per column (not the five copied
+    # into one 2-D object block); none of them is used elsewhere.
     cols = {"id": ids, "source": sources, "label": labels, "labels": multi, "split": split}
-    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()}, copy=False)
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) for k, v in cols.items()}, copy=False)
 
 
 def _text_cells(col: pd.Series) -> np.ndarray:
