@@ -46,7 +46,7 @@ def read_pred_probs(path: Path, samples: Samples, rows: np.ndarray | None = None
     advanced per batch of rows read (rate and ETA on the terminal).
     """
     n = len(samples.table)
-    labeled = samples.table["label"].notna().to_numpy()
+    labeled = samples.table["label"].notna().to_numpy() if rows is None or path.suffix == ".npy" else None  # a Parquet read of given rows needs none
     rows = np.flatnonzero(labeled) if rows is None else np.asarray(rows, dtype=np.int64)
     label = f"--pred-probs {path.name}"
     ids = samples.table["id"].to_numpy(dtype=object)
