@@ -46,20 +46,62 @@ def check_probs(probs, *, name: str = "probs", atol: float = 1e-3) -> np.ndarray
     return arr
 
 
+ROW_BLOCK = 65_536  # rows per block in the checks below: their temporaries stay small at any N
+# Rows this close to unit norm are used as they are. float16 rounds each entry by up to 2^-11
+# relative, so a stored unit row's norm is within ~5e-4 of 1; float32 ones within ~1e-6.
+UNIT_ATOL = {np.dtype(np.float16): 1e-3, np.dtype(np.float32): 1e-5}
+
+
 def check_embeddings(embeddings, *, name: str = "embeddings") -> np.ndarray:
     """Return ``embeddings`` as a C-contiguous float32 (N, D) array of finite values."""
     arr = np.asarray(embeddings)
     if arr.ndim != 2:
         raise BadInputError(f"'{name}' must be 2-D (n_samples, dim). Got shape {arr.shape} instead.")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise BadInputError(f"'{name}' contains NaN or infinite values.")
+    _check_finite(arr, name)
     return arr
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    for lo in range(0, arr.shape[0], ROW_BLOCK):  # a whole-array isfinite would be an (N, D) bool temporary
+        if not np.isfinite(arr[lo : lo + ROW_BLOCK]).all():
+            raise BadInputError(f"'{name}' contains NaN or infinite values.")
+
+
+def unit_embeddings(embeddings, *, name: str = "embeddings") -> np.ndarray:
+    """Checked (N, D) rows of unit norm, copied only when they must be.
+
+    float32 or float16 rows that are finite, C-contiguous and already unit-norm (zero rows
+    allowed) come back as they are: a float16 matrix memory-mapped from embeddings.parquet's
+    cache stays on disk, where a float32 copy would be 20 GB at 10M x 512. Consumers compute on
+    row blocks in float32 (numpy promotes float16 @ float32). Anything else is normalised into
+    one float32 copy, as :func:`l2_normalize` would.
+    """
+    arr = np.asarray(embeddings)
+    if arr.ndim != 2:
+        raise BadInputError(f"'{name}' must be 2-D (n_samples, dim). Got shape {arr.shape} instead.")
+    if arr.dtype not in UNIT_ATOL or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype if arr.dtype in UNIT_ATOL else np.float32)
+    atol, unit = UNIT_ATOL[arr.dtype], True
+    for lo in range(0, arr.shape[0], ROW_BLOCK):
+        b = arr[lo : lo + ROW_BLOCK].astype(np.float32, copy=False)
+        if not np.isfinite(b).all():
+            raise BadInputError(f"'{name}' contains NaN or infinite values.")
+        norms = np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64))
+        unit = unit and bool(np.all((np.abs(norms - 1) <= atol) | (norms == 0)))
+    if unit:
+        return arr
+    out = np.empty(arr.shape, np.float32)
+    for lo in range(0, arr.shape[0], ROW_BLOCK):
+        out[lo : lo + ROW_BLOCK] = l2_normalize(arr[lo : lo + ROW_BLOCK])
+    return out
 
 
 def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
     x = np.asarray(x)
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
     # Divide by each row's largest entry first: squaring entries near 1e20 overflows float32 and
     # turned such vectors into all-zero ones (issue 14).
     scale = np.max(np.abs(x), axis=-1, keepdims=True) if x.size else np.ones(x.shape[:-1] + (1,))

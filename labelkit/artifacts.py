@@ -348,8 +348,13 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callable[[str], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """All embeddings as (ids, float32 (N, D)).
+def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callable[[str], None] | None = None,
+                    keep_half: bool = False) -> tuple[list[str], np.ndarray]:
+    """All embeddings as (ids, float32 (N, D)); with ``keep_half``, a float16 file's as float16.
+
+    ``keep_half`` with ``cache`` returns a zero-copy float16 view of the memory-mapped cache (half
+    the memory, and pages the OS can drop): for consumers that compute on float32 row blocks
+    (``labelkit._validation.unit_embeddings``).
 
     With ``cache``, a memory-mapped Arrow IPC copy gives a zero-copy view in milliseconds. The cache
     is validated by the Parquet file's content key (``content_key``, kept in the cache's schema
@@ -369,12 +374,14 @@ def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callabl
                 raise damaged(cache, why or "unreadable after rebuilding it")
         ids = table.column("id").to_pylist()
         col = table.column("embedding").combine_chunks() if table.column("embedding").num_chunks != 1 else table.column("embedding").chunk(0)
-        values = col.flatten().to_numpy(zero_copy_only=col.type.value_type == pa.float32())
-        return ids, values.reshape(-1, col.type.list_size).astype(np.float32, copy=False)
+        half = keep_half and col.type.value_type == pa.float16()
+        values = col.flatten().to_numpy(zero_copy_only=half or col.type.value_type == pa.float32())
+        return ids, values.reshape(-1, col.type.list_size).astype(np.float16 if half else np.float32, copy=False)
     with reading(path):
         files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
     dim = _embedding_dim(path, files[0].schema_arrow)
-    out = np.empty((sum(f.metadata.num_rows for f in files), dim), dtype=np.float32)  # preallocated: peak ≈ output + one row group
+    half = keep_half and files[0].schema_arrow.field("embedding").type.value_type == pa.float16()
+    out = np.empty((sum(f.metadata.num_rows for f in files), dim), dtype=np.float16 if half else np.float32)  # peak ≈ output + one row group
     ids: list[str] = []
     row = 0
     for batch_ids, vecs in iter_embedding_batches(path):
@@ -405,16 +412,33 @@ def _open_cache(cache: Path, key: str) -> tuple[pa.Table | None, str | None]:
 
 
 def _write_cache(path: Path, cache: Path, key: str) -> None:
+    """The IPC cache as one record batch, so that readers get one contiguous zero-copy array
+    (a batch per row group made every read concatenate them: a full in-memory copy). Built in one
+    preallocated buffer of the stored type: the peak is the vectors plus one row group."""
     with reading(path):
         files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
         first = files[0].schema_arrow
-        _embedding_dim(path, first)
-        schema = first.with_metadata({**(first.metadata or {}), CACHE_KEY: key.encode()})
-        with atomic_path(cache) as tmp:
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
-                for f in files:
-                    for g in range(f.num_row_groups):
-                        w.write_table(f.read_row_group(g).replace_schema_metadata(schema.metadata))
+        dim = _embedding_dim(path, first)
+        value_type = first.field("embedding").type.value_type
+        n = sum(f.metadata.num_rows for f in files)
+        values = np.empty(n * dim, dtype=value_type.to_pandas_dtype())
+        ids, row = [], 0
+        for f in files:
+            for g in range(f.num_row_groups):
+                t = f.read_row_group(g, columns=["id", "embedding"])
+                col = t.column("embedding")
+                for chunk in col.chunks:
+                    flat = chunk.flatten().to_numpy(zero_copy_only=False)
+                    values[row * dim : row * dim + flat.size] = flat
+                    row += len(chunk)
+                ids.extend(t.column("id").chunks)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(values, type=value_type), dim)
+    id_arr = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    schema = pa.schema([first.field("id"), first.field("embedding")], metadata={**(first.metadata or {}), CACHE_KEY: key.encode()})
+    batch = pa.RecordBatch.from_arrays([id_arr.cast(schema.field("id").type), emb], schema=schema)
+    with atomic_path(cache) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
+            w.write_batch(batch)
 
 
 def embeddings_for(ids: Iterable[str], emb_ids: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

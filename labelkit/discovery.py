@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit._validation import check_labels, l2_normalize, unit_embeddings
 from labelkit.errors import BadInputError
 
 #: Candidates the silhouette is computed on at most (a fixed random sample; it is quadratic).
@@ -130,7 +130,7 @@ def discover_classes(embeddings, labels, n_classes: int, candidates, *, max_new:
     >>> d.n_clusters, bool(d.cluster[2] == d.cluster[3] != d.cluster[4] == d.cluster[5]), int(d.cluster[1])
     (2, True, -1)
     """
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     labels = check_labels(labels, n_classes=n_classes)
     cand = np.asarray(candidates)
     if cand.shape != labels.shape or cand.dtype != bool:

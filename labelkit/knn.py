@@ -47,7 +47,7 @@ from typing import Literal
 import numpy as np
 
 from labelkit._progress import NULL, Progress
-from labelkit._validation import check_embeddings, l2_normalize
+from labelkit._validation import check_embeddings, l2_normalize, unit_embeddings
 from labelkit.errors import BadInputError, LabelkitWarning
 
 
@@ -85,7 +85,6 @@ EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
 HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
 HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
 DEFAULT_BATCH_SIZE = 4_096  # query rows per block
-_UNIT_ATOL = 1e-3  # rows whose norm is within this of 1 are taken as already normalised
 _RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
 # IVF-PQ: codes of PQ_NBITS bits per sub-quantiser; pq_m (code bytes per row) is one of
 # PQ_M_CHOICES, the sizes faiss's GPU IVFPQ supports, by default about one byte per
@@ -240,18 +239,13 @@ def _check_method(method) -> str:
     return method
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """``x`` itself when its rows are already unit-norm (or zero), else a normalised copy."""
-    if x.size == 0:
-        return x
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if np.all((np.abs(norms - 1) <= _UNIT_ATOL) | (norms == 0)):
-        return x
-    return np.ascontiguousarray(l2_normalize(x))
-
-
 def _prepare(x, name: str) -> np.ndarray:
-    return _unit_rows(check_embeddings(x, name=name))
+    return unit_embeddings(x, name=name)  # float16 rows stay float16: faiss gets float32 blocks (_f32)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    """A block as the C-contiguous float32 faiss and BLAS need (no copy when it is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +255,7 @@ def _prepare(x, name: str) -> np.ndarray:
 def _gpu_flat(base: np.ndarray, gpu_id: int):
     """faiss's brute-force inner-product index of ``base`` on GPU ``gpu_id``."""
     index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base)
+    index.add(_f32(base))
     return _to_gpu(index, gpu_id)
 
 
@@ -293,14 +287,14 @@ def _exact_search_impl(base, queries, k, *, batch_size, device, task, flat=None)
     if device.faiss_gpu is not None:
         index = flat if flat is not None else _gpu_flat(base, device.faiss_gpu)
         for qs in range(0, nq, batch_size):
-            q = queries[qs : qs + batch_size]
+            q = _f32(queries[qs : qs + batch_size])
             sims[qs : qs + len(q)], idx[qs : qs + len(q)] = index.search(q, kk)
             task.advance(len(q))
         return sims, idx
     if device.torch_device != "cpu":
-        base_t = torch.from_numpy(base).to(device.torch_device)
+        base_t = torch.from_numpy(_f32(base)).to(device.torch_device)
         for qs in range(0, nq, batch_size):
-            q = torch.from_numpy(queries[qs : qs + batch_size]).to(device.torch_device)
+            q = torch.from_numpy(_f32(queries[qs : qs + batch_size])).to(device.torch_device)
             best_s = best_i = None
             for bs in range(0, nb, EXACT_BASE_BLOCK):
                 best_s, best_i = _topk_merge(best_s, best_i, q @ base_t[bs : bs + EXACT_BASE_BLOCK].T, bs, kk)
@@ -313,10 +307,10 @@ def _exact_search_impl(base, queries, k, *, batch_size, device, task, flat=None)
     block = min(EXACT_BASE_BLOCK, nb)
     scratch = np.empty(min(batch_size, nq) * block, np.float32)
     for qs in range(0, nq, batch_size):
-        q = queries[qs : qs + batch_size]
+        q = _f32(queries[qs : qs + batch_size])
         best_s = best_i = None
         for bs in range(0, nb, block):
-            b = base[bs : bs + block]
+            b = _f32(base[bs : bs + block])
             s = scratch[: len(q) * len(b)].reshape(len(q), len(b))
             np.matmul(q, b.T, out=s)
             best_s, best_i = _topk_merge(best_s, best_i, torch.from_numpy(s), bs, kk)
@@ -409,7 +403,7 @@ class KnnIndex:
         chunk = 16_384
         with progress.task("knn: build HNSW index", total=len(base)) as task:
             for s in range(0, len(base), chunk):
-                index.add(base[s : s + chunk])
+                index.add(_f32(base[s : s + chunk]))
                 task.advance(min(chunk, len(base) - s))
         return index
 
@@ -437,10 +431,10 @@ class KnnIndex:
         with progress.task(f"knn: build {'IVF-PQ' if pq else 'IVF'} index", total=n) as task:
             if self.device.faiss_gpu is not None:
                 index = _to_gpu(index, self.device.faiss_gpu)  # train on the GPU too
-            index.train(train)
+            index.train(_f32(train))
             del train
             for s in range(0, n, chunk):
-                index.add(base[s : s + chunk])
+                index.add(_f32(base[s : s + chunk]))
                 task.advance(min(chunk, n - s))
         self._quantizer = quantizer  # keep the quantizer alive as long as the CPU index
         return index
@@ -532,6 +526,7 @@ class KnnIndex:
 
     def _ann_search(self, queries, kq, params):
         """One block of an approximate search; IVF-PQ re-ranks its best candidates by exact inner product."""
+        queries = _f32(queries)
         if self.method_ != "ivfpq" or not self.ann.rerank:
             return self._index.search(queries, kq, params=params)
         _, cand = self._index.search(queries, _n_candidates(kq, self.ann.rerank), params=params)
@@ -572,7 +567,7 @@ class KnnIndex:
         rng = np.random.default_rng(self.seed)
         n_s = min(self.ann.n_tune_queries, len(queries))
         rows = np.sort(rng.choice(len(queries), n_s, replace=False))
-        sample = np.ascontiguousarray(queries[rows])
+        sample = _f32(queries[rows])
         k = kq - (drop_self_offset is not None)
         with progress.task("knn: tune recall on a sample", total=n_s) as task:
             s, i = _exact_search_impl(self._base, sample, kq, batch_size=DEFAULT_BATCH_SIZE, device=self.device, task=task)
@@ -1131,7 +1126,7 @@ def kmeans(
     """
     x = check_embeddings(x, name="x")
     if spherical:
-        x = _unit_rows(x)
+        x = unit_embeddings(x, name="x")
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
         raise BadInputError(f"'n_clusters' must be a positive integer. Got {n_clusters!r} instead.")
     if n_clusters > len(x):

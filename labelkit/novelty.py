@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit._validation import check_labels, l2_normalize, unit_embeddings
 from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
@@ -119,7 +119,7 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
     >>> r.novel[6:].tolist(), bool(r.score[7] > r.score[6])
     ([False, True], True)
     """
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     labels = check_labels(labels, n_classes=n_classes)
     if labels.shape[0] != x.shape[0]:
         raise BadInputError(f"'labels' must have one entry per embedding ({x.shape[0]}). Got {labels.shape[0]} instead.")

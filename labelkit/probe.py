@@ -83,7 +83,8 @@ def probe_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, rows
     """Class probabilities at ``rows`` (None = all) from the softmax probe fitted on the labeled rows
     (at most ``max_train`` of them, drawn with a fixed seed), on the CPU.
 
-    Unchecked (callers validate): ``embeddings`` float32 (N, D), ``labels`` int64 (N,) with -1 for
+    Unchecked (callers validate): ``embeddings`` float32 or float16 (N, D), read by rows (no
+    float32 copy of the whole matrix), ``labels`` int64 (N,) with -1 for
     unlabeled and at least one labeled row. Returns float32 (len(rows), n_classes).
     """
     labeled = np.flatnonzero(labels >= 0)
@@ -92,12 +93,14 @@ def probe_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, rows
         return np.full((want.size, n_classes), 1.0 / n_classes, dtype=np.float32)
     if labeled.size > max_train:  # full-batch L-BFGS cost grows with the rows; a linear model needs far fewer
         labeled = np.sort(np.random.default_rng(0).choice(labeled, max_train, replace=False))
-    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-    predict = _fit_probe(x[labeled], torch.from_numpy(labels[labeled].astype(np.int64)), n_classes, config or ProbeConfig())
+    def rows_of(r: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(embeddings[r], dtype=np.float32))  # a fancy index copies: writable
+
+    predict = _fit_probe(rows_of(labeled), torch.from_numpy(labels[labeled].astype(np.int64)), n_classes, config or ProbeConfig())
     out = np.empty((want.size, n_classes), dtype=np.float32)
     with torch.no_grad():
         for lo in range(0, want.size, 65536):
-            out[lo:lo + 65536] = predict(x[torch.from_numpy(want[lo:lo + 65536])]).numpy()
+            out[lo:lo + 65536] = predict(rows_of(want[lo:lo + 65536])).numpy()
     return out
 
 

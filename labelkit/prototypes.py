@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labelkit import knn
-from labelkit._validation import check_embeddings, check_labels, l2_normalize
+from labelkit._validation import check_embeddings, check_labels, l2_normalize, unit_embeddings
 from labelkit.config import defaults
 from labelkit.errors import BadInputError
 
@@ -174,7 +174,7 @@ def class_prototypes(
     >>> p.vectors.tolist(), p.support.tolist()
     ([[1.0, 0.0], [0.0, 1.0]], [1, 2])
     """
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     n_classes = _check_pos_int(n_classes, "n_classes")
     y = check_labels(labels, n_classes=n_classes)
     _check_same_len(x, y)
@@ -325,7 +325,7 @@ def select_clean(
     >>> select_clean(x, np.array([0, 0, 0, 0, 1, 1, 1, 1]), k=3).tolist()
     [True, True, True, True, True, True, True, False]
     """
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     y = check_labels(labels)
     _check_same_len(x, y)
     k = _check_pos_int(k, "k")
@@ -614,7 +614,7 @@ def class_scores(embeddings, protos, n_classes: int | None = None) -> np.ndarray
     [[-inf, 0.800000011920929]]
     """
     protos = _check_protos(protos)
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     if x.shape[1] != protos.dim:
         raise BadInputError(f"'embeddings' must have dim {protos.dim} like the prototypes. Got {x.shape[1]} instead.")
     if n_classes is None:
@@ -668,7 +668,7 @@ def class_spread(embeddings, labels, protos) -> np.ndarray:
     [0.5, nan]
     """
     protos = _check_protos(protos)
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     y = check_labels(labels, n_classes=protos.n_classes)
     _check_same_len(x, y)
     if x.shape[1] != protos.dim:

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from labelkit._probability import ROW_CHUNK, check_positive, log_probs, margin, softmax
-from labelkit._validation import check_embeddings, check_labels, check_probs, l2_normalize
+from labelkit._validation import check_embeddings, check_labels, check_probs, l2_normalize, unit_embeddings
 from labelkit.calibration import Calibration, _em_prior_impl, calibrate
 from labelkit.config import PseudolabelConfig, defaults, validate_options
 from labelkit.errors import BadInputError
@@ -119,7 +119,7 @@ def prototype_scores(embeddings, prototypes, prototype_classes, n_classes: int, 
     >>> prototype_scores(x, np.eye(2), np.array([0, 1]), 2, temperature=0.1).argmax(axis=1)
     array([0, 1, 1])
     """
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     check_positive("temperature", temperature)
     v, c = _check_prototypes(prototypes, prototype_classes, n_classes, x.shape[1], "prototypes")
     return _prototype_probs(x, v, c, n_classes, temperature, dtype=np.float64)
@@ -225,7 +225,7 @@ def label_spreading_scores(
     if anchors is not None:
         if embeddings is None:
             raise BadInputError("'embeddings' are needed to link 'anchors' into the graph.")
-        x = l2_normalize(check_embeddings(embeddings))
+        x = unit_embeddings(embeddings)
         anchors = _as_prototypes(anchors, n_classes, x.shape[1], "anchors")
     opts = PseudolabelOptions(method=ScoreMethod.PROPAGATION, alpha=alpha, gamma=gamma, refine=False, reach_prior=0.0)
     ctx = _Context(x, sims, idx, n_classes, None, anchors)
@@ -595,7 +595,7 @@ def _as_prototypes(obj, n_classes: int, dim: int, name: str):
 
 def _validated(embeddings, labels, n_classes, graph, prototypes, text_prototypes, options) -> tuple[np.ndarray, _Context]:
     """Checked labels and the scoring context (the public functions' shared edge)."""
-    x = l2_normalize(check_embeddings(embeddings))
+    x = unit_embeddings(embeddings)
     labels = check_labels(labels, n_classes=n_classes)
     if labels.shape[0] != x.shape[0]:
         raise BadInputError(f"'labels' must have one entry per embedding ({x.shape[0]}). Got {labels.shape[0]} instead.")

@@ -20,7 +20,7 @@ class Aligned:
     """Embeddings with their samples' labels, in embeddings.parquet row order."""
 
     ids: list[str]
-    vectors: np.ndarray  # (N, D) float32, unit norm
+    vectors: np.ndarray  # (N, D) unit norm, float32 or float16 as stored (memory-mapped; compute converts row blocks)
     labels: np.ndarray  # (N,) int64, -1 = unlabeled
     classes: list[str]
     meta: dict
@@ -28,7 +28,7 @@ class Aligned:
 
 def aligned(ws: Workspace, samples: Samples) -> Aligned:
     """Join samples and embeddings on id (inputs that could not be embedded drop out)."""
-    ids, vecs, meta = read_embeddings(ws)
+    ids, vecs, meta = read_embeddings(ws, keep_half=True)
     codes = samples.label_codes()
     pos = pd.Index(samples.table["id"]).get_indexer(ids)
     labels = np.where(pos >= 0, codes[np.maximum(pos, 0)], -1).astype(np.int64)
@@ -49,10 +49,11 @@ def class_embeddings(ws: Workspace, classes: list[str]) -> np.ndarray | None:
     return vecs[order]
 
 
-def read_embeddings(ws: Workspace) -> tuple[list[str], np.ndarray, dict]:
-    """(ids, float32 (N, D), metadata) of embeddings.parquet, through the memory-mapped cache."""
+def read_embeddings(ws: Workspace, *, keep_half: bool = False) -> tuple[list[str], np.ndarray, dict]:
+    """(ids, (N, D) vectors, metadata) of embeddings.parquet, through the memory-mapped cache: float32,
+    or with ``keep_half`` float16 when stored so (``artifacts.read_embeddings``)."""
     path = artifacts.require(ws.path(artifacts.EMBEDDINGS), f"labelkit embed {ws.data}")
-    ids, vecs = artifacts.read_embeddings(path, cache=ws.path(artifacts.EMBEDDINGS_CACHE))
+    ids, vecs = artifacts.read_embeddings(path, cache=ws.path(artifacts.EMBEDDINGS_CACHE), keep_half=keep_half)
     return ids, vecs, artifacts.read_metadata(path)
 
 

@@ -111,3 +111,22 @@ def test_clean_seeds_odds_keeps_seeds_that_plain_confident_learning_would_drop(r
     assert artifacts.read_metadata(digits / ".labelkit" / "pseudolabels.parquet")["params"]["clean_seeds_odds"] == 1.0
     bad = runner.invoke(app, ["pseudolabel", str(digits), "--clean-seeds-odds", "0.5"])
     assert bad.exit_code == 2 and "--clean-seeds-odds: must be >= 1. Got 0.5 instead." in bad.stderr
+
+
+def test_float16_embeddings_give_the_float32_pseudo_labels(runner, digits, tmp_path):
+    """--dtype float16 halves embeddings.parquet and is read back as float16 (no float32 copy):
+    the pseudo-labels agree with the float32 run's."""
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(digits, half)
+    assert runner.invoke(app, ["embed", str(half), "--dtype", "float16"]).exit_code == 0
+    emb = half / ".labelkit" / artifacts.EMBEDDINGS
+    assert str(pq.read_schema(emb).field("embedding").type.value_type) == "halffloat"
+    r16 = runner.invoke(app, ["pseudolabel", str(half), "--json"])
+    r32 = runner.invoke(app, ["pseudolabel", str(digits), "--json"])
+    assert r16.exit_code == r32.exit_code == 0, r16.output + r32.output
+    a = pq.read_table(half / ".labelkit" / "pseudolabels.parquet").to_pandas().set_index("id")
+    b = pq.read_table(digits / ".labelkit" / "pseudolabels.parquet").to_pandas().set_index("id").loc[a.index]
+    assert (a["label"] == b["label"]).mean() > 0.99
+    assert abs(json.loads(r16.stdout)["n_accepted"] - json.loads(r32.stdout)["n_accepted"]) <= 15
