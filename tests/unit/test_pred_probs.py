@@ -95,6 +95,12 @@ def test_integer_ids_are_read_as_their_text(tmp_path):
     s = _samples(tmp_path, "id,label\n1,a\n2,b\n")
     pq.write_table(pa.table({"id": [2, 1], "a": [0.4, 0.9], "b": [0.6, 0.1]}), tmp_path / "p.parquet")
     np.testing.assert_array_equal(read_pred_probs(tmp_path / "p.parquet", s), [[0.9, 0.1], [0.4, 0.6]])
+    # In the samples' order the ids are compared in Arrow (no Python strings): the same answer
+    pq.write_table(pa.table({"id": [1, 2], "a": [0.9, 0.4], "b": [0.1, 0.6]}), tmp_path / "p.parquet")
+    np.testing.assert_array_equal(read_pred_probs(tmp_path / "p.parquet", s), [[0.9, 0.1], [0.4, 0.6]])
+    pq.write_table(pa.table({"id": [1, 3], "a": [0.9, 0.4], "b": [0.1, 0.6]}), tmp_path / "p.parquet")
+    with pytest.raises(BadInputError, match="no row for labeled id '2'"):
+        read_pred_probs(tmp_path / "p.parquet", s)
 
 
 def test_a_stored_pandas_index_is_not_a_class_column(tmp_path):
