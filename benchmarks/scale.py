@@ -6,9 +6,15 @@
 The dataset: ``labels.parquet`` with ``id``, ``label`` (10% of the rows labeled, 5% of those
 flipped to another class) and ``embedding`` (float16 list of 512), the vectors of
 benchmarks/knn.py (N/1000 clusters in random 8-d subspaces), one class per cluster group of 10
-(N/10000 classes, at least 2). Each stage runs as its own ``labelkit`` process under
-``/usr/bin/time -v``: wall seconds, CPU seconds and peak RSS per stage. The machine may be
-shared; the table says what the load average was.
+(N/10000 classes, between 2 and 100: a label set does not grow with the data). The embed stage
+stores float16 (``--dtype float16``), which the later stages read memory-mapped as float16;
+``--memory-budget`` is passed to pseudolabel and detect-noise (IVF-PQ when the size-chosen index
+would not fit). Each stage runs as its own ``labelkit`` process under ``/usr/bin/time -v``: wall
+seconds, CPU seconds and peak RSS per stage. The machine may be shared; the table says what the
+load average was. Run it from a checkout nothing edits meanwhile (a ``git worktree``): a stage
+imports some modules lazily, and an edit mid-run mixes two versions.
+
+    python benchmarks/scale.py --n 1000000 --memory-budget 2GB --workdir /data/scale
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STAGES = (("embed", []), ("pseudolabel", []), ("detect-noise", []))
+STAGES = ("embed", "pseudolabel", "detect-noise")
+MAX_CLASSES = 100
 
 
 def write_dataset(folder: Path, n: int, seed: int = 0) -> dict:
@@ -44,7 +51,7 @@ def write_dataset(folder: Path, n: int, seed: int = 0) -> dict:
     draw = np.random.default_rng(seed)
     draw.standard_normal((n_clusters, 512), dtype=np.float32)
     cluster = draw.integers(0, n_clusters, n)
-    n_classes = max(2, n_clusters // 10)
+    n_classes = min(MAX_CLASSES, max(2, n_clusters // 10))
     true = cluster % n_classes
     labeled = rng.random(n) < 0.10
     flipped = labeled & (rng.random(n) < 0.05)
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="100000", help="comma-separated sizes")
     ap.add_argument("--workdir", type=Path, help="keep the datasets here (default: a temporary folder)")
+    ap.add_argument("--memory-budget", help="passed to pseudolabel and detect-noise, e.g. 2GB")
     args = ap.parse_args(argv)
     print("| N x 512 (float16) | stage | wall s | CPU s | peak RSS GB | notes |")
     print("| ---: | --- | ---: | ---: | ---: | --- |", flush=True)
@@ -88,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             info = write_dataset(data, n) if not (data / "labels.parquet").is_file() else {"n": n}
             print(f"| {n:,} | (write dataset) | {time.perf_counter() - t:.0f} | | | {info} |", flush=True)
-            for stage, extra in STAGES:
-                r = run_stage(stage, data, extra)
+            budget = ["--memory-budget", args.memory_budget] if args.memory_budget else []
+            for stage in STAGES:
+                r = run_stage(stage, data, ["--dtype", "float16"] if stage == "embed" else budget)
                 s = r["summary"]
-                note = ", ".join(f"{k}={s[k]}" for k in ("n_accepted", "n_issues", "knn_method", "probs") if k in s)
+                note = ", ".join(f"{k}={s[k]}" for k in ("n_accepted", "n_issues", "probs") if k in s)
+                if isinstance(s.get("knn"), dict):
+                    note += f", knn={s['knn'].get('method')}"
+                if isinstance(s.get("timings_s"), dict):
+                    note += ", " + " ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items() if isinstance(v, (int, float)))
                 print(f"| {n:,} | {stage} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['peak_gb']:.2f} | {note}; load {os.getloadavg()[0]:.1f} |", flush=True)
     return 0
 
