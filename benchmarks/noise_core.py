@@ -149,6 +149,7 @@ def bench_command(n: int, k: int, repeat: int, *, profile: bool, workdir: Path |
     from cleanlab.filter import find_label_issues as cl_find
 
     labels, probs = synthetic(n, k)
+    load_before = os.getloadavg()[0]
     lines = [f"### Whole command vs cleanlab core, {n:,} x {k} (probs.parquet float32)", "",
              "| what | wall s (best) | CPU s (user + sys, that run) | runs (wall) |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="noise_core_") as tmp:
@@ -168,7 +169,8 @@ def bench_command(n: int, k: int, repeat: int, *, profile: bool, workdir: Path |
         cmd_wall, cmd_cpu = min(runs)
         ratio = (f"Ratio command / cleanlab core: wall {cmd_wall / cl_wall:.2f} (vs its defaults), {cmd_wall / cl1_wall:.2f} (vs n_jobs=1); "
                  f"CPU {cmd_cpu / cl1_cpu:.2f} (vs n_jobs=1). Inputs written (or found) in {written:.1f} s (not timed). "
-                 f"Flagged by the command: {summary['n_issues']:,}; by label type {summary['issues_by_type']}.")
+                 f"Flagged by the command: {summary['n_issues']:,}; by label type {summary['issues_by_type']}. "
+                 f"Load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.")
         command = (f"| `labelkit detect-noise DATA --pred-probs probs.parquet` (subprocess: start, read, validate, compute, write) "
                    f"| {cmd_wall:.2f} | {cmd_cpu:.2f} | {', '.join(f'{w:.2f}' for w, _ in runs)} |")
         lines += [command,
