@@ -115,11 +115,23 @@ class Samples:
                 "multi-label data (samples with several labels, or none, in 'labels'): this stage reads one label per "
                 "sample and does not support multi-label data yet; the stages that do are listed in docs/getting-started.md"
             )
-        labels = self.table["label"]
-        codes = pd.Index(self.classes, dtype=object).get_indexer(labels.to_numpy(dtype=object)).astype(np.int64)
-        unknown = (codes < 0) & labels.notna().to_numpy()
-        if unknown.any():
-            raise KeyError(labels.iloc[int(np.argmax(unknown))])
+        labels = self.table["label"].to_numpy(dtype=object)
+        index = pd.Index(self.classes, dtype=object)
+        try:  # each distinct label looked up once: Arrow hashes the million cells, not Python
+            enc = pa.array(labels, type=pa.large_string(), from_pandas=True).dictionary_encode()
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a cell that is not text
+            enc = None
+        if enc is not None:
+            names = enc.dictionary.to_numpy(zero_copy_only=False)  # in order of first appearance
+            at = index.get_indexer(names).astype(np.int64)
+            if (at < 0).any():
+                raise KeyError(names[int(np.argmax(at < 0))])
+            return np.append(at, -1)[pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)]  # null (unlabeled) -> -1
+        codes = index.get_indexer(labels).astype(np.int64)
+        missed = np.flatnonzero(codes < 0)  # unlabeled, or a label that is not a class: only these are looked at again
+        unknown = missed[pd.notna(labels[missed])]
+        if unknown.size:
+            raise KeyError(labels[unknown[0]])
         return codes
 
     def fingerprint(self, data_root) -> str:
