@@ -1,4 +1,4 @@
-"""Scale: a synthetic clustered set of N x 512 float16 vectors through embed -> pseudolabel -> detect-noise.
+"""Scale: a synthetic clustered set of N x 512 float16 vectors through embed -> prototype -> pseudolabel -> detect-noise.
 
     python benchmarks/scale.py --n 100000            # one size
     python benchmarks/scale.py --n 100000,1000000    # several, smallest first
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STAGES = ("embed", "pseudolabel", "detect-noise")
+STAGES = ("embed", "prototype", "pseudolabel", "detect-noise")  # prototype too: a rerun with new embeddings must not reuse stale prototypes
 MAX_CLASSES = 100
 
 
