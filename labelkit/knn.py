@@ -102,6 +102,10 @@ RERANK_MIN_K = 12  # IVF-PQ re-ranks rerank * max(k, RERANK_MIN_K) candidates: f
 # IVF-PQ's tuning stops at this nprobe: past it the codes, not the cells, limit recall (4-byte codes of 128-d rows:
 # 0.872 / 0.877 / 0.879 at nprobe 8 / 16 / 32, 0.881 scanning all 1,265 cells for 8x the time and 2.5x the memory)
 IVFPQ_MAX_NPROBE = 256
+# Tuning doubles IVF-PQ's re-ranked candidates up to this factor when nprobe alone stops short of
+# the recall target: at 1M x 512 the codes' best 96 missed true neighbours (recall 0.909 at
+# nprobe 256) that a longer candidate list holds.
+RERANK_MAX = 64
 _GROWTH = 2  # faiss grows its code arrays by doubling: while one is copied, old and new are both held
 FAISS_WORKING_BYTES = 24 << 20  # faiss's and OpenMP's own working memory: measured 10-23 MB above the rest of the model
 
@@ -142,7 +146,8 @@ class AnnParams:
         IVF-PQ: each query's ``rerank * max(k, RERANK_MIN_K)`` best candidates by code are
         re-ranked by exact inner product with the original rows; 0 returns the codes'
         approximate similarities instead. On 5,000 x 32 clustered rows with k=5, 48 candidates
-        reached recall 0.85 and 96 reached 0.998.
+        reached recall 0.85 and 96 reached 0.998. When no nprobe reaches the recall target,
+        tuning doubles it (up to RERANK_MAX) until one does (``rerank_``).
     """
 
     hnsw_m: int = 32
@@ -368,6 +373,7 @@ class KnnIndex:
         self._index = None
         self.tuned_: dict[int, int] = {}  # k -> efSearch / nprobe reaching target recall
         self.recall_: dict[int, float] = {}  # k -> recall@k of the tuned knob on the tuning sample
+        self.rerank_: dict[int, int] = {}  # k -> IVF-PQ re-rank factor tuning settled on (when it grew it)
 
     # -- build ------------------------------------------------------------------------------
     def build(self, embeddings, *, progress: Progress = NULL) -> KnnIndex:
@@ -379,6 +385,7 @@ class KnnIndex:
         self._base = base
         self.tuned_ = {}
         self.recall_ = {}
+        self.rerank_ = {}
         method = method or self.method
         if method == "auto":  # a self-search (n_queries == n_base) is assumed
             method = _auto_method(len(base), len(base), self.device)
@@ -512,6 +519,8 @@ class KnnIndex:
                 s, i = _drop_self(s, i, drop_self_offset + np.arange(nq))
             return _pad(s, i, k)
         params = self._search_params(self._knob(kq, queries, drop_self_offset, progress))
+        if kq in self.rerank_:  # a longer candidate list: smaller batches keep a block's candidates the size memory_estimate counts
+            batch_size = max(1, batch_size * self.ann.rerank // self.rerank_[kq])
         sims = np.empty((nq, k), np.float32)
         idx = np.empty((nq, k), np.int64)
         with progress.task(f"knn: {self.method_} search", total=nq) as task:
@@ -524,12 +533,13 @@ class KnnIndex:
                 task.advance(len(qb))
         return sims, idx
 
-    def _ann_search(self, queries, kq, params):
+    def _ann_search(self, queries, kq, params, rerank: int | None = None):
         """One block of an approximate search; IVF-PQ re-ranks its best candidates by exact inner product."""
         queries = _f32(queries)
-        if self.method_ != "ivfpq" or not self.ann.rerank:
+        rerank = self.rerank_.get(kq, self.ann.rerank) if rerank is None else rerank
+        if self.method_ != "ivfpq" or not rerank:
             return self._index.search(queries, kq, params=params)
-        _, cand = self._index.search(queries, _n_candidates(kq, self.ann.rerank), params=params)
+        _, cand = self._index.search(queries, _n_candidates(kq, rerank), params=params)
         return _rerank(self._base, queries, cand, kq)
 
     def _search_params(self, knob: int):
@@ -582,14 +592,22 @@ class KnnIndex:
             nlist = self._index.nlist
             knobs = sorted({min(nlist, 2**j) for j in range(0, int(math.log2(max(1, nlist))) + 2)})
             knobs = [v for v in knobs if self.method_ == "ivf" or v <= IVFPQ_MAX_NPROBE]
-        recall = 0.0
-        for knob in knobs:
-            s, i = self._ann_search(sample, kq, self._search_params(knob))
-            if drop_self_offset is not None:
-                s, i = _drop_self(s, i, drop_self_offset + rows)
-            recall = _recall_impl(_pad(s, i, k)[1], exact)
+        reranks = [self.ann.rerank]
+        if self.method_ == "ivfpq" and self.ann.rerank:
+            reranks += [self.ann.rerank * 2**j for j in range(1, 7) if self.ann.rerank * 2**j <= RERANK_MAX]
+        for rerank in reranks:  # the cheapest list of candidates first; longer ones only where nprobe plateaus
+            recall = 0.0
+            for knob in knobs:
+                s, i = self._ann_search(sample, kq, self._search_params(knob), rerank)
+                if drop_self_offset is not None:
+                    s, i = _drop_self(s, i, drop_self_offset + rows)
+                recall = _recall_impl(_pad(s, i, k)[1], exact)
+                if recall >= goal:
+                    break
             if recall >= goal:
                 break
+        if rerank != self.ann.rerank:
+            self.rerank_[kq] = rerank
         return knob, recall
 
 
@@ -759,7 +777,7 @@ def memory_estimate(
             chunk = min(_ivf_add_chunk(d, m, PQ_NBITS), n)
             table = chunk * 2**PQ_NBITS * m * 4 if d // m >= 16 else 0
             build = max(copy + n_train * d * 4, chunk * (4 * d + 8 + m) + table)
-            cand = _n_candidates(kq, ann.rerank)
+            cand = _n_candidates(kq, ann.rerank)  # a longer list that tuning picks is searched in proportionally smaller batches
             block += (batch * cand * 12 + min(RERANK_BLOCK_BYTES, batch * cand * d * 4)) if ann.rerank else 0
     return index + max(build, tune, q * k * 12 + block) + FAISS_WORKING_BYTES
 

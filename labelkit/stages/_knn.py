@@ -82,7 +82,7 @@ def _tuned(index: Any, kq: int) -> dict[str, Any] | None:
     if kq not in index.recall_:
         return None
     return {"ef_search" if index.method_ == "hnsw" else "nprobe": index.tuned_[kq], "sample_recall": round(float(index.recall_[kq]), 4),
-            "target_recall": index.ann.target_recall}
+            "target_recall": index.ann.target_recall, **({"rerank": index.rerank_[kq]} if kq in index.rerank_ else {})}
 
 
 def recall_warnings(info: dict[str, Any] | None) -> list[dict[str, str]]:

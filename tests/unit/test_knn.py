@@ -412,3 +412,21 @@ def test_knn_graph_under_a_budget_uses_ivfpq(monkeypatch):
     assert built == [True] and idx.shape == (5_000, 5)
     _, exact = knn_graph(x, 5, method="exact", device="cpu")
     assert recall_at_k(idx, exact) >= 0.95
+
+
+def test_ivfpq_tuning_lengthens_the_candidate_list_where_nprobe_plateaus():
+    """2-byte codes of 32-d rows cannot rank the true neighbours into the best 96 candidates at any
+    nprobe; tuning doubles the re-ranked list until the sample's recall reaches the target, and the
+    whole graph then has that recall. Finer (8-byte) codes need a shorter list than the 2-byte ones."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 20, 6000)] + 0.6 * rng.standard_normal((6000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact = knn_graph(x, 10, method="exact", device="cpu")[1]
+    coarse = KnnIndex("ivfpq", device="cpu", ann=AnnParams(pq_m=2)).build(x)
+    idx = coarse.graph(10)[1]
+    assert coarse.rerank_[11] > 8 and coarse.recall_[11] >= 0.95
+    assert recall_at_k(idx, exact) >= 0.95
+    finer = KnnIndex("ivfpq", device="cpu", ann=AnnParams(pq_m=8)).build(x)
+    finer.graph(10)
+    assert finer.rerank_.get(11, 8) < coarse.rerank_[11] and finer.recall_[11] >= 0.95
