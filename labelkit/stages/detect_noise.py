@@ -131,7 +131,7 @@ def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: n
     """The probability sources over the labeled rows with embeddings, those rows, and the graph of every sample."""
     from labelkit.stages._inputs import class_embeddings, read_embeddings
 
-    emb_ids, vecs, _ = read_embeddings(ctx.ws)
+    emb_ids, vecs, _ = read_embeddings(ctx.ws, keep_half=True)  # float16 stays float16 (compute converts row blocks)
     pos = pd.Index(emb_ids).get_indexer(samples.table["id"])  # -1: no embedding (unreadable input)
     rows = np.flatnonzero((codes >= 0) & (pos >= 0))
     if len(rows) < 2:

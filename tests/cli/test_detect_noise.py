@@ -302,3 +302,18 @@ def test_issue15_pseudolabel_propagation_options_reach_the_propagation_source(ru
     assert json.loads(r.stdout)["reason"] == "parameters changed" and seen[-1].gamma == 2.0
     r = runner.invoke(app, ["detect-noise", str(tmp_path), "--config", str(toml), "--json"])
     assert json.loads(r.stdout)["skipped"] is True and len(seen) == 2
+
+
+def test_float16_embeddings_flag_the_float32_runs_issues(runner, digits, tmp_path):
+    """detect-noise reads --dtype float16 embeddings as float16 (no float32 copy); the issues agree."""
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(digits, half)
+    assert runner.invoke(app, ["embed", str(half), "--dtype", "float16"]).exit_code == 0
+    r16 = runner.invoke(app, ["detect-noise", str(half), "--json"])
+    r32 = runner.invoke(app, ["detect-noise", str(digits), "--json"])
+    assert r16.exit_code == r32.exit_code == 0, r16.output + r32.output
+    a = set(pq.read_table(half / ".labelkit" / "label_issues.parquet").column("id").to_pylist())
+    b = set(pq.read_table(digits / ".labelkit" / "label_issues.parquet").column("id").to_pylist())
+    assert b and len(a & b) >= 0.9 * max(len(a), len(b))
