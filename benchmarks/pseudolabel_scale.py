@@ -75,10 +75,10 @@ def main() -> None:
         laps = out.get("timings_s", {})
         load = f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}"
         n_acc = int(pl["accepted"].sum())
-        print("| n | dim | classes | labeled | make data s | embed s | prototype s | pseudolabel s | of which kNN graph s | clean seeds s | score s | write s | total s | load avg (1 min, before / after) | peak RSS GB |")
+        print("| n | dim | classes | labeled | make data s | embed s | prototype s | pseudolabel s | of which kNN graph s | clean seeds s | score s | accept s | write s | total s | load avg (1 min, before / after) | peak RSS GB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         print(f"| {a.n:,} | {a.dim} | {a.classes} | {a.labeled:.0%} | {t_make:.1f} | {stages.get('embed')} | {stages.get('prototype')} | {out.get('wall_time_s')} | "
-              f"{laps.get('knn_graph')} | {laps.get('clean_seeds')} | {laps.get('score')} | {laps.get('write')} | {wall:.1f} | {load} | {peak_gb:.2f} |")
+              f"{laps.get('knn_graph')} | {laps.get('clean_seeds')} | {laps.get('score')} | {laps.get('accept')} | {laps.get('write')} | {wall:.1f} | {load} | {peak_gb:.2f} |")
         print()
         print("| n | accuracy (all pseudo-labels) | accepted | coverage | precision of accepted | seeds dropped | temperature | held-out ECE |")
         print("|---|---|---|---|---|---|---|---|")

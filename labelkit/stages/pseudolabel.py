@@ -5,7 +5,8 @@ least ``clean_seeds_odds`` to 1 against it (``clean_seeds``), are not pseudo-lab
 given label is in doubt, which is detect-noise's business. When it rejects none, the final pass
 reuses the seed-cleaning pass's held-out calibration (same labels, same folds) instead of
 scoring the folds again. The summary's ``timings_s`` splits the wall time: kNN graph (read from
-knn.parquet, or built), seed cleaning, scoring, writing.
+knn.parquet, or built), seed cleaning, scoring, acceptance (novelty and the threshold rule or
+certificate), writing.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def _build(job: Job) -> dict[str, Any]:
     # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
     decided = guarantee.accept_pseudolabels(a.vectors, a.labels, len(a.classes), r, dropped, rows, reject_novel=cfg.reject_novel,
                                             novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence)
+    clock.lap("accept")  # novelty scores (a kNN search to the labeled rows) and the threshold or certificate
     accepted = decided.accepted
     summary = _summary(a, cfg, r, rows, accepted, dropped)
     opened = _open_set_summary(cfg, decided, r.confidence[rows])
@@ -70,7 +72,7 @@ def _build(job: Job) -> dict[str, Any]:
             "novelty": opened["novelty"], **({"guarantee": opened["guarantee"]} if "guarantee" in opened else {})}
     artifacts.write_table(ws.path(artifacts.PSEUDOLABELS), table, meta)
     clock.lap("write")
-    summary["timings_s"] = {"knn_graph": clock.laps["knn_graph"], **teacher.timings_, "write": clock.laps["write"]}
+    summary["timings_s"] = {"knn_graph": clock.laps["knn_graph"], **teacher.timings_, "accept": clock.laps["accept"], "write": clock.laps["write"]}
     return summary
 
 

@@ -88,7 +88,7 @@ def test_propagation_knobs_reach_the_artifact_params_and_are_validated(runner, t
                             "--reach-prior", "0", "--no-refine", "--calibration-samples", "0", "--no-clean-seeds", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert set(out["timings_s"]) == {"knn_graph", "clean_seeds", "score", "write"}
+    assert set(out["timings_s"]) == {"knn_graph", "clean_seeds", "score", "accept", "write"}
     params = artifacts.read_metadata(tmp_path / ".labelkit" / "pseudolabels.parquet")["params"]
     assert params["weights"] == [1.0, 0.0, 0.0] and params["gamma"] == 2.0 and params["refine"] is False
     assert params["calibration_samples"] == 0 and params["clean_seeds"] is False
