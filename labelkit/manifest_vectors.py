@@ -24,6 +24,12 @@ from labelkit.errors import BadInputError
 BATCH_ROWS = 65_536  # rows per read: 128 MB of float32 at 512-d
 
 
+def require_direction(block: np.ndarray) -> None:
+    """Refuse a block holding an all-zero vector (nothing to normalise); the embed and predict stages' check."""
+    if np.any(np.max(np.abs(block), axis=1) == 0):  # not the norm: squares of 1e20 overflow float32
+        raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
+
+
 class ManifestVectors:
     """(N, D) vectors of a manifest, after dropping the rows discovery dropped (``keep``).
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from labelkit.dataset import IMAGE_EXTS, MANIFEST_NAMES, Samples, _from_image_folder, _from_manifest, _merge_classes, _table, discover
 from labelkit.errors import BadInputError
+from labelkit.manifest_vectors import require_direction
 
 TABLE_EXTS = (".csv", ".parquet")
 TEXT_EXTS = (".txt",)
@@ -140,8 +140,8 @@ def check_fits(config: dict[str, Any], samples: Samples) -> None:
     if samples.kind == "vectors":
         if samples.vectors.dim != dim:
             raise BadInputError(f"DATA's 'embedding' vectors have {samples.vectors.dim} dimensions, but this student expects {dim} ({model} embeddings)")
-        if any(np.any(np.max(np.abs(b), axis=1) == 0) for b in samples.vectors.batches()):  # read in batches: bounded memory
-            raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
+        for block in samples.vectors.batches():  # read in batches: bounded memory
+            require_direction(block)
         return
     if model == "precomputed":
         raise BadInputError(f"this student was trained on your own {dim}-d vectors; DATA must be a manifest with an 'embedding' column of them, not {held}")

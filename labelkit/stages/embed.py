@@ -20,6 +20,7 @@ from labelkit.device import resolve_device
 from labelkit.embedder_choice import score_candidates, stratified_sample
 from labelkit.embedders.base import image_size
 from labelkit.errors import BadInputError
+from labelkit.manifest_vectors import require_direction
 from labelkit.stages import _vectors
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._runner import Job, Stage, recorded_summary
@@ -179,8 +180,7 @@ def _write_precomputed(ws: Workspace, samples: Samples, cfg: EmbedConfig, params
     try:
         with progress.task("embed (precomputed): normalise and write", total=len(ids)) as task:
             for block in vecs.batches(cfg.row_group_size):
-                if np.any(np.max(np.abs(block), axis=1) == 0):  # not the norm: squares of 1e20 overflow float32
-                    raise BadInputError("the manifest's 'embedding' column has an all-zero vector; it has no direction to normalise")
+                require_direction(block)
                 unit = l2_normalize(block)
                 lo, hi = np.searchsorted(sample.rows[order], [row, row + len(block)])
                 picked[order[lo:hi]] = unit[sample.rows[order[lo:hi]] - row]
