@@ -91,13 +91,91 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+# Files this large or larger keep their content fingerprint in the user's cache, keyed by their
+# stat; smaller ones are hashed every time (in milliseconds).
+CACHED_FINGERPRINT_BYTES = 1 << 26
+# A file changed less than this before its hash began is not cached: a second write within one
+# timestamp tick (a few ms on Linux; 2 s on FAT) could leave size and times as they were (git's
+# "racily clean" entries).
+RACY_NS = 2_000_000_000
+
+
 def file_fingerprint(path: Path, *, chunk: int = 1 << 22) -> str:
-    """Content hash (blake2b, 16 bytes) of one file."""
+    """Content hash (blake2b, 16 bytes) of one file.
+
+    A file of CACHED_FINGERPRINT_BYTES or more is hashed once per version: its fingerprint is
+    kept in the user's cache (:func:`fingerprint_cache_dir`) under its device, inode, size,
+    mtime and ctime, and read back while all five are unchanged. Any write changes the ctime (a
+    tool that restores the mtime cannot restore it), a touch changes both (then the file is
+    hashed again, to the same fingerprint), and a file changed within RACY_NS of its hash is not
+    cached. DVC keeps such a stat-keyed state of hashes in a cache directory too.
+    """
+    path = Path(path)
+    before = os.stat(path)
+    if before.st_size < CACHED_FINGERPRINT_BYTES:
+        return _hash_file(path, chunk)
+    key = _stat_key(before)
+    entry = _cache_file(path)
+    cached = _read_cache(entry)
+    if cached is not None and cached.get("stat") == key and isinstance(cached.get("fingerprint"), str):
+        return cached["fingerprint"]
+    started = time.time_ns()
+    fp = _hash_file(path, chunk)
+    after = os.stat(path)
+    if _stat_key(after) == key and max(after.st_mtime_ns, after.st_ctime_ns) < started - RACY_NS:
+        _write_cache(entry, {"path": str(path.resolve()), "stat": key, "fingerprint": fp})
+    return fp
+
+
+def _hash_file(path: Path, chunk: int) -> str:
+    """blake2b (16 bytes) of the file's bytes, read into one reused buffer (no fresh allocation per chunk)."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
+
+
+def fingerprint_cache_dir() -> Path:
+    """Where large files' fingerprints are cached: $LABELKIT_CACHE_DIR, else $XDG_CACHE_HOME/labelkit, else ~/.cache/labelkit."""
+    if os.environ.get("LABELKIT_CACHE_DIR"):
+        return Path(os.environ["LABELKIT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labelkit"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _cache_file(path: Path) -> Path:
+    name = hashlib.blake2b(os.fsencode(path.resolve()), digest_size=16).hexdigest()
+    return fingerprint_cache_dir() / "fingerprints" / f"{name}.json"
+
+
+def _read_cache(entry: Path) -> dict[str, Any] | None:
+    """A cache entry, or None when there is none or it does not parse (then the file is hashed)."""
+    try:
+        out = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _write_cache(entry: Path, value: dict[str, Any]) -> None:
+    """Write a cache entry atomically; a cache that cannot be written only costs the next run a hash."""
+    with contextlib.suppress(OSError):
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(value, f)
+            os.replace(tmp, entry)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def text_fingerprint(*parts: str) -> str:

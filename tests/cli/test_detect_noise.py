@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,36 @@ def test_pred_probs_parquet_by_id(runner, tmp_path):
     assert r.exit_code == 0, r.output
     issues = pq.read_table(tmp_path / ".labelkit" / "label_issues.parquet").to_pandas()
     assert issues.loc[issues["is_issue"], "id"].tolist() == ["x"]
+
+
+def test_issue17_cached_pred_probs_fingerprint_reruns_on_a_same_size_change_and_skips_a_touch(runner, tmp_path, monkeypatch):
+    from labelkit import workspace
+
+    monkeypatch.setenv("LABELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(workspace, "CACHED_FINGERPRINT_BYTES", 1)  # every file's fingerprint cached (once 0.2 s old)
+    monkeypatch.setattr(workspace, "RACY_NS", 200_000_000)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data, "id,label\n0,a\n1,a\n2,a\n3,a\n4,b\n5,b\n6,b\n7,c\n8,c\n9,c\n")
+    p = np.array([[.9, .05, .05]] * 3 + [[.02, .03, .95]] + [[.05, .9, .05]] * 3 + [[.05, .05, .9]] * 3)
+    probs = tmp_path / "p.npy"
+    np.save(probs, p)
+    time.sleep(0.3)
+    run = lambda: json.loads(runner.invoke(app, ["detect-noise", str(data), "--pred-probs", str(probs), "--json"]).stdout)  # noqa: E731
+    assert run()["n_issues"] == 1
+    assert list((tmp_path / "cache" / "fingerprints").glob("*.json"))  # the fingerprint was cached
+    assert run()["reason"] == "up to date"
+    st = probs.stat()
+    q = p.copy()
+    q[3] = [.95, .03, .02]  # sample 3 now agrees with its label 'a': same shape, same file size
+    np.save(probs, q)
+    os.utime(probs, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: only the ctime tells
+    assert probs.stat().st_size == st.st_size
+    res = run()
+    assert res["reason"] == "input pred_probs changed" and res["n_issues"] == 0
+    time.sleep(0.3)
+    os.utime(probs)  # touched: same bytes
+    assert run()["reason"] == "up to date"
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
+from labelkit import workspace
 from labelkit.config import EmbedConfig, build_config, load_config_file
 from labelkit.errors import BadInputError, ConfigError
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint
@@ -38,6 +40,75 @@ def test_fingerprint_is_content_based(tmp_path):
     assert file_fingerprint(a) == file_fingerprint(b)
     b.write_bytes(b"diff")
     assert file_fingerprint(a) != file_fingerprint(b)
+
+
+@pytest.fixture
+def cached_fingerprints(tmp_path, monkeypatch):
+    """Every file's fingerprint cached (in tmp_path/cache) once it is 0.2 s old; counts the files actually hashed."""
+    monkeypatch.setenv("LABELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(workspace, "CACHED_FINGERPRINT_BYTES", 1)
+    monkeypatch.setattr(workspace, "RACY_NS", 200_000_000)
+    hashed = []
+    real = workspace._hash_file
+    monkeypatch.setattr(workspace, "_hash_file", lambda path, chunk: hashed.append(path.name) or real(path, chunk))
+    return hashed
+
+
+def _entries(tmp_path):
+    return sorted((tmp_path / "cache" / "fingerprints").glob("*.json")) if (tmp_path / "cache").exists() else []
+
+
+def test_a_large_files_fingerprint_is_cached_until_a_same_size_rewrite_with_its_old_mtime(tmp_path, cached_fingerprints):
+    p = tmp_path / "probs.bin"
+    p.write_bytes(b"a" * 1000)
+    time.sleep(0.3)  # older than RACY_NS: cacheable
+    first = file_fingerprint(p)
+    assert file_fingerprint(p) == first and cached_fingerprints == ["probs.bin"]  # the second read the cache
+    assert len(_entries(tmp_path)) == 1
+    st = p.stat()
+    p.write_bytes(b"a" * 999 + b"b")  # same size, one byte changed, and the mtime put back: the ctime still moves
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    changed = file_fingerprint(p)
+    assert changed != first and changed == workspace._hash_file(p, 1 << 20)
+    assert cached_fingerprints == ["probs.bin", "probs.bin", "probs.bin"]
+
+
+def test_a_touched_file_is_hashed_again_to_the_same_fingerprint(tmp_path, cached_fingerprints):
+    p = tmp_path / "probs.bin"
+    p.write_bytes(b"abc" * 100)
+    time.sleep(0.3)
+    first = file_fingerprint(p)
+    os.utime(p)  # touch: new mtime and ctime, same bytes
+    time.sleep(0.3)
+    assert file_fingerprint(p) == first and cached_fingerprints == ["probs.bin", "probs.bin"]
+    assert file_fingerprint(p) == first and len(cached_fingerprints) == 2  # that hash is cached in turn
+
+
+def test_a_file_written_just_before_its_hash_is_not_cached(tmp_path, cached_fingerprints):
+    p = tmp_path / "probs.bin"
+    p.write_bytes(b"x" * 100)
+    assert file_fingerprint(p) == file_fingerprint(p)  # within RACY_NS of the write: hashed each time
+    assert cached_fingerprints == ["probs.bin", "probs.bin"] and _entries(tmp_path) == []
+
+
+def test_a_damaged_cache_entry_is_hashed_over(tmp_path, cached_fingerprints):
+    p = tmp_path / "probs.bin"
+    p.write_bytes(b"y" * 100)
+    time.sleep(0.3)
+    first = file_fingerprint(p)
+    [entry] = _entries(tmp_path)
+    entry.write_text("{not json")
+    assert file_fingerprint(p) == first and len(cached_fingerprints) == 2
+
+
+def test_small_files_are_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"z" * 100)
+    os.utime(p, ns=(0, 0))
+    file_fingerprint(p)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_staleness_reasons(tmp_path):
