@@ -12,6 +12,7 @@ import contextvars
 import copy
 import inspect
 import json
+import os
 import sys
 import tomllib
 import typing
@@ -429,6 +430,26 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="let an unexpected error end with its full traceback instead of one line")] = False,
 ) -> None:
     """Pseudo-labeling and label cleaning: embed, prototype, pseudolabel, detect-noise, distill."""
+    _small_pages()
+
+
+def _small_pages() -> None:
+    """Large numpy arrays in 4 KB pages for this command (unless NUMPY_MADVISE_HUGEPAGE says otherwise).
+
+    numpy advises the kernel to back every array of 4 MB or more with transparent huge pages; with
+    the kernel's default defrag policy each 2 MB fault may first compact memory, and on a busy
+    machine a command's (N, K) temporaries then cost several times the system time of 4 KB pages
+    (docs/performance.md, detect-noise --pred-probs). A process-wide numpy setting, so the CLI (the
+    process's owner) chooses it; library callers keep numpy's default.
+    """
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    setter = getattr(core.multiarray, "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(False)
 
 
 def main() -> None:

@@ -252,3 +252,20 @@ def test_help_prints_brackets_as_written(runner):
     assert "auto (CUDA when present), cpu, cuda[:N] [default: auto]" in " ".join(r.stdout.split())
     r = runner.invoke(app, ["--help"])
     assert "--debug" in r.stdout
+
+
+@pytest.mark.parametrize("env, advised", [(None, False), ("1", True)])
+def test_issue17_commands_use_small_pages_unless_numpy_madvise_hugepage_is_set(runner, monkeypatch, env, advised):
+    import numpy as np
+
+    setter = np._core.multiarray._set_madvise_hugepage
+    before = setter(True)  # numpy's default: huge pages advised
+    try:
+        if env is None:
+            monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+        else:
+            monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", env)
+        assert runner.invoke(app, ["status", "--help"]).exit_code == 0
+        assert setter(before) is advised  # what the command left set
+    finally:
+        setter(before)
