@@ -81,6 +81,17 @@ class Samples:
     notices: list[dict[str, str]] = field(default_factory=list)  # health warnings about the inputs
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to DATA, reason)
     task: Task = "multi-class"  # "multi-label": label sets in 'labels' ([] = no class, None = unlabeled), 'label' null
+    # Arrow (large_string, None as null) copies of table columns, made at discovery from the Arrow
+    # data it read: readers that want Arrow (the fingerprint, label codes, id matching, writers) take
+    # them instead of converting a million Python strings again. See :meth:`arrow_column`.
+    arrow_columns: dict[str, pa.Array] = field(default_factory=dict, repr=False)
+
+    def arrow_column(self, name: str) -> pa.Array:
+        """The table's column ``name`` (id, source, label, split) as an Arrow large_string array, None as null."""
+        col = self.arrow_columns.get(name)
+        if col is None or len(col) != len(self.table):  # none made (or another table): convert the column
+            col = pa.array(self.table[name].to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)
+        return col
 
     @property
     def n_labeled(self) -> int:
@@ -118,7 +129,7 @@ class Samples:
         labels = self.table["label"].to_numpy(dtype=object)
         index = pd.Index(self.classes, dtype=object)
         try:  # each distinct label looked up once: Arrow hashes the million cells, not Python
-            enc = pa.array(labels, type=pa.large_string(), from_pandas=True).dictionary_encode()
+            enc = self.arrow_column("label").dictionary_encode()
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # a cell that is not text
             enc = None
         if enc is not None:
@@ -155,14 +166,18 @@ def samples_fingerprint(samples: Samples, data_root) -> str:
     h = hashlib.blake2b(digest_size=16)
     t = samples.table
     for col in ("id", "source", "label", "split"):
-        _hash_strings(h, pa.array(t[col].to_numpy(dtype=object), type=pa.large_string(), from_pandas=True))
-    multi = t["labels"].to_numpy(dtype=object)
-    has_multi = pd.notna(multi)
-    if has_multi.any():  # rare: '|'-joined, as a string column
-        joined = np.full(len(multi), None, dtype=object)
-        joined[has_multi] = ["|".join(v) for v in multi[has_multi]]
-        multi = joined
-    _hash_strings(h, pa.array(multi, type=pa.large_string(), from_pandas=True))
+        _hash_strings(h, samples.arrow_column(col))
+    if "labels" in samples.arrow_columns and len(samples.arrow_columns["labels"]) == len(t):  # no label sets: all null
+        multi = samples.arrow_columns["labels"]
+    else:
+        multi = t["labels"].to_numpy(dtype=object)
+        has_multi = pd.notna(multi)
+        if has_multi.any():  # rare: '|'-joined, as a string column
+            joined = np.full(len(multi), None, dtype=object)
+            joined[has_multi] = ["|".join(v) for v in multi[has_multi]]
+            multi = joined
+        multi = pa.array(multi, type=pa.large_string(), from_pandas=True)
+    _hash_strings(h, multi)
     h.update(("\x1f".join(samples.classes)).encode())
     if samples.kind == "image":
         h.update(_file_stats(data_root, t["source"].to_numpy(dtype=object)).tobytes())
@@ -211,9 +226,11 @@ def discover(data: Path, *, classes: tuple[str, ...] | list[str] | None = None, 
             break
     else:
         samples = _from_image_folder(data)
-    samples.task = _task(samples.table)
-    samples.classes = _merge_classes(samples, classes)
-    samples.notices += health.one_class(len(_label_set(samples.table)))
+    sets = samples.arrow_columns.get("labels")
+    samples.task = "multi-class" if sets is not None and sets.null_count == len(samples.table) else _task(samples.table)
+    seen = _label_set(samples.table, samples.arrow_columns.get("label"))
+    samples.classes = _merge_classes(samples, classes, seen=seen)
+    samples.notices += health.one_class(len(seen))
     if samples.skipped:
         samples.notices.append(_skipped_notice(samples.skipped))
     return samples
@@ -230,17 +247,21 @@ def _skipped_notice(skipped: list[tuple[str, str]]) -> dict[str, str]:
     )
 
 
-def _label_set(table: pd.DataFrame) -> set[str]:
-    """The distinct labels of a samples table (hashed in C: iterating a million-row Series costs seconds)."""
-    seen = {v for v in pd.unique(table["label"].to_numpy(dtype=object)) if v is not None}
+def _label_set(table: pd.DataFrame, label: pa.Array | None = None) -> set[str]:
+    """The distinct labels of a samples table (hashed in C: iterating a million-row Series costs
+    seconds); ``label``: its 'label' column as Arrow, when discovery made it."""
+    if label is not None and len(label) == len(table):
+        seen = {v for v in pc.unique(label).to_pylist() if v is not None}
+    else:
+        seen = {v for v in pd.unique(table["label"].to_numpy(dtype=object)) if v is not None}
     multi = table["labels"].to_numpy(dtype=object)
     if pd.notna(multi).any():  # multi-label: every class of every label set
         seen.update(c for v in multi if v is not None for c in v)
     return seen
 
 
-def _merge_classes(samples: Samples, given: tuple[str, ...] | list[str] | None) -> list[str]:
-    seen = _label_set(samples.table)
+def _merge_classes(samples: Samples, given: tuple[str, ...] | list[str] | None, *, seen: set[str] | None = None) -> list[str]:
+    seen = _label_set(samples.table) if seen is None else seen
     if not given:
         return sorted(seen)
     given_set = {unicodedata.normalize("NFC", str(c).strip()) for c in given if str(c).strip()}
@@ -315,13 +336,18 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
         raise BadInputError(f"{name}: needs an 'id', 'path' or 'text' column to identify samples")
 
     sources = _manifest_sources(data, df, name, has_path, has_text)
-    ids = _manifest_ids(df, name, sources)
-    labels, multi, notices = _manifest_labels(df, name)
+    ids, arrow = _manifest_ids(df, name, sources)
+    labels, multi, notices, arrow["label"] = _manifest_labels(df, name)
     if "split" in cols:
         split = _text_cells(df["split"])
         split[pd.isna(split)] = ""
     else:
         split = np.full(len(df), "", dtype=object)
+        arrow["split"] = _empty_strings(len(df))
+    if not (has_path or has_text):
+        arrow["source"] = pa.nulls(len(df), pa.large_string())
+    if "labels" not in cols:
+        arrow["labels"] = pa.nulls(len(df), pa.large_string())
     vectors = None
     if has_vec:
         vectors = ManifestVectors(name, path=path) if parquet_vectors else ManifestVectors.from_cells(df["embedding"], name)
@@ -340,7 +366,13 @@ def _from_manifest(data: Path, path: Path, *, require_inputs: bool) -> Samples:
             if vectors is not None:
                 vectors.keep(keep)
     table = _table(ids, sources, labels, multi, split)
-    return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name, notices=notices, skipped=skipped)
+    arrow = {} if skipped else {k: v for k, v in arrow.items() if v is not None}  # rows dropped: made again from the table
+    return Samples(table=table, kind=kind, classes=[], vectors=vectors, origin=name, notices=notices, skipped=skipped, arrow_columns=arrow)
+
+
+def _empty_strings(n: int) -> pa.Array:
+    """n empty strings (large_string), built from its buffers: no Python string per row."""
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, dtype=np.int64)), pa.py_buffer(b""))
 
 
 def _file_problem(data: Path, rel: str) -> str | None:
@@ -378,6 +410,12 @@ def _text_cells(col: pd.Series) -> np.ndarray:
     confirmed with Python's own ``str.strip`` so the rule stays :func:`_is_missing`'s. Other types
     (floats, mixed objects) go cell by cell.
     """
+    return _text_cells_arrow(col)[0]
+
+
+def _text_cells_arrow(col: pd.Series) -> tuple[np.ndarray, pa.Array | None]:
+    """:func:`_text_cells`, and the same cells as an Arrow large_string array when they were read
+    in Arrow and none is blank (else None)."""
     try:
         arr = pa.array(col, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -387,11 +425,15 @@ def _text_cells(col: pd.Series) -> np.ndarray:
     if arr is None or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return np.array([None if _is_missing(v) else str(v) for v in col], dtype=object)
     out = arr.to_numpy(zero_copy_only=False)
-    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), False).to_numpy(zero_copy_only=False)
+    # Empty, or only whitespace (utf8_is_space: non-empty and all white; no trimmed copy is made).
+    blank = pc.fill_null(pc.or_(pc.equal(pc.binary_length(arr), 0), pc.utf8_is_space(arr)), False).to_numpy(zero_copy_only=False)
     for i in np.flatnonzero(blank):
         if out[i].strip() == "":  # Arrow's whitespace is a superset of Python's
             out[i] = None
-    return out
+    if blank.any():
+        return out, None
+    arr = arr.cast(pa.large_string())
+    return out, arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
 def _first(mask: np.ndarray) -> int:
@@ -425,22 +467,27 @@ def _manifest_sources(data: Path, df: pd.DataFrame, name: str, has_path: bool, h
     return out
 
 
-def _manifest_ids(df: pd.DataFrame, name: str, sources: np.ndarray) -> np.ndarray:
+def _manifest_ids(df: pd.DataFrame, name: str, sources: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array | None]]:
+    """The ids (object array), and ``{"id": the same as Arrow}`` when they were read in Arrow."""
+    arrow = None
     if "id" in df.columns:
-        ids = _text_cells(df["id"])
-        missing = pd.isna(ids)
+        ids, arrow = _text_cells_arrow(df["id"])
+        missing = pd.isna(ids) if arrow is None or arrow.null_count else np.zeros(0, dtype=bool)
         if missing.any():
             raise BadInputError(f"{name}: row {_first(missing) + 2} has an empty 'id'")
     elif len(sources) and sources[0] is not None and "path" in df.columns:
         ids = sources.copy()  # a sample's id defaults to its path relative to DATA
     else:
         ids = np.arange(len(df)).astype(str).astype(object)  # text/vector rows: their row number
-    index = pd.Index(ids, dtype=object)
-    if not index.is_unique:
+    # Hashed in Arrow (the bytes) where they were read in Arrow: about half the time of hashing a
+    # million Python strings; the rows of a duplicate are looked up only when there is one.
+    unique = len(pc.unique(arrow)) == len(arrow) if arrow is not None else pd.Index(ids, dtype=object).is_unique
+    if not unique:
+        index = pd.Index(ids, dtype=object)
         row = _first(index.duplicated())
         first = _first(ids == ids[row])
         raise BadInputError(f"{name}: duplicate id '{ids[row]}' (rows {first + 2} and {row + 2})")
-    return ids
+    return ids, {"id": arrow}
 
 
 def _distinct(values) -> tuple[np.ndarray, list, list[int]]:
@@ -514,8 +561,8 @@ class _LabelReader:
         self.spellings.setdefault(n, Counter())[v] += count
         return n
 
-    def column(self, values) -> np.ndarray:
-        """A label column as an object array of names (None = unlabeled).
+    def column(self, values) -> tuple[np.ndarray, pa.Array]:
+        """A label column as an object array of names (None = unlabeled), and the same as an Arrow large_string array.
 
         Each distinct cell is read once, weighted by how often it occurs (in order of first
         appearance, so the notices' examples are the first in the file): a million rows over a
@@ -524,7 +571,8 @@ class _LabelReader:
         codes, uniques, counts = _distinct(values)
         texts = [self.text(v, c) for v, c in zip(uniques, counts)]
         names = [self.nfc(v, c) for v, c in zip(self.integral_floats(texts, counts), counts)]
-        return np.array([*names, None], dtype=object)[codes]  # code -1 (missing) -> the trailing None
+        at = np.where(codes < 0, len(names), codes)  # code -1 (missing) -> the trailing None
+        return np.array([*names, None], dtype=object)[at], pa.array([*names, None], type=pa.large_string()).take(at)
 
     def notices(self) -> list[dict[str, str]]:
         out = []
@@ -565,16 +613,17 @@ class _LabelReader:
         return out
 
 
-def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], list[list[str] | None], list[dict[str, str]]]:
+def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], list[list[str] | None], list[dict[str, str]], pa.Array | None]:
     """The 'label' and 'labels' columns. A manifest is multi-label when some 'labels' cell holds
     several classes or an explicit empty set; then 'label' is null on every row, each labeled row
     carries its set in 'labels' (a 'label' must be one of them) and a row with a 'label' but no
-    'labels' is ambiguous. Otherwise a one-class 'labels' cell is an ordinary 'label'."""
+    'labels' is ambiguous. Otherwise a one-class 'labels' cell is an ordinary 'label'. Last, the
+    'label' column as Arrow where it stands as read (None when 'labels' may have changed it)."""
     n = len(df)
     reader = _LabelReader()
-    single = reader.column(df["label"]) if "label" in df.columns else [None] * n
+    single, arrow = reader.column(df["label"]) if "label" in df.columns else ([None] * n, pa.nulls(n, pa.large_string()))
     if "labels" not in df.columns:  # one label per row: nothing to reconcile row by row
-        return single, [None] * n, reader.notices()
+        return single, [None] * n, reader.notices(), arrow
     multi: list[list[str] | None] = []
     for row, v in enumerate(df["labels"], start=2):
         raw = _split_multi(v)
@@ -599,7 +648,7 @@ def _manifest_labels(df: pd.DataFrame, name: str) -> tuple[list[str | None], lis
             )
         else:
             single[row] = None  # multi-label: the set is in 'labels'
-    return single, multi, reader.notices()
+    return single, multi, reader.notices(), None
 
 
 def _task(table: pd.DataFrame) -> Task:

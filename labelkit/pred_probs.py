@@ -143,7 +143,7 @@ def _read_parquet(path: Path, samples: Samples, rows: np.ndarray, sample_ids: np
         col = pf.read(columns=["id"]).column("id")
         wanted = np.zeros(len(sample_ids), dtype=bool)
         wanted[rows] = True
-        where = None if _same_ids(col, sample_ids, name) else _file_rows_to_samples(_ids(col, name), sample_ids, wanted, name)
+        where = None if _same_ids(col, samples, name) else _file_rows_to_samples(_ids(col, name), sample_ids, wanted, name)
         # File row -> output row (-1: not asked for).
         out_of = np.full(len(sample_ids), -1, dtype=np.int64)
         out_of[rows] = np.arange(rows.size)
@@ -178,15 +178,15 @@ def _ids(col: pa.ChunkedArray, name: str) -> np.ndarray:
     return ids
 
 
-def _same_ids(col: pa.ChunkedArray, sample_ids: np.ndarray, name: str) -> bool:
+def _same_ids(col: pa.ChunkedArray, samples: Samples, name: str) -> bool:
     """Whether the 'id' column lists exactly the samples' ids, in order, compared in Arrow (no
-    Python string per row); a missing id is an error, as in :func:`_ids`."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_integer(col.type)) or len(col) != len(sample_ids):
+    Python string per row; the samples' ids as discovery read them); a missing id is an error, as in :func:`_ids`."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_integer(col.type)) or len(col) != len(samples.table):
         return False  # other types: compared as :func:`_ids` reads them
     if col.null_count:
         _ids(col, name)  # its message
     try:
-        ours = pa.array(sample_ids, type=pa.large_string())
+        ours = samples.arrow_column("id")
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: compared as Python objects
         return False
     return bool(pc.all(pc.equal(col.cast(pa.large_string()), ours)).as_py())  # str(int) and Arrow's cast agree

@@ -220,21 +220,20 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
         "classes": classes, "params": cfg.result_params(), "probs": ev["choice"]["chosen"], "summary": summary,
         "noise_matrix": est.noise_matrix.tolist(), "joint": j.cl.joint.tolist(), "py": est.py.tolist(),
     }
-    artifacts.write_table(ctx.ws.path(artifacts.LABEL_ISSUES), _issues_table(ids, labels, q, classes), meta)
+    artifacts.write_table(ctx.ws.path(artifacts.LABEL_ISSUES), _issues_table(samples.arrow_column("id").take(rows), labels, q, classes), meta)
     return summary
 
 
-def _issues_table(ids: np.ndarray, labels: np.ndarray, q: evidence.LabelQuality, classes: list[str]) -> pa.Table:
+def _issues_table(ids: pa.Array, labels: np.ndarray, q: evidence.LabelQuality, classes: list[str]) -> pa.Table:
     """label_issues.parquet's rows (its column contract, docs/artifacts.md), most likely wrong first.
 
     Built in Arrow: class names are taken by index from the K names, not made a Python string per
-    row, and the ids are converted in their own order, then taken by rank (converting them in rank
-    order would read the Python strings scattered in memory).
+    row, and the ids (``ids``: the analysed rows' ids, as Arrow strings) are taken by rank.
     """
     order = _by_rank(q.rank)
     names = pa.array(classes, type=pa.string())
     return pa.table({
-        "id": pa.array(ids, type=pa.string()).take(order), "given_label": names.take(labels[order]),
+        "id": ids.take(order).cast(pa.string()), "given_label": names.take(labels[order]),
         "suggested_label": names.take(q.suggested_label[order]), "label_quality": q.label_quality[order].astype(np.float32),
         "is_issue": q.is_issue[order], "issue_type": pa.array(q.issue_type[order], type=pa.string(), from_pandas=True),
         "rank": q.rank[order].astype(np.int64),

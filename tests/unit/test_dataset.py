@@ -215,3 +215,41 @@ def test_parquet_vectors_are_read_columnar_with_the_same_row_messages(tmp_path):
         with pytest.raises(BadInputError) as e:
             s.vectors.load()
         assert str(e.value) == message
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "parquet-int-ids", "labels-column", "text"])
+def test_issue17_arrow_columns_made_at_discovery_equal_the_table(tmp_path, kind):
+    import pyarrow as pa
+
+    from labelkit.dataset import samples_fingerprint
+
+    df = pd.DataFrame({"id": ["a", "b", "c", "d", "e"], "label": ["x", "NA", None, " y", "x"], "split": ["train", "", "test", "", "train"]})
+    if kind == "csv":
+        write_csv(tmp_path, "id,label\na,x\nb,NA\nc,\nd, y\ne,x\n")
+    elif kind == "parquet-int-ids":
+        df.assign(id=[10, 11, 12, 13, 14]).drop(columns="split").to_parquet(tmp_path / "labels.parquet")
+    elif kind == "labels-column":
+        df.assign(labels=["x", None, None, "y", "x"]).to_parquet(tmp_path / "labels.parquet")
+    elif kind == "text":
+        df.assign(text=["t1", "t2", "t3", "t4", "t5"]).to_parquet(tmp_path / "labels.parquet")
+    else:
+        df.to_parquet(tmp_path / "labels.parquet")
+    s = discover(tmp_path, require_inputs=False)
+    assert s.arrow_columns, "discovery made no Arrow columns"
+    for name, col in s.arrow_columns.items():
+        expected = pa.array(s.table[name].to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)
+        assert col.type == pa.large_string() and col.equals(expected), name
+    fp = samples_fingerprint(s, tmp_path)
+    assert s.label_codes().tolist() == [0, -1, -1, 1, 0]
+    s.arrow_columns.clear()  # converted from the table instead: the same fingerprint and codes
+    assert samples_fingerprint(s, tmp_path) == fp
+    assert s.label_codes().tolist() == [0, -1, -1, 1, 0]
+
+
+def test_issue17_duplicate_and_blank_ids_are_still_named(tmp_path):
+    write_csv(tmp_path, "id,label\na,x\nb,y\na,x\n")
+    with pytest.raises(BadInputError, match=r"labels.csv: duplicate id 'a' \(rows 2 and 4\)"):
+        discover(tmp_path, require_inputs=False)
+    write_csv(tmp_path, "id,label\na,x\n  ,y\n")
+    with pytest.raises(BadInputError, match="labels.csv: row 3 has an empty 'id'"):
+        discover(tmp_path, require_inputs=False)
