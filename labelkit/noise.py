@@ -106,10 +106,11 @@ class _Spec:
 class _Stats:
     """What pass 1 learns about the source: the labels of every chunk, dtype and K."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, check: bool = True) -> None:
         self.labels: list[np.ndarray] = []
         self.dtype = None
         self.n_classes = 0
+        self.check = check  # False: the caller has checked the values (shapes are still checked)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -126,13 +127,13 @@ def _labeled_chunks(source: ChunkSource, stats: _Stats, first: bool) -> Iterator
     seen = 0
     for lab, pr in source():
         if first:
-            pr = check_probs(pr)
+            pr = check_probs(pr) if stats.check else np.asarray(pr)
             if stats.dtype is None:
                 stats.dtype = np.dtype(np.float32) if pr.dtype.itemsize < 4 else pr.dtype
                 stats.n_classes = pr.shape[1]
             elif pr.shape[1] != stats.n_classes:
                 raise BadInputError(f"'probs' chunks must all have {stats.n_classes} columns. Got {pr.shape[1]} instead.")
-            lab = check_labels(lab, n_classes=stats.n_classes)
+            lab = check_labels(lab, n_classes=stats.n_classes) if stats.check else np.asarray(lab, dtype=np.int64)
             if len(lab) != len(pr):
                 raise BadInputError(f"'labels' and 'probs' chunks must have the same length. Got {len(lab)} and {len(pr)} instead.")
             stats.labels.append(lab)
@@ -493,8 +494,8 @@ def _detect_impl(source: ChunkSource, spec: _Spec) -> LabelIssues:
     return _detect_analysed(*_analysed(source, spec), source, spec)
 
 
-def _analysed(source: ChunkSource, spec: _Spec) -> tuple[_Analysis, _Stats]:
-    stats = _Stats()
+def _analysed(source: ChunkSource, spec: _Spec, *, check: bool = True) -> tuple[_Analysis, _Stats]:
+    stats = _Stats(check=check)
     scores = {spec.score}
     if spec.method.value.startswith("low_"):
         scores.add(QualityScore(spec.method.value[4:]))
@@ -616,11 +617,17 @@ def confident_learning(
     *,
     method: FilterMethod | str = FilterMethod.PRUNE_BY_NOISE_RATE,
     score_method: QualityScore | str = QualityScore.SELF_CONFIDENCE,
+    check_input: bool = True,
 ) -> ConfidentLearning:
     """:func:`detect_label_issues`, the off-diagonal issues, :func:`estimate_joint` and
     :func:`estimate_noise_matrices` from one analysis of ``probs`` (the thresholds and the
     confident joint are computed once, not once per result), with each labeled row's
     self-confidence p_{i, y_i} and argmax, which the analysis computes anyway.
+
+    ``check_input=False`` skips the checks of the values (probabilities in [0, 1] with rows that
+    sum to one, labels in range; shapes are still checked) for a caller that has made them, as
+    scikit-learn's ``check_input``: they cost three passes over (N, K) (docs/performance.md).
+    ``probs`` must then be a float array and ``labels`` integers in [-1, K).
 
     References
     ----------
@@ -635,7 +642,7 @@ def confident_learning(
     """
     spec = _spec(method, score_method, 1.0, None, 1)
     source = _checked_source(labels, probs)
-    a, stats = _analysed(source, spec)
+    a, stats = _analysed(source, spec, check=check_input)
     issues = _detect_analysed(a, stats, source, spec)
     off = np.zeros(len(a.labels), dtype=bool)
     off[np.flatnonzero(a.labels >= 0)] = a.joint.off_diagonal & a.joint.candidate

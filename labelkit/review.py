@@ -29,7 +29,7 @@ class Judgement(NamedTuple):
 
 
 def judge(labels: np.ndarray, probs: np.ndarray, *, second: np.ndarray | None = None, duplicates=None, outliers=None, dynamics=None,
-          filter_by: str, rank_by: str, min_consensus: float, review_budget: float) -> Judgement:
+          filter_by: str, rank_by: str, min_consensus: float, review_budget: float, check_input: bool = True) -> Judgement:
     """Confident learning on ``probs`` (once), the evidence combined, and the second opinion's say.
 
     Parameters
@@ -46,8 +46,11 @@ def judge(labels: np.ndarray, probs: np.ndarray, *, second: np.ndarray | None = 
         Below this confirmation the evidence is weak (config ``min_consensus``).
     review_budget : float
         Share of the rows that may stay flagged when the evidence is weak (config ``review_budget``).
+    check_input : bool, default=True
+        False when ``labels`` and ``probs`` are already checked (labelkit.pred_probs checks and
+        rescales every row it reads): confident learning then skips its own passes over them.
     """
-    cl = noise.confident_learning(labels, probs, method=filter_by, score_method=rank_by)
+    cl = noise.confident_learning(labels, probs, method=filter_by, score_method=rank_by, check_input=check_input)
     # Confident learning doubts a label when the row falls off the diagonal of the confident joint,
     # C[y][j], j != y (another class clears its threshold t_j; Northcutt et al. 2021, eq. 1): only
     # such outliers are issues. Measured on digits, an outlier alone was a flipped label 0-19% of the time.

@@ -199,7 +199,8 @@ def _detect(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, dyn_path:
     ids = samples.table["id"].to_numpy()[rows]
     dyn, dyn_summary = _dynamics(dyn_path, ids, names[labels]) if dyn_path is not None else (None, None)
     j = review.judge(labels, ev["probs"], second=ev["second"], duplicates=ev["duplicates"], outliers=ev["outliers"], dynamics=dyn,
-                     filter_by=cfg.filter_by, rank_by=cfg.rank_by, min_consensus=cfg.min_consensus, review_budget=cfg.review_budget)
+                     filter_by=cfg.filter_by, rank_by=cfg.rank_by, min_consensus=cfg.min_consensus, review_budget=cfg.review_budget,
+                     check_input=cfg.pred_probs is None)  # read_pred_probs checked (and rescaled) every row
     q = j.quality
     shown = np.flatnonzero(q.is_issue | pd.notna(q.issue_type))  # the rows the summary reads: flagged, or reported with a type
     issues = review.issues_frame(ids[shown], names[labels[shown]], names[q.suggested_label[shown]], type(q)(*(f[shown] for f in q)))

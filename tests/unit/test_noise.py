@@ -306,6 +306,29 @@ def test_streaming_reads_the_data_at_most_three_times():
     assert len(calls) == 2
 
 
+def test_issue17_check_input_false_skips_only_the_value_checks():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[labels]
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    labels[rng.random(200) < 0.1] = -1
+    checked, unchecked = noise.confident_learning(labels, probs), noise.confident_learning(labels, probs, check_input=False)
+    assert checked.issues.is_issue.sum() > 0
+    for a, b in zip(checked, unchecked):  # every result equal
+        if isinstance(a, noise.LabelIssues):
+            assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(vars(a).values(), vars(b).values()))
+        elif isinstance(a, tuple):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        else:
+            assert np.array_equal(a, b, equal_nan=True)
+    bad = probs * 0.5  # rows summing to 0.5: refused when checked, not looked at when not
+    with pytest.raises(BadInputError, match="rows must sum to 1"):
+        noise.confident_learning(labels, bad)
+    noise.confident_learning(labels, bad, check_input=False)
+    with pytest.raises(BadInputError, match=r"'probs' must have shape \(200, n_classes\)"):  # shapes are still checked
+        noise.confident_learning(labels, probs[:-1], check_input=False)
+
+
 def test_confident_learning_once_equals_each_result_computed_apart():
     """Issue 15: one analysis gives detect-noise's four confident-learning results, unchanged."""
     rng = np.random.default_rng(3)
