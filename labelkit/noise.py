@@ -116,10 +116,20 @@ class _Stats:
 # ----------------------------------------------------------------------------- sources
 
 
+class _ArraySource:
+    """Chunks of in-memory arrays; the whole ``probs`` stays at hand, so the rows that pruning
+    looks at again are gathered from it rather than copied aside during the joint pass."""
+
+    def __init__(self, labels: np.ndarray, probs: np.ndarray) -> None:
+        self.labels, self.probs = labels, probs
+        self.rows = max(1024, _CHUNK_BYTES // max(1, probs.shape[1] * probs.itemsize))
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return ((self.labels[s:s + self.rows], self.probs[s:s + self.rows]) for s in range(0, len(self.labels), self.rows))
+
+
 def _array_source(labels: np.ndarray, probs: np.ndarray) -> ChunkSource:
-    rows = max(1024, _CHUNK_BYTES // max(1, probs.shape[1] * probs.itemsize))
-    n = len(labels)
-    return lambda: ((labels[s:s + rows], probs[s:s + rows]) for s in range(0, n, rows))
+    return _ArraySource(labels, probs)
 
 
 def _labeled_chunks(source: ChunkSource, stats: _Stats, first: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -383,13 +393,18 @@ def _prune_by_noise_rate(a: _Analysis, pcm: np.ndarray, spec: _Spec, source, sta
     c_order, c_ends = _groups(a.y[cand_pos], a.k)
     c_starts = c_ends - np.bincount(a.y[cand_pos], minlength=a.k)
     pending: dict[int, list[int]] = {}
+    # The candidates' rows: kept aside by the joint pass, or (in-memory source) gathered from probs by row.
+    in_probs = None if a.joint.candidate_rows is not None else np.flatnonzero(a.labels >= 0)[cand_pos]
     for k in np.flatnonzero(a.counts > spec.min_examples):
         m = pcm[:, k].copy()
         m[k] = 0
         js = np.flatnonzero(m > 0)
         sel = c_order[c_starts[k]:c_ends[k]]
         if js.size and sel.size:
-            probs_j = a.joint.candidate_rows[sel][:, js]
+            if in_probs is None:
+                probs_j = a.joint.candidate_rows[sel][:, js]
+            else:
+                probs_j = np.asarray(source.probs[in_probs[sel]], dtype=stats.dtype)[:, js]
             picked, undecided = _top_margins(a.selfconf[cand_pos[sel]], probs_j, m[js], a.joint.bound)
             mask[cand_pos[sel[picked]]] = True
             if undecided.any():
@@ -499,7 +514,8 @@ def _analysed(source: ChunkSource, spec: _Spec, *, check: bool = True) -> tuple[
     scores = {spec.score}
     if spec.method.value.startswith("low_"):
         scores.add(QualityScore(spec.method.value[4:]))
-    keep = spec.method in (FilterMethod.PRUNE_BY_NOISE_RATE, FilterMethod.BOTH)
+    # pruning by noise rate looks at the candidates' rows again: kept aside unless the source is in memory
+    keep = spec.method in (FilterMethod.PRUNE_BY_NOISE_RATE, FilterMethod.BOTH) and not isinstance(source, _ArraySource)
     return _analyse(source, stats, keep_rows=keep, scores=tuple(scores)), stats
 
 
