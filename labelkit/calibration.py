@@ -389,18 +389,21 @@ def _calibrate_impl(labels, score, weights, n_classes, n_folds, seed, max_sample
     # Each extra row joins one scored fold at random: scored and calibrated as that fold's held-out rows are.
     extra_fold = np.asarray(chosen)[np.random.default_rng([seed, 1]).integers(0, len(chosen), extra.size)] if extra.size else extra
     n_held = rows.size
-    held = {n: np.zeros((n_held + extra.size, k)) for n in weights}
+    # Held-out scores in the dtype they come in (float32 from the pipeline: half the bytes, same numbers).
+    held: dict[str, np.ndarray] = {}
     eligible = np.zeros(n_held, dtype=bool)
     for f in chosen:
         sel = fold[rows] == f
         sel_x = extra_fold == f
         train = np.where(fold == f, -1, labels)
         for n, p in score(train, np.r_[rows[sel], extra[sel_x]]).items():
+            if n not in held:
+                held[n] = np.zeros((n_held + extra.size, k), dtype=np.result_type(p.dtype, np.float32))
             held[n][np.r_[np.flatnonzero(sel), n_held + np.flatnonzero(sel_x)]] = p
         eligible[sel] = np.isin(labels[rows[sel]], train[train >= 0])
     cal = np.flatnonzero(eligible)
     y = labels[rows]
-    logs = {n: log_probs(h) for n, h in held.items()}
+    logs = {n: log_probs(held.pop(n, np.zeros((n_held + extra.size, k))).astype(np.float64)) for n in weights}
     # Cross-fitting: each group is scaled by a fit on the others (two halves of a single fold).
     if len(chosen) >= 2:
         group = np.r_[fold[rows], extra_fold]

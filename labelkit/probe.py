@@ -87,21 +87,33 @@ def probe_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, rows
     float32 copy of the whole matrix), ``labels`` int64 (N,) with -1 for
     unlabeled and at least one labeled row. Returns float32 (len(rows), n_classes).
     """
-    labeled = np.flatnonzero(labels >= 0)
     want = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    return probe_predictor(embeddings, labels, n_classes, config=config, max_train=max_train)(want)
+
+
+def probe_predictor(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, *, config: ProbeConfig | None = None,
+                    max_train: int = 20000):
+    """:func:`probe_probs` fitted once: a function of ``rows`` returning their float32 (len(rows), n_classes)
+    probabilities, so that a caller can score the rows a block at a time."""
+    labeled = np.flatnonzero(labels >= 0)
     if labeled.size == 0:  # nothing to fit (zero-shot): no opinion
-        return np.full((want.size, n_classes), 1.0 / n_classes, dtype=np.float32)
+        return lambda want: np.full((len(want), n_classes), 1.0 / n_classes, dtype=np.float32)
     if labeled.size > max_train:  # full-batch L-BFGS cost grows with the rows; a linear model needs far fewer
         labeled = np.sort(np.random.default_rng(0).choice(labeled, max_train, replace=False))
     def rows_of(r: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(embeddings[r], dtype=np.float32))  # a fancy index copies: writable
 
     predict = _fit_probe(rows_of(labeled), torch.from_numpy(labels[labeled].astype(np.int64)), n_classes, config or ProbeConfig())
-    out = np.empty((want.size, n_classes), dtype=np.float32)
-    with torch.no_grad():
-        for lo in range(0, want.size, 65536):
-            out[lo:lo + 65536] = predict(rows_of(want[lo:lo + 65536])).numpy()
-    return out
+
+    def probs_at(want: np.ndarray) -> np.ndarray:
+        want = np.asarray(want)
+        out = np.empty((want.size, n_classes), dtype=np.float32)
+        with torch.no_grad():
+            for lo in range(0, want.size, 65536):
+                out[lo:lo + 65536] = predict(rows_of(want[lo:lo + 65536])).numpy()
+        return out
+
+    return probs_at
 
 
 def cross_val_probs(

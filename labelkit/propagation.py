@@ -186,25 +186,27 @@ class Spreader:
                 )
         return self._torch
 
-    def solve(self, y: np.ndarray, alpha: float, *, tol: float = CG_TOL, max_iter: int = CG_MAX_ITER) -> np.ndarray:
-        """``F = (1 - alpha) (I - alpha S)^-1 Y`` for ``y`` of shape (n_nodes, c), in column blocks."""
+    def solve(self, y: np.ndarray, alpha: float, *, tol: float = CG_TOL, max_iter: int = CG_MAX_ITER,
+              overwrite: bool = False) -> np.ndarray:
+        """``F = (1 - alpha) (I - alpha S)^-1 Y`` for ``y`` of shape (n_nodes, c), in column blocks.
+
+        ``overwrite``: write ``F`` into ``y`` (of this solver's dtype, C-contiguous) and return it:
+        no second (n_nodes, c) array. Each block is copied out of ``y`` before it is solved.
+        """
         n, c = y.shape
-        out = np.empty((n, c), dtype=self.dtype)
+        if overwrite and not (y.dtype == self.dtype and y.flags.c_contiguous and y.flags.writeable):
+            raise BadInputError(f"'y' must be a writeable C-contiguous {self.dtype} array to be overwritten.")
+        out = y if overwrite else np.empty((n, c), dtype=self.dtype)
         width = max(1, min(c, BLOCK_ELEMENTS // max(n, 1)))
         n_blocks = -(-c // width)
         for cols in np.array_split(np.arange(c), n_blocks):
+            block = slice(int(cols[0]), int(cols[-1]) + 1)  # array_split keeps the columns contiguous
             rows = self.order if self.order is not None else slice(None)
-            b = np.array(y[rows][:, cols] if len(cols) < c else y[rows], dtype=self.dtype, order="C")  # a copy: CG overwrites it
+            b = np.array(y[rows, block], dtype=self.dtype, order="C")  # a copy of one block: CG overwrites it
             b *= 1.0 - alpha
             f = _conjugate_gradients(self._product(b.shape[1]), b, alpha, tol, max_iter)
-            if self.order is None:
-                out[:, cols] = f
-            elif len(cols) == c:
-                out[self.order] = f
-            else:
-                out[np.ix_(self.order, cols)] = f
+            out[rows, block] = f
         return out
-
 
     def _product(self, n_columns: int):
         """``out[:] = S @ p`` for (n_nodes, n_columns) arrays: torch for large products, scipy for small."""
@@ -262,12 +264,21 @@ def certainty_seeds(node_labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     ``probs`` covers the first ``len(probs)`` nodes; the rest (anchors) must be labeled.
     """
-    m, (n, k) = node_labels.shape[0], probs.shape
-    y = np.zeros((m, k), dtype=probs.dtype)
+    y = np.zeros((node_labels.shape[0], probs.shape[1]), dtype=probs.dtype)
+    y[: probs.shape[0]] = probs
+    return _certainty_seeds_(node_labels, y, probs.shape[0])
+
+
+def _certainty_seeds_(node_labels: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """:func:`certainty_seeds` in place: ``y`` holds the probabilities of its first ``n`` rows."""
+    k = y.shape[1]
     for lo in range(0, n, ROW_CHUNK):
-        p = probs[lo : lo + ROW_CHUNK]
+        p = y[lo : min(lo + ROW_CHUNK, n)]
         ent = -(p * log_probs(p)).sum(axis=1) / np.log(k) if k > 1 else np.zeros(p.shape[0])
-        y[np.arange(lo, lo + p.shape[0]), p.argmax(axis=1)] = np.clip(1.0 - ent, 0.0, 1.0)
+        best = p.argmax(axis=1)
+        p[...] = 0.0
+        p[np.arange(p.shape[0]), best] = np.clip(1.0 - ent, 0.0, 1.0)
+    y[n:] = 0.0
     seeded = np.flatnonzero(node_labels >= 0)
     y[seeded] = 0.0
     y[seeded, node_labels[seeded]] = 1.0
@@ -275,29 +286,35 @@ def certainty_seeds(node_labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def propagate(spreader: Spreader, node_labels: np.ndarray, n_samples: int, n_classes: int, *,
-              alpha: float, refine: bool, reach_prior: float) -> tuple[np.ndarray, np.ndarray]:
-    """(first-round, final) label-spreading probabilities of the first ``n_samples`` nodes.
+              alpha: float, refine: bool, reach_prior: float, with_first=None) -> np.ndarray:
+    """Final label-spreading probabilities of the first ``n_samples`` nodes, float32 (n_samples, K).
 
     Seeds are class-balanced (every class injects unit mass) and the spread scores get
     class-mass normalisation, then row normalisation (Zhou et al. 2004). ``refine`` spreads
     again from :func:`certainty_seeds` (Iscen et al. 2019); ``reach_prior`` > 0 shrinks each
     sample toward uniform by ``r / (r + reach_prior mean(r))``, ``r`` the probability that a
-    random walk with restart from it stops at a labeled node. Returns float32 (N, K) arrays.
+    random walk with restart from it stops at a labeled node.
+
+    ``with_first``, when given, is called with the first-round probabilities (n_samples, K), before
+    the refinement round and the reach prior; it must not keep or change them: the refinement
+    seeds and the final scores are then made in the same array, so one (n_nodes, K) array is
+    live besides the solver's column block.
     """
     seeded = node_labels >= 0
     y = np.zeros((node_labels.shape[0], n_classes), dtype=spreader.dtype)
     y[np.flatnonzero(seeded), node_labels[seeded]] = 1.0
-    out = []
-    for _ in range(2 if refine else 1):
-        if out:  # refinement round: every sample seeds its pseudo-label, weighted by certainty
-            y = certainty_seeds(node_labels, out[0])
+    for rnd in range(2 if refine else 1):
+        if rnd:  # refinement round: every sample seeds its pseudo-label, weighted by certainty
+            _certainty_seeds_(node_labels, y, n_samples)
         y /= np.maximum(y.sum(axis=0), EPS)
-        f = spreader.solve(y, alpha)[:n_samples]
-        del y
+        spreader.solve(y, alpha, overwrite=True)
+        f = y[:n_samples]
         np.maximum(f, 0.0, out=f)
         f /= np.maximum(f.sum(axis=0), EPS)
-        out.append(normalize_rows_(f))
-    final = out[-1] if refine or reach_prior <= 0 else out[0].copy()  # the first round stays unshrunk
+        normalize_rows_(f)
+        if rnd == 0 and with_first is not None:
+            with_first(f)
+    final = y[:n_samples]
     if reach_prior > 0:
         # (I - alpha P)^-1 = D^-1/2 (I - alpha S)^-1 D^1/2 with P = D^-1 A, restart 1 - alpha.
         d = spreader.sqrt_degree
@@ -307,4 +324,4 @@ def propagate(spreader: Spreader, node_labels: np.ndarray, n_samples: int, n_cla
         w = np.divide(r, r + prior, out=np.zeros_like(r), where=r + prior > 0).astype(final.dtype)[:, None]
         final *= w
         final += (1.0 - w) / n_classes  # shrink samples far from every label toward uniform
-    return out[0], final
+    return final

@@ -21,7 +21,8 @@ done in row chunks or column blocks, so memory stays a few (N, K) arrays at any 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 
 import numpy as np
@@ -34,7 +35,7 @@ from labelkit.config import PseudolabelConfig, defaults, validate_options
 from labelkit.errors import BadInputError
 from labelkit.neighbours import check_graph, vote
 from labelkit.propagation import Spreader, _affinity_impl, propagate
-from labelkit.thresholds import ThresholdRule, accept
+from labelkit.thresholds import ThresholdRule, accept_scores
 
 _STAGE = defaults("pseudolabel")  # the pseudolabel stage's config: the options' defaults are declared there, once
 
@@ -229,7 +230,7 @@ def label_spreading_scores(
         anchors = _as_prototypes(anchors, n_classes, x.shape[1], "anchors")
     opts = PseudolabelOptions(method=ScoreMethod.PROPAGATION, alpha=alpha, gamma=gamma, refine=False, reach_prior=0.0)
     ctx = _Context(x, sims, idx, n_classes, None, anchors)
-    return _propagate(labels, _graph(ctx, opts), ctx, opts)[1]
+    return _propagate(labels, _graph(ctx, opts), ctx, opts)
 
 
 def soft_labels(probs, *, top_k: int = 3, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -314,23 +315,27 @@ def _graph(ctx: _Context, opts: PseudolabelOptions) -> Spreader:
     return Spreader(a)
 
 
-def _propagate(labels, spreader: Spreader, ctx: _Context, opts: PseudolabelOptions) -> tuple[np.ndarray, np.ndarray]:
-    """(first-round, final) spreading probabilities of the samples, float32 (N, K)."""
+def _propagate(labels, spreader: Spreader, ctx: _Context, opts: PseudolabelOptions, with_first=None) -> np.ndarray:
+    """Final spreading probabilities of the samples, float32 (N, K); ``with_first`` sees the first round's."""
     node_labels = labels if ctx.anchors is None else np.concatenate([labels, ctx.anchors[1]])
-    return propagate(spreader, node_labels, labels.shape[0], ctx.n_classes, alpha=opts.alpha, refine=opts.refine, reach_prior=opts.reach_prior)
+    return propagate(spreader, node_labels, labels.shape[0], ctx.n_classes, alpha=opts.alpha, refine=opts.refine,
+                     reach_prior=opts.reach_prior, with_first=with_first)
 
 
-def _soft_prototypes(x, weights, given) -> tuple[np.ndarray, np.ndarray]:
+def _soft_prototypes(x, weights, given, seeds, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Prototypes as weighted class means, ``v_c ∝ sum_i w_ic x_i`` (one soft k-means step).
 
-    With given prototypes, a class that has several keeps one per given prototype, averaged
-    over the samples nearest to it; classes with no weight get none.
+    Rows labeled in ``seeds`` (>= 0) weigh one-hot on their label, whatever ``weights`` says
+    (None: the other rows weigh nothing); the substitution is made a row chunk at a time, never
+    as an (N, K) copy. With given prototypes, a class that has several keeps one per given
+    prototype, averaged over the samples nearest to it; classes with no weight get none.
     """
-    k = weights.shape[1]
+    k = n_classes
     cls_of = np.arange(k)
     if given is not None:
         vec, cls = given
-        if (np.bincount(cls, minlength=k) > 1).any():
+        if (np.bincount(cls, minlength=k) > 1).any():  # sub-prototypes: one weight column per prototype
+            weights = _with_seeds(weights, seeds, k, slice(None))
             groups, owners = [], []
             for c in range(k):
                 cols = np.flatnonzero(cls == c)
@@ -342,12 +347,27 @@ def _soft_prototypes(x, weights, given) -> tuple[np.ndarray, np.ndarray]:
                 for j in range(cols.size):
                     groups.append(np.where(nearest == j, weights[:, c], 0.0))
                     owners.append(c)
-            weights, cls_of = np.stack(groups, axis=1), np.asarray(owners)
-    sums = np.zeros((weights.shape[1], x.shape[1]))
+            weights, seeds, cls_of = np.stack(groups, axis=1), None, np.asarray(owners)
+    sums = np.zeros((cls_of.size, x.shape[1]))
+    mass = np.zeros(cls_of.size)
     for lo in range(0, x.shape[0], ROW_CHUNK):  # float32 BLAS per chunk, float64 accumulation
-        sums += weights[lo : lo + ROW_CHUNK].astype(np.float32).T @ x[lo : lo + ROW_CHUNK]
-    keep = weights.sum(axis=0) > 0
+        w = _with_seeds(weights, seeds, k, slice(lo, lo + ROW_CHUNK))
+        sums += w.T @ x[lo : lo + ROW_CHUNK]
+        mass += w.sum(axis=0, dtype=np.float64)
+    keep = mass > 0
     return l2_normalize(sums[keep].astype(np.float32)), cls_of[keep].astype(np.int64)
+
+
+def _with_seeds(weights, seeds, n_classes: int, rows: slice) -> np.ndarray:
+    """float32 ``weights[rows]`` (zeros when None), the rows labeled in ``seeds`` one-hot; a new array."""
+    y = None if seeds is None else seeds[rows]
+    if weights is None:
+        return _onehot(y, n_classes)
+    w = weights[rows].astype(np.float32)
+    if y is not None:
+        at = np.flatnonzero(y >= 0)
+        w[at] = _onehot(y[at], n_classes)
+    return w
 
 
 def _onehot(labels, n_classes) -> np.ndarray:
@@ -372,30 +392,60 @@ def _components(labels, ctx: _Context, spreader, opts: PseudolabelOptions, rows=
                 without: frozenset = frozenset()) -> dict[str, np.ndarray]:
     """Each score the method needs at ``rows`` (None = all), from ``labels`` alone (held-out folds pass fewer);
     the names in ``without`` are not computed (a member the held-out folds gave no weight)."""
-    weights, out = {n: w for n, w in _component_weights(opts).items() if n not in without}, {}
-    ensemble = opts.method is ScoreMethod.ENSEMBLE
-    if "propagation" in weights or (ensemble and "prototype" in weights):
-        first, final = _propagate(labels, spreader, ctx, opts)
-        if "propagation" in weights:  # a copy where the ensemble overwrites `first` (the same array without refinement)
-            out["propagation"] = final[rows] if rows is not None else final.copy() if final is first else final
-        del final
-    if "prototype" in weights:
-        if ensemble:  # transductive: propagated probabilities as weights, given labels one-hot
-            seeded = np.flatnonzero(labels >= 0)
-            first[seeded] = _onehot(labels[seeded], ctx.n_classes)
-            vec, cls = _soft_prototypes(ctx.x, first, ctx.prototypes)
-        elif ctx.prototypes is None or heldout:
-            # Held out, the given prototypes saw the hidden labels: re-estimate them without.
-            vec, cls = _soft_prototypes(ctx.x, _onehot(labels, ctx.n_classes), ctx.prototypes)
-        else:
-            vec, cls = ctx.prototypes
-        out["prototype"] = _prototype_probs(ctx.x, vec, cls, ctx.n_classes, PROTOTYPE_TEMPERATURE, rows)
-    if "knn" in weights:
-        out["knn"] = vote(labels, ctx.sims, ctx.idx, None, ctx.n_classes, power=opts.gamma, rows=rows)
-    if "probe" in weights:
-        from labelkit.probe import probe_probs
+    at = np.arange(labels.shape[0]) if rows is None else rows
+    return {n: score(at) for n, score in _scorers(labels, ctx, spreader, opts, heldout=heldout, without=without)[1].items()}
 
-        out["probe"] = probe_probs(ctx.x, labels, ctx.n_classes, rows)
+
+def _scorers(labels, ctx: _Context, spreader, opts: PseudolabelOptions, *, heldout: bool,
+             without: frozenset = frozenset()) -> tuple[np.ndarray | None, dict[str, Callable[[np.ndarray], np.ndarray]]]:
+    """(the propagation's scores, each score the method needs as a function of rows), fitted on ``labels``.
+
+    The propagation is solved here, once, for every row: its float32 (N, K) scores (None when it
+    is not a member) are the only (N, K) array kept. The other functions compute float32
+    (len(rows), K) scores for the rows asked, so a caller that asks a row chunk at a time holds
+    one chunk of them.
+    """
+    weights, out = {n: w for n, w in _component_weights(opts).items() if n not in without}, {}
+    transductive = opts.method is ScoreMethod.ENSEMBLE and "prototype" in weights
+    proto, made, with_first = None, [], None
+    if transductive:  # first-round propagated probabilities as weights, given labels one-hot
+        def with_first(first):
+            made.append(_soft_prototypes(ctx.x, first, ctx.prototypes, labels, ctx.n_classes))
+    elif "prototype" in weights and (ctx.prototypes is None or heldout):
+        # Held out, the given prototypes saw the hidden labels: re-estimate them without.
+        proto = _soft_prototypes(ctx.x, None, ctx.prototypes, labels, ctx.n_classes)
+    elif "prototype" in weights:
+        proto = ctx.prototypes
+    final = None
+    if "propagation" in weights or transductive:
+        final = _propagate(labels, spreader, ctx, opts, with_first=with_first)
+        proto = made[0] if transductive else proto
+        if "propagation" in weights:
+            out["propagation"] = lambda rows: final[rows]
+        else:
+            final = None
+    if "prototype" in weights:
+        vec, cls = proto
+        out["prototype"] = lambda rows: _prototype_probs(ctx.x, vec, cls, ctx.n_classes, PROTOTYPE_TEMPERATURE, rows)
+    if "knn" in weights:
+        out["knn"] = lambda rows: vote(labels, ctx.sims, ctx.idx, None, ctx.n_classes, power=opts.gamma, rows=rows)
+    if "probe" in weights:
+        from labelkit.probe import probe_predictor
+
+        out["probe"] = probe_predictor(ctx.x, labels, ctx.n_classes)
+    return final, out
+
+
+def _calibrated_scores(labels, ctx: _Context, spreader, opts: PseudolabelOptions, cal: Calibration,
+                       without: frozenset = frozenset()) -> np.ndarray:
+    """``cal.apply`` of every score of every row, float32 (N, K), a row chunk at a time: the other
+    scores exist one chunk at a time and the result is written over the propagation's array."""
+    spread, scorers = _scorers(labels, ctx, spreader, opts, heldout=False, without=without)
+    n = labels.shape[0]
+    out = spread if spread is not None else np.empty((n, ctx.n_classes), dtype=np.float32)
+    for lo in range(0, n, ROW_CHUNK):  # the chunks cal.apply and the scores use: the same numbers as one call
+        rows = np.arange(lo, min(lo + ROW_CHUNK, n))
+        out[lo : lo + ROW_CHUNK] = cal.apply({name: score(rows) for name, score in scorers.items()})
     return out
 
 
@@ -520,7 +570,7 @@ class PseudolabelResult:
     Attributes
     ----------
     probs : ndarray of shape (n_samples, n_classes), float32
-        Calibrated class probabilities.
+        Calibrated class probabilities (None after :meth:`without_probs`).
     label, confidence, margin : ndarray of shape (n_samples,)
         Best class (always set), its probability, and top-1 minus top-2 probability.
     accepted : ndarray of shape (n_samples,), bool
@@ -573,6 +623,10 @@ class PseudolabelResult:
     method: str
     weights: dict | None = None
     fold_scored: np.ndarray | None = None
+
+    def without_probs(self) -> PseudolabelResult:
+        """This result with ``probs`` None: every per-row result a writer needs, one (N, K) array lighter."""
+        return replace(self, probs=None)
 
 
 def _as_prototypes(obj, n_classes: int, dim: int, name: str):
@@ -785,7 +839,7 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
     if cal is None or unlabeled_by_fold:
         cal = _calibration(labels, ctx, spreader, opts, max_samples=opts.calibration_samples, extra_rows=unl if unlabeled_by_fold else None)
     unused = frozenset(n for n, w in cal.weights.items() if w == 0 and n == "probe")  # the folds gave it no weight
-    probs = cal.apply(_components(labels, ctx, spreader, opts, heldout=False, without=unused))
+    probs = _calibrated_scores(labels, ctx, spreader, opts, cal, without=unused)
     probs[cal.rows] = cal.probs
     heldout = np.zeros(labels.shape[0], dtype=bool)
     heldout[cal.rows] = True
@@ -803,16 +857,17 @@ def _pseudolabel_impl(labels, ctx: _Context, opts: PseudolabelOptions, cal: Cali
     for lo in range(0, labels.shape[0], ROW_CHUNK):
         label[lo : lo + ROW_CHUNK] = probs[lo : lo + ROW_CHUNK].argmax(axis=1)
         conf[lo : lo + ROW_CHUNK] = np.take_along_axis(probs[lo : lo + ROW_CHUNK], label[lo : lo + ROW_CHUNK, None], axis=1)[:, 0]
+    margins = margin(probs)
     accepted = np.zeros(labels.shape[0], dtype=bool)
     among = unl if accept_rows is None else accept_rows
-    if among.size:
-        accepted[among] = accept(probs[among], opts.threshold, opts.threshold_value)
+    if among.size:  # the rule reads confidence, class and margin: no copy of probs[among]
+        accepted[among] = accept_scores(conf[among], label[among], margins[among], ctx.n_classes, opts.threshold, opts.threshold_value)
     top_labels, top_probs = _soft_labels_impl(probs, opts.top_k, opts.sharpen)
     return PseudolabelResult(
         probs=probs,
         label=label,
         confidence=conf,
-        margin=margin(probs),
+        margin=margins,
         accepted=accepted,
         top_labels=top_labels,
         top_probs=top_probs,

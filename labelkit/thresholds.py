@@ -209,14 +209,35 @@ def accept(probs, rule: ThresholdRule | str, value: float) -> np.ndarray:
     >>> accept(np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]), "fixed", 0.8).tolist()
     [True, False, True]
     """
+    rule = _rule(rule)
+    probs = check_probs(probs)
+    conf, pred = _confidence_and_class(probs)
+    return accept_scores(conf, pred, margin(probs) if rule is ThresholdRule.MARGIN else None, probs.shape[1], rule, value)
+
+
+def accept_scores(confidence, label, margins, n_classes: int, rule: ThresholdRule | str, value: float) -> np.ndarray:
+    """:func:`accept` from what the rules read, each of shape (n_samples,): ``confidence`` (the top
+    probability), ``label`` (the best class) and ``margins`` (top-1 minus top-2; None unless the
+    rule is ``margin``). A caller that has them already needs no (N, K) copy of the
+    probabilities. Returns the (n_samples,) bool mask :func:`accept` returns.
+
+    >>> accept_scores(np.array([0.9, 0.6]), np.array([0, 0]), None, 2, "top_per_class", 1).tolist()
+    [True, False]
+    """
+    rule = _rule(rule)
+    conf, pred = np.asarray(confidence), np.asarray(label, dtype=np.int64)
+    if rule is ThresholdRule.MARGIN:
+        check_unit("min_margin", value)
+        return np.asarray(margins) >= value
+    if rule is ThresholdRule.TOP_PER_CLASS:
+        _check_count(int(value))
+        return _top_per_class_impl(conf, pred, int(value))
+    check_unit("tau", value)
+    return conf >= value if rule is ThresholdRule.FIXED else _flexmatch_impl(conf, pred, n_classes, value, True)
+
+
+def _rule(rule) -> ThresholdRule:
     try:
-        rule = ThresholdRule(rule)
+        return ThresholdRule(rule)
     except ValueError:
         raise BadInputError(f"'rule' must be one of {[r.value for r in ThresholdRule]}. Got {rule!r} instead.") from None
-    if rule is ThresholdRule.FIXED:
-        return threshold_fixed(probs, tau=value)
-    if rule is ThresholdRule.FLEXMATCH:
-        return threshold_flexmatch(probs, tau=value)
-    if rule is ThresholdRule.TOP_PER_CLASS:
-        return threshold_top_per_class(probs, n_per_class=int(value))
-    return threshold_margin(probs, min_margin=value)

@@ -94,11 +94,40 @@ def test_propagate_first_round_is_class_mass_normalised_spreading():
     # No refinement, no reach prior: rows of max(F, 0) / column mass, renormalised (Zhou et al.).
     a = _five_node_affinity()
     labels = np.array([0, -1, -1, -1, 1])
-    first, final = pg.propagate(pg.Spreader(a), labels, 5, 2, alpha=0.8, refine=False, reach_prior=0.0)
+    seen = []
+    final = pg.propagate(pg.Spreader(a), labels, 5, 2, alpha=0.8, refine=False, reach_prior=0.0, with_first=lambda f: seen.append(f.copy()))
     f = _closed_form(a, np.eye(2)[[0, 1]][[0, 0, 0, 0, 1]] * (labels >= 0)[:, None], 0.8)
     f = f / f.sum(axis=0)
-    np.testing.assert_allclose(first, f / f.sum(axis=1, keepdims=True), atol=1e-6)
-    np.testing.assert_array_equal(first, final)
+    np.testing.assert_allclose(seen[0], f / f.sum(axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_array_equal(seen[0], final)
+
+
+def test_propagate_refines_in_place_as_from_certainty_seeds():
+    # The refinement round reuses the first round's array: the same as spreading certainty_seeds anew.
+    a = _five_node_affinity()
+    labels = np.array([0, -1, -1, -1, 1])
+    spreader = pg.Spreader(a)
+    seen = []
+    final = pg.propagate(spreader, labels, 5, 2, alpha=0.8, refine=True, reach_prior=0.0, with_first=lambda f: seen.append(f.copy()))
+    y = pg.certainty_seeds(labels, seen[0])
+    y /= y.sum(axis=0)
+    f = np.maximum(spreader.solve(y, 0.8), 0.0)
+    f /= f.sum(axis=0)
+    np.testing.assert_allclose(final, f / f.sum(axis=1, keepdims=True), atol=1e-6)
+    assert not np.allclose(final, seen[0], atol=1e-3)  # the second round moved the scores
+
+
+def test_solve_in_place_matches_a_new_array(monkeypatch):
+    monkeypatch.setattr(pg, "BLOCK_ELEMENTS", 5)  # one column a block
+    monkeypatch.setattr(pg, "REORDER_ABOVE", 0)
+    spreader = pg.Spreader(_five_node_affinity())
+    y = np.eye(5, 3, dtype=np.float32)
+    fresh = spreader.solve(y, 0.9)
+    same = y.copy()
+    assert spreader.solve(same, 0.9, overwrite=True) is same
+    np.testing.assert_array_equal(same, fresh)
+    with pytest.raises(BadInputError, match="writeable C-contiguous float32"):
+        spreader.solve(y.astype(np.float64), 0.9, overwrite=True)
 
 
 def test_certainty_seeds_weight_the_argmax_by_one_minus_normalised_entropy():

@@ -74,8 +74,8 @@ def test_reach_prior_demotes_a_cluster_no_label_reaches():
     labels[[0, 8]] = [0, 1]  # A and C labeled; B has no label of its own
     ctx = pl._Context(np.eye(12, dtype=np.float32), sims, idx, 2, None, None)
     opts = {r: pl.PseudolabelOptions(reach_prior=r, refine=False) for r in (0.0, 0.3)}
-    plain = pl._propagate(labels, pl._graph(ctx, opts[0.0]), ctx, opts[0.0])[1]
-    shrunk = pl._propagate(labels, pl._graph(ctx, opts[0.3]), ctx, opts[0.3])[1]
+    plain = pl._propagate(labels, pl._graph(ctx, opts[0.0]), ctx, opts[0.0])
+    shrunk = pl._propagate(labels, pl._graph(ctx, opts[0.3]), ctx, opts[0.3])
     assert (plain[4:8].argmax(axis=1) == 0).all() and plain[4:8, 0].min() > 0.99  # spreading alone: sure of B
     assert (shrunk[4:8].argmax(axis=1) == 0).all()  # same label ...
     assert shrunk[4:8, 0].max() < shrunk[1:4, 0].min()  # ... but less sure than A's own samples
@@ -274,11 +274,34 @@ def test_soft_prototypes_keep_one_prototype_per_given_sub_prototype():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     given = (np.eye(3, dtype=np.float32), np.array([0, 0, 1]))
     w = pl._onehot(np.array([0, 0, 0, 0, 1]), 2)
-    vec, cls = pl._soft_prototypes(x, w, given)
+    vec, cls = pl._soft_prototypes(x, w, given, None, 2)
     assert cls.tolist() == [0, 0, 1]
     np.testing.assert_allclose(vec, np.vstack([np.eye(3)[:2], x[4]]), atol=1e-6)
-    vec1, cls1 = pl._soft_prototypes(x, w, None)  # without given prototypes: one mean per class
+    vec1, cls1 = pl._soft_prototypes(x, w, None, None, 2)  # without given prototypes: one mean per class
     assert cls1.tolist() == [0, 1] and vec1[0] @ np.array([1, 1, 0]) / np.sqrt(2) > 0.99
+    # Seeded rows weigh one-hot on their label whatever the weights say, with or without weights.
+    seeds = np.array([0, 0, 0, 0, 1])
+    for weights in (None, np.full((5, 2), 0.5, np.float32)):
+        v, c = pl._soft_prototypes(x, weights, given, seeds, 2)
+        assert c.tolist() == [0, 0, 1]
+        np.testing.assert_allclose(v, vec, atol=1e-6)
+
+
+def test_soft_prototypes_row_chunks_sum_as_one_pass(monkeypatch):
+    # Two rows a chunk: the one-hot substitution and the sums chunk by chunk give the one-pass means.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    w = rng.dirichlet(np.ones(3), 9).astype(np.float32)
+    seeds = np.array([2, -1, -1, 0, -1, -1, -1, 1, -1])
+    whole = pl._soft_prototypes(x, w, None, seeds, 3)
+    monkeypatch.setattr(pl, "ROW_CHUNK", 2)
+    chunked = pl._soft_prototypes(x, w, None, seeds, 3)
+    expected = w.astype(np.float64).copy()
+    expected[seeds >= 0] = np.eye(3)[seeds[seeds >= 0]]
+    expected = expected.T @ x
+    np.testing.assert_allclose(chunked[0], expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(chunked[0], whole[0], atol=1e-6)
 
 
 def test_prototype_method_held_out_prototypes_do_not_see_the_hidden_label(rng):
@@ -353,10 +376,29 @@ def test_ensemble_without_refinement_keeps_the_propagation_scores_of_labeled_row
     opts = pl.PseudolabelOptions(refine=False, reach_prior=0.0)
     ctx = pl._Context(x, *_brute_knn(x, 5), 2, None, None)
     spreader = pl._graph(ctx, opts)
-    expected = pl._propagate(labels, spreader, ctx, opts)[1]
+    expected = pl._propagate(labels, spreader, ctx, opts)
     got = pl._components(labels, ctx, spreader, opts, heldout=False)["propagation"]
     np.testing.assert_array_equal(got, expected)
     assert got[labels >= 0].max() < 1.0  # spread scores, not one-hot
+
+
+@pytest.mark.parametrize("options", [
+    {"probe_weights": (1.0,)},  # propagation, prototypes and the probe, in place over the propagation's array
+    {"method": "ensemble", "weights": (0.0, 0.5, 1.0), "probe_weights": ()},  # no propagation member: a new array
+])
+def test_final_pass_by_row_chunks_equals_the_whole_components(rng, monkeypatch, options):
+    # Issue 17 (10M rows in 24 GB): the final pass scores a row chunk at a time; the numbers are those of one pass.
+    x, y = _two_clusters(rng, n=60, spread=0.6)
+    labels = np.where(np.arange(60) % 3 == 0, y, -1)
+    opts = pl.PseudolabelOptions(n_folds=2, **options)
+    ctx = pl._Context(x, *_brute_knn(x, 5), 2, None, None)
+    spreader = pl._spreader(ctx, opts)
+    cal = pl._calibration(labels, ctx, spreader, opts, max_samples=None)
+    whole = cal.apply(pl._components(labels, ctx, spreader, opts, heldout=False))
+    monkeypatch.setattr(pl, "ROW_CHUNK", 7)
+    chunked = pl._calibrated_scores(labels, ctx, spreader, opts, cal)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
+    assert chunked.dtype == np.float32 and not np.allclose(chunked, chunked[:1])
 
 
 def test_topk_to_dense_adds_renormalises_and_leaves_empty_rows_zero():
