@@ -207,11 +207,13 @@ def _knn_distance(x, lab, k, device) -> np.ndarray:
 
     kk = min(k + 1, lab.size)
     sims, idx = knn.search(x[lab], x, kk, device=device)
-    rows = lab[np.maximum(idx, 0)]
-    self_hit = (rows == np.arange(x.shape[0])[:, None]) & (idx >= 0)
-    keep = (idx >= 0) & ~self_hit
-    # The first k kept neighbours of each row (a labeled row drops itself; others drop the last).
-    order = np.cumsum(keep, axis=1)
-    keep &= order <= min(k, lab.size - 1)
-    s = np.where(keep, sims, 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
-    return 1.0 - s
+    out = np.empty(x.shape[0], np.float64)
+    for lo in range(0, x.shape[0], ROW_CHUNK):  # the (n, k) temporaries a chunk at a time
+        i = idx[lo : lo + ROW_CHUNK]
+        rows = lab[np.maximum(i, 0)]
+        self_hit = (rows == np.arange(lo, lo + i.shape[0])[:, None]) & (i >= 0)
+        keep = (i >= 0) & ~self_hit
+        # The first k kept neighbours of each row (a labeled row drops itself; others drop the last).
+        keep &= np.cumsum(keep, axis=1) <= min(k, lab.size - 1)
+        out[lo : lo + ROW_CHUNK] = 1.0 - np.where(keep, sims[lo : lo + ROW_CHUNK], 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+    return out

@@ -139,6 +139,7 @@ def teach(vectors, labels, n_classes: int, graph, protos, text, cfg: Pseudolabel
         task.update(step="score")
     # With every seed kept, the folds just scored are those the final pass would score again.
     reuse = cal if cal is not None and not dropped.any() else None
+    del cal  # (n_labeled, K) held-out probabilities: not kept through the final pass unless reused
     # --max-error certifies on held-out rows: score the unlabeled rows the same way (labelkit.guarantee).
     r = compute.pseudolabel(vectors, labels, n_classes, graph, protos, text_prototypes=text, options=options, calibration=reuse,
                             accept_rows=accept_rows, unlabeled_by_fold=cfg.max_error is not None)

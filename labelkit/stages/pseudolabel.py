@@ -51,7 +51,9 @@ def _build(job: Job) -> dict[str, Any]:
                                            progress=job.progress)
     del graph
     clock.lap("teacher")  # split by the teacher itself: clean_seeds, score
-    r, dropped = teacher.result_, teacher.seeds_dropped_
+    # Nothing below reads the (N, K) probabilities: let them go before novelty and the table (issue 17).
+    r, dropped, timings = teacher.result_.without_probs(), teacher.seeds_dropped_, teacher.timings_
+    del teacher
     # Written and accepted among: the unlabeled rows (doubted seeds were scored as unlabeled but are not written).
     rows = np.flatnonzero(a.labels < 0)
     # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
@@ -72,7 +74,7 @@ def _build(job: Job) -> dict[str, Any]:
             "novelty": opened["novelty"], **({"guarantee": opened["guarantee"]} if "guarantee" in opened else {})}
     artifacts.write_table(ws.path(artifacts.PSEUDOLABELS), table, meta)
     clock.lap("write")
-    summary["timings_s"] = {"knn_graph": clock.laps["knn_graph"], **teacher.timings_, "accept": clock.laps["accept"], "write": clock.laps["write"]}
+    summary["timings_s"] = {"knn_graph": clock.laps["knn_graph"], **timings, "accept": clock.laps["accept"], "write": clock.laps["write"]}
     return summary
 
 
