@@ -497,8 +497,12 @@ def _analyse(source: ChunkSource, stats: _Stats, *, keep_rows=False, scores=()) 
     conf = [pr[np.arange(len(y)), y] for y, pr in _labeled_chunks(source, stats, first=True)]
     if stats.dtype is None:
         raise BadInputError("'chunks' must yield at least one (labels, probs) chunk. Got none instead.")
-    labels = np.concatenate(stats.labels)
-    y = labels[labels >= 0]
+    if isinstance(source, _ArraySource) and source.labels.dtype == np.int64:
+        labels = source.labels  # the chunks are views of it: no concatenated copy
+    else:
+        labels = np.concatenate(stats.labels)
+    labeled = labels >= 0
+    y = labels if labeled.all() else labels[labeled]
     selfconf = np.concatenate(conf) if conf else np.zeros(0, stats.dtype)
     thresholds = _thresholds(y, selfconf, stats.n_classes)
     joint = _joint_pass(source, stats, thresholds, keep_rows=keep_rows, scores=scores)
