@@ -80,15 +80,23 @@ def knn_affinity(sims, idx, *, gamma: float = _STAGE.gamma, one_way_weight: floa
 
 
 def _affinity_impl(sims, idx, gamma, one_way_weight) -> sp.csr_matrix:
+    # Built as CSR straight from the (n, k) rows, and each sparse temporary let go once used: the
+    # peak is a few copies of the edges, not the dozen a COO build and one expression make.
     n = sims.shape[0]
-    rows = np.repeat(np.arange(n), idx.shape[1])
-    cols = idx.ravel()
-    w = np.maximum(sims.ravel().astype(np.float64), 0.0) ** gamma
-    keep = (cols >= 0) & (cols != rows) & (w > 0)
-    a = sp.csr_matrix((w[keep], (rows[keep], cols[keep])), shape=(n, n))
+    w = np.maximum(sims.reshape(-1).astype(np.float64), 0.0) ** gamma
+    keep = ((idx >= 0) & (idx != np.arange(n)[:, None])).reshape(-1) & (w > 0)
+    indptr = np.r_[0, np.cumsum(keep.reshape(n, -1).sum(axis=1))]
+    index = np.int32 if n < 2**31 and indptr[-1] < 2**31 else np.int64
+    a = sp.csr_matrix((w[keep], idx.reshape(-1)[keep].astype(index), indptr.astype(index)), shape=(n, n))
+    del w, keep
     a.sum_duplicates()
-    union, mutual = a.maximum(a.T), a.minimum(a.T)
-    return (mutual + one_way_weight * (union - mutual)).tocsr()
+    at = a.T.tocsr()
+    union, mutual = a.maximum(at), a.minimum(at)
+    del a, at
+    union -= mutual
+    union *= one_way_weight  # one-way edges (and the mutual ones' excess) at one_way_weight
+    union += mutual
+    return union.tocsr()
 
 
 def spread_labels(affinity, seeds, *, alpha: float = _STAGE.alpha, tol: float = 1e-6, max_iter: int = 1000) -> np.ndarray:
@@ -155,13 +163,16 @@ class Spreader:
     """
 
     def __init__(self, affinity: sp.spmatrix, *, dtype=np.float32) -> None:
-        a = sp.csr_matrix(affinity, dtype=np.float64)
-        a.setdiag(0.0)
-        a.eliminate_zeros()
-        d = np.asarray(a.sum(axis=1)).ravel()
+        s = sp.csr_matrix(affinity, dtype=np.float64, copy=True)  # scaled in place below: never the caller's arrays
+        if s.diagonal().any():  # setdiag restructures the whole matrix: only when there is a diagonal to clear
+            s.setdiag(0.0)
+        s.eliminate_zeros()
+        d = np.asarray(s.sum(axis=1)).ravel()
         self.sqrt_degree = np.sqrt(d)
         inv = np.divide(1.0, self.sqrt_degree, out=np.zeros_like(d), where=d > 0)
-        s = (sp.diags(inv) @ a @ sp.diags(inv)).tocsr()
+        # S = D^-1/2 A D^-1/2 entry by entry, in place: (a_ij inv_i) inv_j, as the two diagonal products round it.
+        s.data *= np.repeat(inv, np.diff(s.indptr))
+        s.data *= inv[s.indices]
         self.n_nodes = s.shape[0]
         self.dtype = np.dtype(dtype)
         self.order = None

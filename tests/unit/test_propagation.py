@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from labelkit import propagation as pg
 from labelkit.errors import BadInputError
@@ -88,6 +89,35 @@ def test_column_blocks_and_renumbering_do_not_change_the_solution(monkeypatch):
     spreader = pg.Spreader(a)
     assert spreader.order is not None and sorted(spreader.order.tolist()) == list(range(5))
     np.testing.assert_allclose(spreader.solve(y, 0.9), _closed_form(a, y.astype(np.float64), 0.9), atol=1e-6)
+
+
+def test_affinity_is_the_max_min_formula_exactly():
+    # Issue 17: built as CSR with temporaries let go; the same matrix as mutual + w (union - mutual).
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    s = x @ x.T
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :6]  # column 0 is self: dropped
+    sims = np.take_along_axis(s, idx, axis=1)
+    idx[rng.random(idx.shape) < 0.1] = -1  # missing neighbours
+    got = pg.knn_affinity(sims, idx, gamma=3.0, one_way_weight=0.1)
+    rows = np.repeat(np.arange(60), 6)
+    w = np.maximum(sims.ravel().astype(np.float64), 0.0) ** 3.0
+    keep = (idx.ravel() >= 0) & (idx.ravel() != rows) & (w > 0)
+    a = sp.csr_matrix((w[keep], (rows[keep], idx.ravel()[keep])), shape=(60, 60))
+    union, mutual = a.maximum(a.T), a.minimum(a.T)
+    expected = (mutual + 0.1 * (union - mutual)).tocsr()
+    for f in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(expected, f))
+    np.testing.assert_array_equal(got.toarray(), got.T.toarray())  # symmetric
+    assert (union != mutual).nnz > 0  # one-way edges present: the weight is exercised
+
+
+def test_spreader_leaves_the_callers_affinity_alone():
+    a = sp.csr_matrix(_five_node_affinity())
+    before = a.copy()
+    pg.Spreader(a)
+    np.testing.assert_array_equal(a.toarray(), before.toarray())
 
 
 def test_propagate_first_round_is_class_mass_normalised_spreading():
