@@ -434,22 +434,28 @@ def _root(
 
 
 def _small_pages() -> None:
-    """Large numpy arrays in 4 KB pages for this command (unless NUMPY_MADVISE_HUGEPAGE says otherwise).
+    """Large numpy and Arrow buffers in 4 KB pages for this command (unless NUMPY_MADVISE_HUGEPAGE
+    or ARROW_DEFAULT_MEMORY_POOL says otherwise).
 
-    numpy advises the kernel to back every array of 4 MB or more with transparent huge pages; with
-    the kernel's default defrag policy each 2 MB fault may first compact memory, and on a busy
-    machine a command's (N, K) temporaries then cost several times the system time of 4 KB pages
-    (docs/performance.md, detect-noise --pred-probs). A process-wide numpy setting, so the CLI (the
-    process's owner) chooses it; library callers keep numpy's default.
+    numpy advises the kernel to back every array of 4 MB or more with transparent huge pages, and
+    Arrow's default allocator (mimalloc) gets its fresh memory in huge pages too; with the kernel's
+    default defrag policy each 2 MB fault may first compact memory, and every one is zeroed whole
+    however little of it is used: on a busy machine a command's temporaries then cost several
+    times the system time of 4 KB pages (docs/performance.md, detect-noise --pred-probs). These
+    are process-wide settings, so the CLI (the process's owner) chooses them; library callers keep
+    the defaults.
     """
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
-        return
-    import numpy as np
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        import numpy as np
 
-    core = getattr(np, "_core", None) or np.core
-    setter = getattr(core.multiarray, "_set_madvise_hugepage", None)
-    if setter is not None:
-        setter(False)
+        core = getattr(np, "_core", None) or np.core
+        setter = getattr(core.multiarray, "_set_madvise_hugepage", None)
+        if setter is not None:
+            setter(False)
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def main() -> None:

@@ -254,18 +254,23 @@ def test_help_prints_brackets_as_written(runner):
     assert "--debug" in r.stdout
 
 
-@pytest.mark.parametrize("env, advised", [(None, False), ("1", True)])
-def test_issue17_commands_use_small_pages_unless_numpy_madvise_hugepage_is_set(runner, monkeypatch, env, advised):
+@pytest.mark.parametrize("env, advised, pool", [(None, False, "system"), ("1", True, "mimalloc")])
+def test_issue17_commands_use_small_pages_unless_the_environment_says_otherwise(runner, monkeypatch, env, advised, pool):
     import numpy as np
+    import pyarrow as pa
 
     setter = np._core.multiarray._set_madvise_hugepage
-    before = setter(True)  # numpy's default: huge pages advised
+    before, before_pool = setter(True), pa.default_memory_pool()  # numpy's default: huge pages advised
     try:
-        if env is None:
-            monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
-        else:
-            monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", env)
+        pa.set_memory_pool(pa.mimalloc_memory_pool())  # Arrow's default
+        for name in ("NUMPY_MADVISE_HUGEPAGE", "ARROW_DEFAULT_MEMORY_POOL"):
+            if env is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, env if name.startswith("NUMPY") else "mimalloc")
         assert runner.invoke(app, ["status", "--help"]).exit_code == 0
         assert setter(before) is advised  # what the command left set
+        assert pa.default_memory_pool().backend_name == pool
     finally:
         setter(before)
+        pa.set_memory_pool(before_pool)
