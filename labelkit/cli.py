@@ -12,7 +12,6 @@ import contextvars
 import copy
 import inspect
 import json
-import os
 import sys
 import tomllib
 import typing
@@ -433,29 +432,25 @@ def _root(
     _small_pages()
 
 
+_PR_SET_THP_DISABLE = 41  # linux/prctl.h
+
+
 def _small_pages() -> None:
-    """Large numpy and Arrow buffers in 4 KB pages for this command (unless NUMPY_MADVISE_HUGEPAGE
-    or ARROW_DEFAULT_MEMORY_POOL says otherwise).
+    """This command's memory in 4 KB pages: transparent huge pages off for the process (Linux).
 
-    numpy advises the kernel to back every array of 4 MB or more with transparent huge pages, and
-    Arrow's default allocator (mimalloc) gets its fresh memory in huge pages too; with the kernel's
-    default defrag policy each 2 MB fault may first compact memory, and every one is zeroed whole
-    however little of it is used: on a busy machine a command's temporaries then cost several
-    times the system time of 4 KB pages (docs/performance.md, detect-noise --pred-probs). These
-    are process-wide settings, so the CLI (the process's owner) chooses them; library callers keep
-    the defaults.
+    numpy advises huge pages for every array of 4 MB or more and Arrow's allocator (mimalloc) gets
+    its fresh memory in them; with the kernel's default defrag policy a 2 MB fault may first compact
+    memory, and each is zeroed whole however little of it is used: perf found a fifth of the
+    detect-noise --pred-probs command's time in that zeroing (docs/performance.md).
+    prctl(PR_SET_THP_DISABLE) turns them off for this process (and what it starts), whatever numpy
+    and mimalloc advise; a process-wide setting, so the CLI (the process's owner) makes it and
+    library callers keep the system's. Where the call fails (an old kernel), only speed differs.
     """
-    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
-        import numpy as np
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-        core = getattr(np, "_core", None) or np.core
-        setter = getattr(core.multiarray, "_set_madvise_hugepage", None)
-        if setter is not None:
-            setter(False)
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        import pyarrow as pa
-
-        pa.set_memory_pool(pa.system_memory_pool())
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
 
 def main() -> None:
