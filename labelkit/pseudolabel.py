@@ -16,7 +16,10 @@ this module never builds an index. Four scores give ``probs`` (N, K) for every s
 scoring (:mod:`labelkit.calibration`), corrects the class priors if asked, applies a threshold
 rule (:mod:`labelkit.thresholds`) and returns a :class:`PseudolabelResult`. The defaults are
 those benchmarks/pseudolabel.py measured best. (N, K) arrays are float32 and the work on them is
-done in row chunks or column blocks, so memory stays a few (N, K) arrays at any N.
+done in row chunks or column blocks: the propagation's one (N, K) array is solved, refined and
+finally overwritten by the calibrated mixture in place, and the other scores exist one row chunk
+at a time, so memory stays about one (N, K) array at any N, plus the held-out scores of the
+labeled rows.
 """
 
 from __future__ import annotations
