@@ -84,6 +84,7 @@ EXACT_MAX_ROWS_GPU = 200_000
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
 HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
 HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
+HNSW_DENSE_BUILD_ROWS_LOW_DIM = 500_000  # above, in fewer dimensions: efConstruction 160 too
 DEFAULT_BATCH_SIZE = 4_096  # query rows per block
 _RECALL_MARGIN = 0.01  # the tuning sample must beat the target by this (sampling error of ~256 queries)
 # IVF-PQ: codes of PQ_NBITS bits per sub-quantiser; pq_m (code bytes per row) is one of
@@ -121,7 +122,7 @@ class AnnParams:
     ef_construction : int or None, default=None
         Candidate list size while building HNSW; None chooses by the number of rows
         (:func:`hnsw_ef_construction`: 160 past HNSW_DENSE_BUILD_ROWS rows of HNSW_DENSE_BUILD_DIM
-        dimensions or more, else 64). Below 2M
+        dimensions or more and past HNSW_DENSE_BUILD_ROWS_LOW_DIM rows of fewer, else 64). Below 2M
         it starves level 0: on 100k x 512 clustered vectors (benchmarks/knn.py data), M=32
         reached recall@10 0.83 / 0.93 / 0.96 at efSearch 16 / 64 / 128 with efConstruction=40,
         but 0.94 / 0.98 / 1.00 at efSearch 16 / 32 / 64 with efConstruction=64, for 10% more
@@ -618,13 +619,17 @@ def hnsw_ef_construction(n: int, d: int) -> int:
     n * search(efSearch), and with a sparse build the efSearch that reaches the recall target
     grows with n, fast in high dimension (docs/performance.md, "The HNSW trade-off curve"): with
     efConstruction 64, 512-d rows needed efSearch 32 at 100k, 64 at 300k and 512 at 1M (52
-    CPU-minutes, where 160 is extrapolated to about 29); 128-d rows needed 16 at 100k and 32 at
-    300k, where the dense build cost 2.4x as much in all.
+    CPU-minutes; the dense build took 31); 128-d rows needed 16 at 100k and 32 at 300k, where the
+    dense build cost 2.4x as much in all, but at 1M (pseudolabel_scale's Gaussian classes) the
+    sparse build stayed at recall 0.92 at efSearch 512 where the dense one reached 0.97 at 128
+    for about 26 CPU-minutes. Between 300k and 1M rows of low dimension the switch (500k) is
+    interpolated, not measured.
 
-    >>> hnsw_ef_construction(1_000_000, 128), hnsw_ef_construction(300_000, 512), hnsw_ef_construction(1_000_000, 512)
-    (64, 64, 160)
+    >>> hnsw_ef_construction(300_000, 128), hnsw_ef_construction(1_000_000, 128), hnsw_ef_construction(300_000, 512)
+    (64, 160, 64)
     """
-    return 160 if n > HNSW_DENSE_BUILD_ROWS and d >= HNSW_DENSE_BUILD_DIM else 64
+    dense_from = HNSW_DENSE_BUILD_ROWS if d >= HNSW_DENSE_BUILD_DIM else HNSW_DENSE_BUILD_ROWS_LOW_DIM
+    return 160 if n > dense_from else 64
 
 
 def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:

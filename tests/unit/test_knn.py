@@ -306,11 +306,14 @@ def test_graph_slices_after_tune_graph_equal_the_whole_graph(method):
 
 
 def test_hnsw_build_density_is_chosen_by_rows_unless_given():
-    from labelkit.knn import HNSW_DENSE_BUILD_DIM, HNSW_DENSE_BUILD_ROWS, hnsw_ef_construction
+    from labelkit.knn import HNSW_DENSE_BUILD_DIM, HNSW_DENSE_BUILD_ROWS, HNSW_DENSE_BUILD_ROWS_LOW_DIM, hnsw_ef_construction
 
     assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS, 512) == 64
     assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS + 1, HNSW_DENSE_BUILD_DIM) == 160
-    assert hnsw_ef_construction(10 * HNSW_DENSE_BUILD_ROWS, HNSW_DENSE_BUILD_DIM - 1) == 64
+    # fewer dimensions: the sparse build stays cheaper up to 300k rows, not at 1M (docs/performance.md)
+    assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS + 1, HNSW_DENSE_BUILD_DIM - 1) == 64
+    assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS_LOW_DIM, 128) == 64
+    assert hnsw_ef_construction(HNSW_DENSE_BUILD_ROWS_LOW_DIM + 1, 128) == 160
     x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
     assert KnnIndex("hnsw", device="cpu").build(x)._index.hnsw.efConstruction == 64
     assert KnnIndex("hnsw", device="cpu", ann=AnnParams(ef_construction=100)).build(x)._index.hnsw.efConstruction == 100
