@@ -7,7 +7,7 @@ scoring, writing), peak memory, and pseudo-label quality against the known clust
 of every pseudo-label, accepted count and precision (accuracy of the accepted ones). The
 machine's load average is printed next to the times (they are only comparable at equal load).
 
-    python benchmarks/pseudolabel_scale.py [--n 1000000] [--dim 128] [--classes 100] [--keep DIR]
+    python benchmarks/pseudolabel_scale.py [--n 1000000] [--dim 128] [--classes 100] [--labeled 0.01]
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ def main() -> None:
         print("| n | accuracy (all pseudo-labels) | accepted | coverage | precision of accepted | seeds dropped | temperature | held-out ECE |")
         print("|---|---|---|---|---|---|---|---|")
         print(f"| {a.n:,} | {acc_all:.4f} | {n_acc:,} | {out['coverage']} | {acc_accepted:.4f} | {out['n_seeds_dropped']} | {out['temperature']} | {out['ece']} |")
+        print()
+        print(f"kNN graph (the stage's `knn` summary): {json.dumps(out.get('knn'))}")
+        print(f"Warnings: {[w['code'] for w in out.get('warnings', [])]}")
         assert acc_all > 0.5, "pseudo-labels no better than chance on separable clusters"
         assert n_acc == 0 or acc_accepted >= a.min_precision, f"accepted pseudo-labels only {acc_accepted:.4f} precise"
 
