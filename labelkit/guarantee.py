@@ -398,6 +398,7 @@ class _NoNovelty:
     novel: np.ndarray
     threshold: float
     n_reference: int
+    knn: dict | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -420,6 +421,9 @@ class Acceptance:
         Held-out labeled samples novelty was calibrated on.
     certificate : Certificate or None
         With ``max_error``.
+    novelty_knn : dict or None
+        Novelty's nearest-labeled-neighbour search (``Novelty.knn``: method, why, tuned recall);
+        None without references.
     """
 
     accepted: np.ndarray
@@ -429,10 +433,12 @@ class Acceptance:
     novelty_threshold: float
     n_reference: int
     certificate: Certificate | None
+    novelty_knn: dict | None = None
 
 
 def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows, *, reject_novel: bool, novelty_rate: float,
-                        max_error: float | None = None, error_confidence: float = _ERROR_CONFIDENCE) -> Acceptance:
+                        max_error: float | None = None, error_confidence: float = _ERROR_CONFIDENCE,
+                        memory_budget: int | None = None) -> Acceptance:
     """Which pseudo-labels of ``rows`` to accept, and why not: novelty, then the rule or the certificate.
 
     1. Novelty (:func:`labelkit.novelty.novelty_scores`) of every sample from the embeddings and
@@ -471,6 +477,9 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
         pool: :func:`certify_threshold` with ``pool``) at most this, in (0, 1).
     error_confidence : float, default=0.9
         Confidence of the certificate, ``1 - delta``.
+    memory_budget : int or None, default=None
+        Bytes novelty's nearest-labeled-neighbour search may take (``novelty_scores``'s
+        ``memory_budget``; IVF-PQ over it). None or 0: no budget.
 
     Returns
     -------
@@ -486,7 +495,8 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     dropped = np.asarray(dropped, bool)
     reference = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
     if reference.sum() >= 2:
-        nov = novelty_scores(embeddings, given, n_classes, reject_rate=novelty_rate, confidence=result.confidence, reference=reference)
+        nov = novelty_scores(embeddings, given, n_classes, reject_rate=novelty_rate, confidence=result.confidence, reference=reference,
+                             memory_budget=memory_budget)
     else:  # nothing to calibrate novelty on (zero-shot from class names): no score, nothing judged novel
         n = given.shape[0]
         nov = _NoNovelty(np.full(n, np.nan, np.float32), np.zeros(n, bool), float("nan"), int(reference.sum()))
@@ -503,7 +513,7 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
         pool = np.where(nov.novel[rows], -np.inf, decide) if reject_novel else decide
         cert = certify_threshold(scores, losses, target=max_error, delta=1.0 - error_confidence, pool=pool)
     accepted, reason = acceptance(decide, result.accepted[rows], nov.novel[rows], reject_novel=reject_novel, certificate=cert)
-    return Acceptance(accepted, reason, nov.score[rows], nov.novel[rows], nov.threshold, nov.n_reference, cert)
+    return Acceptance(accepted, reason, nov.score[rows], nov.novel[rows], nov.threshold, nov.n_reference, cert, nov.knn)
 
 
 def _fold_scored(result, rows) -> bool:

@@ -63,6 +63,11 @@ class Novelty:
         Raw distances (``prototype``, ``knn``) before calibration.
     n_reference : int
         Labeled samples the scores are calibrated on.
+    knn : dict
+        The nearest-labeled-neighbour search of the ``knn`` distance: ``method``, ``pq_m``,
+        ``memory_budget``, ``estimate_bytes`` and ``reason`` (:func:`labelkit.knn.choose_method`),
+        and ``tuned`` (the efSearch or nprobe tuning picked and its recall on the tuning sample,
+        ``sample_recall`` against ``target_recall``; None for exact search).
     """
 
     score: np.ndarray
@@ -72,10 +77,11 @@ class Novelty:
     reject_rate: float
     components: dict
     n_reference: int
+    knn: dict
 
 
 def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = _NOVELTY_RATE, confidence=None, reference=None,
-                   device: str = "cpu") -> Novelty:
+                   device: str = "cpu", memory_budget: int | None = None) -> Novelty:
     """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
 
     Parameters
@@ -97,6 +103,12 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         rows whose confidence was computed without their own label.
     device : str, default="cpu"
         For the nearest-labeled-neighbour search (:func:`labelkit.knn.search`).
+    memory_budget : int or None, default=None
+        Bytes that search may take beyond the embeddings (its index over the labeled rows, scratch
+        and results; :func:`labelkit.knn.memory_estimate`); over it, an IVF-PQ index
+        (:func:`labelkit.knn.choose_method`), re-ranked by exact cosine. None or 0: no budget. The
+        copy of the labeled rows the index is built from (``n_labeled * dim`` in the embeddings'
+        dtype) is not counted.
 
     Returns
     -------
@@ -141,12 +153,13 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         ref &= reference
     if ref.sum() < 2:
         raise BadInputError("novelty needs at least two labeled reference samples to calibrate on. Label a few samples per class.")
-    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device)
+    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device, memory_budget or None)
 
 
-def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device) -> Novelty:
+def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device, memory_budget) -> Novelty:
     lab = np.flatnonzero(labels >= 0)
-    comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": _knn_distance(x, lab, k, device)}
+    knn_dist, searched = _knn_distance(x, lab, k, device, memory_budget)
+    comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": knn_dist}
     if confidence is not None:
         comps["confidence"] = 1.0 - confidence
     lab = np.flatnonzero(ref_mask)  # the rows calibrated on
@@ -156,7 +169,8 @@ def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, de
     ref = np.sort(score[lab])
     rank = int(np.ceil((1 - reject_rate) * (lab.size + 1)))  # p <= rate  <=>  score >= ref[rank - 1]
     threshold = float(ref[rank - 1]) if rank <= lab.size else float("inf")
-    return Novelty(score, p, p <= reject_rate, threshold, reject_rate, {n: d.astype(np.float32) for n, d in comps.items()}, int(lab.size))
+    return Novelty(score, p, p <= reject_rate, threshold, reject_rate, {n: d.astype(np.float32) for n, d in comps.items()}, int(lab.size),
+                   searched)
 
 
 def _robust_z(ref, values) -> np.ndarray:
@@ -201,12 +215,20 @@ def _prototype_distance(x, labels, n_classes) -> np.ndarray:
     return out
 
 
-def _knn_distance(x, lab, k, device) -> np.ndarray:
-    """1 - mean cosine to the k nearest labeled samples (self excluded)."""
+def _knn_distance(x, lab, k, device, memory_budget) -> tuple[np.ndarray, dict]:
+    """1 - mean cosine to the k nearest labeled samples (self excluded), and the search used (``Novelty.knn``)."""
     from labelkit import knn
 
     kk = min(k + 1, lab.size)
-    sims, idx = knn.search(x[lab], x, kk, device=device)
+    # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported.
+    choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device)
+    index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab])
+    sims, idx = index.search(x, kk)
+    tuned = None
+    if kk in index.recall_:
+        tuned = {"ef_search" if index.method_ == "hnsw" else "nprobe": index.tuned_[kk], "sample_recall": round(float(index.recall_[kk]), 4),
+                 "target_recall": index.ann.target_recall, **({"rerank": index.rerank_[kk]} if kk in index.rerank_ else {})}
+    del index
     out = np.empty(x.shape[0], np.float64)
     for lo in range(0, x.shape[0], ROW_CHUNK):  # the (n, k) temporaries a chunk at a time
         i = idx[lo : lo + ROW_CHUNK]
@@ -216,4 +238,4 @@ def _knn_distance(x, lab, k, device) -> np.ndarray:
         # The first k kept neighbours of each row (a labeled row drops itself; others drop the last).
         keep &= np.cumsum(keep, axis=1) <= min(k, lab.size - 1)
         out[lo : lo + ROW_CHUNK] = 1.0 - np.where(keep, sims[lo : lo + ROW_CHUNK], 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
-    return out
+    return out, {**choice.to_dict(), "tuned": tuned}

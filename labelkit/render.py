@@ -153,6 +153,8 @@ def _pseudolabel(console: Console, res) -> None:
         line(console, f"  {s['n_seeds_dropped']} labeled samples left out as seeds: confident learning doubts their labels")
     if (s.get("knn") or {}).get("memory_budget"):
         line(console, f"  kNN graph: {s['knn']['reason']}")
+    if ((s.get("novelty") or {}).get("knn") or {}).get("memory_budget"):
+        line(console, f"  novelty search of the labeled rows: {s['novelty']['knn']['reason']}")
     if s["ece"] is not None:
         line(console, f"  calibration: temperature {s['temperature']}, held-out ECE {s['ece']:.3f} (before {s['ece_uncalibrated']:.3f}, {s['n_calibration']} labeled samples)")
     line(console, "  accepted per class: " + ", ".join(f"{c} {n}" for c, n in list(s["accepted_per_class"].items())[:30]))

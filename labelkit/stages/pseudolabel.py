@@ -58,8 +58,9 @@ def _build(job: Job) -> dict[str, Any]:
     rows = np.flatnonzero(a.labels < 0)
     # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
     decided = guarantee.accept_pseudolabels(a.vectors, a.labels, len(a.classes), r, dropped, rows, reject_novel=cfg.reject_novel,
-                                            novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence)
-    clock.lap("accept")  # novelty scores (a kNN search to the labeled rows) and the threshold or certificate
+                                            novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence,
+                                            memory_budget=byte_size(cfg.memory_budget))
+    clock.lap("accept")  # novelty scores (a kNN search to the labeled rows, under the same budget) and the threshold or certificate
     accepted = decided.accepted
     summary = _summary(a, cfg, r, rows, accepted, dropped)
     opened = _open_set_summary(cfg, decided, r.confidence[rows])
@@ -67,7 +68,7 @@ def _build(job: Job) -> dict[str, Any]:
     summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen IVF-PQ)
     if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
         summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [uncertified_warning(opened["guarantee"])]
-    summary["warnings"] = input_warnings(samples, summary["warnings"] + recall_warnings(summary["knn"]))
+    summary["warnings"] = input_warnings(samples, summary["warnings"] + recall_warnings(summary["knn"]) + _novelty_recall(opened["novelty"]))
     table = _table(a, r, rows, accepted, decided)
     del r
     meta = {"classes": a.classes, "params": cfg.result_params(), "summary": summary, "model": a.meta.get("model"),
@@ -129,7 +130,8 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
     out: dict[str, Any] = {
         "n_novel": int(decided.novel.sum()),
         "novelty": {"threshold": round(float(decided.novelty_threshold), 6) if np.isfinite(decided.novelty_threshold) else None,
-                    "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel, "n_reference": decided.n_reference},
+                    "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel, "n_reference": decided.n_reference,
+                    "knn": decided.novelty_knn},  # its search of the labeled rows: method and why (IVF-PQ under --memory-budget)
         "reasons": {k: int((decided.reason == k).sum()) for k in (guarantee.BELOW_THRESHOLD, guarantee.NOVEL, guarantee.UNCERTIFIED)},
     }
     c = decided.certificate
@@ -137,6 +139,17 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
         return out
     out.update(guarantee_summary(c, target=cfg.max_error, confidence=cfg.error_confidence, accepted=decided.accepted, scores=confidence))
     return out
+
+
+def _novelty_recall(novelty: dict[str, Any]) -> list[dict[str, str]]:
+    """A ``knn_recall`` warning when novelty's approximate search of the labeled rows stayed under its recall target."""
+    info = novelty.get("knn") or {}
+    tuned = info.get("tuned")
+    if not tuned or tuned["sample_recall"] >= tuned["target_recall"]:
+        return []
+    return [health.warning("knn_recall", f"novelty's {info['method']} search of the labeled rows reached recall@k {tuned['sample_recall']} on "
+                           f"its tuning sample, under the target {tuned['target_recall']}: its kNN distances are approximate",
+                           "raise --memory-budget (or 0 for none)")]
 
 
 def _table(a, r: compute.PseudolabelResult, rows: np.ndarray, accepted: np.ndarray, decided: guarantee.Acceptance) -> pa.Table:

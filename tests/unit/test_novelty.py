@@ -76,3 +76,30 @@ def test_a_classifier_confidence_joins_and_only_reference_rows_calibrate(rng):
     assert r.score[doubted].min() > np.median(r.score[(labels < 0) & ~doubted])
     with pytest.raises(BadInputError, match="'confidence' must be finite"):
         novelty_scores(x, labels, 3, confidence=conf[:3])
+
+
+def test_under_a_small_memory_budget_the_labeled_search_goes_ivfpq_and_stays_close(rng):
+    # Issue 17: the nearest-labeled-neighbour search takes the pseudolabel stage's --memory-budget.
+    # 4,400 labeled rows searched by 10,000: exact search's tiles need about 76.5 MB, IVF-PQ 66.7 MB.
+    centres = rng.standard_normal((40, 32))
+    c = rng.integers(0, 40, 10_000)
+    x = (centres[c] + 0.35 * rng.standard_normal((10_000, 32))).astype(np.float32)
+    labels = np.where((rng.random(c.size) < 0.5) & (c < 36), c % 10, -1)  # clusters 36-39: never labeled
+    exact = novelty_scores(x, labels, 10)
+    assert exact.knn["method"] == "exact" and exact.knn["memory_budget"] is None and exact.knn["tuned"] is None
+    roomy = novelty_scores(x, labels, 10, memory_budget=10**9)  # a budget that fits keeps the same search, bit for bit
+    assert roomy.knn["method"] == "exact" and roomy.knn["reason"].endswith("within the memory budget of 1 GB")
+    np.testing.assert_array_equal(roomy.score, exact.score)
+    approx = novelty_scores(x, labels, 10, memory_budget=75_000_000)
+    used = approx.knn
+    assert (used["method"], used["pq_m"], used["memory_budget"]) == ("ivfpq", 4, 75_000_000)
+    assert used["estimate_bytes"] <= 75_000_000 < exact.knn["estimate_bytes"]
+    assert used["reason"].startswith("memory budget of 75 MB: exact needs about ")
+    assert used["tuned"]["sample_recall"] >= used["tuned"]["target_recall"] == 0.95
+    # Re-ranked by exact cosine, a missed neighbour can only make the distance larger.
+    d_exact, d_approx = exact.components["knn"], approx.components["knn"]
+    assert (d_approx >= d_exact - 1e-5).all()
+    assert np.abs(d_approx - d_exact).mean() < 0.005 and np.abs(d_approx - d_exact).max() < 0.1
+    assert (approx.novel == exact.novel).mean() > 0.99
+    unseen = (labels < 0) & (c >= 36)
+    assert approx.novel[unseen].all() and exact.novel[unseen].all()
