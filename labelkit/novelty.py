@@ -221,7 +221,10 @@ def _knn_distance(x, lab, k, device, memory_budget) -> tuple[np.ndarray, dict]:
 
     kk = min(k + 1, lab.size)
     # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported.
-    choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device)
+    try:
+        choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device)
+    except BadInputError as e:  # its message names "a kNN graph" of the labeled rows: say which search
+        raise BadInputError(f"novelty's search of the labeled rows for every row's nearest ones: {e}") from None
     index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab])
     sims, idx = index.search(x, kk)
     tuned = None

@@ -59,6 +59,9 @@ def test_bad_inputs():
         novelty_scores(x, np.array([0, 0, -1]), 1, reject_rate=1.5)
     with pytest.raises(BadInputError, match="'k' must be an integer >= 1"):
         novelty_scores(x, np.array([0, 0, -1]), 1, k=0)
+    with pytest.raises(BadInputError, match=r"^novelty's search of the labeled rows for every row's nearest ones: 'memory_budget' of 100 B is "
+                                            r"too small for a kNN graph of 2 x 3 with k=2: exact needs about "):
+        novelty_scores(x, np.array([0, 0, -1]), 1, memory_budget=100)
 
 
 def test_a_classifier_confidence_joins_and_only_reference_rows_calibrate(rng):
