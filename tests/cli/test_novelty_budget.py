@@ -51,3 +51,14 @@ def test_novelty_search_under_a_small_budget_is_ivfpq_and_said(runner, tmp_path)
     # on the terminal too (a skipped run prints its recorded summary)
     again = runner.invoke(app, args)
     assert f"novelty search of the labeled rows: {used['reason']}" in again.stdout + again.stderr
+
+
+def test_a_novelty_search_under_its_recall_target_is_a_knn_recall_warning():
+    from labelkit.stages.pseudolabel import _novelty_recall
+
+    low = {"method": "ivfpq", "tuned": {"nprobe": 256, "sample_recall": 0.91, "target_recall": 0.95}}
+    (w,) = _novelty_recall({"threshold": 2.5, "knn": low})
+    assert w == {"code": "knn_recall", "message": "novelty's ivfpq search of the labeled rows reached recall@k 0.91 on its tuning sample, "
+                 "under the target 0.95: its kNN distances are approximate", "hint": "raise --memory-budget (or 0 for none)"}
+    assert _novelty_recall({"knn": {**low, "tuned": {**low["tuned"], "sample_recall": 0.95}}}) == []
+    assert _novelty_recall({"knn": {"method": "exact", "tuned": None}}) == [] == _novelty_recall({"knn": None})
