@@ -166,8 +166,19 @@ def test_certainty_seeds_weight_the_argmax_by_one_minus_normalised_entropy():
     np.testing.assert_allclose(y, [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], atol=1e-6)  # row 2 is labeled 1
 
 
+@pytest.mark.parametrize("n", [0, 3, 8, 9, 20])
+def test_column_dots_sum_blocks_and_the_rows_past_the_last_block(n):
+    import torch
+
+    rng = np.random.default_rng(n)
+    a, b = rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 3)).astype(np.float32)
+    got = pg._col_dot(torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, 3), block=4)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, (a.astype(np.float64) * b).sum(axis=0), rtol=1e-6, atol=1e-6)
+
+
 def test_importing_the_numpy_compute_does_not_import_torch():
-    """labelkit.pseudolabel is numpy in, numpy out: torch loads only for a large graph's products."""
+    """labelkit.pseudolabel is numpy in, numpy out: torch loads only when a solve runs."""
     import subprocess
     import sys
 
