@@ -94,8 +94,9 @@ def _size_text(v: Any) -> Any:
 
 def _memory_budget() -> Any:
     return option(
-        "0", "memory the kNN graph may take beyond the embeddings, e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by "
-        "size (exact or HNSW) would need more, an IVF-PQ index with codes small enough to fit (docs/scale.md); 0 = no budget"
+        "0", "memory each kNN search may take beyond the embeddings (the kNN graph; in pseudolabel also novelty's search of the labeled rows), "
+        "e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by size (exact or HNSW) would need more, an IVF-PQ index "
+        "with codes small enough to fit (docs/scale.md); 0 = no budget"
     )
 
 
