@@ -60,8 +60,11 @@ def clean_seeds(embeddings, labels, n_classes: int, graph, prototypes=None, *, t
     >>> x = np.array([[1, 0], [0.99, 0.14], [0.98, 0.2], [0, 1], [0.14, 0.99], [0.2, 0.98]], np.float32)
     >>> idx = np.array([[1, 2], [0, 2], [1, 0], [4, 5], [3, 5], [4, 3]])
     >>> sims = np.take_along_axis(x @ x.T, idx, axis=1)
-    >>> clean_seeds(x, np.array([0, 0, 1, 1, 1, -1]), 2, (sims, idx), options=pl.PseudolabelOptions(n_folds=2))[1].tolist()
+    >>> given, opts = np.array([0, 0, 1, 1, 1, -1]), pl.PseudolabelOptions(n_folds=2)
+    >>> clean_seeds(x, given, 2, (sims, idx), options=opts, odds=1)[1].tolist()  # plain confident learning
     [False, False, True, False, False, False]
+    >>> clean_seeds(x, given, 2, (sims, idx), options=opts)[1].tolist()  # held out, row 2 favours class 0 only ~4 to 1
+    [False, False, False, False, False, False]
     """
     return clean_and_calibrate(embeddings, labels, n_classes, graph, prototypes, text_prototypes=text_prototypes,
                                options=options, odds=odds)[:2]
