@@ -19,22 +19,11 @@ import os
 import time
 
 import numpy as np
+from pseudolabel_scale import clustered  # the same data (benchmarks/ is on the path of a script run from it)
 
 from labelkit import knn
 from labelkit import propagation as pg
 from labelkit.config import defaults
-
-
-def clustered(n: int, dim: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(k, dim)).astype(np.float32)
-    y = rng.integers(0, k, size=n)
-    x = np.empty((n, dim), np.float32)
-    for s in range(0, n, 100_000):  # bounded temporaries
-        e = min(n, s + 100_000)
-        x[s:e] = centers[y[s:e]] + 0.9 * rng.normal(size=(e - s, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, y
 
 
 def main() -> None:
@@ -47,12 +36,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     stage = defaults("pseudolabel")
-    x, y = clustered(a.n, a.dim, a.classes, a.seed)
+    rng = np.random.default_rng(a.seed)
+    x, y = clustered(rng, a.n, a.dim, a.classes)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     t = time.perf_counter()
     sims, idx = knn.knn_graph(x, stage.k)
     graph_s = time.perf_counter() - t
     spreader = pg.Spreader(pg.knn_affinity(sims, idx))
-    rng = np.random.default_rng(a.seed)
     seeded = np.flatnonzero(rng.random(a.n) < a.labeled)
     seeds = np.zeros((a.n, a.classes), np.float32)
     seeds[seeded, y[seeded]] = 1.0

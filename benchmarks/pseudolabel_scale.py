@@ -27,14 +27,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def make_dataset(folder: Path, n: int, dim: int, k: int, labeled_frac: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def clustered(rng: np.random.Generator, n: int, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): n float32 vectors around k Gaussian centres (spread 0.9), not normalised, and their class."""
     centers = rng.normal(size=(k, dim)).astype(np.float32)
     y = rng.integers(0, k, size=n)
     x = np.empty((n, dim), np.float32)
     for s in range(0, n, 100_000):  # bounded temporaries
         e = min(n, s + 100_000)
         x[s:e] = centers[y[s:e]] + 0.9 * rng.normal(size=(e - s, dim)).astype(np.float32)
+    return x, y
+
+
+def make_dataset(folder: Path, n: int, dim: int, k: int, labeled_frac: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y = clustered(rng, n, dim, k)
     labeled = rng.random(n) < labeled_frac
     labels = np.where(labeled, y.astype(str).astype(object), None)
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
