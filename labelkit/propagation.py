@@ -241,8 +241,8 @@ def _conjugate_gradients(product, b: np.ndarray, alpha: float, tol: float, max_i
 
     ``product(p, out)`` writes ``S p`` (numpy arrays). The dense updates run as torch's fused
     in-place ops on the same memory (``x += p * step`` is one pass, not numpy's multiply then
-    add), with preallocated buffers: no (N, c) temporaries. They were two thirds of the solve's
-    time in numpy; torch's take 0.6 of that at 200k x 100 (docs/performance.md).
+    add), with preallocated buffers: no (N, c) temporaries. They were 0.71 of a solve's time in
+    numpy; torch's take 0.38 of that time at 200k x 100 (benchmarks/propagation.py).
     """
     import torch  # the pipeline has it loaded already (the probe, the embedders)
 
