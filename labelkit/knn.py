@@ -481,6 +481,15 @@ class KnnIndex:
             self._knob(_check_k(k) + bool(exclude_self), self._base, 0 if exclude_self else None, progress)
         return self
 
+    def tuning(self, kq: int) -> dict | None:
+        """The knob tuning picked for ``kq`` searched neighbours and its recall on the tuning sample, as
+        stage summaries report it (``ef_search`` or ``nprobe``, ``sample_recall``, ``target_recall``,
+        ``rerank`` when it grew); None when nothing was tuned (exact search, or a knob given)."""
+        if kq not in self.recall_:
+            return None
+        return {"ef_search" if self.method_ == "hnsw" else "nprobe": self.tuned_[kq], "sample_recall": round(float(self.recall_[kq]), 4),
+                "target_recall": self.ann.target_recall, **({"rerank": self.rerank_[kq]} if kq in self.rerank_ else {})}
+
     def search(self, queries, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL):
         """Top-``k`` neighbours of each query among the indexed rows.
 

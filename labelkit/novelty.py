@@ -227,10 +227,7 @@ def _knn_distance(x, lab, k, device, memory_budget) -> tuple[np.ndarray, dict]:
         raise BadInputError(f"novelty's search of the labeled rows for every row's nearest ones: {e}") from None
     index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab])
     sims, idx = index.search(x, kk)
-    tuned = None
-    if kk in index.recall_:
-        tuned = {"ef_search" if index.method_ == "hnsw" else "nprobe": index.tuned_[kk], "sample_recall": round(float(index.recall_[kk]), 4),
-                 "target_recall": index.ann.target_recall, **({"rerank": index.rerank_[kk]} if kk in index.rerank_ else {})}
+    tuned = index.tuning(kk)
     del index
     out = np.empty(x.shape[0], np.float64)
     for lo in range(0, x.shape[0], ROW_CHUNK):  # the (n, k) temporaries a chunk at a time

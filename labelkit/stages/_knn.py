@@ -53,7 +53,7 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     else:
         index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(vectors, progress=progress)
         sims, idx = index.graph(k_eff, exclude_self=True, progress=progress)
-        tuned = _tuned(index, k_eff + 1)
+        tuned = index.tuning(k_eff + 1)
     if k_eff < k:  # tiny datasets: pad so the artifact keeps its fixed width
         sims = np.pad(sims, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -77,18 +77,16 @@ def _info(choice: Any) -> dict[str, Any]:
             "reason": choice.reason}
 
 
-def _tuned(index: Any, kq: int) -> dict[str, Any] | None:
-    """The search knob tuning picked and its recall on the tuning sample (None: exact search, or a knob given)."""
-    if kq not in index.recall_:
-        return None
-    return {"ef_search" if index.method_ == "hnsw" else "nprobe": index.tuned_[kq], "sample_recall": round(float(index.recall_[kq]), 4),
-            "target_recall": index.ann.target_recall, **({"rerank": index.rerank_[kq]} if kq in index.rerank_ else {})}
+def recall_shortfall(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``info``'s tuning record (``KnnIndex.tuning``) when its recall on the tuning sample stayed under the target, else None."""
+    tuned = (info or {}).get("tuned")
+    return tuned if tuned and tuned["sample_recall"] < tuned["target_recall"] else None
 
 
 def recall_warnings(info: dict[str, Any] | None) -> list[dict[str, str]]:
     """A ``knn_recall`` warning when the graph's tuned recall on its sample stayed under the target."""
-    tuned = (info or {}).get("tuned")
-    if not tuned or tuned["sample_recall"] >= tuned["target_recall"]:
+    tuned = recall_shortfall(info)
+    if tuned is None:
         return []
     longer = " (its IVF-PQ codes are short: a larger --memory-budget gives longer ones)" if info["method"] == "ivfpq" else ""
     return [health.warning("knn_recall", f"the {info['method']} kNN graph reached recall@k {tuned['sample_recall']} on its tuning sample, "

@@ -24,7 +24,7 @@ from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._guarantee import guarantee_summary, uncertified_warning
 from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
-from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
+from labelkit.stages._knn import graph_info, knn_graph, recall_shortfall, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
 from labelkit.teacher import Clock, Teacher
@@ -144,8 +144,8 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
 def _novelty_recall(novelty: dict[str, Any]) -> list[dict[str, str]]:
     """A ``knn_recall`` warning when novelty's approximate search of the labeled rows stayed under its recall target."""
     info = novelty.get("knn") or {}
-    tuned = info.get("tuned")
-    if not tuned or tuned["sample_recall"] >= tuned["target_recall"]:
+    tuned = recall_shortfall(info)
+    if tuned is None:
         return []
     return [health.warning("knn_recall", f"novelty's {info['method']} search of the labeled rows reached recall@k {tuned['sample_recall']} on "
                            f"its tuning sample, under the target {tuned['target_recall']}: its kNN distances are approximate",

@@ -191,6 +191,10 @@ def test_tuning_picks_ef_search_that_meets_target():
     assert list(index.tuned_) == [10] and index.tuned_[10] >= 16
     _, exact = search(x, x, 10, method="exact", device="cpu")
     assert recall_at_k(approx, exact) >= 0.9
+    # the record stage summaries report: the knob picked and its sample recall, nothing for an untuned k
+    assert index.tuning(10) == {"ef_search": index.tuned_[10], "sample_recall": round(index.recall_[10], 4), "target_recall": 0.9}
+    assert index.tuning(10)["sample_recall"] >= 0.9 and index.tuning(5) is None
+    assert KnnIndex("exact", device="cpu").build(x).tuning(10) is None
 
 
 def test_warns_when_the_target_recall_is_out_of_reach():
