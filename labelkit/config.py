@@ -33,6 +33,7 @@ from pydantic import (
     field_validator,
 )
 
+from labelkit import sysmem
 from labelkit.errors import BadInputError, ConfigError
 
 
@@ -79,24 +80,35 @@ def byte_size(text: str) -> int | None:
     """
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?b|b)?\s*", str(text), flags=re.IGNORECASE)
     if m is None:
-        raise ValueError("must be a size such as 8GB, 500MB or 1.5GiB, or 0 for no budget")
+        raise ValueError("must be a size such as 8GB, 500MB or 1.5GiB, auto, or 0 for no budget")
     return int(float(m[1]) * _SIZE_UNITS[(m[2] or "").lower()]) or None
 
 
 def _size_text(v: Any) -> Any:
-    """A TOML or --set number of bytes (8000000000) as text; checked as a size."""
+    """A TOML or --set number of bytes (8000000000) as text; checked as a size (or ``auto``)."""
     v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
     if isinstance(v, str):
+        if v.strip().lower() == sysmem.AUTO:
+            return sysmem.AUTO
         byte_size(v)
         return v.strip()
     return v
 
 
+def budget_bytes(text: str) -> int | None:
+    """A ``--memory-budget`` in bytes: ``auto`` is half the memory available now (labelkit.sysmem; None where unknown), 0 is None.
+
+    >>> budget_bytes("2GB"), budget_bytes("0"), budget_bytes("auto") is None or budget_bytes("auto") > 0
+    (2000000000, None, True)
+    """
+    return sysmem.auto_budget(sysmem.memory()[1]) if text == sysmem.AUTO else byte_size(text)
+
+
 def _memory_budget() -> Any:
     return option(
-        "0", "memory each kNN search may take beyond the embeddings (the kNN graph; in pseudolabel also novelty's search of the labeled rows), "
-        "e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by size (exact or HNSW) would need more, an IVF-PQ index "
-        "with codes small enough to fit (docs/scale.md); 0 = no budget"
+        sysmem.AUTO, "memory each kNN search may take beyond the embeddings (the kNN graph; in pseudolabel also novelty's search of the labeled "
+        "rows), e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by size (exact or HNSW) would need more, an IVF-PQ "
+        "index with codes small enough to fit (docs/scale.md); auto = half the memory available when the stage starts; 0 = no budget"
     )
 
 

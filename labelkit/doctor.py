@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from labelkit import __version__
+from labelkit import __version__, sysmem
 
 # Distributions reported, in this order; faiss under whichever build is installed.
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "open_clip_torch", "sentence-transformers",
@@ -84,17 +84,9 @@ def _version(dist: str) -> str | None:
 
 
 def _memory() -> tuple[float | None, float | None]:
-    """(total, available) RAM in GiB from /proc/meminfo, else sysconf (total only)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        kib = {k: int(v.split()[0]) for k, v in info.items() if k in ("MemTotal", "MemAvailable")}
-        return round(kib["MemTotal"] / (1 << 20), 2), round(kib.get("MemAvailable", 0) / (1 << 20), 2) or None
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 2), None
-    except (ValueError, OSError, AttributeError):
-        return None, None
+    """(total, available) RAM in GiB (labelkit.sysmem)."""
+    total, available = sysmem.memory()
+    return tuple(None if b is None else round(b / GIB, 2) for b in (total, available))
 
 
 def devices() -> dict[str, Any]:

@@ -481,6 +481,19 @@ class KnnIndex:
             self._knob(_check_k(k) + bool(exclude_self), self._base, 0 if exclude_self else None, progress)
         return self
 
+    def tune_search(self, queries, k: int, *, progress: Progress = NULL) -> KnnIndex:
+        """Tune an approximate index for :meth:`search` with ``k`` on a sample of all ``queries``, so that
+        searching them block by block (a caller that reduces each block's results) uses one knob, as
+        one whole search would. A no-op for exact search."""
+        if self._base is None:
+            raise BadInputError("the index is empty; call build(embeddings) before tune_search()")
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self._base.shape[1]:
+            raise BadInputError(f"'queries' must be 2-D with dim {self._base.shape[1]} like the index. Got shape {q.shape} instead.")
+        if self.method_ in _APPROX and len(self._base) > 0 and len(q) > 0:
+            self._knob(_check_k(k), q, None, progress)  # only its sample is read (and normalised), not a pass over every query
+        return self
+
     def tuning(self, kq: int) -> dict | None:
         """The knob tuning picked for ``kq`` searched neighbours and its recall on the tuning sample, as
         stage summaries report it (``ef_search`` or ``nprobe``, ``sample_recall``, ``target_recall``,
@@ -587,7 +600,7 @@ class KnnIndex:
         rng = np.random.default_rng(self.seed)
         n_s = min(self.ann.n_tune_queries, len(queries))
         rows = np.sort(rng.choice(len(queries), n_s, replace=False))
-        sample = _f32(queries[rows])
+        sample = _f32(_prepare(queries[rows], "queries"))
         k = kq - (drop_self_offset is not None)
         with progress.task("knn: tune recall on a sample", total=n_s) as task:
             s, i = _exact_search_impl(self._base, sample, kq, batch_size=DEFAULT_BATCH_SIZE, device=self.device, task=task)
@@ -710,7 +723,7 @@ def _check_count(value, name: str) -> int:
 
 def memory_estimate(
     method: str, n: int, d: int, k: int, *, n_queries: int | None = None, ann: AnnParams | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE, result_rows: int | None = None,
 ) -> int:
     """Peak bytes that building an index of ``n`` rows of dimension ``d`` and searching it for ``k``
     neighbours of ``n_queries`` rows (default ``n``: the graph) adds to the embeddings themselves.
@@ -752,6 +765,9 @@ def memory_estimate(
         ``hnsw_m``, ``nlist``, ``pq_m`` (None: :func:`default_pq_m`), ``rerank``, ``n_tune_queries``.
     batch_size : int, default=4096
         Query rows per block, as in :func:`knn_graph`.
+    result_rows : int or None, default=None
+        Query rows whose results are held at once, for a caller that searches in blocks and
+        reduces each (novelty); None: ``n_queries``.
 
     Returns
     -------
@@ -769,11 +785,12 @@ def memory_estimate(
         raise BadInputError(f"'method' must be one of exact, hnsw, ivf, ivfpq. Got {method!r} instead.")
     n, d, k = _check_count(n, "n"), _check_count(d, "d"), _check_count(k, "k")
     q = n if n_queries is None else _check_count(n_queries, "n_queries")
+    held = q if result_rows is None else min(q, _check_count(result_rows, "result_rows"))
     ann = ann if ann is not None else AnnParams()
-    batch = min(_check_batch_size(batch_size), max(q, 1))
+    batch = min(_check_batch_size(batch_size), max(held, 1))
     kq = k + 1
     if method == "exact":
-        return batch * min(EXACT_BASE_BLOCK, n) * 4 + 3 * q * kq * 12
+        return batch * min(EXACT_BASE_BLOCK, n) * 4 + 3 * held * kq * 12
     tune = min(ann.n_tune_queries, q) * min(EXACT_BASE_BLOCK, n) * 4
     block = 3 * batch * kq * 12  # one block's raw, self-dropped and padded results
     build = 0
@@ -795,7 +812,7 @@ def memory_estimate(
             build = max(copy + n_train * d * 4, chunk * (4 * d + 8 + m) + table)
             cand = _n_candidates(kq, ann.rerank)  # a longer list that tuning picks is searched in proportionally smaller batches
             block += (batch * cand * 12 + min(RERANK_BLOCK_BYTES, batch * cand * d * 4)) if ann.rerank else 0
-    return index + max(build, tune, q * k * 12 + block) + FAISS_WORKING_BYTES
+    return index + max(build, tune, held * k * 12 + block) + FAISS_WORKING_BYTES
 
 
 def _fmt_bytes(b: float) -> str:
@@ -840,7 +857,7 @@ class MethodChoice:
 
 def choose_method(
     n: int, d: int, k: int, *, method: Method = "auto", memory_budget: int | None = None, n_queries: int | None = None,
-    device: str = "auto", ann: AnnParams | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto", ann: AnnParams | None = None, batch_size: int = DEFAULT_BATCH_SIZE, result_rows: int | None = None,
 ) -> MethodChoice:
     """The kNN method for ``n`` rows of dimension ``d`` and ``k`` neighbours, under a memory budget.
 
@@ -864,6 +881,9 @@ def choose_method(
         faiss GPU). Estimates are of host memory, as if on CPU.
     ann : AnnParams or None, default=None
     batch_size : int, default=4096
+    result_rows : int or None, default=None
+        As in :func:`memory_estimate`: ``n_queries`` sets the work (exact or approximate), this
+        the results held at once.
 
     Returns
     -------
@@ -890,7 +910,7 @@ def choose_method(
     first = _auto_method(q, n, _resolve_device(device)) if wanted == "auto" else wanted
     why = f"auto: {first} for {n:,} x {d}" if wanted == "auto" else f"method {first} given"
     first_m = (ann.pq_m or default_pq_m(d)) if first == "ivfpq" else None
-    need = memory_estimate(first, n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=first_m), batch_size=batch_size)
+    need = memory_estimate(first, n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=first_m), batch_size=batch_size, result_rows=result_rows)
     if budget is None:
         return MethodChoice(first, first_m, need, None, why)
     if need <= budget:
@@ -902,7 +922,8 @@ def choose_method(
         )
     sizes = [m for m in PQ_M_CHOICES if d % m == 0 and m <= (ann.pq_m or default_pq_m(d))][::-1]
     for m in sizes:
-        est = memory_estimate("ivfpq", n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=m), batch_size=batch_size)
+        est = memory_estimate("ivfpq", n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=m), batch_size=batch_size,
+                              result_rows=result_rows)
         if est <= budget:
             return MethodChoice("ivfpq", m, est, budget, f"memory budget of {_fmt_bytes(budget)}: {first} needs about {_fmt_bytes(need)}, "
                                 f"so IVF-PQ with {m}-byte codes (about {_fmt_bytes(est)})")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labelkit._progress import NULL, Progress
 from labelkit._validation import check_labels, l2_normalize, unit_embeddings
 from labelkit.config import defaults
 from labelkit.errors import BadInputError
@@ -40,6 +41,7 @@ from labelkit.errors import BadInputError
 _NOVELTY_RATE = defaults("pseudolabel").novelty_rate  # the stage's --novelty-rate
 
 ROW_CHUNK = 4096
+QUERY_BLOCK = 262_144  # rows searched at once for their nearest labeled rows: their (rows, k + 1) results, not (n_samples, k + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +83,7 @@ class Novelty:
 
 
 def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = _NOVELTY_RATE, confidence=None, reference=None,
-                   device: str = "cpu", memory_budget: int | None = None) -> Novelty:
+                   device: str = "cpu", memory_budget: int | None = None, progress: Progress = NULL) -> Novelty:
     """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
 
     Parameters
@@ -109,6 +111,8 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         (:func:`labelkit.knn.choose_method`), re-ranked by exact cosine. None or 0: no budget. The
         copy of the labeled rows the index is built from (``n_labeled * dim`` in the embeddings'
         dtype) is not counted.
+    progress : Progress, default=NULL
+        The search's progress, a query block of :data:`QUERY_BLOCK` rows at a time.
 
     Returns
     -------
@@ -153,12 +157,12 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         ref &= reference
     if ref.sum() < 2:
         raise BadInputError("novelty needs at least two labeled reference samples to calibrate on. Label a few samples per class.")
-    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device, memory_budget or None)
+    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device, memory_budget or None, progress)
 
 
-def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device, memory_budget) -> Novelty:
+def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device, memory_budget, progress) -> Novelty:
     lab = np.flatnonzero(labels >= 0)
-    knn_dist, searched = _knn_distance(x, lab, k, device, memory_budget)
+    knn_dist, searched = _knn_distance(x, lab, k, device, memory_budget, progress)
     comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": knn_dist}
     if confidence is not None:
         comps["confidence"] = 1.0 - confidence
@@ -215,27 +219,42 @@ def _prototype_distance(x, labels, n_classes) -> np.ndarray:
     return out
 
 
-def _knn_distance(x, lab, k, device, memory_budget) -> tuple[np.ndarray, dict]:
+def _knn_distance(x, lab, k, device, memory_budget, progress) -> tuple[np.ndarray, dict]:
     """1 - mean cosine to the k nearest labeled samples (self excluded), and the search used (``Novelty.knn``)."""
     from labelkit import knn
 
     kk = min(k + 1, lab.size)
-    # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported.
+    block = min(x.shape[0], QUERY_BLOCK)
+    # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported; the
+    # results held at once are one query block's, reduced to a distance before the next block is searched.
     try:
-        choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device)
+        choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device,
+                                   result_rows=block)
     except BadInputError as e:  # its message names "a kNN graph" of the labeled rows: say which search
         raise BadInputError(f"novelty's search of the labeled rows for every row's nearest ones: {e}") from None
-    index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab])
-    sims, idx = index.search(x, kk)
+    index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab], progress=progress)
+    index.tune_search(x, kk, progress=progress)  # one knob for every block, tuned on a sample of all rows
+    out = np.empty(x.shape[0], np.float64)
+    with progress.task("novelty: nearest labeled rows", total=x.shape[0]) as task:
+        for start in range(0, x.shape[0], block):
+            sims, idx = index.search(x[start : start + block], kk)
+            out[start : start + len(idx)] = _mean_kept_distance(sims, idx, lab, start, k)
+            task.advance(len(idx))
+            del sims, idx
     tuned = index.tuning(kk)
     del index
-    out = np.empty(x.shape[0], np.float64)
-    for lo in range(0, x.shape[0], ROW_CHUNK):  # the (n, k) temporaries a chunk at a time
+    return out, {**choice.to_dict(), "tuned": tuned}
+
+
+def _mean_kept_distance(sims, idx, lab, start, k) -> np.ndarray:
+    """1 - mean cosine of each row's first k neighbours other than itself; rows ``start + i``, neighbours index ``lab``."""
+    out = np.empty(idx.shape[0], np.float64)
+    for lo in range(0, idx.shape[0], ROW_CHUNK):  # the (n, k) temporaries a chunk at a time
         i = idx[lo : lo + ROW_CHUNK]
         rows = lab[np.maximum(i, 0)]
-        self_hit = (rows == np.arange(lo, lo + i.shape[0])[:, None]) & (i >= 0)
+        self_hit = (rows == np.arange(start + lo, start + lo + i.shape[0])[:, None]) & (i >= 0)
         keep = (i >= 0) & ~self_hit
         # The first k kept neighbours of each row (a labeled row drops itself; others drop the last).
         keep &= np.cumsum(keep, axis=1) <= min(k, lab.size - 1)
-        out[lo : lo + ROW_CHUNK] = 1.0 - np.where(keep, sims[lo : lo + ROW_CHUNK], 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
-    return out, {**choice.to_dict(), "tuned": tuned}
+        out[lo : lo + i.shape[0]] = 1.0 - np.where(keep, sims[lo : lo + ROW_CHUNK], 0.0).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+    return out

@@ -85,7 +85,7 @@ def replay_configs(ws: Workspace) -> tuple[PseudolabelConfig, PrototypeConfig] |
 def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     """A :class:`labelkit.teacher.Relabeler` over the workspace's arrays, with the recorded configs of
     the prototype and pseudolabel stages and the cached kNN graph (read once)."""
-    from labelkit.config import byte_size
+    from labelkit.config import budget_bytes
     from labelkit.stages._knn import knn_graph
 
     configs = replay_configs(ws)
@@ -94,5 +94,5 @@ def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     cfg, proto_cfg = configs
     a = aligned(ws, samples)
     ids = a.ids.to_pylist() if hasattr(a.ids, "to_pylist") else list(a.ids)
-    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, memory_budget=byte_size(cfg.memory_budget)),
+    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, memory_budget=budget_bytes(cfg.memory_budget)),
                              text=class_embeddings(ws, a.classes), pseudolabel=cfg, prototype=proto_cfg, model=a.meta.get("model"))

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from labelkit import artifacts, guarantee, health
 from labelkit import pseudolabel as compute
-from labelkit.config import PseudolabelConfig, byte_size
+from labelkit.config import PseudolabelConfig, budget_bytes
 from labelkit.errors import ThresholdExceededError
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
@@ -43,7 +43,7 @@ def _build(job: Job) -> dict[str, Any]:
     a = aligned(ws, samples)
     clock = Clock()
     graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress, engine=cfg.engine, ray_address=cfg.ray_address,
-                      memory_budget=byte_size(cfg.memory_budget))
+                      memory_budget=budget_bytes(cfg.memory_budget))
     clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)
@@ -59,7 +59,7 @@ def _build(job: Job) -> dict[str, Any]:
     # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
     decided = guarantee.accept_pseudolabels(a.vectors, a.labels, len(a.classes), r, dropped, rows, reject_novel=cfg.reject_novel,
                                             novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence,
-                                            memory_budget=byte_size(cfg.memory_budget))
+                                            memory_budget=budget_bytes(cfg.memory_budget), progress=job.progress)
     clock.lap("accept")  # novelty scores (a kNN search to the labeled rows, under the same budget) and the threshold or certificate
     accepted = decided.accepted
     summary = _summary(a, cfg, r, rows, accepted, dropped)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit import artifacts, knn
+from labelkit import artifacts, knn, sysmem
 from labelkit.cli import app
 
 
@@ -53,10 +53,31 @@ def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_p
     again = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--force"])
     assert f"kNN graph: {used['reason']}" in again.stdout + again.stderr
     # no budget: the graph is rebuilt (its fingerprint changed) with auto's exact search
-    free = runner.invoke(app, ["pseudolabel", str(data), "--json"])
+    free = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
     assert free.exit_code == 0, free.output
     assert json.loads(free.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None, "estimate_bytes": exact_bytes,
                                               "reason": "auto: exact for 5,000 x 32", "tuned": None}
+
+
+def test_the_default_budget_is_half_the_available_memory(runner, tmp_path, monkeypatch):
+    """--memory-budget auto (the default): half of MemAvailable; when that is too small for the size-chosen index, IVF-PQ, said."""
+    data = _vectors(tmp_path / "vectors")
+    exact_bytes = knn.memory_estimate("exact", 5_000, 32, 10)
+    between = (knn.memory_estimate("ivfpq", 5_000, 32, 10) + exact_bytes) // 2
+    monkeypatch.setattr(sysmem, "memory", lambda: (64 * 10**9, 2 * between))  # a machine with little memory free
+    small = runner.invoke(app, ["pseudolabel", str(data), "--json"])
+    assert small.exit_code == 0, small.output
+    used = json.loads(small.stdout)["knn"]
+    assert used["method"] == "ivfpq" and used["memory_budget"] == between
+    assert used["reason"].startswith(f"memory budget of {knn._fmt_bytes(between)}: exact needs about ")
+    assert json.loads((data / ".labelkit" / "manifest.json").read_text())["stages"]["pseudolabel"]["params"]["memory_budget"] == "auto"
+    # plenty free: the size-chosen exact search, within the budget; the setting is the same, so the stage is up to date
+    monkeypatch.setattr(sysmem, "memory", lambda: (64 * 10**9, 32 * 10**9))
+    big = runner.invoke(app, ["pseudolabel", str(data), "--json", "--force"])
+    assert big.exit_code == 0, big.output
+    assert json.loads(big.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": 16 * 10**9, "estimate_bytes": exact_bytes,
+                                             "reason": "auto: exact for 5,000 x 32: needs about 83.9 MB, within the memory budget of 16 GB",
+                                             "tuned": None}
 
 
 def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
@@ -68,7 +89,7 @@ def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
     assert not (digits / ".labelkit" / "pseudolabels.parquet").exists()
     bad = runner.invoke(app, ["pseudolabel", str(digits), "--memory-budget", "8 apples"])
     assert bad.exit_code == 2
-    assert "--memory-budget: must be a size such as 8GB, 500MB or 1.5GiB, or 0 for no budget. Got '8 apples' instead." in bad.stderr
+    assert "--memory-budget: must be a size such as 8GB, 500MB or 1.5GiB, auto, or 0 for no budget. Got '8 apples' instead." in bad.stderr
     neg = runner.invoke(app, ["run", str(digits), "--memory-budget", "-1GB"])
     assert neg.exit_code == 2 and "--memory-budget: must be a size" in neg.stderr
 
@@ -84,6 +105,6 @@ def test_detect_noise_takes_the_budget_and_reuses_the_graph_it_gave(runner, tmp_
     out = json.loads(r.stdout)
     assert out["knn"] == built and out["knn"]["method"] == "ivfpq"  # the cached IVF-PQ graph, not one rebuilt by size
     # without the budget detect-noise asks for another graph: rebuilt by size, and said
-    free = runner.invoke(app, ["detect-noise", str(data), "--json", "--force"])
+    free = runner.invoke(app, ["detect-noise", str(data), "--memory-budget", "0", "--json", "--force"])
     assert free.exit_code == 0, free.output
     assert json.loads(free.stdout)["knn"]["method"] == "exact"

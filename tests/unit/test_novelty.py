@@ -106,3 +106,48 @@ def test_under_a_small_memory_budget_the_labeled_search_goes_ivfpq_and_stays_clo
     assert (approx.novel == exact.novel).mean() > 0.99
     unseen = (labels < 0) & (c >= 36)
     assert approx.novel[unseen].all() and exact.novel[unseen].all()
+
+
+@pytest.mark.parametrize("method", ["auto", "ivfpq"])
+def test_searching_in_query_blocks_gives_the_same_scores(rng, monkeypatch, method):
+    # Issue 17 (10M rows): each query block's (rows, k + 1) results are reduced before the next, one knob tuned on all rows.
+    from labelkit import knn, novelty
+
+    centres = rng.standard_normal((40, 32))
+    c = rng.integers(0, 40, 10_000)
+    x = (centres[c] + 0.35 * rng.standard_normal((10_000, 32))).astype(np.float32)
+    labels = np.where((rng.random(c.size) < 0.5) & (c < 36), c % 10, -1)
+    choose = knn.choose_method
+    monkeypatch.setattr(knn, "choose_method", lambda *a, **kw: choose(*a, **{**kw, "method": method}))  # the same index both ways
+    whole = novelty_scores(x, labels, 10)
+    monkeypatch.setattr(novelty, "QUERY_BLOCK", 1_500)  # 7 blocks, the last one short
+    blocks = novelty_scores(x, labels, 10)
+    assert blocks.knn["method"] == whole.knn["method"] == ("exact" if method == "auto" else "ivfpq")
+    np.testing.assert_array_equal(blocks.components["knn"], whole.components["knn"])
+    np.testing.assert_array_equal(blocks.score, whole.score)
+    assert blocks.knn["tuned"] == whole.knn["tuned"] and (method == "auto" or whole.knn["tuned"]["nprobe"] >= 1)
+    assert blocks.knn["estimate_bytes"] < whole.knn["estimate_bytes"]  # the model counts one block's results, not every row's
+
+
+def test_a_budget_counts_one_query_block_of_results(rng, monkeypatch):
+    from labelkit import novelty
+
+    centres = rng.standard_normal((40, 32))
+    c = rng.integers(0, 40, 10_000)
+    x = (centres[c] + 0.35 * rng.standard_normal((10_000, 32))).astype(np.float32)
+    labels = np.where((rng.random(c.size) < 0.5) & (c < 36), c % 10, -1)
+    assert novelty_scores(x, labels, 10, memory_budget=75_000_000).knn["method"] == "ivfpq"  # exact's 10,000-row tiles and results: 76.5 MB
+    monkeypatch.setattr(novelty, "QUERY_BLOCK", 1_500)
+    assert novelty_scores(x, labels, 10, memory_budget=75_000_000).knn["method"] == "exact"  # a 1,500-row block's fit
+
+
+def test_the_memory_model_counts_the_results_held_at_once():
+    from labelkit import knn
+
+    whole = knn.memory_estimate("ivfpq", 10**6, 512, 11, n_queries=10**7)
+    blocked = knn.memory_estimate("ivfpq", 10**6, 512, 11, n_queries=10**7, result_rows=262_144)
+    # float32 + int64 per neighbour: every row's results (1.32 GB) are counted whole, one block's (35 MB) blocked
+    assert whole > 10**7 * 11 * 12 > blocked
+    assert knn.memory_estimate("ivfpq", 10**6, 512, 11, n_queries=10**7, result_rows=10**7) == whole
+    # exact: three results of width k + 1, and a scratch tile of one query batch (at most the rows held)
+    assert knn.memory_estimate("exact", 1000, 8, 10, result_rows=100) == 100 * 1000 * 4 + 3 * 100 * 11 * 12
