@@ -36,10 +36,8 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     params_fp = text_fingerprint(str(k), method, *([f"ivfpq:{choice.pq_m}"] if choice is not None and choice.pq_m is not None else []))
     path = ws.path(artifacts.KNN)
     if ws.staleness(RECORD, params_fp, {artifacts.EMBEDDINGS: emb_fp}) is None:
-        t = artifacts.read_table(path)
-        idx = t.column("neighbors").combine_chunks().flatten().to_numpy().reshape(-1, k)
-        sims = t.column("similarities").combine_chunks().flatten().to_numpy().reshape(-1, k)
-        return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+        t = artifacts.read_table(path, columns=["neighbors", "similarities"])
+        return _column(t, "similarities", k, np.float32), _column(t, "neighbors", k, np.int64)
     started = time.perf_counter()
     if choice is None:
         choice = knn.choose_method(*vectors.shape, k, method=method, device=device)
@@ -60,8 +58,8 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     table = pa.table(
         {
             "row": pa.array(np.arange(len(vectors), dtype=np.int64)),
-            "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(idx.reshape(-1).astype(np.int64)), k),
-            "similarities": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1).astype(np.float32)), k),
+            "neighbors": pa.FixedSizeListArray.from_arrays(pa.array(idx.reshape(-1).astype(np.int64, copy=False)), k),
+            "similarities": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1).astype(np.float32, copy=False)), k),
         }
     )
     used = {**_info(choice), "tuned": tuned}
@@ -69,6 +67,18 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     ws.commit(RECORD, params={"k": k, "method": method, "index": used}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp},
               outputs=[artifacts.KNN], started=started)
     return sims.astype(np.float32, copy=False), idx
+
+
+def _column(t: pa.Table, name: str, k: int, dtype) -> np.ndarray:
+    """A fixed-size-list column as an (N, k) array, filled a chunk at a time: no combined copy of the column beside it
+    (at 10M rows, 0.8 GB of int64 neighbours)."""
+    out = np.empty((t.num_rows, k), dtype)
+    row = 0
+    for chunk in t.column(name).chunks:
+        values = chunk.flatten().to_numpy()  # zero-copy for a chunk without nulls
+        out[row : row + len(chunk)] = values.reshape(-1, k)
+        row += len(chunk)
+    return out
 
 
 def _info(choice: Any) -> dict[str, Any]:
