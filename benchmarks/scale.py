@@ -9,8 +9,9 @@ benchmarks/knn.py (N/1000 clusters in random 8-d subspaces), one class per clust
 (N/10000 classes, between 2 and 100: a label set does not grow with the data). The embed stage
 stores float16 (``--dtype float16``), which the later stages read memory-mapped as float16;
 ``--memory-budget`` is passed to pseudolabel and detect-noise (IVF-PQ when the size-chosen index
-would not fit). Each stage runs as its own ``labelkit`` process under ``/usr/bin/time -v``: wall
-seconds, CPU seconds and peak RSS per stage. The machine may be shared; the table says what the
+would not fit). Each stage runs as its own ``labelkit`` process: wall seconds, CPU seconds, peak
+RSS (which counts the memory-mapped Parquet and cache pages, which the kernel can drop) and peak
+anonymous memory (RssAnon, sampled every 0.2 s: what has to fit in RAM) per stage. The machine may be shared; the table says what the
 load average was. Run it from a checkout nothing edits meanwhile (a ``git worktree``): a stage
 imports some modules lazily, and an edit mid-run mixes two versions.
 
@@ -103,19 +104,37 @@ def write_dataset(folder: Path, n: int, seed: int = 0) -> dict:
 
 
 def run_stage(stage: str, data: Path, extra: list[str]) -> dict:
-    """One stage in its own process under /usr/bin/time -v: wall s, CPU s, peak RSS GB."""
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "labelkit", stage, str(data), "--json", *extra]
+    """One stage in its own process: wall s, CPU s (wait4's rusage), peak RSS GB (ru_maxrss: file pages mapped in count too)
+    and peak anonymous memory GB (RssAnon of /proc/PID/status, sampled every 0.2 s: what must fit in RAM; the mapped
+    Parquet and cache pages can be dropped)."""
+    cmd = [sys.executable, "-m", "labelkit", stage, str(data), "--json", *extra]
     t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    wall = time.perf_counter() - t
-    if out.returncode not in (0, 3):
-        raise SystemExit(f"labelkit {stage} failed ({out.returncode}): {out.stderr.strip()[-3000:]}")
-    def field(name: str) -> float:
-        return float(re.search(rf"{name}: ([\d.]+)", out.stderr).group(1))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        anon = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            anon = max(anon, _rss_anon_kb(proc.pid))
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"labelkit {stage} failed ({proc.returncode}): {stderr.strip()[-3000:]}")
+    summary = json.loads(stdout) if stdout.strip().startswith("{") else {}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_gb": usage.ru_maxrss / 1024**2, "anon_gb": anon / 1024**2,
+            "summary": summary}
 
-    summary = json.loads(out.stdout) if out.stdout.strip().startswith("{") else {}
-    return {"wall": wall, "cpu": field("User time \\(seconds\\)") + field("System time \\(seconds\\)"),
-            "peak_gb": field("Maximum resident set size \\(kbytes\\)") / 1024**2, "summary": summary}
+
+def _rss_anon_kb(pid: int) -> int:
+    try:
+        return int(re.search(r"RssAnon:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     stages = [v for v in args.stages.split(",") if v]
     if unknown := [v for v in stages if v not in STAGES]:
         ap.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    print("| N x 512 (float16) | stage | wall s | CPU s | peak RSS GB | notes |")
-    print("| ---: | --- | ---: | ---: | ---: | --- |", flush=True)
+    print("| N x 512 (float16) | stage | wall s | CPU s | peak RSS GB | peak anonymous GB | notes |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
     with tempfile.TemporaryDirectory(prefix="scale_") as tmp:
         for n in (int(v) for v in args.n.split(",")):
             data = (args.workdir or Path(tmp)) / f"n{n}"
             t = time.perf_counter()
             info = write_dataset(data, n) if not (data / "labels.parquet").is_file() else {"n": n}
-            print(f"| {n:,} | (write dataset) | {time.perf_counter() - t:.0f} | | | {info} |", flush=True)
+            print(f"| {n:,} | (write dataset) | {time.perf_counter() - t:.0f} | | | | {info} |", flush=True)
             budget = ["--memory-budget", args.memory_budget] if args.memory_budget else []
             for stage in stages:
                 r = run_stage(stage, data, ["--dtype", "float16"] if stage == "embed" else budget)
@@ -145,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     note += f", knn={s['knn'].get('method')}"
                 if isinstance(s.get("timings_s"), dict):
                     note += ", " + " ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items() if isinstance(v, (int, float)))
-                print(f"| {n:,} | {stage} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['peak_gb']:.2f} | {note}; load {os.getloadavg()[0]:.1f} |", flush=True)
+                print(f"| {n:,} | {stage} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['peak_gb']:.2f} | {r['anon_gb']:.2f} | {note}; "
+                      f"load {os.getloadavg()[0]:.1f} |", flush=True)
     return 0
 
 

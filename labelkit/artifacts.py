@@ -411,34 +411,56 @@ def _open_cache(cache: Path, key: str) -> tuple[pa.Table | None, str | None]:
     return table, None
 
 
+CACHE_SPILL_BYTES = 1 << 30  # vectors above this are gathered in a file-backed buffer beside the cache, not in anonymous memory
+
+
 def _write_cache(path: Path, cache: Path, key: str) -> None:
     """The IPC cache as one record batch, so that readers get one contiguous zero-copy array
     (a batch per row group made every read concatenate them: a full in-memory copy). Built in one
-    preallocated buffer of the stored type: the peak is the vectors plus one row group."""
+    preallocated buffer of the stored type, handed to Arrow without a copy: the peak is the vectors
+    plus one row group, and above CACHE_SPILL_BYTES that buffer is a temporary file mapped into
+    memory (pages the kernel can write back and drop: 10 GB at 10M x 512 float16). One array of
+    more than 2^31 - 1 values (10M x 512) needs IPC's 64-bit lengths."""
     with reading(path):
         files = [pq.ParquetFile(p, memory_map=True) for p in parts(path)]
         first = files[0].schema_arrow
         dim = _embedding_dim(path, first)
         value_type = first.field("embedding").type.value_type
         n = sum(f.metadata.num_rows for f in files)
-        values = np.empty(n * dim, dtype=value_type.to_pandas_dtype())
+    with _gather_buffer(cache, n * dim, np.dtype(value_type.to_pandas_dtype())) as values:
         ids, row = [], 0
-        for f in files:
-            for g in range(f.num_row_groups):
-                t = f.read_row_group(g, columns=["id", "embedding"])
-                col = t.column("embedding")
-                for chunk in col.chunks:
-                    flat = chunk.flatten().to_numpy(zero_copy_only=False)
-                    values[row * dim : row * dim + flat.size] = flat
-                    row += len(chunk)
-                ids.extend(t.column("id").chunks)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(values, type=value_type), dim)
-    id_arr = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
-    schema = pa.schema([first.field("id"), first.field("embedding")], metadata={**(first.metadata or {}), CACHE_KEY: key.encode()})
-    batch = pa.RecordBatch.from_arrays([id_arr.cast(schema.field("id").type), emb], schema=schema)
-    with atomic_path(cache) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
-            w.write_batch(batch)
+        with reading(path):
+            for f in files:
+                for g in range(f.num_row_groups):
+                    t = f.read_row_group(g, columns=["id", "embedding"])
+                    for chunk in t.column("embedding").chunks:
+                        flat = chunk.flatten().to_numpy(zero_copy_only=False)
+                        values[row * dim : row * dim + flat.size] = flat
+                        row += len(chunk)
+                    ids.extend(t.column("id").chunks)
+        emb = pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(value_type, n * dim, [None, pa.py_buffer(values)]), dim)
+        id_arr = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        schema = pa.schema([first.field("id"), first.field("embedding")], metadata={**(first.metadata or {}), CACHE_KEY: key.encode()})
+        batch = pa.RecordBatch.from_arrays([id_arr.cast(schema.field("id").type), emb], schema=schema)
+        with atomic_path(cache) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema, options=ipc.IpcWriteOptions(allow_64bit=True)) as w:
+                w.write_batch(batch)
+        del batch, emb
+
+
+@contextlib.contextmanager
+def _gather_buffer(cache: Path, size: int, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """A 1-D array of ``size`` values: in memory, or above CACHE_SPILL_BYTES a hidden temporary file beside ``cache``, removed after."""
+    if size * dtype.itemsize <= CACHE_SPILL_BYTES or size == 0:
+        yield np.empty(size, dtype)
+        return
+    spill = cache.with_name(f".{cache.name}.gather")
+    try:
+        values = np.memmap(spill, dtype=dtype, mode="w+", shape=(size,))
+        yield values
+        del values
+    finally:
+        spill.unlink(missing_ok=True)
 
 
 def embeddings_for(ids: Iterable[str], emb_ids: list[str], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -439,7 +439,7 @@ class Acceptance:
 
 def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows, *, reject_novel: bool, novelty_rate: float,
                         max_error: float | None = None, error_confidence: float = _ERROR_CONFIDENCE,
-                        memory_budget: int | None = None, progress: Progress = NULL) -> Acceptance:
+                        memory_budget: int | None = None, auto_budget: bool = False, progress: Progress = NULL) -> Acceptance:
     """Which pseudo-labels of ``rows`` to accept, and why not: novelty, then the rule or the certificate.
 
     1. Novelty (:func:`labelkit.novelty.novelty_scores`) of every sample from the embeddings and
@@ -481,6 +481,8 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     memory_budget : int or None, default=None
         Bytes novelty's nearest-labeled-neighbour search may take (``novelty_scores``'s
         ``memory_budget``; IVF-PQ over it). None or 0: no budget.
+    auto_budget : bool, default=False
+        ``memory_budget`` is ``--memory-budget auto``'s (:func:`labelkit.knn.choose_method`).
     progress : Progress, default=NULL
         Progress of novelty's search, a query block at a time.
 
@@ -499,7 +501,7 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
     reference = (np.asarray(result.heldout, bool) | dropped) & (given >= 0)
     if reference.sum() >= 2:
         nov = novelty_scores(embeddings, given, n_classes, reject_rate=novelty_rate, confidence=result.confidence, reference=reference,
-                             memory_budget=memory_budget, progress=progress)
+                             memory_budget=memory_budget, auto_budget=auto_budget, progress=progress)
     else:  # nothing to calibrate novelty on (zero-shot from class names): no score, nothing judged novel
         n = given.shape[0]
         nov = _NoNovelty(np.full(n, np.nan, np.float32), np.zeros(n, bool), float("nan"), int(reference.sum()))

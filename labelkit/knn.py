@@ -858,6 +858,7 @@ class MethodChoice:
 def choose_method(
     n: int, d: int, k: int, *, method: Method = "auto", memory_budget: int | None = None, n_queries: int | None = None,
     device: str = "auto", ann: AnnParams | None = None, batch_size: int = DEFAULT_BATCH_SIZE, result_rows: int | None = None,
+    auto_budget: bool = False,
 ) -> MethodChoice:
     """The kNN method for ``n`` rows of dimension ``d`` and ``k`` neighbours, under a memory budget.
 
@@ -884,6 +885,10 @@ def choose_method(
     result_rows : int or None, default=None
         As in :func:`memory_estimate`: ``n_queries`` sets the work (exact or approximate), this
         the results held at once.
+    auto_budget : bool, default=False
+        ``memory_budget`` was derived from this machine's free memory (``--memory-budget auto``):
+        when the index chosen by size fits, the choice is the one without a budget (``memory_budget``
+        None in it), so that two runs on the same data record the same choice whatever was free.
 
     Returns
     -------
@@ -914,6 +919,8 @@ def choose_method(
     if budget is None:
         return MethodChoice(first, first_m, need, None, why)
     if need <= budget:
+        if auto_budget:
+            return MethodChoice(first, first_m, need, None, why)
         return MethodChoice(first, first_m, need, budget, f"{why}: needs about {_fmt_bytes(need)}, within the memory budget of {_fmt_bytes(budget)}")
     if wanted not in ("auto", "ivfpq") or (wanted == "ivfpq" and ann.pq_m is not None):
         raise BadInputError(
@@ -925,7 +932,8 @@ def choose_method(
         est = memory_estimate("ivfpq", n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=m), batch_size=batch_size,
                               result_rows=result_rows)
         if est <= budget:
-            return MethodChoice("ivfpq", m, est, budget, f"memory budget of {_fmt_bytes(budget)}: {first} needs about {_fmt_bytes(need)}, "
+            named = f"memory budget of {_fmt_bytes(budget)}" + (" (auto: half the memory available)" if auto_budget else "")
+            return MethodChoice("ivfpq", m, est, budget, f"{named}: {first} needs about {_fmt_bytes(need)}, "
                                 f"so IVF-PQ with {m}-byte codes (about {_fmt_bytes(est)})")
     raise BadInputError(
         f"'memory_budget' of {_fmt_bytes(budget)} is too small for a kNN graph of {n:,} x {d} with k={k}: {first} needs about "

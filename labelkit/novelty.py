@@ -83,7 +83,7 @@ class Novelty:
 
 
 def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_rate: float = _NOVELTY_RATE, confidence=None, reference=None,
-                   device: str = "cpu", memory_budget: int | None = None, progress: Progress = NULL) -> Novelty:
+                   device: str = "cpu", memory_budget: int | None = None, auto_budget: bool = False, progress: Progress = NULL) -> Novelty:
     """Per-sample open-set score, calibrated on the labeled samples, and the rule that marks novel ones.
 
     Parameters
@@ -111,6 +111,8 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         (:func:`labelkit.knn.choose_method`), re-ranked by exact cosine. None or 0: no budget. The
         copy of the labeled rows the index is built from (``n_labeled * dim`` in the embeddings'
         dtype) is not counted.
+    auto_budget : bool, default=False
+        ``memory_budget`` is ``--memory-budget auto``'s (:func:`labelkit.knn.choose_method`).
     progress : Progress, default=NULL
         The search's progress, a query block of :data:`QUERY_BLOCK` rows at a time.
 
@@ -157,12 +159,13 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         ref &= reference
     if ref.sum() < 2:
         raise BadInputError("novelty needs at least two labeled reference samples to calibrate on. Label a few samples per class.")
-    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device, memory_budget or None, progress)
+    budget = (memory_budget or None, bool(auto_budget))
+    return _novelty_impl(x, labels, n_classes, int(k), float(reject_rate), confidence, ref, device, budget, progress)
 
 
-def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device, memory_budget, progress) -> Novelty:
+def _novelty_impl(x, labels, n_classes, k, reject_rate, confidence, ref_mask, device, budget, progress) -> Novelty:
     lab = np.flatnonzero(labels >= 0)
-    knn_dist, searched = _knn_distance(x, lab, k, device, memory_budget, progress)
+    knn_dist, searched = _knn_distance(x, lab, k, device, budget, progress)
     comps = {"prototype": _prototype_distance(x, labels, n_classes), "knn": knn_dist}
     if confidence is not None:
         comps["confidence"] = 1.0 - confidence
@@ -219,7 +222,7 @@ def _prototype_distance(x, labels, n_classes) -> np.ndarray:
     return out
 
 
-def _knn_distance(x, lab, k, device, memory_budget, progress) -> tuple[np.ndarray, dict]:
+def _knn_distance(x, lab, k, device, budget, progress) -> tuple[np.ndarray, dict]:
     """1 - mean cosine to the k nearest labeled samples (self excluded), and the search used (``Novelty.knn``)."""
     from labelkit import knn
 
@@ -228,8 +231,8 @@ def _knn_distance(x, lab, k, device, memory_budget, progress) -> tuple[np.ndarra
     # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported; the
     # results held at once are one query block's, reduced to a distance before the next block is searched.
     try:
-        choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=memory_budget, n_queries=x.shape[0], device=device,
-                                   result_rows=block)
+        choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=budget[0], n_queries=x.shape[0], device=device,
+                                   result_rows=block, auto_budget=budget[1])
     except BadInputError as e:  # its message names "a kNN graph" of the labeled rows: say which search
         raise BadInputError(f"novelty's search of the labeled rows for every row's nearest ones: {e}") from None
     index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(x[lab], progress=progress)

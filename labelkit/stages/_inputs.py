@@ -87,6 +87,7 @@ def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     the prototype and pseudolabel stages and the cached kNN graph (read once)."""
     from labelkit.config import budget_bytes
     from labelkit.stages._knn import knn_graph
+    from labelkit.sysmem import AUTO
 
     configs = replay_configs(ws)
     if isinstance(configs, str):
@@ -94,5 +95,5 @@ def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     cfg, proto_cfg = configs
     a = aligned(ws, samples)
     ids = a.ids.to_pylist() if hasattr(a.ids, "to_pylist") else list(a.ids)
-    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, memory_budget=budget_bytes(cfg.memory_budget)),
+    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO),
                              text=class_embeddings(ws, a.classes), pseudolabel=cfg, prototype=proto_cfg, model=a.meta.get("model"))

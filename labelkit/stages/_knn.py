@@ -16,7 +16,8 @@ RECORD = "knn"
 
 
 def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto", device: str = "auto", progress: Progress = NULL,
-              engine: str = "local", ray_address: str | None = None, memory_budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+              engine: str = "local", ray_address: str | None = None, memory_budget: int | None = None,
+              auto_budget: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sims (N, k), idx (N, k)) over the rows of embeddings.parquet, self excluded; cached.
 
     ``device`` auto puts the index on a GPU when the faiss GPU build sees one (same graph up to
@@ -25,12 +26,14 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     (bytes; None or 0: none) picks the index by :func:`labelkit.knn.choose_method`; the method
     used and why are kept in knn.parquet's metadata and the manifest (:func:`graph_info`), and a
     budget that changes the method (IVF-PQ, or its code size) changes the cache's fingerprint.
+    ``auto_budget``: the budget is ``--memory-budget auto``'s (:func:`labelkit.knn.choose_method`).
     """
     from labelkit import knn
 
     k_eff = min(k, max(1, len(vectors) - 1))
     budget = memory_budget or None
-    choice = None if budget is None else knn.choose_method(*vectors.shape, k, method=method, memory_budget=budget, device=device)
+    choice = None if budget is None else knn.choose_method(*vectors.shape, k, method=method, memory_budget=budget, device=device,
+                                                           auto_budget=auto_budget)
     emb_fp = ws.fingerprint(artifacts.EMBEDDINGS) or ""
     # Without a budget, or with one that keeps the size-chosen index, the fingerprint is the one it always was.
     params_fp = text_fingerprint(str(k), method, *([f"ivfpq:{choice.pq_m}"] if choice is not None and choice.pq_m is not None else []))

@@ -33,6 +33,7 @@ from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
+from labelkit.sysmem import AUTO
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
 STAGE = "detect-noise"
@@ -139,7 +140,7 @@ def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: n
     # The graph among the labeled rows (Sources.graph) serves the kNN vote and the duplicates; the
     # cached graph of every sample, the outliers and the propagation.
     full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress, engine=cfg.engine, ray_address=cfg.ray_address,
-                     memory_budget=budget_bytes(cfg.memory_budget))
+                     memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO)
     emb_labels = np.full(len(vecs), -1, dtype=np.int64)
     emb_labels[pos[rows]] = codes[rows]
 

@@ -79,3 +79,20 @@ def test_read_table_of_a_folder_keeps_the_first_parts_metadata(tmp_path):
     assert t.column("x").to_pylist() == [0, 1]
     assert artifacts.read_metadata(folder) == {"part": 0}
     assert pq.read_table(folder / "part-1.parquet").num_rows == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_large_cache_is_gathered_in_a_file_that_goes_away(tmp_path, monkeypatch, dtype):
+    # Issue 17 (10M x 512): the cache's vectors above CACHE_SPILL_BYTES are gathered in a file-backed buffer, and the
+    # one array of more than 2^31 - 1 values is written with IPC's 64-bit lengths; same vectors, zero-copy on reading.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 16)).astype(dtype)
+    table = pa.table({"id": [f"s{i}" for i in range(5000)], "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)})
+    pq.write_table(table, tmp_path / "e.parquet", row_group_size=700)
+    monkeypatch.setattr(artifacts, "CACHE_SPILL_BYTES", 1000)
+    ids, v = artifacts.read_embeddings(tmp_path / "e.parquet", cache=tmp_path / "e.arrow", keep_half=True)
+    np.testing.assert_array_equal(v, x)
+    assert v.dtype == dtype and ids == [f"s{i}" for i in range(5000)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.arrow", "e.parquet"]  # the gathering file is gone
+    again_ids, again = artifacts.read_embeddings(tmp_path / "e.parquet", cache=tmp_path / "e.arrow", keep_half=True)
+    assert not again.flags.owndata and np.array_equal(again, x)  # a view of the memory-mapped cache
