@@ -84,10 +84,10 @@ def _finish(vectors, kept, unlabeled_rows, n_classes, cfg, text, *, model=None) 
     if missing and text is not None:
         protos = prototypes.fuse_text(protos, text, weight=0.0)  # adds text prototypes for classes with none
     n_iter = 0
-    unlabeled = vectors[unlabeled_rows]
+    unlabeled = np.flatnonzero(unlabeled_rows)  # read in blocks by refine_transductive, not gathered (9 GB at 10M x 512)
     if cfg.refine and len(unlabeled) and cfg.max_iter > 0:
         protos, n_iter = prototypes.refine_transductive(
-            protos, unlabeled, temperature=cfg.refine_temperature, min_confidence=cfg.min_confidence, max_iter=cfg.max_iter
+            protos, vectors, rows=unlabeled, temperature=cfg.refine_temperature, min_confidence=cfg.min_confidence, max_iter=cfg.max_iter
         )
     return protos, n_iter
 

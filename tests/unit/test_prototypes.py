@@ -246,3 +246,21 @@ def test_bad_input_raises(call, match):
     p = _protos([[1, 0], [0, 1]], [0, 1], 2)
     with pytest.raises(BadInputError, match=match):
         call(x, p)
+
+
+def test_refining_on_rows_of_all_embeddings_equals_refining_on_those_rows_gathered(rng):
+    # Issue 17 (10M rows): the stage passes every embedding and the unlabeled rows, read a block at a time, not gathered.
+    from labelkit.prototypes import Prototypes, refine_transductive
+
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    p = Prototypes(x[:3].copy(), np.array([0, 1, 2]), np.array([5, 5, 5]), np.array(["visual"] * 3), 3)
+    rows = np.flatnonzero(rng.random(3000) < 0.6)
+    a, n_a = refine_transductive(p, x[rows], temperature=0.1, min_confidence=0.5)
+    b, n_b = refine_transductive(p, x.astype(np.float16), rows=rows, temperature=0.1, min_confidence=0.5)
+    assert n_a == n_b > 0 and (a.kind == b.kind).all()
+    np.testing.assert_allclose(b.vectors, a.vectors, atol=1e-2)  # float16 storage: a few samples cross min_confidence
+    c, _ = refine_transductive(p, x, rows=rows, temperature=0.1, min_confidence=0.5)
+    np.testing.assert_allclose(c.vectors, a.vectors, atol=1e-6)
+    with pytest.raises(BadInputError, match="'rows' must index"):
+        refine_transductive(p, x, rows=[3000])
