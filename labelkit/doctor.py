@@ -92,6 +92,7 @@ def _memory() -> tuple[float | None, float | None]:
 def devices() -> dict[str, Any]:
     """CUDA devices (name, memory), MPS, CPU cores (all and usable by this process), RAM."""
     total, available = _memory()
+    auto = sysmem.auto_budget(sysmem.memory()[1])
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     out: dict[str, Any] = {
         "cuda": {"available": False, "torch_cuda": None, "devices": []},
@@ -100,6 +101,7 @@ def devices() -> dict[str, Any]:
         "cpu_cores_usable": usable,
         "memory_gb": total,
         "memory_available_gb": available,
+        "memory_budget_auto_gb": None if auto is None else round(auto / 1e9, 2),  # what --memory-budget auto would give a stage now
     }
     try:
         import torch

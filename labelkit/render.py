@@ -224,7 +224,8 @@ def doctor(console: Console, report: dict[str, Any]) -> None:
     gpus = "; ".join(f"cuda:{g['index']} {g['name']} {g['memory_gb']} GiB" for g in cuda["devices"]) or "none"
     line(console, f"CUDA {gpus} (torch CUDA build {cuda['torch_cuda'] or 'none'}); MPS {'yes' if d['mps'] else 'no'}; "
                   f"CPU {d['cpu_cores_usable']} of {d['cpu_cores']} cores usable; RAM {d['memory_gb']} GiB "
-                  f"({d['memory_available_gb']} GiB available)", head="devices")
+                  f"({d['memory_available_gb']} GiB available; --memory-budget auto: "
+                  f"{'no budget' if d.get('memory_budget_auto_gb') is None else str(d['memory_budget_auto_gb']) + ' GB'})", head="devices")
     f = report["faiss"]
     line(console, f"{f['version']}, GPU build {'yes' if f['gpu_build'] else 'no'}, {f['gpus']} GPU(s)" if f["installed"] else "not installed",
          head="faiss")

@@ -38,6 +38,9 @@ def test_schema(report, tmp_path):
     _check(report["faiss"], FAISS)
     assert set(report["devices"]["cuda"]) == {"available", "torch_cuda", "devices"}
     assert report["faiss"]["installed"] is True
+    # what --memory-budget auto gives a stage now: half the available memory (GiB -> GB), None where it cannot be read
+    d = report["devices"]
+    assert d["memory_budget_auto_gb"] is None or abs(d["memory_budget_auto_gb"] - d["memory_available_gb"] * 2**30 / 2e9) < 0.5
     assert {"torch", "numpy", "pyarrow", "pandas", "faiss-cpu", "ray", "open_clip_torch", "onnxruntime"} <= set(report["packages"])
     for entry in report["embedders"]:
         _check(entry, EMBEDDER)
