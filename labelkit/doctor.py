@@ -83,24 +83,18 @@ def _version(dist: str) -> str | None:
 # -- devices --------------------------------------------------------------------------------
 
 
-def _memory() -> tuple[float | None, float | None]:
-    """(total, available) RAM in GiB (labelkit.sysmem)."""
-    total, available = sysmem.memory()
-    return tuple(None if b is None else round(b / GIB, 2) for b in (total, available))
-
-
 def devices() -> dict[str, Any]:
     """CUDA devices (name, memory), MPS, CPU cores (all and usable by this process), RAM."""
-    total, available = _memory()
-    auto = sysmem.auto_budget(sysmem.memory()[1])
+    total, available = sysmem.memory()
+    auto = sysmem.auto_budget(available)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     out: dict[str, Any] = {
         "cuda": {"available": False, "torch_cuda": None, "devices": []},
         "mps": False,
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
-        "memory_gb": total,
-        "memory_available_gb": available,
+        "memory_gb": None if total is None else round(total / GIB, 2),
+        "memory_available_gb": None if available is None else round(available / GIB, 2),
         "memory_budget_auto_gb": None if auto is None else round(auto / 1e9, 2),  # what --memory-budget auto would give a stage now
     }
     try:
