@@ -334,18 +334,20 @@ def iter_embedding_batches(path: Path) -> Iterator[tuple[list[str], np.ndarray]]
         for g in range(f.num_row_groups):
             with reading(path):
                 t = f.read_row_group(g)
-                batch = t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("embedding"))
+                batch = t.column("id").to_pylist(), fixed_list_to_numpy(t.column("embedding"))
             yield batch
 
 
-def _fixed_list_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
-    chunks = []
+def fixed_list_to_numpy(col: pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
+    """A fixed-size-list column as an (N, width) array of ``dtype``, filled a chunk at a time: no combined
+    copy of the column beside it (knn.parquet's neighbours at 10M rows: 0.8 GB)."""
+    width = col.type.list_size
+    out = np.empty((len(col), width), dtype)
+    row = 0
     for chunk in col.chunks:
-        dim = chunk.type.list_size
-        values = chunk.flatten().to_numpy(zero_copy_only=False)
-        chunks.append(values.reshape(-1, dim))
-    out = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
-    return out.astype(np.float32, copy=False)
+        out[row : row + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        row += len(chunk)
+    return out
 
 
 def read_embeddings(path: Path, *, cache: Path | None = None, on_repair: Callable[[str], None] | None = None,

@@ -104,6 +104,11 @@ def budget_bytes(text: str) -> int | None:
     return sysmem.auto_budget(sysmem.memory()[1]) if text == sysmem.AUTO else byte_size(text)
 
 
+def budget_kwargs(text: str) -> dict[str, Any]:
+    """``memory_budget`` (bytes) and ``auto_budget`` for the kNN layer (:func:`labelkit.knn.choose_method`) from a ``--memory-budget``."""
+    return {"memory_budget": budget_bytes(text), "auto_budget": text == sysmem.AUTO}
+
+
 def _memory_budget() -> Any:
     return option(
         sysmem.AUTO, "memory each kNN search may take beyond the embeddings (the kNN graph; in pseudolabel also novelty's search of the labeled "

@@ -85,9 +85,8 @@ def replay_configs(ws: Workspace) -> tuple[PseudolabelConfig, PrototypeConfig] |
 def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     """A :class:`labelkit.teacher.Relabeler` over the workspace's arrays, with the recorded configs of
     the prototype and pseudolabel stages and the cached kNN graph (read once)."""
-    from labelkit.config import budget_bytes
+    from labelkit.config import budget_kwargs
     from labelkit.stages._knn import knn_graph
-    from labelkit.sysmem import AUTO
 
     configs = replay_configs(ws)
     if isinstance(configs, str):
@@ -95,5 +94,5 @@ def relabeler(ws: Workspace, samples: Samples) -> teacher.Relabeler:
     cfg, proto_cfg = configs
     a = aligned(ws, samples)
     ids = a.ids.to_pylist() if hasattr(a.ids, "to_pylist") else list(a.ids)
-    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO),
+    return teacher.Relabeler(a.vectors, a.labels, ids, len(a.classes), graph=knn_graph(ws, a.vectors, k=cfg.k, **budget_kwargs(cfg.memory_budget)),
                              text=class_embeddings(ws, a.classes), pseudolabel=cfg, prototype=proto_cfg, model=a.meta.get("model"))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit import artifacts, cartography, evidence, probability_sources, review
-from labelkit.config import DetectNoiseConfig, budget_bytes
+from labelkit.config import DetectNoiseConfig, budget_kwargs
 from labelkit.dataset import Samples
 from labelkit.device import resolve_device
 from labelkit.errors import BadInputError, MissingArtifactError, ThresholdExceededError
@@ -33,7 +33,6 @@ from labelkit.stages._common import RunContext, StageResult, input_warnings
 from labelkit.stages._knn import graph_info, knn_graph, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
-from labelkit.sysmem import AUTO
 from labelkit.workspace import Workspace, atomic_write, file_fingerprint, text_fingerprint
 
 STAGE = "detect-noise"
@@ -140,7 +139,7 @@ def _sources(ctx: RunContext, cfg: DetectNoiseConfig, samples: Samples, codes: n
     # The graph among the labeled rows (Sources.graph) serves the kNN vote and the duplicates; the
     # cached graph of every sample, the outliers and the propagation.
     full = knn_graph(ctx.ws, vecs, k=cfg.k, progress=ctx.progress, engine=cfg.engine, ray_address=cfg.ray_address,
-                     memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO)
+                     **budget_kwargs(cfg.memory_budget))
     emb_labels = np.full(len(vecs), -1, dtype=np.int64)
     emb_labels[pos[rows]] = codes[rows]
 

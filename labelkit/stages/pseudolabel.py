@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from labelkit import artifacts, guarantee, health
 from labelkit import pseudolabel as compute
-from labelkit.config import PseudolabelConfig, budget_bytes
+from labelkit.config import PseudolabelConfig, budget_kwargs
 from labelkit.errors import ThresholdExceededError
 from labelkit.stages import _multilabel
 from labelkit.stages._common import RunContext, StageResult, input_warnings
@@ -27,7 +27,6 @@ from labelkit.stages._inputs import aligned, class_embeddings, read_prototypes
 from labelkit.stages._knn import graph_info, knn_graph, recall_shortfall, recall_warnings
 from labelkit.stages._runner import Job, Stage
 from labelkit.stages._runner import run as run_stage
-from labelkit.sysmem import AUTO
 from labelkit.teacher import Clock, Teacher
 
 STAGE = "pseudolabel"
@@ -43,8 +42,9 @@ def _build(job: Job) -> dict[str, Any]:
     ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     clock = Clock()
+    budget = budget_kwargs(cfg.memory_budget)  # one reading of the free memory for the graph and novelty's search
     graph = knn_graph(ws, a.vectors, k=cfg.k, progress=job.progress, engine=cfg.engine, ray_address=cfg.ray_address,
-                      memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO)
+                      **budget)
     clock.lap("knn_graph")
     protos = read_prototypes(ws, a.classes)
     text = class_embeddings(ws, a.classes)
@@ -60,7 +60,7 @@ def _build(job: Job) -> dict[str, Any]:
     # Open set and the error guarantee: novelty, then the threshold rule or the certified threshold (labelkit.guarantee).
     decided = guarantee.accept_pseudolabels(a.vectors, a.labels, len(a.classes), r, dropped, rows, reject_novel=cfg.reject_novel,
                                             novelty_rate=cfg.novelty_rate, max_error=cfg.max_error, error_confidence=cfg.error_confidence,
-                                            memory_budget=budget_bytes(cfg.memory_budget), auto_budget=cfg.memory_budget == AUTO, progress=job.progress)
+                                            progress=job.progress, **budget)
     clock.lap("accept")  # novelty scores (a kNN search to the labeled rows, under the same budget) and the threshold or certificate
     accepted = decided.accepted
     summary = _summary(a, cfg, r, rows, accepted, dropped)
