@@ -4,6 +4,7 @@
     python benchmarks/knn.py --n 100000 --compare 50000
     python benchmarks/knn.py --sweep 100000x128,512                   # the HNSW trade-off curve
     python benchmarks/knn.py --sweep 100000x128,512 --index ivfpq     # the IVF-PQ curve (nprobe)
+    python benchmarks/knn.py --sweep 1000000x512 --index cells --nprobes 8,32,128,256   # the cells method's curve
 
 Prints markdown tables of wall time, CPU time (user + sys), peak memory (ru_maxrss of a fresh
 process per measurement) and recall@10 against exact search, and exits non-zero if recall@10 is
@@ -161,6 +162,7 @@ def _budget_job(n: int, d: int, method: str, knobs: tuple[int, ...], pq_m: int |
     building and searching added to the embeddings (VmHWM reset after the data and the exact check) against
     knn.memory_estimate."""
     from labelkit import knn
+    from labelkit._progress import NULL
 
     x = clustered(n, d)
     rows = np.sort(np.random.default_rng(123).choice(n, min(n_check, n), replace=False))
@@ -175,7 +177,10 @@ def _budget_job(n: int, d: int, method: str, knobs: tuple[int, ...], pq_m: int |
     curve = []
     for knob in knobs if method != "exact" else ():
         c1, t1 = _cpu(), time.perf_counter()
-        s, i = index._ann_search(x[rows], k + 1, index._search_params(knob))
+        if method == "cells":  # searched as the graph searches them: grouped by cell, exact within the probed cells
+            s, i = index._cells_search(x[rows], k + 1, knob, NULL, None)
+        else:
+            s, i = index._ann_search(x[rows], k + 1, index._search_params(knob))
         wall, cpu = time.perf_counter() - t1, _cpu() - c1
         _, i = knn._drop_self(s, i, rows)
         curve.append((knob, knn.recall_at_k(i[:, :k], exact), wall * n / len(rows), cpu * n / len(rows)))
@@ -248,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="HNSW trade-off curve instead: sizes x dims, e.g. '100000,300000x128,512'")
     ap.add_argument("--configs", default="32:64,32:160", help="with --sweep: M:efConstruction pairs")
     ap.add_argument("--efs", default="16,32,64,128,256,512", help="with --sweep: efSearch values")
-    ap.add_argument("--index", default="hnsw", choices=("hnsw", "ivfpq", "ivf", "exact"),
-                    help="with --sweep: hnsw = the HNSW build/search curve (--configs, --efs); ivfpq, ivf, exact (or hnsw with --peak) = "
+    ap.add_argument("--index", default="hnsw", choices=("hnsw", "ivfpq", "ivf", "cells", "exact"),
+                    help="with --sweep: hnsw = the HNSW build/search curve (--configs, --efs); ivfpq, ivf, cells, exact (or hnsw with --peak) = "
                          "one build per size with its --nprobes (--efs) curve, the whole graph and the measured peak memory against "
                          "knn.memory_estimate")
     ap.add_argument("--peak", action="store_true", help="with --sweep --index hnsw: the whole graph and its peak memory, as for ivfpq")
-    ap.add_argument("--nprobes", default="4,8,16,32,64", help="with --sweep --index ivfpq/ivf: nprobe values")
+    ap.add_argument("--nprobes", default="4,8,16,32,64", help="with --sweep --index ivfpq/ivf/cells: nprobe values")
     ap.add_argument("--pq-m", type=int, default=None, help="with --index ivfpq: code bytes per row (default knn.default_pq_m)")
     args = ap.parse_args(argv)
     k = args.k

@@ -480,7 +480,7 @@ def accept_pseudolabels(embeddings, given, n_classes: int, result, dropped, rows
         Confidence of the certificate, ``1 - delta``.
     memory_budget : int or None, default=None
         Bytes novelty's nearest-labeled-neighbour search may take (``novelty_scores``'s
-        ``memory_budget``; IVF-PQ over it). None or 0: no budget.
+        ``memory_budget``; the cells method or IVF-PQ over it). None or 0: no budget.
     auto_budget : bool, default=False
         ``memory_budget`` is ``--memory-budget auto``'s (:func:`labelkit.knn.choose_method`).
     progress : Progress, default=NULL

@@ -19,12 +19,18 @@ Similarities are cosines (inner products of L2-normalised rows). Three methods:
   ``rerank * max(k, 12)`` best candidates by code are re-ranked by exact inner product with the
   original rows (read in blocks from the array the index was built from, which holds no copy of
   it), so the similarities returned are exact cosines; ``nprobe`` is tuned as for IVF. The index
-  for a memory budget.
+  a memory budget takes on a faiss GPU, or where the cells method does not fit.
+* ``"cells"`` -- :mod:`labelkit.knn_cells`: spherical k-means cells, each query compared exactly with
+  the rows of its ``nprobe`` nearest cells, scanned cell by cell as BLAS products. It holds no
+  copy of the rows (16 bytes a row), its similarities are exact, its recall on the tuning sample is
+  read off the exact neighbours, and it turns the 10M-row graph from hours of IVF-PQ re-ranking
+  into minutes. Where the neighbours of a row lie in cells whose centroids are far from it (wide
+  cells over data of high intrinsic dimension), it needs many probes; HNSW does not.
 
 ``"auto"`` picks exact search when the work is small (``n_queries * n_base <= EXACT_MAX_PAIRS``,
 i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index. Under a
 memory budget (:func:`choose_method`) it keeps that choice when :func:`memory_estimate` says it
-fits, else takes IVF-PQ with the largest code that fits.
+fits, else (on CPU) takes the cells method, else IVF-PQ with the largest code that fits.
 
 Device: ``"cpu"``; ``"auto"`` (faiss's GPU indexes when the faiss GPU build sees a GPU, else CPU);
 ``"cuda"`` / ``"cuda:N"`` (faiss GPU indexes when present; otherwise exact search runs as a torch
@@ -46,6 +52,7 @@ from typing import Literal
 
 import numpy as np
 
+from labelkit import knn_cells
 from labelkit._progress import NULL, Progress
 from labelkit._validation import check_embeddings, l2_normalize, unit_embeddings
 from labelkit.errors import BadInputError, LabelkitWarning
@@ -67,9 +74,9 @@ class _OnFirstUse:
 faiss = _OnFirstUse("faiss")
 torch = _OnFirstUse("torch")
 
-Method = Literal["auto", "exact", "hnsw", "ivf", "ivfpq"]
-METHODS = ("auto", "exact", "hnsw", "ivf", "ivfpq")
-_APPROX = ("hnsw", "ivf", "ivfpq")
+Method = Literal["auto", "exact", "hnsw", "ivf", "ivfpq", "cells"]
+METHODS = ("auto", "exact", "hnsw", "ivf", "ivfpq", "cells")
+_APPROX = ("hnsw", "ivf", "ivfpq", "cells")
 
 # Measured with benchmarks/knn.py (kNN graph, k=10, 512-d clustered data, 2 cores shared with other
 # jobs, so CPU seconds are quoted; they are steadier than wall time): exact search 42 CPU-s at 50k
@@ -132,9 +139,10 @@ class AnnParams:
     ef_search : int or None, default=None
         Candidate list size while searching; None tunes it on a sample to ``target_recall``.
     nlist : int or None, default=None
-        IVF cells; None uses ``4 * sqrt(n_base)``.
+        IVF (and the cells method's) cells; None uses ``4 * sqrt(n_base)``.
     nprobe : int or None, default=None
-        IVF cells visited per query; None tunes it on a sample to ``target_recall``.
+        IVF (and the cells method's) cells visited per query; None tunes it on a sample to
+        ``target_recall`` (the cells method: up to ``knn_cells.MAX_PROBE``).
     target_recall : float, default=0.95
         Recall@k against exact search that tuning aims for.
     n_tune_queries : int, default=256
@@ -393,11 +401,14 @@ class KnnIndex:
         if len(base) == 0:
             method = "exact"
         self.method_ = method
-        self.on_gpu_ = self.device.faiss_gpu is not None and method in ("exact", "ivf", "ivfpq")
+        self.on_gpu_ = self.device.faiss_gpu is not None and method in ("exact", "ivf", "ivfpq")  # cells: CPU (BLAS) only
         if method == "hnsw":
             self._index = self._build_hnsw(base, progress)
         elif method in ("ivf", "ivfpq"):
             self._index = self._build_ivf(base, progress, pq=method == "ivfpq")
+        elif method == "cells":
+            self._index = None
+            self._build_cells(base, progress)
         else:
             self.on_gpu_ = self.device.faiss_gpu is not None or self.device.torch_device != "cpu"
             # on a faiss GPU the base is copied once; otherwise exact search reads self._base
@@ -446,6 +457,15 @@ class KnnIndex:
                 task.advance(min(chunk, n - s))
         self._quantizer = quantizer  # keep the quantizer alive as long as the CPU index
         return index
+
+    def _build_cells(self, base, progress):
+        """Spherical k-means cells, the cell of every row, and each cell's nearest cells (:mod:`labelkit.knn_cells`)."""
+        nlist = _ivf_nlist(len(base), self.ann.nlist)
+        centroids = knn_cells.train_centroids(base, nlist, seed=self.seed, progress=progress)
+        with progress.task("knn: assign rows to cells", total=len(base)) as task:
+            cell_of = knn_cells.assign(base, centroids, task=task)
+        order, offsets = knn_cells.cell_lists(cell_of, nlist)
+        self._cells = {"centroids": centroids, "cell_of": cell_of, "order": order, "offsets": offsets}
 
     # -- search -----------------------------------------------------------------------------
     def graph(
@@ -541,7 +561,10 @@ class KnnIndex:
             if drop_self_offset is not None:
                 s, i = _drop_self(s, i, drop_self_offset + np.arange(nq))
             return _pad(s, i, k)
-        params = self._search_params(self._knob(kq, queries, drop_self_offset, progress))
+        knob = self._knob(kq, queries, drop_self_offset, progress)
+        if self.method_ == "cells":
+            return self._cells_search(queries, k, knob, progress, drop_self_offset)
+        params = self._search_params(knob)
         if kq in self.rerank_:  # a longer candidate list: smaller batches keep a block's candidates the size memory_estimate counts
             batch_size = max(1, batch_size * self.ann.rerank // self.rerank_[kq])
         sims = np.empty((nq, k), np.float32)
@@ -554,6 +577,35 @@ class KnnIndex:
                     s, i = _drop_self(s, i, drop_self_offset + qs + np.arange(len(qb)))
                 sims[qs : qs + len(qb)], idx[qs : qs + len(qb)] = _pad(s, i, k)
                 task.advance(len(qb))
+        return sims, idx
+
+    def _cells_search(self, queries, k, n_probe, progress, drop_self_offset):
+        """Exact search within each query's ``n_probe`` nearest cells; self dropped by index in a graph.
+
+        Queries go in blocks ordered by their nearest cell, so that a block probes the cells around a
+        few of them, not every cell: each probed cell is gathered once a block."""
+        cells = self._cells
+        nq = len(queries)
+        kq = k + (drop_self_offset is not None)
+        sims = np.empty((nq, k), np.float32)
+        idx = np.empty((nq, k), np.int64)
+        if drop_self_offset is not None:  # the graph's queries are indexed rows, whose cells are known
+            home = cells["cell_of"][drop_self_offset : drop_self_offset + nq]
+        else:
+            with progress.task("knn: nearest cell of each query", total=nq) as task:
+                home = knn_cells.assign(queries, cells["centroids"], task=task)
+        by_home = np.argsort(home, kind="stable")
+        del home
+        block = _cells_query_block(n_probe, kq, queries.shape[1])
+        with progress.task(f"knn: cells search ({n_probe} of {len(cells['centroids']):,} cells a query)", total=nq) as task:
+            for bs in range(0, nq, block):
+                rows = np.sort(by_home[bs : bs + block])
+                q = _f32(queries[rows])  # gathered per probe below: float32 rows copy, float16 ones convert
+                s, i = knn_cells.search(self._base, q, knn_cells.probes(q, cells["centroids"], n_probe), kq, order=cells["order"],
+                                        offsets=cells["offsets"], task=task)
+                if drop_self_offset is not None:
+                    s, i = _drop_self(s, i, drop_self_offset + rows)
+                sims[rows], idx[rows] = _pad(s, i, k)
         return sims, idx
 
     def _ann_search(self, queries, kq, params, rerank: int | None = None):
@@ -596,7 +648,8 @@ class KnnIndex:
         return knob
 
     def _tune(self, kq, queries, drop_self_offset, progress):
-        """Geometric search over the knob on a sample (efSearch by sqrt(2), nprobe by 2); returns (knob, its sample recall)."""
+        """Geometric search over the knob on a sample (efSearch by sqrt(2), nprobe by 2; the cells' n_probe by sqrt(2),
+        whose recall is read off the exact neighbours without searching); returns (knob, its sample recall)."""
         rng = np.random.default_rng(self.seed)
         n_s = min(self.ann.n_tune_queries, len(queries))
         rows = np.sort(rng.choice(len(queries), n_s, replace=False))
@@ -608,6 +661,12 @@ class KnnIndex:
             s, i = _drop_self(s, i, drop_self_offset + rows)
         exact = _pad(s, i, k)[1]
         goal = min(1.0, self.ann.target_recall + _RECALL_MARGIN)
+        if self.method_ == "cells":
+            cells = self._cells
+            ladder = knn_cells.probe_ladder(len(cells["centroids"]))
+            recalls = knn_cells.probe_recall(exact, knn_cells.probes(sample, cells["centroids"], ladder[-1]), cells["cell_of"], ladder)
+            best = next((j for j, r in enumerate(recalls) if r >= goal), len(ladder) - 1)
+            return ladder[best], recalls[best]
         if self.method_ == "hnsw":
             # efSearch up to 64x in steps of sqrt(2): search time grows with efSearch, and doubling
             # overshot the 1M x 128 graph's target by 2x (0.946 at 64, 0.972 at 128).
@@ -667,6 +726,12 @@ def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
 def _ivf_nlist(n: int, nlist: int | None) -> int:
     """IVF cells: given, else 4 sqrt(n); at most n."""
     return max(1, min(nlist or int(np.clip(round(4 * math.sqrt(n)), 1, 65_536)), n))
+
+
+def _cells_query_block(n_probe: int, kq: int, d: int) -> int:
+    """Queries the cells method searches at once: their float32 rows, their probe lists sorted by cell
+    (24 bytes a probe) and their slots (``kq`` neighbours of 12 bytes a probe) fill PROBE_BLOCK_BYTES."""
+    return max(knn_cells.QUERY_CHUNK, knn_cells.PROBE_BLOCK_BYTES // (4 * d + max(1, n_probe) * (24 + 12 * kq)))
 
 
 def _ivf_train_rows(n: int, nlist: int, *, pq: bool) -> int:
@@ -792,6 +857,19 @@ def memory_estimate(
     if method == "exact":
         return batch * min(EXACT_BASE_BLOCK, n) * 4 + 3 * held * kq * 12
     tune = min(ann.n_tune_queries, q) * min(EXACT_BASE_BLOCK, n) * 4
+    if method == "cells":
+        nlist = _ivf_nlist(n, ann.nlist)
+        n_train = min(n, max(nlist, knn_cells.TRAIN_ROWS_PER_CELL * nlist))
+        tile_rows = max(64, min(65_536, knn_cells.ASSIGN_SCRATCH_BYTES // max(1, 4 * nlist)))
+        index = 16 * n + 4 * d * nlist + 8 * q  # the cell of each row, the rows by cell; centroids; queries by nearest cell
+        build = n_train * d * 4 + min(tile_rows, n) * nlist * 4 + 12 * n  # the k-means sample, an assignment tile, the cells of n rows
+        per_query = 4 * d + min(nlist, knn_cells.MAX_PROBE) * (24 + 12 * kq)  # as _cells_query_block, at the most probes tuning picks
+        block = min(q * per_query, max(knn_cells.PROBE_BLOCK_BYTES, knn_cells.QUERY_CHUNK * per_query))
+        cand = min(knn_cells.CANDIDATE_BLOCK, n)
+        chunk = min(knn_cells.QUERY_CHUNK, max(q, 1))
+        scan = chunk * cand * 4 * 2 + cand * d * 4 + chunk * d * 4 + min(tile_rows, max(q, 1)) * nlist * 4  # a product tile and its top-k; a probes tile
+        tune += min(ann.n_tune_queries, q) * nlist * 4
+        return index + max(build, tune, held * k * 12 + block + scan)  # numpy and torch only: no faiss working memory
     block = 3 * batch * kq * 12  # one block's raw, self-dropped and padded results
     build = 0
     if method == "hnsw":
@@ -912,7 +990,9 @@ def choose_method(
     q = n if n_queries is None else _check_count(n_queries, "n_queries")
     ann = ann if ann is not None else AnnParams()
     wanted = _check_method(method)
-    first = _auto_method(q, n, _resolve_device(device)) if wanted == "auto" else wanted
+    dev = _resolve_device(device)
+    device_is_cpu = dev.faiss_gpu is None  # the cells method runs on CPU; a faiss GPU takes IVF-PQ
+    first = _auto_method(q, n, dev) if wanted == "auto" else wanted
     why = f"auto: {first} for {n:,} x {d}" if wanted == "auto" else f"method {first} given"
     first_m = (ann.pq_m or default_pq_m(d)) if first == "ivfpq" else None
     need = memory_estimate(first, n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=first_m), batch_size=batch_size, result_rows=result_rows)
@@ -927,18 +1007,25 @@ def choose_method(
             f"method {first} needs about {_fmt_bytes(need)} for a kNN graph of {n:,} x {d} with k={k}, over the memory budget of "
             f"{_fmt_bytes(budget)}; use method 'auto' (IVF-PQ when the budget needs it) or give a larger budget"
         )
+    named = f"memory budget of {_fmt_bytes(budget)}" + (" (auto: half the memory available)" if auto_budget else "")
+    cells = None
+    if wanted == "auto" and device_is_cpu:
+        cells = memory_estimate("cells", n, d, k, n_queries=q, ann=ann, batch_size=batch_size, result_rows=result_rows)
+        if cells <= budget:
+            return MethodChoice("cells", None, cells, budget, f"{named}: {first} needs about {_fmt_bytes(need)}, so exact search "
+                                f"within each query's nearest cells, which holds no copy of the rows (about {_fmt_bytes(cells)})")
     sizes = [m for m in PQ_M_CHOICES if d % m == 0 and m <= (ann.pq_m or default_pq_m(d))][::-1]
     for m in sizes:
         est = memory_estimate("ivfpq", n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=m), batch_size=batch_size,
                               result_rows=result_rows)
         if est <= budget:
-            named = f"memory budget of {_fmt_bytes(budget)}" + (" (auto: half the memory available)" if auto_budget else "")
             return MethodChoice("ivfpq", m, est, budget, f"{named}: {first} needs about {_fmt_bytes(need)}, "
                                 f"so IVF-PQ with {m}-byte codes (about {_fmt_bytes(est)})")
+    least = min(need, est, cells or est)
     raise BadInputError(
         f"'memory_budget' of {_fmt_bytes(budget)} is too small for a kNN graph of {n:,} x {d} with k={k}: {first} needs about "
-        f"{_fmt_bytes(need)}, IVF-PQ with {sizes[-1]}-byte codes about {_fmt_bytes(est)}; give at least {_fmt_bytes(min(need, est) * 1.01)}, "
-        "or 0 for no budget"
+        f"{_fmt_bytes(need)}, {f'the cells method about {_fmt_bytes(cells)}, ' if cells else ''}IVF-PQ with {sizes[-1]}-byte codes "
+        f"about {_fmt_bytes(est)}; give at least {_fmt_bytes(least * 1.01)}, or 0 for no budget"
     )
 
 

@@ -107,7 +107,7 @@ def novelty_scores(embeddings, labels, n_classes: int, *, k: int = 10, reject_ra
         For the nearest-labeled-neighbour search (:func:`labelkit.knn.search`).
     memory_budget : int or None, default=None
         Bytes that search may take beyond the embeddings (its index over the labeled rows, scratch
-        and results; :func:`labelkit.knn.memory_estimate`); over it, an IVF-PQ index
+        and results; :func:`labelkit.knn.memory_estimate`); over it, the cells method or an IVF-PQ index
         (:func:`labelkit.knn.choose_method`), re-ranked by exact cosine. None or 0: no budget. The
         copy of the labeled rows the index is built from (``n_labeled * dim`` in the embeddings'
         dtype) is not counted.
@@ -228,7 +228,7 @@ def _knn_distance(x, lab, k, device, budget, progress) -> tuple[np.ndarray, dict
 
     kk = min(k + 1, lab.size)
     block = min(x.shape[0], QUERY_BLOCK)
-    # knn.search's choice (exact for few pairs, else HNSW; IVF-PQ over the budget), kept to be reported; the
+    # knn.search's choice (exact for few pairs, else HNSW; the cells method or IVF-PQ over the budget), kept to be reported; the
     # results held at once are one query block's, reduced to a distance before the next block is searched.
     try:
         choice = knn.choose_method(lab.size, x.shape[1], kk, memory_budget=budget[0], n_queries=x.shape[0], device=device,

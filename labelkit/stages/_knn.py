@@ -25,7 +25,7 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     actors (the same graph, exactly); the cache does not depend on the engine. ``memory_budget``
     (bytes; None or 0: none) picks the index by :func:`labelkit.knn.choose_method`; the method
     used and why are kept in knn.parquet's metadata and the manifest (:func:`graph_info`), and a
-    budget that changes the method (IVF-PQ, or its code size) changes the cache's fingerprint.
+    budget that changes the method (the cells method, IVF-PQ or its code size) changes the cache's fingerprint.
     ``auto_budget``: the budget is ``--memory-budget auto``'s (:func:`labelkit.knn.choose_method`).
     """
     from labelkit import knn
@@ -36,7 +36,7 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
                                                            auto_budget=auto_budget)
     emb_fp = ws.fingerprint(artifacts.EMBEDDINGS) or ""
     # Without a budget, or with one that keeps the size-chosen index, the fingerprint is the one it always was.
-    params_fp = text_fingerprint(str(k), method, *([f"ivfpq:{choice.pq_m}"] if choice is not None and choice.pq_m is not None else []))
+    params_fp = text_fingerprint(str(k), method, *_budget_tag(choice))
     path = ws.path(artifacts.KNN)
     if ws.staleness(RECORD, params_fp, {artifacts.EMBEDDINGS: emb_fp}) is None:
         t = artifacts.read_table(path, columns=["neighbors", "similarities"])
@@ -72,6 +72,15 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
     return sims.astype(np.float32, copy=False), idx
 
 
+def _budget_tag(choice: Any) -> list[str]:
+    """What a budget changed about the index, for the cache's fingerprint: IVF-PQ's code size, or the cells method."""
+    if choice is None:
+        return []
+    if choice.pq_m is not None:
+        return [f"ivfpq:{choice.pq_m}"]
+    return ["cells"] if choice.method == "cells" else []
+
+
 def _info(choice: Any) -> dict[str, Any]:
     """The index used, as knn.parquet's metadata, the manifest and stage summaries show it."""
     return {"method": choice.method, "pq_m": choice.pq_m, "memory_budget": choice.memory_budget, "estimate_bytes": choice.estimate_bytes,
@@ -89,7 +98,9 @@ def recall_warnings(info: dict[str, Any] | None) -> list[dict[str, str]]:
     tuned = recall_shortfall(info)
     if tuned is None:
         return []
-    longer = " (its IVF-PQ codes are short: a larger --memory-budget gives longer ones)" if info["method"] == "ivfpq" else ""
+    longer = {"ivfpq": " (its IVF-PQ codes are short: a larger --memory-budget gives longer ones)",
+              "cells": " (the rows' neighbours lie across more cells than it probes: a larger --memory-budget gives HNSW where it fits)"
+              }.get(info["method"], "")
     return [health.warning("knn_recall", f"the {info['method']} kNN graph reached recall@k {tuned['sample_recall']} on its tuning sample, "
                            f"under the target {tuned['target_recall']}{longer}", "raise --memory-budget (or 0 for none); on data without "
                            "neighbourhood structure, neighbours are weak evidence whatever the index")]

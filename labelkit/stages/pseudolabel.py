@@ -66,7 +66,7 @@ def _build(job: Job) -> dict[str, Any]:
     summary = _summary(a, cfg, r, rows, accepted, dropped)
     opened = _open_set_summary(cfg, decided, r.confidence[rows])
     summary.update(opened)
-    summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen IVF-PQ)
+    summary["knn"] = graph_info(ws)  # the index used and why (a --memory-budget may have chosen the cells method or IVF-PQ)
     if decided.certificate is not None and not decided.certificate.certified:  # nothing accepted: say why, not "lower --threshold"
         summary["warnings"] = [w for w in summary["warnings"] if w["code"] != "none_accepted"] + [uncertified_warning(opened["guarantee"])]
     summary["warnings"] = input_warnings(samples, summary["warnings"] + recall_warnings(summary["knn"]) + _novelty_recall(opened["novelty"]))
@@ -132,7 +132,7 @@ def _open_set_summary(cfg: PseudolabelConfig, decided: guarantee.Acceptance, con
         "n_novel": int(decided.novel.sum()),
         "novelty": {"threshold": round(float(decided.novelty_threshold), 6) if np.isfinite(decided.novelty_threshold) else None,
                     "reject_rate": cfg.novelty_rate, "reject": cfg.reject_novel, "n_reference": decided.n_reference,
-                    "knn": decided.novelty_knn},  # its search of the labeled rows: method and why (IVF-PQ under --memory-budget)
+                    "knn": decided.novelty_knn},  # its search of the labeled rows: method and why (the cells method or IVF-PQ under --memory-budget)
         "reasons": {k: int((decided.reason == k).sum()) for k in (guarantee.BELOW_THRESHOLD, guarantee.NOVEL, guarantee.UNCERTIFIED)},
     }
     c = decided.certificate

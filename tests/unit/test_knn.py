@@ -379,10 +379,11 @@ def test_auto_keeps_its_choice_when_it_fits_and_takes_ivfpq_when_not():
 
 def test_a_budget_nothing_fits_is_one_clear_error():
     with pytest.raises(BadInputError, match=r"^'memory_budget' of 1 MB is too small for a kNN graph of 100,000 x 128 with k=10: "
-                       r"hnsw needs about 198 MB, IVF-PQ with 1-byte codes about 94.9 MB; give at least 95.8 MB, or 0 for no budget$"):
+                       r"hnsw needs about 198 MB, the cells method about 422 MB, IVF-PQ with 1-byte codes about 94.9 MB; give at least 95.8 MB, "
+                       r"or 0 for no budget$"):
         knn.choose_method(100_000, 128, 10, memory_budget=1_000_000, device="cpu")
     # small data: exact search needs less than any IVF-PQ index (faiss's working memory alone is 25 MB), and the error says so
-    with pytest.raises(BadInputError, match=r"exact needs about 4.22 MB, IVF-PQ with 1-byte codes about 32\.\d MB; give at least 4.26 MB"):
+    with pytest.raises(BadInputError, match=r"exact needs about 4.22 MB, the cells method about [\d.]+ MB, IVF-PQ with 1-byte codes about 32\.\d MB; give at least 4.26 MB"):
         knn.choose_method(1_000, 8, 5, memory_budget=3_000_000, device="cpu")
     with pytest.raises(BadInputError, match=r"^method hnsw needs about 198 MB .* over the memory budget of 90 MB"):
         knn.choose_method(100_000, 128, 10, method="hnsw", memory_budget=90_000_000, device="cpu")

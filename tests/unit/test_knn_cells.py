@@ -1,0 +1,154 @@
+"""labelkit.knn_cells and the "cells" kNN method: exact within the probed cells, recall known from the
+exact neighbours, the same graph whole or in slices, and chosen under a memory budget on CPU."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from labelkit import knn, knn_cells
+from labelkit.errors import BadInputError
+from labelkit.knn import AnnParams, KnnIndex, knn_graph
+from tests.unit.test_knn import _brute_force, _clustered, _unit
+
+
+def test_probing_every_cell_is_exact_search():
+    x = _clustered(1_500, 16, 12, seed=0)
+    nlist = 30
+    sims, idx = knn_graph(x, 5, method="cells", device="cpu", ann=AnnParams(nlist=nlist, nprobe=nlist))
+    want_s, want_i = _brute_force(x, x, 5, exclude_self=True)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(sims, want_s, atol=1e-5)
+    q = _unit(np.random.default_rng(1).standard_normal((50, 16)))
+    s, i = knn.search(x, q, 7, method="cells", device="cpu", ann=AnnParams(nlist=nlist, nprobe=nlist))
+    np.testing.assert_array_equal(i, _brute_force(x, q, 7)[1])
+
+
+def test_search_is_exact_within_the_probed_cells():
+    # the neighbours found are the exact top-k of the rows in each query's n_probe nearest cells
+    x = _clustered(2_000, 12, 20, seed=2)
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(nlist=40, nprobe=3)).build(x)
+    q = _unit(np.random.default_rng(3).standard_normal((40, 12)))
+    s, i = index.search(q, 4)
+    probes = knn_cells.probes(q, index._cells["centroids"], 3)
+    cell_of = index._cells["cell_of"]
+    for r in range(len(q)):
+        allowed = np.flatnonzero(np.isin(cell_of, probes[r]))
+        sims = x[allowed] @ q[r]
+        want = allowed[np.argsort(-sims, kind="stable")[:4]]
+        np.testing.assert_array_equal(i[r], want)
+        np.testing.assert_allclose(s[r], np.sort(sims)[::-1][:4], atol=1e-5)
+
+
+def test_tuned_recall_is_the_sample_recall_the_search_gets():
+    x = _clustered(6_000, 24, 60, seed=4)
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(target_recall=0.9)).build(x)
+    _, idx = index.graph(10)
+    tuned = index.tuning(11)
+    assert tuned["nprobe"] in knn_cells.probe_ladder(len(index._cells["centroids"]))
+    assert tuned["sample_recall"] >= 0.91  # target plus the sampling margin
+    rows = np.sort(np.random.default_rng(index.seed).choice(len(x), 256, replace=False))  # the tuning sample
+    exact = _brute_force(x, x[rows], 11)[1]
+    exact = np.array([[j for j in e if j != r][:10] for e, r in zip(exact, rows)])
+    assert knn.recall_at_k(idx[rows], exact) == pytest.approx(tuned["sample_recall"], abs=1e-4)
+
+
+def test_probe_recall_counts_neighbours_in_probed_cells():
+    cell_of = np.array([0, 0, 1, 2, 2])
+    exact = np.array([[1, 3], [4, -1]])
+    probes = np.array([[0, 2, 1], [1, 0, 2]])
+    # query 0: row 1 (cell 0, rank 0), row 3 (cell 2, rank 1); query 1: row 4 (cell 2, rank 2); -1 is no neighbour
+    assert knn_cells.probe_recall(exact, probes, cell_of, [1, 2, 3]) == [1 / 3, 2 / 3, 1.0]
+
+
+def test_self_is_excluded_by_index_among_duplicates():
+    rng = np.random.default_rng(5)
+    base = _unit(rng.standard_normal((60, 8)))
+    x = np.concatenate([np.repeat(base[:1], 6, axis=0), base[1:]])
+    sims, idx = knn_graph(x, 3, method="cells", device="cpu", ann=AnnParams(nlist=4, nprobe=4))
+    assert not np.any(idx == np.arange(len(x))[:, None])
+    for r in range(6):
+        assert set(idx[r]) <= set(range(6)) - {r}
+        np.testing.assert_allclose(sims[r], 1, atol=1e-5)
+
+
+def test_cells_smaller_than_k_pad_with_missing():
+    x = _unit(np.random.default_rng(6).standard_normal((12, 4)))
+    sims, idx = knn_graph(x, 5, method="cells", device="cpu", ann=AnnParams(nlist=6, nprobe=1))
+    found = idx >= 0
+    assert (~found).any()  # one cell of about two rows cannot hold five neighbours
+    assert np.all(np.isneginf(sims[~found]))
+    assert np.all(np.diff(np.where(found, sims, -2), axis=1) <= 1e-6)  # descending, missing last
+
+
+def test_float16_rows_are_searched_as_float32():
+    x = _clustered(1_000, 16, 10, seed=7).astype(np.float16)
+    sims, idx = knn_graph(x, 5, method="cells", device="cpu", ann=AnnParams(nlist=20, nprobe=20))
+    want_s, _ = _brute_force(x.astype(np.float32), x.astype(np.float32), 5, exclude_self=True)
+    np.testing.assert_allclose(sims, want_s, atol=2e-3)  # float16 rows, float32 products
+
+
+def test_blocks_of_queries_give_the_whole_search(monkeypatch):
+    x = _clustered(1_500, 8, 15, seed=8)
+    ann = AnnParams(nlist=30, nprobe=5)
+    whole = knn_graph(x, 4, method="cells", device="cpu", ann=ann)
+    monkeypatch.setattr(knn_cells, "PROBE_BLOCK_BYTES", 1)  # QUERY_CHUNK queries a block
+    monkeypatch.setattr(knn_cells, "QUERY_CHUNK", 100)
+    monkeypatch.setattr(knn_cells, "CANDIDATE_BLOCK", 7)  # cells split into row blocks, merged per slot
+    blocked = knn_graph(x, 4, method="cells", device="cpu", ann=ann)
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
+
+
+def test_graph_slices_of_a_pickled_index_equal_the_whole_graph():
+    x = _clustered(1_500, 8, 15, seed=9)
+    whole_s, whole_i = knn_graph(x, 4, method="cells", device="cpu")
+    index = pickle.loads(pickle.dumps(KnnIndex("cells", device="cpu").build(x).tune_graph(4)))
+    parts = [index.graph(4, rows=slice(a, min(a + 400, 1500))) for a in range(0, 1500, 400)]
+    np.testing.assert_array_equal(np.concatenate([i for _, i in parts]), whole_i)
+    np.testing.assert_allclose(np.concatenate([s for s, _ in parts]), whole_s, atol=1e-6)
+
+
+def test_training_is_seeded_and_gives_unit_centroids():
+    x = _clustered(3_000, 16, 30, seed=10)
+    a = knn_cells.train_centroids(x, 40, seed=3)
+    b = knn_cells.train_centroids(x, 40, seed=3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    cells = knn_cells.assign(x, a)
+    assert np.bincount(cells, minlength=40).min() >= 1  # an emptied cell is re-seeded with a row
+
+
+def test_lists_hold_each_row_once_in_its_cell():
+    cell_of = np.array([2, 0, 2, 1, 0])
+    order, offsets = knn_cells.cell_lists(cell_of, 4)
+    assert offsets.tolist() == [0, 2, 3, 5, 5]
+    assert [order[offsets[c] : offsets[c + 1]].tolist() for c in range(4)] == [[1, 4], [3], [0, 2], []]
+
+
+def test_a_budget_takes_cells_on_cpu_before_ivfpq():
+    n, d, k = 1_000_000, 512, 10
+    free = knn.choose_method(n, d, k, device="cpu")
+    assert free.method == "hnsw"
+    cells = knn.memory_estimate("cells", n, d, k)
+    assert cells < free.estimate_bytes
+    choice = knn.choose_method(n, d, k, memory_budget=cells, device="cpu")
+    assert (choice.method, choice.pq_m, choice.estimate_bytes) == ("cells", None, cells)
+    assert "nearest cells" in choice.reason
+    smallest_pq = knn.memory_estimate("ivfpq", n, d, k, ann=AnnParams(pq_m=1))
+    if smallest_pq < cells:  # under the cells' estimate: IVF-PQ codes, where they fit
+        assert knn.choose_method(n, d, k, memory_budget=cells - 1, device="cpu").method == "ivfpq"
+    else:
+        with pytest.raises(BadInputError, match=f"the cells method about {knn._fmt_bytes(cells)}, IVF-PQ"):
+            knn.choose_method(n, d, k, memory_budget=cells - 1, device="cpu")
+    pq = knn.memory_estimate("ivfpq", n, d, k)
+    assert knn.choose_method(n, d, k, memory_budget=max(pq, cells), method="ivfpq", device="cpu").method == "ivfpq"  # a named method stays
+
+
+def test_memory_estimate_counts_the_cells_index():
+    n, d, k = 1_000_000, 512, 10
+    est = knn.memory_estimate("cells", n, d, k)
+    assert est >= 16 * n + n * k * 12  # the lists and the results
+    assert est < knn.memory_estimate("ivfpq", n, d, k)  # no codes, no copy of the rows
