@@ -108,3 +108,37 @@ def test_detect_noise_takes_the_budget_and_reuses_the_graph_it_gave(runner, tmp_
     free = runner.invoke(app, ["detect-noise", str(data), "--memory-budget", "0", "--json", "--force"])
     assert free.exit_code == 0, free.output
     assert json.loads(free.stdout)["knn"]["method"] == "exact"
+
+
+def test_pseudolabel_takes_the_cells_method_where_it_fits_a_budget(runner, tmp_path, monkeypatch):
+    # At this size the cells method's estimate is its worst case of 256 probes a query; with at most 8 it is
+    # the smallest index, as it is for millions of rows (1M x 512: 574 MB against IVF-PQ's 817 MB).
+    from labelkit import knn_cells
+
+    monkeypatch.setattr(knn_cells, "MAX_PROBE", 8)
+    data = _vectors(tmp_path / "vectors")
+    cells, pq_bytes, exact_bytes = (knn.memory_estimate(m, 5_000, 32, 10) for m in ("cells", "ivfpq", "exact"))
+    assert cells < min(pq_bytes, exact_bytes)
+    budget = (cells + min(pq_bytes, exact_bytes)) // 2
+    r = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    used = out["knn"]
+    assert (used["method"], used["pq_m"], used["estimate_bytes"]) == ("cells", None, cells)
+    assert used["reason"] == (f"memory budget of {knn._fmt_bytes(budget)}: exact needs about {knn._fmt_bytes(exact_bytes)}, so exact "
+                              f"search within each query's nearest cells, which holds no copy of the rows (about {knn._fmt_bytes(cells)})")
+    assert used["tuned"]["sample_recall"] >= 0.95 and 1 <= used["tuned"]["nprobe"] <= 8
+    assert "knn_recall" not in {w["code"] for w in out["warnings"]}
+    assert out["n_accepted"] > 0.9 * out["n_unlabeled"]
+    # its similarities are exact cosines of the rows it found
+    ws = data / ".labelkit"
+    t = artifacts.read_table(ws / "knn.parquet")
+    idx = artifacts.fixed_list_to_numpy(t.column("neighbors"), np.int64)
+    sims = artifacts.fixed_list_to_numpy(t.column("similarities"), np.float32)
+    x = artifacts.fixed_list_to_numpy(pq.read_table(data / "labels.parquet").column("embedding"), np.float32)
+    np.testing.assert_allclose(sims[:50, 0], np.einsum("ij,ij->i", x[:50], x[idx[:50, 0]]), atol=1e-5)
+    # a budget that keeps the cells method reuses the graph; no budget rebuilds it with exact search
+    again = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", str(budget), "--json", "--force"])
+    assert json.loads(again.stdout)["knn"] == used
+    free = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
+    assert json.loads(free.stdout)["knn"]["method"] == "exact"
