@@ -383,6 +383,8 @@ class KnnIndex:
         self.tuned_: dict[int, int] = {}  # k -> efSearch / nprobe reaching target recall
         self.recall_: dict[int, float] = {}  # k -> recall@k of the tuned knob on the tuning sample
         self.rerank_: dict[int, int] = {}  # k -> IVF-PQ re-rank factor tuning settled on (when it grew it)
+        self.refined_: dict[int, int] = {}  # k -> refinement rounds a cells graph took (knn_cells.refine)
+        self._graph_sample: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> a graph's tuning rows and their exact neighbours
 
     # -- build ------------------------------------------------------------------------------
     def build(self, embeddings, *, progress: Progress = NULL) -> KnnIndex:
@@ -395,6 +397,8 @@ class KnnIndex:
         self.tuned_ = {}
         self.recall_ = {}
         self.rerank_ = {}
+        self.refined_ = {}
+        self._graph_sample = {}
         method = method or self.method
         if method == "auto":  # a self-search (n_queries == n_base) is assumed
             method = _auto_method(len(base), len(base), self.device)
@@ -517,11 +521,13 @@ class KnnIndex:
     def tuning(self, kq: int) -> dict | None:
         """The knob tuning picked for ``kq`` searched neighbours and its recall on the tuning sample, as
         stage summaries report it (``ef_search`` or ``nprobe``, ``sample_recall``, ``target_recall``,
-        ``rerank`` when it grew); None when nothing was tuned (exact search, or a knob given)."""
+        ``rerank`` when it grew, ``refine_rounds`` when a cells graph was refined, its sample recall then
+        measured after them); None when nothing was tuned (exact search, or a knob given)."""
         if kq not in self.recall_:
             return None
         return {"ef_search" if self.method_ == "hnsw" else "nprobe": self.tuned_[kq], "sample_recall": round(float(self.recall_[kq]), 4),
-                "target_recall": self.ann.target_recall, **({"rerank": self.rerank_[kq]} if kq in self.rerank_ else {})}
+                "target_recall": self.ann.target_recall, **({"rerank": self.rerank_[kq]} if kq in self.rerank_ else {}),
+                **({"refine_rounds": self.refined_[kq]} if kq in self.refined_ else {})}
 
     def search(self, queries, k: int, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = NULL):
         """Top-``k`` neighbours of each query among the indexed rows.
@@ -563,7 +569,12 @@ class KnnIndex:
             return _pad(s, i, k)
         knob = self._knob(kq, queries, drop_self_offset, progress)
         if self.method_ == "cells":
-            return self._cells_search(queries, k, knob, progress, drop_self_offset)
+            sims, idx = self._cells_search(queries, k, knob, progress, drop_self_offset)
+            if kq in self._graph_sample and drop_self_offset == 0 and nq == len(self._base):
+                self._refine(sims, idx, kq, progress)
+            elif kq in self._graph_sample:  # a slice of a graph tuned whole (Ray): not refined, so warn here
+                self._warn_recall(k, self.recall_[kq])
+            return sims, idx
         params = self._search_params(knob)
         if kq in self.rerank_:  # a longer candidate list: smaller batches keep a block's candidates the size memory_estimate counts
             batch_size = max(1, batch_size * self.ann.rerank // self.rerank_[kq])
@@ -578,6 +589,25 @@ class KnnIndex:
                 sims[qs : qs + len(qb)], idx[qs : qs + len(qb)] = _pad(s, i, k)
                 task.advance(len(qb))
         return sims, idx
+
+    def _refine(self, sims, idx, kq, progress) -> None:
+        """Refinement rounds (:func:`knn_cells.refine`) while the tuning sample's recall is short of the target and
+        improving; the recall measured after them is the one reported."""
+        rows, exact = self._graph_sample[kq]
+        goal = min(1.0, self.ann.target_recall + _RECALL_MARGIN)
+        recall = _recall_impl(idx[rows], exact)  # of this graph (equal to the tuned estimate up to ties)
+        rounds = 0
+        while recall < goal and rounds < knn_cells.REFINE_ROUNDS:
+            with progress.task(f"knn: refine the graph from its neighbours' neighbours (round {rounds + 1})", total=len(idx)) as task:
+                knn_cells.refine(self._base, sims, idx, order=self._cells["order"], task=task)
+            rounds += 1
+            before, recall = recall, _recall_impl(idx[rows], exact)
+            if recall - before < knn_cells.REFINE_MIN_GAIN:
+                break
+        self.recall_[kq] = recall
+        if rounds:
+            self.refined_[kq] = rounds
+        self._warn_recall(kq - 1, recall)
 
     def _cells_search(self, queries, k, n_probe, progress, drop_self_offset):
         """Exact search within each query's ``n_probe`` nearest cells; self dropped by index in a graph.
@@ -633,19 +663,23 @@ class KnnIndex:
         if kq in self.tuned_:
             return self.tuned_[kq]
         knob, recall = self._tune(kq, queries, drop_self_offset, progress)
-        if recall < self.ann.target_recall:
-            codes = " or longer IVF-PQ codes (a larger memory budget)" if self.method_ == "ivfpq" else ""
-            warnings.warn(
-                f"approximate kNN ({self.method_}) reached recall@{kq - (drop_self_offset is not None)} "
-                f"~{recall:.3f} < {self.ann.target_recall} on a sample of queries even at its most "
-                f"thorough setting; the data may have little neighbourhood structure. Use method='exact' "
-                f"for exact neighbours{codes}.",
-                LabelkitWarning,
-                stacklevel=4,
-            )
+        if kq not in self._graph_sample:  # a cells graph warns after its refinement
+            self._warn_recall(kq - (drop_self_offset is not None), recall)
         self.tuned_[kq] = knob
         self.recall_[kq] = recall
         return knob
+
+    def _warn_recall(self, k, recall) -> None:
+        if recall >= self.ann.target_recall:
+            return
+        codes = " or longer IVF-PQ codes (a larger memory budget)" if self.method_ == "ivfpq" else ""
+        warnings.warn(
+            f"approximate kNN ({self.method_}) reached recall@{k} ~{recall:.3f} < {self.ann.target_recall} on a sample of "
+            f"queries even at its most thorough setting; the data may have little neighbourhood structure. Use method='exact' "
+            f"for exact neighbours{codes}.",
+            LabelkitWarning,
+            stacklevel=5,
+        )
 
     def _tune(self, kq, queries, drop_self_offset, progress):
         """Geometric search over the knob on a sample (efSearch by sqrt(2), nprobe by 2; the cells' n_probe by sqrt(2),
@@ -664,6 +698,9 @@ class KnnIndex:
         if self.method_ == "cells":
             cells = self._cells
             ladder = knn_cells.probe_ladder(len(cells["centroids"]))
+            if drop_self_offset == 0 and len(queries) == len(self._base):  # a whole graph, which refinement can improve
+                ladder = [p for p in ladder if p <= knn_cells.GRAPH_MAX_PROBE] or ladder[:1]
+                self._graph_sample[kq] = (rows, exact)
             recalls = knn_cells.probe_recall(exact, knn_cells.probes(sample, cells["centroids"], ladder[-1]), cells["cell_of"], ladder)
             best = next((j for j, r in enumerate(recalls) if r >= goal), len(ladder) - 1)
             return ladder[best], recalls[best]
