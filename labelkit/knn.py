@@ -505,6 +505,14 @@ class KnnIndex:
             self._knob(_check_k(k) + bool(exclude_self), self._base, 0 if exclude_self else None, progress)
         return self
 
+    def finish_graph(self, sims: np.ndarray, idx: np.ndarray, k: int, *, progress: Progress = NULL) -> None:
+        """After ``graph(k, rows=...)`` slices (tuned by :meth:`tune_graph`) have been put together into the
+        whole graph, what :meth:`graph` does to a whole one: a cells graph's refinement, in place (and its
+        recall warning). A no-op for the other methods."""
+        kq = _check_k(k) + 1
+        if self.method_ == "cells" and kq in self._graph_sample:
+            self._refine(sims, idx, kq, progress)
+
     def tune_search(self, queries, k: int, *, progress: Progress = NULL) -> KnnIndex:
         """Tune an approximate index for :meth:`search` with ``k`` on a sample of all ``queries``, so that
         searching them block by block (a caller that reduces each block's results) uses one knob, as
@@ -571,9 +579,7 @@ class KnnIndex:
         if self.method_ == "cells":
             sims, idx = self._cells_search(queries, k, knob, progress, drop_self_offset)
             if kq in self._graph_sample and drop_self_offset == 0 and nq == len(self._base):
-                self._refine(sims, idx, kq, progress)
-            elif kq in self._graph_sample:  # a slice of a graph tuned whole (Ray): not refined, so warn here
-                self._warn_recall(k, self.recall_[kq])
+                self._refine(sims, idx, kq, progress)  # a slice of the graph (Ray) is refined whole: finish_graph
             return sims, idx
         params = self._search_params(knob)
         if kq in self.rerank_:  # a longer candidate list: smaller batches keep a block's candidates the size memory_estimate counts
@@ -593,7 +599,7 @@ class KnnIndex:
     def _refine(self, sims, idx, kq, progress) -> None:
         """Refinement rounds (:func:`knn_cells.refine`) while the tuning sample's recall is short of the target and
         improving; the recall measured after them is the one reported."""
-        rows, exact = self._graph_sample[kq]
+        rows, exact, more = self._graph_sample[kq]
         goal = min(1.0, self.ann.target_recall + _RECALL_MARGIN)
         recall = _recall_impl(idx[rows], exact)  # of this graph (equal to the tuned estimate up to ties)
         rounds = 0
@@ -604,6 +610,9 @@ class KnnIndex:
             before, recall = recall, _recall_impl(idx[rows], exact)
             if recall - before < knn_cells.REFINE_MIN_GAIN:
                 break
+        if recall < goal:  # neighbours' neighbours did not get there (high intrinsic dimension): probe the cells tuning asked for
+            sims[:], idx[:] = self._cells_search(self._base, kq - 1, more, progress, 0)
+            self.tuned_[kq], recall, rounds = more, _recall_impl(idx[rows], exact), 0
         self.recall_[kq] = recall
         if rounds:
             self.refined_[kq] = rounds
@@ -698,11 +707,12 @@ class KnnIndex:
         if self.method_ == "cells":
             cells = self._cells
             ladder = knn_cells.probe_ladder(len(cells["centroids"]))
-            if drop_self_offset == 0 and len(queries) == len(self._base):  # a whole graph, which refinement can improve
-                ladder = [p for p in ladder if p <= knn_cells.GRAPH_MAX_PROBE] or ladder[:1]
-                self._graph_sample[kq] = (rows, exact)
             recalls = knn_cells.probe_recall(exact, knn_cells.probes(sample, cells["centroids"], ladder[-1]), cells["cell_of"], ladder)
             best = next((j for j, r in enumerate(recalls) if r >= goal), len(ladder) - 1)
+            if drop_self_offset == 0 and len(queries) == len(self._base) and ladder[best] > knn_cells.GRAPH_MAX_PROBE:
+                # a whole graph probes at most GRAPH_MAX_PROBE cells and is refined (_refine); ladder[best] if that falls short
+                self._graph_sample[kq] = (rows, exact, ladder[best])
+                best = max(j for j, p in enumerate(ladder) if p <= knn_cells.GRAPH_MAX_PROBE)
             return ladder[best], recalls[best]
         if self.method_ == "hnsw":
             # efSearch up to 64x in steps of sqrt(2): search time grows with efSearch, and doubling

@@ -59,4 +59,5 @@ def knn_graph(vectors: np.ndarray, k: int, *, method: str = "auto", seed: int = 
                 task.advance(len(s))
         for a in actors:
             rt.kill(a)
+    index.finish_graph(sims, idx, k, progress=progress)  # a cells graph is refined whole, as on one process
     return sims, idx, {"workers": workers, "method": index.method_, "tasks": len(slices)}

@@ -152,3 +152,62 @@ def test_memory_estimate_counts_the_cells_index():
     est = knn.memory_estimate("cells", n, d, k)
     assert est >= 16 * n + n * k * 12  # the lists and the results
     assert est < knn.memory_estimate("ivfpq", n, d, k)  # no codes, no copy of the rows
+
+
+def test_refinement_keeps_what_it_had_and_finds_neighbours_of_neighbours():
+    x = _clustered(2_000, 16, 20, seed=11)
+    want_s, want_i = _brute_force(x, x, 6, exclude_self=True)
+    rng = np.random.default_rng(0)
+    idx = want_i.copy()
+    idx[:, 3:] = rng.integers(0, len(x), (len(x), 3))  # half of each row's neighbours replaced by random rows
+    idx[idx == np.arange(len(x))[:, None]] = (np.arange(len(x))[:, None].repeat(6, 1)[idx == np.arange(len(x))[:, None]] + 1) % len(x)
+    sims = np.einsum("id,ijd->ij", x, x[idx]).astype(np.float32)
+    order = np.argsort(sims[:, 0])  # any order of the rows
+    before = knn.recall_at_k(idx, want_i)
+    knn_cells.refine(x, sims, idx, order=order)
+    after = knn.recall_at_k(idx, want_i)
+    assert before < 0.6 and after > 0.97
+    assert all(set(want_i[r, :3]) <= set(idx[r]) for r in range(len(x)))  # the true neighbours it had are kept
+    assert not np.any(idx == np.arange(len(x))[:, None])
+    np.testing.assert_allclose(sims, np.einsum("id,ijd->ij", x, x[idx]), atol=1e-5)  # exact cosines, descending
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def _manifolds(n, d, n_clusters, seed, latent=2):
+    """Rows on low-dimensional pieces: each cluster varies in its own 2-d subspace, as real embeddings vary along few directions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d))
+    basis = rng.standard_normal((n_clusters, latent, d))
+    y = rng.integers(0, n_clusters, n)
+    return _unit(centres[y] + np.einsum("nl,nld->nd", rng.standard_normal((n, latent)), basis[y]))
+
+
+def test_a_graph_short_of_the_target_at_its_probe_cap_is_refined(monkeypatch):
+    monkeypatch.setattr(knn_cells, "GRAPH_MAX_PROBE", 2)  # tuning asks for 3 cells a row on these clusters
+    x = _clustered(4_000, 16, 40, seed=12)
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(nlist=120)).build(x)
+    sims, idx = index.graph(8)
+    tuned = index.tuning(9)
+    assert tuned["nprobe"] == 2 and tuned["refine_rounds"] >= 1 and tuned["sample_recall"] >= 0.95
+    rows = np.sort(np.random.default_rng(index.seed).choice(len(x), 256, replace=False))
+    exact = _brute_force(x, x, 8, exclude_self=True)[1]
+    assert tuned["sample_recall"] == pytest.approx(knn.recall_at_k(idx[rows], exact[rows]), abs=1e-4)  # measured after refining
+    assert knn.recall_at_k(idx, exact) >= 0.95
+    unrefined = knn_cells.probe_recall(exact[rows], knn_cells.probes(x[rows], index._cells["centroids"], 2), index._cells["cell_of"], [2])[0]
+    assert unrefined < 0.95 <= tuned["sample_recall"]  # 0.92 before refining
+    # slices of the graph, put together and finished, are the whole graph
+    parts = [index.graph(8, rows=slice(a, min(a + 1_000, len(x)))) for a in range(0, len(x), 1_000)]
+    s2, i2 = np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
+    index.finish_graph(s2, i2, 8)
+    np.testing.assert_array_equal(i2, idx)
+    np.testing.assert_allclose(s2, sims, atol=1e-6)
+
+
+def test_where_refinement_falls_short_the_graph_probes_the_cells_tuning_asked_for(monkeypatch):
+    monkeypatch.setattr(knn_cells, "GRAPH_MAX_PROBE", 1)  # one cell a row: its neighbours' neighbours are in it too
+    x = _manifolds(4_000, 16, 20, seed=12)
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(nlist=120)).build(x)
+    _, idx = index.graph(8)
+    tuned = index.tuning(9)
+    assert tuned["nprobe"] > 1 and "refine_rounds" not in tuned and tuned["sample_recall"] >= 0.95
+    assert knn.recall_at_k(idx, _brute_force(x, x, 8, exclude_self=True)[1]) >= 0.94
