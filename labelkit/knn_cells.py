@@ -37,7 +37,7 @@ MAX_PROBE = 256
 GRAPH_MAX_PROBE = 16  # a graph's probes stop here when they miss the target: refinement (below) closes the gap for less
 REFINE_ROUNDS = 3  # at most; each stops early once the tuning sample reaches the target or stops improving
 REFINE_MIN_GAIN = 0.002  # sample recall a round must add for another
-PROBE_BLOCK_BYTES = 256 << 20  # a block of queries: float32 rows, probe lists sorted by cell, each probe's top-k slot
+PROBE_BLOCK_BYTES = 1 << 30  # a block of queries: float32 rows, probe lists sorted by cell, each probe's top-k slot; each probed cell is gathered once a block
 
 
 def probe_ladder(nlist: int) -> list[int]:

@@ -111,8 +111,8 @@ def test_detect_noise_takes_the_budget_and_reuses_the_graph_it_gave(runner, tmp_
 
 
 def test_pseudolabel_takes_the_cells_method_where_it_fits_a_budget(runner, tmp_path, monkeypatch):
-    # At this size the cells method's estimate is its worst case of 256 probes a query; with at most 8 it is
-    # the smallest index, as it is for millions of rows (1M x 512: 694 MB against IVF-PQ's 817 MB).
+    # At this size the cells method's estimate is its worst case of 256 probes a query (one 1 GiB block of
+    # queries); with at most 8 it is the smallest index here.
     from labelkit import knn_cells
 
     monkeypatch.setattr(knn_cells, "MAX_PROBE", 8)

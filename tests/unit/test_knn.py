@@ -379,7 +379,7 @@ def test_auto_keeps_its_choice_when_it_fits_and_takes_ivfpq_when_not():
 
 def test_a_budget_nothing_fits_is_one_clear_error():
     with pytest.raises(BadInputError, match=r"^'memory_budget' of 1 MB is too small for a kNN graph of 100,000 x 128 with k=10: "
-                       r"hnsw needs about 198 MB, the cells method about 434 MB, IVF-PQ with 1-byte codes about 94.9 MB; give at least 95.8 MB, "
+                       r"hnsw needs about 198 MB, the cells method about 1.24 GB, IVF-PQ with 1-byte codes about 94.9 MB; give at least 95.8 MB, "
                        r"or 0 for no budget$"):
         knn.choose_method(100_000, 128, 10, memory_budget=1_000_000, device="cpu")
     # small data: exact search needs less than any IVF-PQ index (faiss's working memory alone is 25 MB), and the error says so
