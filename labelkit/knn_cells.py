@@ -89,14 +89,14 @@ def train_centroids(base: np.ndarray, nlist: int, *, seed: int = 0, n_iter: int 
     with progress.task("knn: train cells (k-means)", total=n_iter) as task:
         for _ in range(n_iter):
             cell = assign(sample, centroids)
-            sums = np.zeros((nlist, d), np.float64)
+            sums = np.zeros((nlist, d), np.float32)  # only their directions matter
             _sum_by(sums, cell, sample)
             norms = np.linalg.norm(sums, axis=1)
             empty = norms == 0
             if empty.any():
                 sums[empty] = sample[rng.choice(n_train, int(empty.sum()), replace=False)]
                 norms[empty] = np.linalg.norm(sums[empty], axis=1)
-            centroids = (sums / norms[:, None]).astype(np.float32)
+            centroids = sums / norms[:, None]
             task.advance(1)
     return centroids
 
@@ -106,7 +106,7 @@ def _sum_by(out: np.ndarray, cell: np.ndarray, x: np.ndarray) -> None:
     order = np.argsort(cell, kind="stable")
     c = cell[order]
     starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    out[c[starts]] += np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    out[c[starts]] += np.add.reduceat(x[order], starts, axis=0)
 
 
 def cell_lists(cell_of: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
