@@ -281,11 +281,7 @@ def _topk_merge(best_s, best_i, s, offset: int, k: int):
     i = i.to(torch.int64) + offset
     if best_s is None:
         return v, i
-    v = torch.cat([best_s, v], dim=1)
-    i = torch.cat([best_i, i], dim=1)
-    kk = min(k, v.shape[1])
-    v, pos = torch.topk(v, kk, dim=1, sorted=True)
-    return v, torch.gather(i, 1, pos)
+    return knn_cells.merge_topk(best_s, best_i, v, i, k)
 
 
 def _exact_search_impl(base, queries, k, *, batch_size, device, task, flat=None):

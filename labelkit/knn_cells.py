@@ -70,6 +70,14 @@ def _one_torch_thread():
         torch.set_num_threads(threads)
 
 
+def merge_topk(a_s, a_i, b_s, b_i, k: int):
+    """The top-``k`` (torch tensors, descending) of two candidate lists per row: similarities and their ids."""
+    import torch
+
+    v, pos = torch.topk(torch.cat([a_s, b_s], dim=1), min(k, a_s.shape[1] + b_s.shape[1]), dim=1, sorted=True)
+    return v, torch.gather(torch.cat([a_i, b_i], dim=1), 1, pos)
+
+
 def assign(x: np.ndarray, centroids: np.ndarray, *, task=None) -> np.ndarray:
     """Nearest centroid (largest inner product) of each row of ``x``: int64 of shape (n,)."""
     return probes(x, centroids, 1, task=task)[:, 0].astype(np.int64)
@@ -205,8 +213,7 @@ def _scan(base, queries, k, order, offsets, starts, slots, query_of, n_probe, sl
                     i = torch.from_numpy(r[i.numpy()])
                     sl = slots[qa:qb]
                     if rb:  # a later block of the same cell: merge with the slot
-                        v, pos = torch.topk(torch.cat([slot_s[sl], v], dim=1), k, dim=1, sorted=True)
-                        i = torch.gather(torch.cat([slot_i[sl], i], dim=1), 1, pos)
+                        v, i = merge_topk(slot_s[sl], slot_i[sl], v, i, k)
                     if v.shape[1] < k:  # a cell of fewer than k rows
                         v = torch.nn.functional.pad(v, (0, k - v.shape[1]), value=-math.inf)
                         i = torch.nn.functional.pad(i, (0, k - i.shape[1]), value=-1)
@@ -250,8 +257,7 @@ def refine(base: np.ndarray, sims: np.ndarray, idx: np.ndarray, *, order: np.nda
                 v, i = torch.topk(torch.from_numpy(sim), min(k, len(c)), dim=1, sorted=True)
                 i = torch.from_numpy(c)[i]
                 if best_s is not None:
-                    v, p = torch.topk(torch.cat([best_s, v], dim=1), min(k, best_s.shape[1] + v.shape[1]), dim=1, sorted=True)
-                    i = torch.gather(torch.cat([best_i, i], dim=1), 1, p)
+                    v, i = merge_topk(best_s, best_i, v, i, k)
                 best_s, best_i = v, i
             if best_s is not None:
                 w = best_s.shape[1]
