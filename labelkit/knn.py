@@ -22,14 +22,15 @@ Similarities are cosines (inner products of L2-normalised rows). Three methods:
   a memory budget takes on a faiss GPU, or where the cells method does not fit.
 * ``"cells"`` -- :mod:`labelkit.knn_cells`: spherical k-means cells, each query compared exactly with
   the rows of its ``nprobe`` nearest cells, scanned cell by cell as BLAS products. It holds no
-  copy of the rows (16 bytes a row), its similarities are exact, and its recall on the tuning sample
+  copy of the rows (48 bytes a row), its similarities are exact, and its recall on the tuning sample
   is read off the exact neighbours. Where the neighbours of a row lie in cells whose centroids are
   far from it, it needs many probes: a whole graph then probes at most ``GRAPH_MAX_PROBE`` cells and
   refines itself from each row's neighbours' neighbours (``knn_cells.refine``) until its tuning
   sample reaches the target (1M x 512 synthetic rows: 212 s at recall 0.98, HNSW 820 s).
 
 ``"auto"`` picks exact search when the work is small (``n_queries * n_base <= EXACT_MAX_PAIRS``,
-i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index. Under a
+i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index: on CPU
+the cells method for a self-kNN graph of ``CELLS_MIN_ROWS`` rows or more, HNSW otherwise. Under a
 memory budget (:func:`choose_method`) it keeps that choice when :func:`memory_estimate` says it
 fits, else (on CPU) takes the cells method, else IVF-PQ with the largest code that fits.
 
@@ -89,6 +90,10 @@ EXACT_MAX_ROWS = 50_000
 EXACT_MAX_PAIRS = EXACT_MAX_ROWS**2
 # Not measured (no GPU here): a GPU brute-force product is ~100x faster than 2 CPU cores.
 EXACT_MAX_ROWS_GPU = 200_000
+# A self-kNN graph of this many rows or more on CPU: the cells method, not HNSW (1M x 512 clustered
+# rows: 212 s at recall 0.983 against HNSW's 820 s at 0.989; 1M x 128 Gaussian classes: below in
+# docs/performance.md). Searches of other queries stay HNSW: only a graph can be refined.
+CELLS_MIN_ROWS = 1_000_000
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
 HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
 HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
@@ -349,7 +354,8 @@ class KnnIndex:
     ----------
     method : {"auto", "exact", "hnsw", "ivf", "ivfpq"}, default="auto"
         ``"auto"``: exact when ``n_base <= EXACT_MAX_ROWS`` (``EXACT_MAX_ROWS_GPU`` on GPU), else
-        IVF on a faiss GPU and HNSW on CPU (no memory budget: see :func:`choose_method`).
+        IVF on a faiss GPU, and on CPU the cells method from ``CELLS_MIN_ROWS`` rows (a build for a
+        graph is assumed) and HNSW below (no memory budget: see :func:`choose_method`).
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (see the module docstring).
     ann : AnnParams or None, default=None
@@ -464,9 +470,12 @@ class KnnIndex:
         nlist = _ivf_nlist(len(base), self.ann.nlist)
         centroids = knn_cells.train_centroids(base, nlist, seed=self.seed, progress=progress)
         with progress.task("knn: assign rows to cells", total=len(base)) as task:
-            cell_of = knn_cells.assign(base, centroids, task=task)
+            # each row's GRAPH_MAX_PROBE nearest cells, kept: a graph's scan probes them without a second
+            # (rows, nlist) product (at 10M x 512 that pass was a quarter of the scan); 32 bytes a row
+            near = knn_cells.probes(base, centroids, knn_cells.GRAPH_MAX_PROBE, task=task, dtype=knn_cells.cell_dtype(nlist))
+        cell_of = near[:, 0].astype(np.int64)
         order, offsets = knn_cells.cell_lists(cell_of, nlist)
-        self._cells = {"centroids": centroids, "cell_of": cell_of, "order": order, "offsets": offsets}
+        self._cells = {"centroids": centroids, "cell_of": cell_of, "near": near, "order": order, "offsets": offsets}
 
     # -- search -----------------------------------------------------------------------------
     def graph(
@@ -638,8 +647,11 @@ class KnnIndex:
             for bs in range(0, nq, block):
                 rows = np.sort(by_home[bs : bs + block])
                 q = _f32(queries[rows])  # gathered per probe below: float32 rows copy, float16 ones convert
-                s, i = knn_cells.search(self._base, q, knn_cells.probes(q, cells["centroids"], n_probe), kq, order=cells["order"],
-                                        offsets=cells["offsets"], task=task)
+                if drop_self_offset is not None and n_probe <= cells["near"].shape[1]:
+                    probed = cells["near"][drop_self_offset + rows, :n_probe].astype(np.int32)  # kept at build
+                else:
+                    probed = knn_cells.probes(q, cells["centroids"], n_probe)
+                s, i = knn_cells.search(self._base, q, probed, kq, order=cells["order"], offsets=cells["offsets"], task=task)
                 if drop_self_offset is not None:
                     s, i = _drop_self(s, i, drop_self_offset + rows)
                 sims[rows], idx[rows] = _pad(s, i, k)
@@ -765,7 +777,10 @@ def _auto_method(n_queries: int, n_base: int, device: _Device) -> str:
     limit = EXACT_MAX_ROWS_GPU if device.faiss_gpu is not None else EXACT_MAX_ROWS
     if n_queries * n_base <= limit * limit:
         return "exact"
-    return "ivf" if device.faiss_gpu is not None else "hnsw"
+    if device.faiss_gpu is not None:
+        return "ivf"
+    # a large self-graph on CPU: the cells method, which refines a graph (a search of other queries cannot be)
+    return "cells" if n_queries == n_base >= CELLS_MIN_ROWS else "hnsw"
 
 
 def _ivf_nlist(n: int, nlist: int | None) -> int:
@@ -906,7 +921,8 @@ def memory_estimate(
         nlist = _ivf_nlist(n, ann.nlist)
         n_train = min(n, max(nlist, knn_cells.TRAIN_ROWS_PER_CELL * nlist))
         tile_rows = max(64, min(65_536, knn_cells.ASSIGN_SCRATCH_BYTES // max(1, 4 * nlist)))
-        index = 16 * n + 4 * d * nlist + 8 * q  # the cell of each row, the rows by cell; centroids; queries by nearest cell
+        near = knn_cells.GRAPH_MAX_PROBE * np.dtype(knn_cells.cell_dtype(nlist)).itemsize * n  # each row's nearest cells
+        index = 16 * n + near + 4 * d * nlist + 8 * q  # the cell of each row, the rows by cell; centroids; queries by nearest cell
         build = n_train * d * 4 + min(tile_rows, n) * nlist * 4 + 12 * n  # the k-means sample, an assignment tile, the cells of n rows
         per_query = 4 * d + min(nlist, knn_cells.MAX_PROBE) * (24 + 12 * kq)  # as _cells_query_block, at the most probes tuning picks
         block = min(q * per_query, max(knn_cells.PROBE_BLOCK_BYTES, knn_cells.QUERY_CHUNK * per_query))
@@ -986,8 +1002,8 @@ def choose_method(
 ) -> MethodChoice:
     """The kNN method for ``n`` rows of dimension ``d`` and ``k`` neighbours, under a memory budget.
 
-    ``"auto"`` takes today's choice (exact up to EXACT_MAX_ROWS rows, else HNSW on CPU, IVF on a
-    faiss GPU) when :func:`memory_estimate` says it fits in ``memory_budget``, else IVF-PQ with the
+    ``"auto"`` takes today's choice (exact up to EXACT_MAX_ROWS rows, else on CPU HNSW, or cells for
+    a graph of CELLS_MIN_ROWS rows or more, IVF on a faiss GPU) when :func:`memory_estimate` says it fits in ``memory_budget``, else IVF-PQ with the
     largest code (at most ``ann.pq_m`` or :func:`default_pq_m`) that fits. A named method is kept
     if it fits (IVF-PQ shrinking its code to fit when ``ann.pq_m`` is None).
 

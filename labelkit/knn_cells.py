@@ -6,7 +6,8 @@ are nearest to it, as in an inverted file (IVF). The scan runs cell-major: each 
 gathered once and multiplied with every query that probes it (one BLAS product), and the top-k of
 each query is merged as cells are scanned. A query-major IVF scan does the same dot products one
 query at a time; grouped, a kNN graph of all rows runs at matrix-product speed. No copy of the rows
-is held: the index is the cell of each row (8 bytes a row) and the centroids, and rows are read
+is held: the index is the cell of each row, the rows by cell, each row's ``GRAPH_MAX_PROBE``
+nearest cells (48 bytes a row in all) and the centroids, and rows are read
 from the array the index was built from (memory-mapped float16 stays float16 until a cell is
 gathered).
 
@@ -125,13 +126,18 @@ def cell_lists(cell_of: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]
     return order, offsets
 
 
-def probes(x: np.ndarray, centroids: np.ndarray, n_probe: int, *, task=None) -> np.ndarray:
-    """The ``n_probe`` cells whose centroids are nearest each row of ``x``, nearest first: int32 (n, n_probe)."""
+def cell_dtype(nlist: int):
+    """The smallest integer type that numbers ``nlist`` cells (int16 up to 32,767: half the memory of kept probe lists)."""
+    return np.int16 if nlist <= np.iinfo(np.int16).max else np.int32
+
+
+def probes(x: np.ndarray, centroids: np.ndarray, n_probe: int, *, task=None, dtype=np.int32) -> np.ndarray:
+    """The ``n_probe`` cells whose centroids are nearest each row of ``x``, nearest first: ``dtype`` (n, n_probe)."""
     import torch
 
     n, nlist = len(x), len(centroids)
     p = min(n_probe, nlist)
-    out = np.empty((n, p), np.int32)
+    out = np.empty((n, p), dtype)
     rows = int(max(64, min(65_536, ASSIGN_SCRATCH_BYTES // max(1, 4 * nlist))))
     scratch = np.empty(min(rows, max(n, 1)) * nlist, np.float32)
     with _one_torch_thread():

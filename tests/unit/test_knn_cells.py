@@ -128,8 +128,15 @@ def test_lists_hold_each_row_once_in_its_cell():
     assert [order[offsets[c] : offsets[c + 1]].tolist() for c in range(4)] == [[1, 4], [3], [0, 2], []]
 
 
+def test_auto_takes_cells_for_a_large_graph_on_cpu_and_hnsw_for_other_queries():
+    n, d, k = knn.CELLS_MIN_ROWS, 512, 10
+    assert knn.choose_method(n, d, k, device="cpu").method == "cells"
+    assert knn.choose_method(n - 1, d, k, device="cpu").method == "hnsw"
+    assert knn.choose_method(n, d, k, n_queries=10 * n, device="cpu").method == "hnsw"  # a search is not refined
+
+
 def test_a_budget_takes_cells_on_cpu_before_ivfpq():
-    n, d, k = 1_000_000, 512, 10
+    n, d, k = knn.CELLS_MIN_ROWS - 1, 512, 10
     free = knn.choose_method(n, d, k, device="cpu")
     assert free.method == "hnsw"
     cells = knn.memory_estimate("cells", n, d, k)
@@ -150,7 +157,7 @@ def test_a_budget_takes_cells_on_cpu_before_ivfpq():
 def test_memory_estimate_counts_the_cells_index():
     n, d, k = 1_000_000, 512, 10
     est = knn.memory_estimate("cells", n, d, k)
-    lists, results = 16 * n, 2 * n * k * 12  # the rows by cell; the graph, twice while a fallback copies it
+    lists, results = 16 * n + 32 * n, 2 * n * k * 12  # the rows by cell, 16 nearest cells (int16); the graph, twice while a fallback copies it
     assert lists + results + knn_cells.PROBE_BLOCK_BYTES <= est <= lists + results + knn_cells.PROBE_BLOCK_BYTES + (200 << 20)
     assert est < knn.memory_estimate("hnsw", n, d, k) // 3  # no copy of the rows
 
