@@ -112,7 +112,7 @@ def budget_kwargs(text: str) -> dict[str, Any]:
 def _memory_budget() -> Any:
     return option(
         sysmem.AUTO, "memory each kNN search may take beyond the embeddings (the kNN graph; in pseudolabel also novelty's search of the labeled "
-        "rows), e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by size (exact; HNSW; the cells method for a graph of 1M rows or "
+        "rows), e.g. 8GB or 500MB (GB = 10^9 bytes, GiB = 2^30); when the index chosen by size (exact; HNSW; the cells method for a graph of 200k rows or "
         "more) would need more, the cells method (exact search within each row's nearest k-means cells, no copy of the rows), else an IVF-PQ index with codes small "
         "enough to fit (docs/scale.md); auto = half the memory available when the stage starts; 0 = no budget"
     )

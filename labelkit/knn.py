@@ -90,10 +90,11 @@ EXACT_MAX_ROWS = 50_000
 EXACT_MAX_PAIRS = EXACT_MAX_ROWS**2
 # Not measured (no GPU here): a GPU brute-force product is ~100x faster than 2 CPU cores.
 EXACT_MAX_ROWS_GPU = 200_000
-# A self-kNN graph of this many rows or more on CPU: the cells method, not HNSW (1M x 512 clustered
-# rows: 212 s at recall 0.983 against HNSW's 820 s at 0.989; 1M x 128 Gaussian classes: below in
-# docs/performance.md). Searches of other queries stay HNSW: only a graph can be refined.
-CELLS_MIN_ROWS = 1_000_000
+# A self-kNN graph of this many rows or more on CPU: the cells method, not HNSW (clustered 512-d rows:
+# 62 s at recall 0.999 at 200k, where HNSW's 300k graph cost 744-1,231 CPU-s; 212 s at 0.983 at 1M
+# against HNSW's 820 s at 0.989; 1M x 128 Gaussian classes in docs/performance.md). Between 50k and
+# 200k not measured. Searches of other queries stay HNSW: only a graph can be refined.
+CELLS_MIN_ROWS = 200_000
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
 HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
 HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)

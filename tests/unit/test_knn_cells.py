@@ -136,22 +136,22 @@ def test_auto_takes_cells_for_a_large_graph_on_cpu_and_hnsw_for_other_queries():
 
 
 def test_a_budget_takes_cells_on_cpu_before_ivfpq():
-    n, d, k = knn.CELLS_MIN_ROWS - 1, 512, 10
-    free = knn.choose_method(n, d, k, device="cpu")
+    n, d, k, q = 1_000_000, 512, 10, 2_000_000  # a search of other queries (novelty's): HNSW by size
+    free = knn.choose_method(n, d, k, n_queries=q, device="cpu")
     assert free.method == "hnsw"
-    cells = knn.memory_estimate("cells", n, d, k)
+    cells = knn.memory_estimate("cells", n, d, k, n_queries=q)
     assert cells < free.estimate_bytes
-    choice = knn.choose_method(n, d, k, memory_budget=cells, device="cpu")
+    choice = knn.choose_method(n, d, k, memory_budget=cells, n_queries=q, device="cpu")
     assert (choice.method, choice.pq_m, choice.estimate_bytes) == ("cells", None, cells)
     assert "nearest cells" in choice.reason
-    smallest_pq = knn.memory_estimate("ivfpq", n, d, k, ann=AnnParams(pq_m=1))
+    smallest_pq = knn.memory_estimate("ivfpq", n, d, k, ann=AnnParams(pq_m=1), n_queries=q)
     if smallest_pq < cells:  # under the cells' estimate: IVF-PQ codes, where they fit
-        assert knn.choose_method(n, d, k, memory_budget=cells - 1, device="cpu").method == "ivfpq"
+        assert knn.choose_method(n, d, k, memory_budget=cells - 1, n_queries=q, device="cpu").method == "ivfpq"
     else:
         with pytest.raises(BadInputError, match=f"the cells method about {knn._fmt_bytes(cells)}, IVF-PQ"):
-            knn.choose_method(n, d, k, memory_budget=cells - 1, device="cpu")
-    pq = knn.memory_estimate("ivfpq", n, d, k)
-    assert knn.choose_method(n, d, k, memory_budget=max(pq, cells), method="ivfpq", device="cpu").method == "ivfpq"  # a named method stays
+            knn.choose_method(n, d, k, memory_budget=cells - 1, n_queries=q, device="cpu")
+    pq = knn.memory_estimate("ivfpq", n, d, k, n_queries=q)
+    assert knn.choose_method(n, d, k, memory_budget=max(pq, cells), method="ivfpq", n_queries=q, device="cpu").method == "ivfpq"  # a named method stays
 
 
 def test_memory_estimate_counts_the_cells_index():
