@@ -8,8 +8,9 @@ flipped to another class) and ``embedding`` (float16 list of 512), the vectors o
 benchmarks/knn.py (N/1000 clusters in random 8-d subspaces), one class per cluster group of 10
 (N/10000 classes, between 2 and 100: a label set does not grow with the data). The embed stage
 stores float16 (``--dtype float16``), which the later stages read memory-mapped as float16;
-``--memory-budget`` is passed to pseudolabel and detect-noise (IVF-PQ when the size-chosen index
-would not fit). Each stage runs as its own ``labelkit`` process: wall seconds, CPU seconds, peak
+``--memory-budget`` is passed to pseudolabel and detect-noise (without it they take their default,
+``auto``: half the memory available; the kNN graphs are the cells method from 200k rows, and a
+search that would not fit takes the cells method, else IVF-PQ). Each stage runs as its own ``labelkit`` process: wall seconds, CPU seconds, peak
 RSS (which counts the memory-mapped Parquet and cache pages, which the kernel can drop) and peak
 anonymous memory (RssAnon, sampled every 0.2 s: what has to fit in RAM) per stage. The machine may be shared; the table says what the
 load average was. Run it from a checkout nothing edits meanwhile (a ``git worktree``): a stage

@@ -30,7 +30,9 @@ Similarities are cosines (inner products of L2-normalised rows). Three methods:
 
 ``"auto"`` picks exact search when the work is small (``n_queries * n_base <= EXACT_MAX_PAIRS``,
 i.e. a self-kNN graph over at most ``EXACT_MAX_ROWS`` rows), else the approximate index: on CPU
-the cells method for a self-kNN graph of ``CELLS_MIN_ROWS`` rows or more, HNSW otherwise. Under a
+the cells method for a self-kNN graph of ``CELLS_MIN_ROWS`` rows or more (HNSW after all when
+its tuning sample finds under ``CELLS_MIN_PROBE_RECALL`` at ``GRAPH_MAX_PROBE`` probes:
+``AnnParams.cells_fallback``), HNSW otherwise. Under a
 memory budget (:func:`choose_method`) it keeps that choice when :func:`memory_estimate` says it
 fits, else (on CPU) takes the cells method, else IVF-PQ with the largest code that fits.
 
@@ -95,6 +97,12 @@ EXACT_MAX_ROWS_GPU = 200_000
 # against HNSW's 820 s at 0.989; 1M x 128 Gaussian classes in docs/performance.md). Between 50k and
 # 200k not measured. Searches of other queries stay HNSW: only a graph can be refined.
 CELLS_MIN_ROWS = 200_000
+# ... unless the cells fit the rows badly: where auto chose cells by size and the tuning sample's recall
+# at GRAPH_MAX_PROBE probes is under this, the graph is built with HNSW instead. Refinement gains about
+# a quarter of recall a round there, each round costing more than the scan: a 10% sample of the
+# 10M set (999,881 rows in 10,000 sparse 8-d clusters) read 0.467 at 16 probes, 0.727 after a round of
+# ~6 min, where the whole 1M x 512 graph (one round) took 212 s.
+CELLS_MIN_PROBE_RECALL = 0.6
 EXACT_BASE_BLOCK = 16_384  # base rows per exact-search tile
 HNSW_DENSE_BUILD_ROWS = 300_000  # above, in HNSW_DENSE_BUILD_DIM dimensions or more: efConstruction 160, not 64
 HNSW_DENSE_BUILD_DIM = 256  # (hnsw_ef_construction)
@@ -164,6 +172,11 @@ class AnnParams:
         approximate similarities instead. On 5,000 x 32 clustered rows with k=5, 48 candidates
         reached recall 0.85 and 96 reached 0.998. When no nprobe reaches the recall target,
         tuning doubles it (up to RERANK_MAX) until one does (``rerank_``).
+    cells_fallback : bool, default=False
+        A cells graph whose tuning sample reaches less than ``CELLS_MIN_PROBE_RECALL`` at
+        ``knn_cells.GRAPH_MAX_PROBE`` probes is built with HNSW instead (``fell_back_``). Set by
+        :func:`choose_method` where ``auto`` chose cells by size and HNSW fits; ``KnnIndex("auto")``
+        does the same.
     """
 
     hnsw_m: int = 32
@@ -175,6 +188,7 @@ class AnnParams:
     n_tune_queries: int = 256
     pq_m: int | None = None
     rerank: int = 8
+    cells_fallback: bool = False
 
     def __post_init__(self) -> None:
         for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "n_tune_queries", "pq_m"):
@@ -388,6 +402,7 @@ class KnnIndex:
         self.recall_: dict[int, float] = {}  # k -> recall@k of the tuned knob on the tuning sample
         self.rerank_: dict[int, int] = {}  # k -> IVF-PQ re-rank factor tuning settled on (when it grew it)
         self.refined_: dict[int, int] = {}  # k -> refinement rounds a cells graph took (knn_cells.refine)
+        self.fell_back_: str | None = None  # why a cells graph was built with HNSW instead (AnnParams.cells_fallback)
         self._graph_sample: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> a graph's tuning rows and their exact neighbours
 
     # -- build ------------------------------------------------------------------------------
@@ -402,8 +417,10 @@ class KnnIndex:
         self.recall_ = {}
         self.rerank_ = {}
         self.refined_ = {}
+        self.fell_back_ = None
         self._graph_sample = {}
         method = method or self.method
+        self._may_leave_cells = self.ann.cells_fallback or method == "auto"
         if method == "auto":  # a self-search (n_queries == n_base) is assumed
             method = _auto_method(len(base), len(base), self.device)
         if len(base) == 0:
@@ -689,6 +706,14 @@ class KnnIndex:
         self.recall_[kq] = recall
         return knob
 
+    def _leave_cells(self, n_probe: int, recall: float, progress) -> None:
+        """Rebuild as HNSW: the cells fit the rows too badly for probes and refinement to be cheap (CELLS_MIN_PROBE_RECALL)."""
+        self.fell_back_ = (f"the cells method's tuning sample reached recall {recall:.3f} at {n_probe} probes, under "
+                           f"{CELLS_MIN_PROBE_RECALL}: HNSW instead")
+        self._cells = None
+        self.method_ = "hnsw"
+        self._index = self._build_hnsw(self._base, progress)
+
     def _warn_recall(self, k, recall) -> None:
         if recall >= self.ann.target_recall:
             return
@@ -720,11 +745,16 @@ class KnnIndex:
             ladder = knn_cells.probe_ladder(len(cells["centroids"]))
             recalls = knn_cells.probe_recall(exact, knn_cells.probes(sample, cells["centroids"], ladder[-1]), cells["cell_of"], ladder)
             best = next((j for j, r in enumerate(recalls) if r >= goal), len(ladder) - 1)
-            if drop_self_offset == 0 and len(queries) == len(self._base) and ladder[best] > knn_cells.GRAPH_MAX_PROBE:
+            cap = max(j for j, p in enumerate(ladder) if p <= knn_cells.GRAPH_MAX_PROBE)
+            whole_graph = drop_self_offset == 0 and len(queries) == len(self._base)
+            if whole_graph and self._may_leave_cells and recalls[cap] < CELLS_MIN_PROBE_RECALL:
+                self._leave_cells(ladder[cap], recalls[cap], progress)  # then tuned below as HNSW, on the same sample
+            elif whole_graph and ladder[best] > knn_cells.GRAPH_MAX_PROBE:
                 # a whole graph probes at most GRAPH_MAX_PROBE cells and is refined (_refine); ladder[best] if that falls short
                 self._graph_sample[kq] = (rows, exact, ladder[best])
-                best = max(j for j, p in enumerate(ladder) if p <= knn_cells.GRAPH_MAX_PROBE)
-            return ladder[best], recalls[best]
+                return ladder[cap], recalls[cap]
+            else:
+                return ladder[best], recalls[best]
         if self.method_ == "hnsw":
             # efSearch up to 64x in steps of sqrt(2): search time grows with efSearch, and doubling
             # overshot the 1M x 128 graph's target by 2x (0.946 at 64, 0.972 at 128).
@@ -979,6 +1009,9 @@ class MethodChoice:
         The budget in bytes (None: none).
     reason : str
         One sentence, for summaries and logs.
+    cells_fallback : bool
+        ``auto`` chose the cells method by size and HNSW fits too: a graph whose cells fit the rows
+        badly is built with HNSW instead (:class:`AnnParams`).
     """
 
     method: str
@@ -986,10 +1019,12 @@ class MethodChoice:
     estimate_bytes: int
     memory_budget: int | None
     reason: str
+    cells_fallback: bool = False
 
     def ann(self, ann: AnnParams | None = None) -> AnnParams:
-        """``ann`` (default ``AnnParams()``) with this choice's ``pq_m``."""
+        """``ann`` (default ``AnnParams()``) with this choice's ``pq_m`` and ``cells_fallback``."""
         ann = ann if ann is not None else AnnParams()
+        ann = dataclasses.replace(ann, cells_fallback=True) if self.cells_fallback else ann
         return dataclasses.replace(ann, pq_m=self.pq_m) if self.pq_m is not None else ann
 
     def to_dict(self) -> dict:
@@ -1059,12 +1094,15 @@ def choose_method(
     why = f"auto: {first} for {n:,} x {d}" if wanted == "auto" else f"method {first} given"
     first_m = (ann.pq_m or default_pq_m(d)) if first == "ivfpq" else None
     need = memory_estimate(first, n, d, k, n_queries=q, ann=dataclasses.replace(ann, pq_m=first_m), batch_size=batch_size, result_rows=result_rows)
+    fallback = wanted == "auto" and first == "cells" and (
+        budget is None or memory_estimate("hnsw", n, d, k, n_queries=q, ann=ann, batch_size=batch_size, result_rows=result_rows) <= budget)
     if budget is None:
-        return MethodChoice(first, first_m, need, None, why)
+        return MethodChoice(first, first_m, need, None, why, fallback)
     if need <= budget:
         if auto_budget:
-            return MethodChoice(first, first_m, need, None, why)
-        return MethodChoice(first, first_m, need, budget, f"{why}: needs about {_fmt_bytes(need)}, within the memory budget of {_fmt_bytes(budget)}")
+            return MethodChoice(first, first_m, need, None, why, fallback)
+        return MethodChoice(first, first_m, need, budget, f"{why}: needs about {_fmt_bytes(need)}, within the memory budget of {_fmt_bytes(budget)}",
+                            fallback)
     if wanted not in ("auto", "ivfpq") or (wanted == "ivfpq" and ann.pq_m is not None):
         raise BadInputError(
             f"method {first} needs about {_fmt_bytes(need)} for a kNN graph of {n:,} x {d} with k={k}, over the memory budget of "
@@ -1072,7 +1110,12 @@ def choose_method(
         )
     named = f"memory budget of {_fmt_bytes(budget)}" + (" (auto: half the memory available)" if auto_budget else "")
     cells = None
-    if wanted == "auto" and device_is_cpu:
+    if wanted == "auto" and device_is_cpu and first == "cells":  # size chose cells: HNSW may still fit (a cells block is 1 GiB)
+        hnsw = memory_estimate("hnsw", n, d, k, n_queries=q, ann=ann, batch_size=batch_size, result_rows=result_rows)
+        if hnsw <= budget:
+            return MethodChoice("hnsw", None, hnsw, budget, f"{named}: {first} needs about {_fmt_bytes(need)}, so HNSW (about {_fmt_bytes(hnsw)})")
+        cells = need
+    elif wanted == "auto" and device_is_cpu:
         cells = memory_estimate("cells", n, d, k, n_queries=q, ann=ann, batch_size=batch_size, result_rows=result_rows)
         if cells <= budget:
             return MethodChoice("cells", None, cells, budget, f"{named}: {first} needs about {_fmt_bytes(need)}, so exact search "

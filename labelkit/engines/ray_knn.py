@@ -35,7 +35,8 @@ def knn_graph(vectors: np.ndarray, k: int, *, method: str = "auto", seed: int = 
     """(sims (N, k), idx (N, k), info) of the self-excluded kNN graph, queries spread over actors.
 
     ``ann``: a :class:`labelkit.knn.AnnParams` (e.g. the IVF-PQ code size a memory budget chose).
-    ``info`` says how it ran: ``workers``, ``method`` (what ``auto`` chose) and ``tasks``.
+    ``info`` says how it ran: ``workers``, ``method`` (what ``auto`` chose), ``tasks`` and ``fell_back`` (why a
+    cells graph was built with HNSW instead, or None: ``knn.AnnParams.cells_fallback``).
     """
     from ray.util import ActorPool
 
@@ -60,4 +61,4 @@ def knn_graph(vectors: np.ndarray, k: int, *, method: str = "auto", seed: int = 
         for a in actors:
             rt.kill(a)
     index.finish_graph(sims, idx, k, progress=progress)  # a cells graph is refined whole, as on one process
-    return sims, idx, {"workers": workers, "method": index.method_, "tasks": len(slices)}
+    return sims, idx, {"workers": workers, "method": index.method_, "tasks": len(slices), "fell_back": index.fell_back_}

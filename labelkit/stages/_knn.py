@@ -48,13 +48,13 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
         from labelkit.engines import RayOptions
         from labelkit.engines.ray_knn import knn_graph as ray_knn_graph
 
-        sims, idx, _ = ray_knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), ray=RayOptions(address=ray_address),
-                                     progress=progress)
-        tuned = None
+        sims, idx, ran = ray_knn_graph(vectors, k_eff, method=choice.method, ann=choice.ann(), ray=RayOptions(address=ray_address),
+                                       progress=progress)
+        tuned, fell_back = None, ran.get("fell_back")
     else:
         index = knn.KnnIndex(choice.method, device=device, ann=choice.ann()).build(vectors, progress=progress)
         sims, idx = index.graph(k_eff, exclude_self=True, progress=progress)
-        tuned = index.tuning(k_eff + 1)
+        tuned, fell_back = index.tuning(k_eff + 1), index.fell_back_
     if k_eff < k:  # tiny datasets: pad so the artifact keeps its fixed width
         sims = np.pad(sims, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
         idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -66,6 +66,8 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
         }
     )
     used = {**_info(choice), "tuned": tuned}
+    if fell_back:  # said where the method is: the summary's knn, knn.parquet's metadata, the manifest
+        used.update(method="hnsw", reason=f"{choice.reason}; {fell_back}")
     artifacts.write_table(path, table, {"k": k, "method": method, "rows": "row order of embeddings.parquet", "index": used})
     ws.commit(RECORD, params={"k": k, "method": method, "index": used}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp},
               outputs=[artifacts.KNN], started=started)

@@ -12,12 +12,12 @@ from labelkit import artifacts, knn, sysmem
 from labelkit.cli import app
 
 
-def _vectors(folder, n=5_000, d=32, n_clusters=50, seed=0):
+def _vectors(folder, n=5_000, d=32, n_clusters=50, seed=0, spread=0.3):
     """A bring-your-own-vectors folder: n unit vectors around 50 centres, a fifth labeled with their centre's class (of 10)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, d))
     cluster = rng.integers(0, n_clusters, n)
-    x = centres[cluster] + 0.3 * rng.standard_normal((n, d))
+    x = centres[cluster] + spread * rng.standard_normal((n, d))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     label = np.where(rng.random(n) < 0.2, np.char.add("c", (cluster % 10).astype(str)), None)
     folder.mkdir()
@@ -142,3 +142,19 @@ def test_pseudolabel_takes_the_cells_method_where_it_fits_a_budget(runner, tmp_p
     assert json.loads(again.stdout)["knn"] == used
     free = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
     assert json.loads(free.stdout)["knn"]["method"] == "exact"
+
+
+def test_pseudolabel_says_when_auto_cells_gave_way_to_hnsw(runner, tmp_path, monkeypatch):
+    # auto takes the cells method for graphs of CELLS_MIN_ROWS rows (lowered here); on rows without
+    # neighbourhood structure its 16 probes find under CELLS_MIN_PROBE_RECALL, and HNSW builds the graph
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn, "CELLS_MIN_ROWS", 1_000)
+    data = _vectors(tmp_path / "vectors", n=3_000, d=48, spread=30.0)  # the noise drowns the centres
+    r = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    used = json.loads(r.stdout)["knn"]
+    assert used["method"] == "hnsw" and "ef_search" in used["tuned"]
+    assert used["reason"].startswith("auto: cells for 3,000 x 48; the cells method's tuning sample reached recall ")
+    assert used["reason"].endswith(f"at 16 probes, under {knn.CELLS_MIN_PROBE_RECALL}: HNSW instead")
+    record = json.loads((data / ".labelkit" / "manifest.json").read_text())
+    assert "HNSW instead" in json.dumps(record)  # the manifest keeps the index used too

@@ -219,3 +219,59 @@ def test_where_refinement_falls_short_the_graph_probes_the_cells_tuning_asked_fo
     tuned = index.tuning(9)
     assert tuned["nprobe"] > 1 and "refine_rounds" not in tuned and tuned["sample_recall"] >= 0.95
     assert knn.recall_at_k(idx, _brute_force(x, x, 8, exclude_self=True)[1]) >= 0.94
+
+
+def _recall(got, want):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, want)])
+
+
+def test_cells_that_fit_the_rows_badly_give_way_to_hnsw_where_allowed():
+    x = _unit(np.random.default_rng(5).standard_normal((3_000, 48)))  # no neighbourhood structure: neighbours across many cells
+    want_s, want_i = _brute_force(x, x, 10, exclude_self=True)
+    kept = KnnIndex("cells", device="cpu").build(x)
+    kept.graph(10)
+    assert (kept.method_, kept.fell_back_) == ("cells", None)  # a named method is kept
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(cells_fallback=True)).build(x)
+    s, i = index.graph(10)
+    assert index.method_ == "hnsw"
+    assert f"under {knn.CELLS_MIN_PROBE_RECALL}: HNSW instead" in index.fell_back_
+    assert "ef_search" in index.tuning(11)
+    assert _recall(i, want_i) >= 0.9
+
+
+def test_cells_that_fit_the_rows_stay_cells_with_the_fallback_allowed():
+    x = _clustered(3_000, 32, 30, seed=4, spread=0.2)
+    index = KnnIndex("cells", device="cpu", ann=AnnParams(cells_fallback=True)).build(x)
+    s, i = index.graph(10)
+    assert (index.method_, index.fell_back_) == ("cells", None)
+    assert _recall(i, _brute_force(x, x, 10, exclude_self=True)[1]) >= 0.95
+
+
+def test_auto_allows_the_fallback_where_it_chose_cells_by_size_and_hnsw_fits():
+    n, d, k = 1_000_000, 512, 10
+    free = knn.choose_method(n, d, k, device="cpu")
+    assert (free.method, free.cells_fallback, free.ann().cells_fallback) == ("cells", True, True)
+    hnsw = knn.memory_estimate("hnsw", n, d, k)
+    assert knn.choose_method(n, d, k, memory_budget=hnsw, device="cpu").cells_fallback
+    assert not knn.choose_method(n, d, k, memory_budget=hnsw - 1, device="cpu").cells_fallback  # HNSW would not fit
+    assert not knn.choose_method(n, d, k, method="cells", device="cpu").cells_fallback  # named
+    assert not knn.choose_method(knn.CELLS_MIN_ROWS - 1, d, k, device="cpu").cells_fallback  # HNSW by size
+
+
+def test_auto_index_of_badly_fitting_rows_falls_back(monkeypatch):
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn, "CELLS_MIN_ROWS", 1_000)
+    x = _unit(np.random.default_rng(6).standard_normal((3_000, 48)))
+    index = KnnIndex("auto", device="cpu").build(x)
+    assert index.method_ == "cells"
+    index.graph(10)
+    assert index.method_ == "hnsw" and index.fell_back_
+
+
+def test_a_budget_under_the_cells_block_takes_hnsw_where_it_fits():
+    n, d, k = knn.CELLS_MIN_ROWS, 512, 10  # cells by size; its 1 GiB query block outweighs HNSW's index here
+    hnsw, cells = knn.memory_estimate("hnsw", n, d, k), knn.memory_estimate("cells", n, d, k)
+    assert hnsw < cells
+    choice = knn.choose_method(n, d, k, memory_budget=hnsw, device="cpu")
+    assert (choice.method, choice.estimate_bytes) == ("hnsw", hnsw)
+    assert knn.choose_method(n, d, k, memory_budget=hnsw - 1, device="cpu").method == "ivfpq"
