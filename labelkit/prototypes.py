@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labelkit import knn
+from labelkit._progress import NULL, Progress
 from labelkit._validation import check_embeddings, check_labels, l2_normalize, unit_embeddings
 from labelkit.config import defaults
 from labelkit.errors import BadInputError
@@ -282,6 +283,7 @@ def select_clean(
     k: int = _STAGE.k,
     min_agreement: float = _STAGE.min_agreement,
     max_mad: float | None = 3.0,
+    progress: Progress = NULL,
 ) -> np.ndarray:
     """Labeled samples clean enough to build prototypes from.
 
@@ -307,6 +309,8 @@ def select_clean(
         In [0, 1]. Samples without any labeled neighbour are not judged by this test.
     max_mad : float or None, default=3.0
         Distance cut in MADs (x1.4826); None disables it.
+    progress : Progress, optional
+        Bars for the kNN graph computed here (minutes at a million labeled rows).
 
     Returns
     -------
@@ -337,7 +341,7 @@ def select_clean(
         if sims is not None:
             raise BadInputError("'sims' was given without 'idx'; pass both (a kNN graph) or neither.")
         labeled = np.flatnonzero(y >= 0)
-        s_l, i_l = knn.knn_graph(x[labeled], k) if len(labeled) else (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+        s_l, i_l = knn.knn_graph(x[labeled], k, progress=progress) if len(labeled) else (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
         agreement = np.full(len(y), np.nan)
         agreement[labeled] = _knn_agreement_impl(y[labeled], i_l, s_l.astype(np.float64))
     else:

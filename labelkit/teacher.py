@@ -40,7 +40,7 @@ class Built(NamedTuple):
 
 
 def build_prototypes(vectors: np.ndarray, labels: np.ndarray, n_classes: int, cfg: PrototypeConfig, text: np.ndarray | None,
-                     *, model: str | None = None) -> Built:
+                     *, model: str | None = None, progress: Progress = NULL) -> Built:
     """Prototypes from ``labels`` (-1 = unlabeled), cleaned and refined as the prototype stage does.
 
     Parameters
@@ -53,11 +53,13 @@ def build_prototypes(vectors: np.ndarray, labels: np.ndarray, n_classes: int, cf
         Class-name embeddings (a text tower), for text prototypes and zero-shot.
     model : str, optional
         The embedder's name, for the message when nothing is labeled and there is no text tower.
+    progress : Progress, optional
+        Bars for the labeled rows' kNN graph (cleaning).
     """
     labeled = labels >= 0
     kept, n_doubted = labels, 0
     if labeled.any() and cfg.clean and labeled.sum() > 2:
-        keep = prototypes.select_clean(vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement)
+        keep = prototypes.select_clean(vectors, labels, k=cfg.k, min_agreement=cfg.min_agreement, progress=progress)
         n_doubted = int((labeled & ~keep).sum())
         # Past max_drop the disagreement is the embedding's, not the labels' (CIFAR-10 photos with 10
         # labels a class: 71 of 100 labels "unclean" under EfficientNet-Lite0): keep every label.
@@ -194,10 +196,10 @@ class Teacher:
         if graph is None:
             from labelkit import knn
 
-            graph = knn.knn_graph(embeddings, min(self.pseudolabel.k, max(1, len(embeddings) - 1)), exclude_self=True)
+            graph = knn.knn_graph(embeddings, min(self.pseudolabel.k, max(1, len(embeddings) - 1)), exclude_self=True, progress=progress)
             clock.lap("knn_graph")
         if prototypes is None:
-            prototypes = build_prototypes(embeddings, labels, n_cls, self.prototype, text, model=model).protos
+            prototypes = build_prototypes(embeddings, labels, n_cls, self.prototype, text, model=model, progress=progress).protos
         with progress.task("pseudolabel", total=2) as task:  # two steps: checking the seeds, then scoring
             self.result_, self.seeds_dropped_ = teach(embeddings, labels, n_cls, graph, prototypes, text, self.pseudolabel, task=task,
                                                       clock=clock, accept_rows=np.flatnonzero(labels < 0))

@@ -29,7 +29,7 @@ def _build(job: Job) -> dict[str, Any]:
     ws, cfg, samples = job.ws, job.cfg, job.samples
     a = aligned(ws, samples)
     text = class_embeddings(ws, a.classes)
-    b = build_prototypes(a.vectors, a.labels, len(a.classes), cfg, text, model=a.meta.get("model"))
+    b = build_prototypes(a.vectors, a.labels, len(a.classes), cfg, text, model=a.meta.get("model"), progress=job.progress)
     spread = prototypes.class_spread(a.vectors, a.labels, b.protos)
     pairs = prototypes.confusable_pairs(b.protos, top=5)
     summary = _summary(b.protos, a.classes, spread, pairs, b.n_dropped, b.n_iter, text is not None)
