@@ -60,7 +60,7 @@ class Sources:
     def graph(self) -> tuple[np.ndarray, np.ndarray]:
         """The kNN graph among the analysed rows (the vote's and the duplicates'), built once."""
         if self._graph is None:
-            self._graph = knn.knn_graph(self.vectors, min(self.k, len(self.labels) - 1), exclude_self=True)
+            self._graph = knn.knn_graph(self.vectors, min(self.k, len(self.labels) - 1), exclude_self=True, progress=self.progress)
         return self._graph
 
     def get(self, name: Source | str) -> np.ndarray:
