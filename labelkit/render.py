@@ -151,7 +151,7 @@ def _pseudolabel(console: Console, res) -> None:
          f"by {s['method']}, {s['threshold_rule']} threshold {s['threshold']}", head="pseudolabel")
     if s.get("n_seeds_dropped"):
         line(console, f"  {s['n_seeds_dropped']} labeled samples left out as seeds: confident learning doubts their labels")
-    if (s.get("knn") or {}).get("memory_budget"):
+    if (s.get("knn") or {}).get("memory_budget") or (s.get("knn") or {}).get("fell_back"):
         line(console, f"  kNN graph: {s['knn']['reason']}")
     if ((s.get("novelty") or {}).get("knn") or {}).get("memory_budget"):
         line(console, f"  novelty search of the labeled rows: {s['novelty']['knn']['reason']}")

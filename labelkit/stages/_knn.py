@@ -65,8 +65,8 @@ def knn_graph(ws: Workspace, vectors: np.ndarray, *, k: int, method: str = "auto
             "similarities": pa.FixedSizeListArray.from_arrays(pa.array(sims.reshape(-1).astype(np.float32, copy=False)), k),
         }
     )
-    used = {**_info(choice), "tuned": tuned}
-    if fell_back:  # said where the method is: the summary's knn, knn.parquet's metadata, the manifest
+    used = {**_info(choice), "tuned": tuned, "fell_back": bool(fell_back)}
+    if fell_back:  # said where the method is: the summary's knn (and the terminal), knn.parquet's metadata, the manifest
         used.update(method="hnsw", reason=f"{choice.reason}; {fell_back}")
     artifacts.write_table(path, table, {"k": k, "method": method, "rows": "row order of embeddings.parquet", "index": used})
     ws.commit(RECORD, params={"k": k, "method": method, "index": used}, params_fp=params_fp, inputs={artifacts.EMBEDDINGS: emb_fp},

@@ -38,7 +38,7 @@ def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_p
     tuned = used.pop("tuned")
     assert used == {"method": "ivfpq", "pq_m": 4, "memory_budget": budget, "estimate_bytes": pq_bytes,
                     "reason": f"memory budget of {knn._fmt_bytes(budget)}: exact needs about {knn._fmt_bytes(exact_bytes)}, "
-                              f"so IVF-PQ with 4-byte codes (about {knn._fmt_bytes(pq_bytes)})"}
+                              f"so IVF-PQ with 4-byte codes (about {knn._fmt_bytes(pq_bytes)})", "fell_back": False}
     assert tuned["sample_recall"] >= tuned["target_recall"] == 0.95 and 1 <= tuned["nprobe"] <= knn.IVFPQ_MAX_NPROBE
     assert "knn_recall" not in {w["code"] for w in out["warnings"]}
     used["tuned"] = tuned
@@ -56,7 +56,7 @@ def test_pseudolabel_under_a_small_budget_builds_ivfpq_and_says_so(runner, tmp_p
     free = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
     assert free.exit_code == 0, free.output
     assert json.loads(free.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None, "estimate_bytes": exact_bytes,
-                                              "reason": "auto: exact for 5,000 x 32", "tuned": None}
+                                              "reason": "auto: exact for 5,000 x 32", "tuned": None, "fell_back": False}
 
 
 def test_the_default_budget_is_half_the_available_memory(runner, tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_the_default_budget_is_half_the_available_memory(runner, tmp_path, monke
         big = runner.invoke(app, ["pseudolabel", str(data), "--json", "--force"])
         assert big.exit_code == 0, big.output
         assert json.loads(big.stdout)["knn"] == {"method": "exact", "pq_m": None, "memory_budget": None, "estimate_bytes": exact_bytes,
-                                                 "reason": "auto: exact for 5,000 x 32", "tuned": None}
+                                                 "reason": "auto: exact for 5,000 x 32", "tuned": None, "fell_back": False}
 
 
 def test_impossible_and_malformed_budgets_are_one_line_errors(runner, digits):
@@ -153,8 +153,10 @@ def test_pseudolabel_says_when_auto_cells_gave_way_to_hnsw(runner, tmp_path, mon
     r = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--json"])
     assert r.exit_code == 0, r.output
     used = json.loads(r.stdout)["knn"]
-    assert used["method"] == "hnsw" and "ef_search" in used["tuned"]
+    assert used["method"] == "hnsw" and "ef_search" in used["tuned"] and used["fell_back"]
     assert used["reason"].startswith("auto: cells for 3,000 x 48; the cells method's tuning sample reached recall ")
     assert used["reason"].endswith(f"at 16 probes, under {knn.CELLS_MIN_PROBE_RECALL}: HNSW instead")
     record = json.loads((data / ".labelkit" / "manifest.json").read_text())
     assert "HNSW instead" in json.dumps(record)  # the manifest keeps the index used too
+    shown = runner.invoke(app, ["pseudolabel", str(data), "--memory-budget", "0", "--force"])
+    assert "kNN graph: auto: cells for 3,000 x 48; the cells method's tuning sample reached recall" in " ".join(shown.output.split())
