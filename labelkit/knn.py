@@ -747,7 +747,7 @@ class KnnIndex:
             best = next((j for j, r in enumerate(recalls) if r >= goal), len(ladder) - 1)
             cap = max(j for j, p in enumerate(ladder) if p <= knn_cells.GRAPH_MAX_PROBE)
             whole_graph = drop_self_offset == 0 and len(queries) == len(self._base)
-            if whole_graph and self._may_leave_cells and recalls[cap] < CELLS_MIN_PROBE_RECALL:
+            if whole_graph and self._may_leave_cells and recalls[cap] < min(goal, CELLS_MIN_PROBE_RECALL):
                 self._leave_cells(ladder[cap], recalls[cap], progress)  # then tuned below as HNSW, on the same sample
             elif whole_graph and ladder[best] > knn_cells.GRAPH_MAX_PROBE:
                 # a whole graph probes at most GRAPH_MAX_PROBE cells and is refined (_refine); ladder[best] if that falls short
