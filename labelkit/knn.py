@@ -1028,7 +1028,10 @@ class MethodChoice:
         return dataclasses.replace(ann, pq_m=self.pq_m) if self.pq_m is not None else ann
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """What summaries report: the index and why (``cells_fallback`` is an instruction to the index, not a result)."""
+        out = dataclasses.asdict(self)
+        del out["cells_fallback"]
+        return out
 
 
 def choose_method(
