@@ -489,7 +489,7 @@ class KnnIndex:
         centroids = knn_cells.train_centroids(base, nlist, seed=self.seed, progress=progress)
         with progress.task("knn: assign rows to cells", total=len(base)) as task:
             # each row's GRAPH_MAX_PROBE nearest cells, kept: a graph's scan probes them without a second
-            # (rows, nlist) product (at 10M x 512 that pass was a quarter of the scan); 32 bytes a row
+            # (rows, nlist) product pass (not measured apart: docs/performance.md, session 14); 32 bytes a row
             near = knn_cells.probes(base, centroids, knn_cells.GRAPH_MAX_PROBE, task=task, dtype=knn_cells.cell_dtype(nlist))
         cell_of = near[:, 0].astype(np.int64)
         order, offsets = knn_cells.cell_lists(cell_of, nlist)
